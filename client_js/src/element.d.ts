@@ -1,0 +1,49 @@
+import type { BalanceClient, BalanceError, BalanceState, BalanceUpdate, ConnectionState, TokenSource } from './client.js';
+
+/** Whole credits with the locale's thousands separators. */
+export function formatCredits(n: number, locale?: string): string;
+
+/** ws(s)://<host>/v1/ws for a balance-server on the page's own origin. */
+export function defaultSocketUrl(location: { protocol: string; host: string }): string;
+
+/** A token function that POSTs (with credentials) to `tokenUrl`, which answers {"token": "..."}. */
+export function tokenFromUrl(tokenUrl: string, fetchImpl?: typeof fetch): () => Promise<string>;
+
+export interface BalanceView {
+  text: string;
+  label: string;
+  status: string;
+  low: boolean;
+  title: string;
+}
+
+/** What the element shows for an account state (undefined: not known yet) and a connection state. */
+export function balanceView(account: BalanceState | undefined, state: ConnectionState, options?: { low?: number | null; locale?: string; label?: string }): BalanceView;
+
+/**
+ * `<credit-balance>`: attributes ws-url, token-url, account, low, label, locale;
+ * reflected state, low-balance, flash; parts icon, balance, label, status.
+ */
+export class CreditBalance extends HTMLElement {
+  static observedAttributes: string[];
+  /** Takes the place of token-url. */
+  token: TokenSource | null;
+  /** The client behind the element; null while disconnected. */
+  readonly client: BalanceClient | null;
+  /** The `account` attribute, else the first account the server sent. */
+  readonly account: string | null;
+}
+
+export interface CreditBalanceEventMap {
+  'balance-update': CustomEvent<BalanceUpdate>;
+  'balance-change': CustomEvent<BalanceUpdate>;
+  'balance-state': CustomEvent<ConnectionState>;
+  'balance-error': CustomEvent<BalanceError>;
+}
+
+declare global {
+  interface HTMLElementTagNameMap {
+    'credit-balance': CreditBalance;
+  }
+  interface HTMLElementEventMap extends CreditBalanceEventMap {}
+}

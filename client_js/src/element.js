@@ -1,0 +1,215 @@
+// <credit-balance>: the live balance for an app header, in Shadow DOM.
+//
+//   <credit-balance token-url="/api/balance-token" low="20"></credit-balance>
+//
+// Attributes: ws-url (default ws(s)://<this host>/v1/ws), token-url (POSTed with
+// credentials, answers {"token": "..."}), account (default: the first one the server
+// sends), low (below this many available credits the element turns `low-balance`),
+// label (default "credits"), locale (default the page's).
+// Property `token` (string or async function) takes the place of token-url.
+// Reflected on the host for styling: state="connecting|open|reconnecting|closed",
+// low-balance, flash="up|down". Parts: icon, balance, label, status.
+// DOM events (bubbling, composed, detail as in BalanceClient): balance-update,
+// balance-change, balance-state, balance-error.
+
+import { BalanceClient } from './client.js';
+
+const FLASH_MS = 1200;
+
+/** Whole credits with the locale's thousands separators. */
+export function formatCredits(n, locale) {
+  return new Intl.NumberFormat(locale || undefined, { maximumFractionDigits: 0 }).format(n);
+}
+
+/** The WebSocket URL of a balance-server mounted on the page's own origin. */
+export function defaultSocketUrl(location) {
+  return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/ws`;
+}
+
+/** A token function that POSTs to the app's own endpoint, which mints tokens with its service key. */
+export function tokenFromUrl(tokenUrl, fetchImpl = globalThis.fetch) {
+  return async () => {
+    const res = await fetchImpl(tokenUrl, { method: 'POST', credentials: 'include', headers: { accept: 'application/json' } });
+    if (!res.ok) throw new Error(`${tokenUrl} answered ${res.status}`);
+    const { token } = await res.json();
+    return token;
+  };
+}
+
+/** What the element shows, from the account state (or none yet) and the connection state. */
+export function balanceView(account, state, { low = null, locale, label = 'credits' } = {}) {
+  const known = account != null;
+  let status = '';
+  if (state === 'reconnecting') status = 'Reconnecting…';
+  else if (state === 'closed' && known) status = 'Offline';
+  else if (known && account.held > 0) status = `${formatCredits(account.held, locale)} on hold`;
+  return {
+    text: known ? formatCredits(account.available, locale) : '—',
+    label,
+    status,
+    low: known && low !== null && account.available < low,
+    title: known ? `${formatCredits(account.balance, locale)} ${label}${account.held ? `, ${formatCredits(account.held, locale)} on hold` : ''}` : '',
+  };
+}
+
+const STYLE = `
+:host {
+  display: inline-flex; align-items: center; gap: .4em;
+  font: inherit; font-variant-numeric: tabular-nums; line-height: 1; white-space: nowrap;
+  color: var(--credit-balance-color, inherit);
+  background: var(--credit-balance-background, transparent);
+  border: var(--credit-balance-border, none);
+  border-radius: var(--credit-balance-radius, 999px);
+  padding: var(--credit-balance-padding, .35em .7em);
+}
+:host([hidden]) { display: none; }
+[part=icon] { display: inline-flex; color: var(--credit-balance-icon-color, #f5b301); }
+[part=balance] { font-weight: var(--credit-balance-weight, 600); border-radius: .3em; transition: opacity .3s; }
+[part=label] { opacity: .7; }
+[part=status] { font-size: .8em; opacity: .75; }
+[part=status]:empty { display: none; }
+:host([state=reconnecting]) [part=balance], :host([state=connecting]) [part=balance] { opacity: .5; }
+:host([state=reconnecting]) [part=status]::before {
+  content: ''; display: inline-block; width: .5em; height: .5em; margin-right: .35em; border-radius: 50%;
+  background: currentColor; animation: pulse 1s ease-in-out infinite alternate;
+}
+:host([low-balance]) [part=balance] { color: var(--credit-balance-low-color, #d97706); }
+:host([flash=up]) [part=balance] { animation: flash-up ${FLASH_MS}ms ease-out; }
+:host([flash=down]) [part=balance] { animation: flash-down ${FLASH_MS}ms ease-out; }
+@keyframes flash-up { from { color: var(--credit-balance-up-color, #16a34a); background: var(--credit-balance-up-background, rgb(22 163 74 / .15)); } }
+@keyframes flash-down { from { color: var(--credit-balance-down-color, #dc2626); background: var(--credit-balance-down-background, rgb(220 38 38 / .12)); } }
+@keyframes pulse { from { opacity: .3; } }
+@media (prefers-reduced-motion: reduce) { [part=balance], [part=status]::before { animation: none !important; } }
+`;
+
+const COIN = `<svg width="1.1em" height="1.1em" viewBox="0 0 24 24" aria-hidden="true"><circle cx="12" cy="12" r="10" fill="currentColor"/><circle cx="12" cy="12" r="6.5" fill="none" stroke="#fff" stroke-opacity=".55" stroke-width="1.5"/></svg>`;
+
+// Node has no HTMLElement: the module still imports there (for formatCredits and tests), it just defines nothing.
+const Base = globalThis.HTMLElement ?? class {};
+
+export class CreditBalance extends Base {
+  static observedAttributes = ['ws-url', 'token-url', 'account', 'low', 'label', 'locale'];
+
+  #client = null;
+  #token = null;
+  #firstAccount = null;
+  #shown = null; // the last available value rendered, to flash the direction of a change
+  #flashTimer = null;
+  #els;
+
+  constructor() {
+    super();
+    const root = this.attachShadow({ mode: 'open' });
+    root.innerHTML = `<style>${STYLE}</style><span part="icon"><slot name="icon">${COIN}</slot></span><span part="balance"></span><span part="label"></span><span part="status" role="status"></span>`;
+    this.#els = Object.fromEntries(['balance', 'label', 'status'].map((p) => [p, root.querySelector(`[part=${p}]`)]));
+    this.#render();
+  }
+
+  /** A token or token function; set it instead of token-url when the token endpoint needs more than a POST. */
+  get token() {
+    return this.#token;
+  }
+
+  set token(value) {
+    this.#token = value;
+    this.#restart();
+  }
+
+  /** The BalanceClient behind the element (null while disconnected). */
+  get client() {
+    return this.#client;
+  }
+
+  /** The account shown: the `account` attribute, else the first the server sent. */
+  get account() {
+    return this.getAttribute('account') || this.#firstAccount;
+  }
+
+  connectedCallback() {
+    // Wait a microtask so a `token` property set right after insertion is used on the first dial.
+    queueMicrotask(() => this.#start());
+  }
+
+  disconnectedCallback() {
+    this.#stop();
+  }
+
+  attributeChangedCallback(name, previous, value) {
+    if (previous === value) return;
+    if (name === 'ws-url' || name === 'token-url') this.#restart();
+    else {
+      if (name === 'account') this.#shown = null; // another account's number is not a change
+      this.#render();
+    }
+  }
+
+  #start() {
+    if (!this.isConnected || this.#client) return;
+    const tokenUrl = this.getAttribute('token-url');
+    const token = this.#token ?? (tokenUrl ? tokenFromUrl(tokenUrl) : null);
+    if (!token) return; // nothing to authenticate with yet; setting `token` starts it
+    const client = new BalanceClient({ url: this.getAttribute('ws-url') || defaultSocketUrl(location), token });
+    this.#client = client;
+    const mine = (u) => {
+      this.#firstAccount ??= u.account_id;
+      return u.account_id === this.account;
+    };
+    client.on('balance', (u) => {
+      if (!mine(u)) return;
+      this.#render();
+      this.#emit('balance-update', u);
+    });
+    client.on('change', (u) => mine(u) && this.#emit('balance-change', u));
+    client.on('state', (state) => {
+      this.#render();
+      this.#emit('balance-state', state);
+    });
+    client.on('error', (err) => this.#emit('balance-error', err));
+    client.connect();
+  }
+
+  #stop() {
+    this.#client?.close();
+    this.#client = null;
+  }
+
+  #restart() {
+    this.#stop();
+    this.#start();
+  }
+
+  #render() {
+    const state = this.#client?.state ?? 'connecting';
+    const account = this.account ? this.#client?.balance(this.account) : undefined;
+    const low = this.getAttribute('low');
+    const view = balanceView(account, state, {
+      low: low === null || low === '' ? null : Number(low),
+      locale: this.getAttribute('locale') || document.documentElement.lang || undefined,
+      label: this.getAttribute('label') ?? 'credits',
+    });
+    this.#els.balance.textContent = view.text;
+    this.#els.label.textContent = view.label;
+    this.#els.status.textContent = view.status;
+    this.title = view.title;
+    this.setAttribute('state', state);
+    this.toggleAttribute('low-balance', view.low);
+    if (account) this.#flash(account.available);
+  }
+
+  #flash(value) {
+    const before = this.#shown;
+    this.#shown = value;
+    if (before === null || before === value) return;
+    this.removeAttribute('flash');
+    void this.offsetWidth; // restart the animation when changes come faster than it runs
+    this.setAttribute('flash', value > before ? 'up' : 'down');
+    clearTimeout(this.#flashTimer);
+    this.#flashTimer = setTimeout(() => this.removeAttribute('flash'), FLASH_MS);
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail, bubbles: true, composed: true }));
+  }
+}
+
+if (globalThis.customElements && !customElements.get('credit-balance')) customElements.define('credit-balance', CreditBalance);

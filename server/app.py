@@ -1,0 +1,208 @@
+"""create_app(settings): the lifespan owns the pool, broker, hub and sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server import api, errors, metrics, openapi, ws
+from server.auth import TokenVerifier
+from server.broker import make_broker
+from server.config import Settings
+from server.hub import Hub
+from server.ledger import Ledger
+
+log = logging.getLogger("balance.app")
+
+# Errors that mean "PostgreSQL is not reachable": answered 503, and nothing was written
+# because the transaction never committed.
+DB_DOWN = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    TimeoutError,
+)
+
+
+@dataclass
+class Resources:
+    """What handlers reach through `request.app.state.resources`."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    ledger: Ledger
+    tokens: TokenVerifier
+    hub: Hub
+    service_keys: tuple[bytes, ...]
+
+
+async def _sweeper(res: Resources) -> None:
+    """Release expired holds and expire lots within ~sweep_interval of their deadline."""
+    last_cleanup = 0.0
+    while True:
+        try:
+            frames = await res.ledger.sweep()
+            for frame in frames:
+                res.hub.publish(frame)
+                what = frame.change.kind if frame.change else "unknown"
+                metrics.sweeps.labels(what).inc()
+            if time.monotonic() - last_cleanup > 3600:
+                await res.ledger.forget_old_keys(res.settings.idempotency_retention_days)
+                last_cleanup = time.monotonic()
+            if frames:
+                continue  # more may be due; sweep again at once
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the sweeper must outlive a database outage
+            log.warning("sweep failed: %s", type(exc).__name__)
+        await asyncio.sleep(res.settings.sweep_interval)
+
+
+async def _warm_pool(pool: asyncpg.Pool, n: int) -> None:
+    """Open a few connections ahead of traffic; a database that is down is not fatal."""
+    with contextlib.suppress(*DB_DOWN):
+        conns = [await pool.acquire() for _ in range(n)]
+        for conn in conns:
+            await pool.release(conn)
+
+
+def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) -> Starlette:
+    """The ASGI application for these settings."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool = await asyncpg.create_pool(
+            settings.database_url,
+            min_size=0,
+            max_size=settings.db_pool_size,
+            timeout=5,
+            command_timeout=30,
+            server_settings={"application_name": "balance-server", "jit": "off"},
+        )
+        assert pool is not None
+        ledger = Ledger(pool, settings.welcome_credits)
+        hub = Hub(make_broker(settings.redis_url), snapshot=ledger.snapshot, settings=settings)
+        res = Resources(
+            settings=settings,
+            pool=pool,
+            ledger=ledger,
+            tokens=TokenVerifier(settings),
+            hub=hub,
+            service_keys=tuple(k.encode() for k in settings.service_keys),
+        )
+        app.state.resources = res
+        await hub.start()
+        await _warm_pool(pool, min(4, settings.db_pool_size))
+        sweeper = asyncio.create_task(_sweeper(res), name="sweeper")
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await hub.stop()
+            await pool.close()
+
+    routes: list[BaseRoute] = [
+        *api.routes(),
+        WebSocketRoute("/v1/ws", ws.websocket_endpoint),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi.endpoint, methods=["GET"]),
+        *(extra_routes or []),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(MetricsMiddleware)],
+        lifespan=lifespan,
+        exception_handlers={
+            errors.ApiError: api_error,
+            HTTPException: http_error,
+            **{exc: database_down for exc in DB_DOWN},
+        },
+    )
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when PostgreSQL answers and the broker delivers."""
+    res: Resources = request.app.state.resources
+    checks: dict[str, bool] = {}
+    try:
+        await asyncio.wait_for(res.pool.fetchval("SELECT 1"), 2)
+        checks["database"] = True
+    except (*DB_DOWN, asyncpg.PostgresError):
+        checks["database"] = False
+    checks["broker"] = await res.hub.ready()
+    ok = all(checks.values())
+    return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.ApiError)
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    message = "no such route" if exc.status_code == 404 else str(exc.detail)
+    return JSONResponse({"error": code, "message": message}, status_code=exc.status_code)
+
+
+async def database_down(request: Request, exc: Exception) -> Response:
+    log.warning("database unreachable: %s", type(exc).__name__)
+    return JSONResponse(errors.unavailable().body(), status_code=503)
+
+
+class MetricsMiddleware:
+    """Request counts and latency per route template (not per raw path: bounded labels)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: dict[str, object]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])  # type: ignore[call-overload]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)  # type: ignore[arg-type]
+        finally:
+            route = scope.get("route")
+            name = getattr(route, "path", "unmatched")
+            metrics.http_requests.labels(scope["method"], name, str(status)).inc()
+            metrics.http_latency.labels(name).observe(time.perf_counter() - start)

@@ -1,0 +1,125 @@
+"""Service keys (the app's backend) and user tokens (the browser)."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from server import errors
+from server.config import Settings
+
+TOKEN_ISSUER = "balance-server"
+TOKEN_AUDIENCE = "balance-server:user"
+
+
+def check_service_key(header: str | None, keys: tuple[bytes, ...]) -> None:
+    """Accept `Bearer <key>` for any configured key, comparing in constant time."""
+    if not header or not header.startswith("Bearer "):
+        raise errors.unauthorized("missing service key (Authorization: Bearer <key>)")
+    given = header[7:].strip().encode()
+    ok = False
+    for key in keys:  # no early exit: the time taken does not say which key nearly matched
+        ok |= hmac.compare_digest(given, key)
+    if not ok:
+        raise errors.unauthorized("invalid service key")
+
+
+def bearer(header: str | None) -> str:
+    if not header or not header.startswith("Bearer "):
+        raise errors.unauthorized("missing token (Authorization: Bearer <token>)")
+    return header[7:].strip()
+
+
+def mint_token(secret: str, account_id: str, ttl_seconds: int) -> tuple[str, int]:
+    """A browser token for one account; returns (token, expires_at unix seconds)."""
+    now = int(time.time())
+    exp = now + ttl_seconds
+    claims = {"sub": account_id, "iat": now, "exp": exp, "iss": TOKEN_ISSUER, "aud": TOKEN_AUDIENCE}
+    return jwt.encode(claims, secret, algorithm="HS256"), exp
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    account_id: str
+    expires_at: float  # unix seconds
+
+
+class TokenVerifier:
+    """Mints our HS256 user tokens and verifies them, or the app's own JWTs when configured."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._secret = settings.token_secret
+        self._app_secret = settings.jwt_secret
+        self._audience = settings.jwt_audience
+        self._issuer = settings.jwt_issuer
+        self._claim = settings.jwt_account_claim
+        self._jwks: jwt.PyJWKSet | None = None
+        self._jwks_client: jwt.PyJWKClient | None = None
+        if settings.jwks_file:
+            with open(settings.jwks_file) as f:
+                self._jwks = jwt.PyJWKSet.from_json(f.read())
+        if settings.jwks_url:
+            self._jwks_client = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300)
+
+    def mint(self, account_id: str, ttl_seconds: int) -> tuple[str, int]:
+        return mint_token(self._secret, account_id, ttl_seconds)
+
+    def verify(self, token: str) -> Identity:
+        """The token's account and expiry; 401 `unauthorized` for anything else."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise errors.unauthorized("malformed token") from None
+        try:
+            claims = self._decode(token, header)
+        except jwt.PyJWTError as exc:
+            raise errors.unauthorized(f"invalid token: {exc}") from None
+        account = claims.get("sub") if claims.get("iss") == TOKEN_ISSUER else None
+        if account is None:
+            account = claims.get(self._claim)
+        if not isinstance(account, str) or not 1 <= len(account) <= 128:
+            raise errors.unauthorized(f"token has no usable {self._claim!r} claim")
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float):
+            raise errors.unauthorized("token has no expiry")
+        return Identity(account, float(exp))
+
+    def _decode(self, token: str, header: dict[str, Any]) -> dict[str, Any]:
+        alg = header.get("alg")
+        required = {"require": ["exp"]}
+        if alg == "HS256":
+            try:
+                claims: dict[str, Any] = jwt.decode(
+                    token, self._secret, algorithms=["HS256"], audience=TOKEN_AUDIENCE,
+                    issuer=TOKEN_ISSUER, options=required,
+                )
+                return claims
+            except jwt.PyJWTError:
+                if not self._app_secret:
+                    raise
+            return self._decode_app(token, self._app_secret, ["HS256"])
+        if alg in ("RS256", "ES256") and (self._jwks or self._jwks_client):
+            return self._decode_app(token, self._signing_key(header), [alg])
+        raise jwt.InvalidAlgorithmError(f"algorithm {alg!r} is not accepted")
+
+    def _decode_app(self, token: str, key: Any, algorithms: list[str]) -> dict[str, Any]:
+        claims: dict[str, Any] = jwt.decode(
+            token, key, algorithms=algorithms, audience=self._audience, issuer=self._issuer,
+            options={"require": ["exp"], "verify_aud": self._audience is not None},
+        )
+        return claims
+
+    def _signing_key(self, header: dict[str, Any]) -> Any:
+        kid = header.get("kid")
+        if self._jwks is not None:
+            for key in self._jwks.keys:
+                if kid is None or key.key_id == kid:
+                    return key.key
+            raise jwt.InvalidKeyError(f"no key {kid!r} in BALANCE_JWKS_FILE")
+        assert self._jwks_client is not None
+        # PyJWKClient fetches over blocking urllib; its cache makes that rare.
+        return self._jwks_client.get_signing_key(kid).key if kid else None

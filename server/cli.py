@@ -1,0 +1,185 @@
+"""balance-server serve | migrate | dev | reconcile | token ACCOUNT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+
+import asyncpg
+
+from server.config import ConfigError, Settings
+
+log = logging.getLogger("balance.cli")
+
+DEV_PRICES = {"generate_image": 5, "upscale": 2, "remove_background": 3, "generate_video": 40}
+
+
+def _serve(settings: Settings, *, dev: bool = False) -> None:
+    import uvicorn
+
+    from server.app import create_app
+
+    extra = None
+    if dev:
+        from server import devroutes
+
+        extra = devroutes.routes()
+    app = create_app(settings, extra_routes=extra)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info" if dev else "warning",
+        proxy_headers=True,
+        # Our own 20 s ping runs in ws.py; uvicorn's protocol-level ping stays as a backstop.
+        timeout_graceful_shutdown=max(5, int(settings.drain_seconds) + 5),
+    )
+
+
+async def _migrate(database_url: str) -> None:
+    from server.ledger import migrate
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def _reconcile(database_url: str) -> int:
+    from server.ledger import Ledger
+
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        rows = await Ledger(pool, 0).reconcile()
+        checked = await pool.fetchval("SELECT count(*) FROM accounts")
+    finally:
+        await pool.close()
+    for r in rows:
+        print(
+            f"MISMATCH {r['account_id']}: balance={r['balance']} ledger_sum={r['ledger_sum']} "
+            f"held={r['held']} active_holds={r['holds_sum']} "
+            f"expiring={r['expiring']} open_lots={r['lots_sum']}"
+        )
+    print(f"reconcile: {checked} accounts checked, {len(rows)} mismatched")
+    return 1 if rows else 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    """Throwaway PostgreSQL + Redis (unless DATABASE_URL / REDIS_URL are given), then serve."""
+    from server import devservers
+
+    started: list[devservers.PostgresServer | devservers.RedisServer] = []
+    env = dict(os.environ)
+    try:
+        if not env.get("DATABASE_URL"):
+            print("starting a throwaway PostgreSQL ...", flush=True)
+            pg = devservers.start_postgres()
+            started.append(pg)
+            env["DATABASE_URL"] = pg.url
+        if not env.get("REDIS_URL") and not args.no_redis:
+            print("starting a throwaway Redis ...", flush=True)
+            redis = devservers.start_redis()
+            started.append(redis)
+            env["REDIS_URL"] = redis.url
+        asyncio.run(_migrate(env["DATABASE_URL"]))
+        env.setdefault("BALANCE_SERVICE_KEYS", "sk_dev_" + secrets.token_urlsafe(24))
+        env.setdefault("BALANCE_TOKEN_SECRET", secrets.token_urlsafe(48))
+        env.setdefault("BALANCE_WELCOME_CREDITS", "100")
+        env.setdefault("BALANCE_STRIPE_WEBHOOK_SECRET", "whsec_dev_" + secrets.token_hex(16))
+        if not env.get("BALANCE_PRICES_FILE"):
+            prices = Path(tempfile.mkdtemp(prefix="balance-dev-")) / "prices.json"
+            prices.write_text(json.dumps(DEV_PRICES))
+            env["BALANCE_PRICES_FILE"] = str(prices)
+        env["HOST"] = args.host or env.get("HOST", "127.0.0.1")
+        env["PORT"] = str(args.port or env.get("PORT", "8000"))
+        settings = Settings.from_env(env, dev_routes=True)
+        key = settings.service_keys[0]
+        from server.auth import mint_token
+
+        token, _ = mint_token(settings.token_secret, "demo-user", 3600)
+        base = f"http://{settings.host}:{settings.port}"
+        print(
+            "\nbalance-server dev is up (throwaway data, gone on Ctrl-C)\n"
+            f"  demo page     {base}/?account=demo-user\n"
+            f"  API           {base}/v1   (OpenAPI: {base}/openapi.json)\n"
+            f"  WebSocket     ws://{settings.host}:{settings.port}/v1/ws\n"
+            f"  DATABASE_URL  {env['DATABASE_URL']}\n"
+            f"  REDIS_URL     {env.get('REDIS_URL', '(none: in-memory fan-out)')}\n"
+            f"  service key   {key}\n"
+            f"  user token    {token}   (account demo-user, 1 h)\n"
+            f"  stripe secret {settings.stripe_webhook_secret}\n\n"
+            f"  try: curl -s -X POST {base}/v1/accounts/alice/debit "
+            f"-H 'Authorization: Bearer {key}' "
+            "-d '{\"amount\": 5, \"reason\": \"demo\", \"idempotency_key\": \"k1\"}'\n",
+            flush=True,
+        )
+        _serve(settings, dev=True)
+        return 0
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="balance-server", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server (configured by the environment)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    sub.add_parser("migrate", help="apply schema.sql to DATABASE_URL (idempotent)")
+    dev = sub.add_parser("dev", help="zero-setup: throwaway PostgreSQL + Redis, demo page")
+    dev.add_argument("--host")
+    dev.add_argument("--port", type=int)
+    dev.add_argument("--no-redis", action="store_true", help="in-memory fan-out only")
+    sub.add_parser("reconcile", help="check balance == sum(ledger) and held == active holds")
+    token = sub.add_parser("token", help="print a user token for ACCOUNT")
+    token.add_argument("account")
+    token.add_argument("--ttl", type=int, default=3600)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    try:
+        if args.command == "dev":
+            return _dev(args)
+        if args.command == "token":
+            secret = os.environ.get("BALANCE_TOKEN_SECRET", "")
+            if len(secret) < 32:
+                raise ConfigError("BALANCE_TOKEN_SECRET is required, at least 32 characters")
+            from server.auth import mint_token
+
+            print(mint_token(secret, args.account, args.ttl)[0])
+            return 0
+        database_url = os.environ.get("DATABASE_URL", "")
+        if not database_url:
+            raise ConfigError("DATABASE_URL is required (e.g. postgresql://user@host/db)")
+        if args.command == "migrate":
+            asyncio.run(_migrate(database_url))
+            print("schema applied")
+            return 0
+        if args.command == "reconcile":
+            return asyncio.run(_reconcile(database_url))
+        overrides: dict[str, object] = {}
+        if args.host:
+            overrides["host"] = args.host
+        if args.port:
+            overrides["port"] = args.port
+        _serve(Settings.from_env(**overrides))
+        return 0
+    except ConfigError as exc:
+        print(f"balance-server: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Settings, read from the environment once at start. A bad value fails loudly, by name."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """A required or malformed environment variable; the message names it."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
+
+
+def load_prices(path: str | None) -> dict[str, int]:
+    """The price list: a JSON object of operation -> whole credits per unit."""
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"BALANCE_PRICES_FILE {path!r} is not readable JSON: {exc}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and type(v) is int and 0 < v <= 10**12 for k, v in data.items()
+    ):
+        raise ConfigError(
+            "BALANCE_PRICES_FILE must be a JSON object of operation -> positive integer credits"
+        )
+    return data
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    service_keys: tuple[str, ...]
+    token_secret: str = field(repr=False)
+    redis_url: str | None = None
+    welcome_credits: int = 0
+    prices: dict[str, int] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # The app's own JWTs (Supabase, NextAuth, Firebase...), accepted beside ours.
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_account_claim: str = "sub"
+    # Payments
+    stripe_webhook_secret: str | None = field(default=None, repr=False)
+    dodo_webhook_secret: str | None = field(default=None, repr=False)
+    refund_policy: str = "debt"  # or "clamp"
+    # WebSocket
+    allowed_origins: tuple[str, ...] = ()
+    ws_max_sockets_per_account: int = 50
+    ws_auth_timeout: float = 10.0
+    ws_ping_interval: float = 20.0
+    ws_send_timeout: float = 10.0
+    drain_seconds: float = 3.0
+    # Operations
+    db_pool_size: int = 20
+    sweep_interval: float = 0.5
+    idempotency_retention_days: int = 30
+    dev_routes: bool = False
+    channel_prefix: str = "balance"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read every setting from the environment (os.environ by default)."""
+        env = os.environ if env is None else env
+        database_url = env.get("DATABASE_URL", "")
+        if not database_url:
+            raise ConfigError("DATABASE_URL is required (e.g. postgresql://user@host/db)")
+        keys = _list(env, "BALANCE_SERVICE_KEYS")
+        if not keys:
+            raise ConfigError("BALANCE_SERVICE_KEYS is required: a comma list of service keys")
+        if any(len(k) < 16 for k in keys):
+            raise ConfigError("BALANCE_SERVICE_KEYS: every key must be at least 16 characters")
+        token_secret = env.get("BALANCE_TOKEN_SECRET", "")
+        if len(token_secret) < 32:
+            raise ConfigError("BALANCE_TOKEN_SECRET is required, at least 32 characters")
+        refund_policy = env.get("BALANCE_REFUND_POLICY", "debt")
+        if refund_policy not in ("debt", "clamp"):
+            raise ConfigError("BALANCE_REFUND_POLICY must be 'debt' or 'clamp'")
+        welcome = _int(env, "BALANCE_WELCOME_CREDITS", 0)
+        if not 0 <= welcome <= 10**12:
+            raise ConfigError("BALANCE_WELCOME_CREDITS must be between 0 and 10^12")
+        values: dict[str, object] = dict(
+            database_url=database_url,
+            service_keys=keys,
+            token_secret=token_secret,
+            redis_url=env.get("REDIS_URL") or None,
+            welcome_credits=welcome,
+            prices=load_prices(env.get("BALANCE_PRICES_FILE")),
+            host=env.get("HOST", "127.0.0.1"),
+            port=_int(env, "PORT", 8000),
+            jwt_secret=env.get("BALANCE_JWT_SECRET") or None,
+            jwks_file=env.get("BALANCE_JWKS_FILE") or None,
+            jwks_url=env.get("BALANCE_JWKS_URL") or None,
+            jwt_audience=env.get("BALANCE_JWT_AUDIENCE") or None,
+            jwt_issuer=env.get("BALANCE_JWT_ISSUER") or None,
+            jwt_account_claim=env.get("BALANCE_JWT_ACCOUNT_CLAIM") or "sub",
+            stripe_webhook_secret=env.get("BALANCE_STRIPE_WEBHOOK_SECRET") or None,
+            dodo_webhook_secret=env.get("BALANCE_DODO_WEBHOOK_SECRET") or None,
+            refund_policy=refund_policy,
+            allowed_origins=_list(env, "BALANCE_ALLOWED_ORIGINS"),
+            ws_max_sockets_per_account=_int(env, "BALANCE_WS_MAX_SOCKETS_PER_ACCOUNT", 50),
+            ws_auth_timeout=_float(env, "BALANCE_WS_AUTH_TIMEOUT", 10.0),
+            ws_ping_interval=_float(env, "BALANCE_WS_PING_INTERVAL", 20.0),
+            ws_send_timeout=_float(env, "BALANCE_WS_SEND_TIMEOUT", 10.0),
+            drain_seconds=_float(env, "BALANCE_DRAIN_SECONDS", 3.0),
+            db_pool_size=_int(env, "BALANCE_DB_POOL_SIZE", 20),
+            sweep_interval=_float(env, "BALANCE_SWEEP_INTERVAL", 0.5),
+            idempotency_retention_days=_int(env, "BALANCE_IDEMPOTENCY_RETENTION_DAYS", 30),
+            channel_prefix=env.get("BALANCE_CHANNEL_PREFIX", "balance"),
+        )
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]

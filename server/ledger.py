@@ -1,0 +1,272 @@
+"""Every SQL statement. Each money movement is one round trip running one transaction.
+
+The functions in schema.sql do the work inside PostgreSQL (conditional UPDATE, ledger
+insert, idempotency record) so a debit never reads and then writes from Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from server import errors
+from server.messages import BalanceFrame, ChangeInfo
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
+# pg_advisory_lock key: two instances running `migrate` at once take turns.
+_MIGRATE_LOCK = 0x62616C616E6365
+
+_hash_encoder = msgspec.json.Encoder(order="sorted")
+
+Pool = asyncpg.Pool
+
+
+def request_hash(operation: str, body: msgspec.Struct) -> bytes:
+    """Fingerprint of a request for idempotency: same key + different body is a conflict."""
+    return hashlib.sha256(operation.encode() + b"\0" + _hash_encoder.encode(body)).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a money movement answered: HTTP status, response JSON, and the frame to push."""
+
+    status: int
+    body: bytes
+    replayed: bool
+    frame: BalanceFrame | None
+
+
+def _jsonb(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _outcome(row: asyncpg.Record) -> Outcome:
+    status: int = row["status"]
+    body_text: str | None = row["body"]
+    if status == 402:
+        details = json.loads(body_text or "{}")
+        raise errors.insufficient_credits(details["required"], details["available"])
+    if status == 409 and row["replayed"]:
+        raise errors.idempotency_conflict()
+    if status == 409:
+        raise errors.hold_not_active(json.loads(body_text or "{}").get("status", "unknown"))
+    if status == 404:
+        raise errors.not_found("no such hold")
+    if status == 422:
+        held = json.loads(body_text or "{}").get("held")
+        raise errors.invalid_request(f"amount: must not exceed the held amount ({held})")
+    frame = None
+    if not row["replayed"] and row["account_id"] is not None:
+        frame = _frame(row)
+    return Outcome(status, (body_text or "{}").encode(), bool(row["replayed"]), frame)
+
+
+def _frame(row: asyncpg.Record) -> BalanceFrame:
+    hold_id = row["hold_id"]
+    return BalanceFrame(
+        account_id=row["account_id"],
+        balance=row["balance"],
+        held=row["held"],
+        available=row["balance"] - row["held"],
+        version=row["version"],
+        change=ChangeInfo(
+            kind=row["kind"],
+            amount=row["amount"],
+            reason=None,
+            transaction_id=row["tx_id"],
+            hold_id=str(hold_id) if hold_id is not None else None,
+        ),
+    )
+
+
+_POST_SQL = "SELECT (r).* FROM (SELECT balance_post($1,$2,$3,$4,$5,$6,$7,$8::jsonb,$9,$10) r) s"
+
+
+class Ledger:
+    """The ledger over one asyncpg pool."""
+
+    def __init__(self, pool: Pool, welcome_credits: int) -> None:
+        self.pool = pool
+        self.welcome = welcome_credits
+
+    async def post(
+        self,
+        account_id: str,
+        *,
+        kind: str,
+        amount: int,
+        reason: str | None,
+        idempotency_key: str,
+        fingerprint: bytes,
+        metadata: dict[str, Any] | None = None,
+        expires_at: datetime | None = None,
+        mode: str = "available",
+    ) -> Outcome:
+        """One signed ledger row (debit when negative), atomically with its idempotency key."""
+        row = await self.pool.fetchrow(
+            _POST_SQL, account_id, self.welcome, idempotency_key, fingerprint, kind, amount,
+            reason, _jsonb(metadata), expires_at, mode,
+        )
+        assert row is not None
+        outcome = _outcome(row)
+        return _with_reason(outcome, reason)
+
+    async def hold(
+        self,
+        account_id: str,
+        *,
+        amount: int,
+        ttl_seconds: int,
+        reason: str,
+        idempotency_key: str,
+        fingerprint: bytes,
+        metadata: dict[str, Any] | None,
+    ) -> Outcome:
+        row = await self.pool.fetchrow(
+            "SELECT (r).* FROM (SELECT balance_hold($1,$2,$3,$4,$5,$6,$7,$8::jsonb) r) s",
+            account_id, self.welcome, idempotency_key, fingerprint, amount, ttl_seconds,
+            reason, _jsonb(metadata),
+        )
+        assert row is not None
+        return _with_reason(_outcome(row), reason)
+
+    async def resolve_hold(
+        self, hold_id: str, action: str, *, amount: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Outcome:
+        """'capture' amount (None: all) and release the rest, or 'release' it all."""
+        row = await self.pool.fetchrow(
+            "SELECT (r).* FROM (SELECT balance_resolve_hold($1::uuid,$2,$3,$4::jsonb) r) s",
+            hold_id, action, amount, _jsonb(metadata),
+        )
+        assert row is not None
+        return _outcome(row)
+
+    async def account(self, account_id: str) -> bytes:
+        """The account object as JSON, creating the account on first mention."""
+        text: str = await self.pool.fetchval(
+            "SELECT balance_account($1, $2)::text", account_id, self.welcome
+        )
+        return text.encode()
+
+    async def snapshot(self, account_ids: Sequence[str]) -> list[BalanceFrame]:
+        """Current state of each account (created if new), for WebSocket snapshots."""
+        if not account_ids:
+            return []
+        rows = await self.pool.fetch(
+            """
+            SELECT a.account_id, a.balance, a.held, a.version
+            FROM unnest($1::text[]) AS ids(id),
+                 LATERAL (SELECT balance_account(ids.id, $2)) AS ensure(j),
+                 accounts a WHERE a.account_id = ids.id
+            """,
+            list(account_ids), self.welcome,
+        )
+        return [
+            BalanceFrame(r["account_id"], r["balance"], r["held"], r["balance"] - r["held"],
+                         r["version"])
+            for r in rows
+        ]
+
+    async def transactions(
+        self, account_id: str, *, limit: int, before: int | None, kind: str | None
+    ) -> bytes:
+        """A page of history, newest first, as `{"transactions": [...], "next": cursor}`."""
+        await self.pool.execute("SELECT balance_account($1, $2)", account_id, self.welcome)
+        text: str = await self.pool.fetchval(
+            """
+            WITH page AS (
+                SELECT t FROM transactions t
+                WHERE t.account_id = $1 AND ($2::bigint IS NULL OR t.id < $2)
+                  AND ($3::text IS NULL OR t.kind = $3)
+                ORDER BY t.id DESC LIMIT $4
+            )
+            SELECT jsonb_build_object(
+                'transactions',
+                COALESCE((SELECT jsonb_agg(balance__tx_json(p.t) ORDER BY (p.t).id DESC)
+                          FROM (SELECT t FROM page LIMIT $5) p), '[]'::jsonb),
+                'next',
+                CASE WHEN (SELECT count(*) FROM page) > $5
+                     THEN (SELECT min((p.t).id) FROM (SELECT t FROM page LIMIT $5) p)::text
+                END)::text
+            """,
+            account_id, before, kind, limit + 1, limit,
+        )
+        return text.encode()
+
+    async def usage(
+        self, account_id: str, *, since: datetime | None, until: datetime | None, group_by: str
+    ) -> bytes:
+        """Spending (usage net of refunds is not mixed in) grouped by reason or UTC day."""
+        key = "t.reason" if group_by == "reason" else (
+            "to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+        )
+        text: str = await self.pool.fetchval(
+            f"""
+            SELECT jsonb_build_object('groups', COALESCE(jsonb_agg(
+                jsonb_build_object('key', g.key, 'amount', g.amount, 'count', g.count)
+                ORDER BY g.key), '[]'::jsonb))::text
+            FROM (
+                SELECT {key} AS key, -sum(t.amount)::bigint AS amount, count(*) AS count
+                FROM transactions t
+                WHERE t.account_id = $1 AND t.kind = 'usage'
+                  AND ($2::timestamptz IS NULL OR t.created_at >= $2)
+                  AND ($3::timestamptz IS NULL OR t.created_at < $3)
+                GROUP BY 1
+            ) g
+            """,
+            account_id, since, until,
+        )
+        return text.encode()
+
+    async def latest(self, account_id: str, limit: int = 20) -> bytes:
+        """`{"accounts": [account], "transactions": [latest]}` for GET /v1/me."""
+        account = await self.account(account_id)
+        page = await self.transactions(account_id, limit=limit, before=None, kind=None)
+        txs = json.loads(page)["transactions"]
+        return b'{"accounts":[' + account + b'],"transactions":' + json.dumps(txs).encode() + b"}"
+
+    async def sweep(self, limit: int = 500) -> list[BalanceFrame]:
+        """Expire due holds and lots; the frames to push for each committed change."""
+        rows = await self.pool.fetch(
+            "SELECT (r).* FROM balance_sweep($1) r", limit
+        )
+        return [_frame(r) for r in rows]
+
+    async def forget_old_keys(self, days: int) -> int:
+        """Drop idempotency records past retention; keys older than that may be reused."""
+        result: str = await self.pool.execute(
+            "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(days => $1)",
+            days,
+        )
+        return int(result.split()[-1])
+
+    async def reconcile(self) -> list[asyncpg.Record]:
+        """Accounts whose totals disagree with the ledger or with their holds."""
+        return list(await self.pool.fetch("SELECT * FROM balance_reconcile()"))
+
+
+def _with_reason(outcome: Outcome, reason: str | None) -> Outcome:
+    frame = outcome.frame
+    if frame is None or frame.change is None:
+        return outcome
+    frame.change.reason = reason
+    return outcome
+
+
+async def migrate(conn: asyncpg.Connection) -> None:
+    """Apply schema.sql (idempotent), one migrator at a time."""
+    sql = SCHEMA_PATH.read_text()
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATE_LOCK)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK)

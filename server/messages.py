@@ -1,0 +1,137 @@
+"""msgspec Structs for every request body, response and WebSocket frame.
+
+Each request type has one Decoder built once at import; `decode_body` maps msgspec's
+validation errors onto the contract's 400 / 422.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+from server import errors
+
+AccountId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+Amount = Annotated[int, msgspec.Meta(ge=1, le=10**12)]
+SignedAmount = Annotated[int, msgspec.Meta(ge=-(10**12), le=10**12)]
+IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Reason = Annotated[str, msgspec.Meta(max_length=500)]
+Metadata = dict[str, Any]
+
+# ---------------------------------------------------------------- requests
+
+
+class DebitRequest(msgspec.Struct, forbid_unknown_fields=True):
+    amount: Amount
+    reason: Reason
+    idempotency_key: IdempotencyKey
+    metadata: Metadata | None = None
+
+
+class CreditRequest(msgspec.Struct, forbid_unknown_fields=True):
+    amount: Amount
+    kind: Literal["grant", "purchase", "refund"]
+    idempotency_key: IdempotencyKey
+    reason: Reason | None = None
+    expires_at: datetime | None = None
+    metadata: Metadata | None = None
+
+
+class AdjustRequest(msgspec.Struct, forbid_unknown_fields=True):
+    amount: SignedAmount
+    reason: Reason
+    actor: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    idempotency_key: IdempotencyKey
+
+
+class ChargeRequest(msgspec.Struct, forbid_unknown_fields=True):
+    operation: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    idempotency_key: IdempotencyKey
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=10**9)] = 1
+    metadata: Metadata | None = None
+
+
+class HoldRequest(msgspec.Struct, forbid_unknown_fields=True):
+    amount: Amount
+    reason: Reason
+    idempotency_key: IdempotencyKey
+    ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=86400)] = 300
+    metadata: Metadata | None = None
+
+
+class CaptureRequest(msgspec.Struct, forbid_unknown_fields=True):
+    amount: Amount | None = None
+    metadata: Metadata | None = None
+
+
+class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
+    account_id: AccountId
+    ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=86400)] = 3600
+
+
+# ---------------------------------------------------------------- WebSocket frames
+
+
+class ChangeInfo(msgspec.Struct):
+    kind: str
+    amount: int
+    reason: str | None
+    transaction_id: int | None
+    hold_id: str | None
+
+
+class BalanceFrame(msgspec.Struct, tag="balance", tag_field="type"):
+    account_id: str
+    balance: int
+    held: int
+    available: int
+    version: int
+    change: ChangeInfo | None = None
+
+
+class ErrorFrame(msgspec.Struct, tag="error", tag_field="type"):
+    code: str
+    message: str = ""
+
+
+class AuthMessage(msgspec.Struct, tag="auth", tag_field="type"):
+    token: str
+
+
+class SyncMessage(msgspec.Struct, tag="sync", tag_field="type"):
+    versions: dict[str, int] = {}
+
+
+ClientMessage = AuthMessage | SyncMessage
+
+# ---------------------------------------------------------------- decoding
+
+T = TypeVar("T")
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+def decoder_for(kind: type[T]) -> msgspec.json.Decoder[T]:
+    """The one reused Decoder for a request type."""
+    dec = _decoders.get(kind)
+    if dec is None:
+        dec = _decoders[kind] = msgspec.json.Decoder(kind)
+    return dec
+
+
+def decode_body(kind: type[T], body: bytes) -> T:
+    """Decode and validate a request body, raising the contract's 400 / 422."""
+    try:
+        return decoder_for(kind).decode(body or b"{}")
+    except msgspec.ValidationError as exc:
+        raise errors.invalid_request(str(exc)) from None
+    except msgspec.DecodeError:
+        raise errors.invalid_json() from None
+
+
+encoder = msgspec.json.Encoder()
+
+
+client_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(ClientMessage)
+"""The one Decoder for frames a browser sends on /v1/ws."""

@@ -1,0 +1,39 @@
+"""Every Prometheus metric the server exports, in one place (default registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# HTTP
+http_requests = Counter(
+    "balance_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
+)
+http_latency = Histogram(
+    "balance_http_request_seconds",
+    "HTTP request latency",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+
+# Ledger
+debits = Counter("balance_debits_total", "Committed debits (debit, charge, capture)")
+insufficient = Counter("balance_insufficient_credits_total", "Requests refused with 402")
+credits = Counter("balance_credits_total", "Committed credits", ["kind"])
+idempotent_replays = Counter("balance_idempotent_replays_total", "Requests answered by replay")
+sweeps = Counter("balance_sweeper_changes_total", "Holds and lots expired by the sweeper", ["what"])
+
+# Push
+sockets_connected = Gauge("balance_ws_connected_sockets", "Open authenticated WebSockets")
+frames_sent = Counter("balance_ws_frames_sent_total", "Frames written to sockets")
+frames_conflated = Counter(
+    "balance_ws_frames_conflated_total", "Frames replaced by a newer one before being sent"
+)
+publish_failures = Counter("balance_publish_failures_total", "Broker publishes that failed")
+pubsub_lag = Gauge("pubsub_lag_seconds", "Age of the last canary seen through the broker")
+
+# Payments
+purchases = Counter("balance_purchases_total", "Purchases credited from webhooks", ["provider"])
+reversals = Counter("balance_reversals_total", "Refund reversals applied", ["provider"])
+signatures_rejected = Counter(
+    "balance_webhook_signatures_rejected_total", "Webhooks refused for their signature", ["provider"]
+)

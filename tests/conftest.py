@@ -1,0 +1,169 @@
+"""Real PostgreSQL and Redis for the whole run, and real uvicorn servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+
+from server import devservers
+from server.app import create_app
+from server.config import Settings
+from server.ledger import migrate
+
+PRICES = {"generate_image": 5, "upscale": 2, "generate_video": 40}
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[devservers.PostgresServer]:
+    with devservers.start_postgres() as pg:
+        yield pg
+
+
+@pytest.fixture(scope="session")
+def redis() -> Iterator[devservers.RedisServer]:
+    with devservers.start_redis() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+async def migrated(postgres: devservers.PostgresServer) -> str:
+    conn = await asyncpg.connect(postgres.url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return postgres.url
+
+
+@pytest.fixture(scope="session")
+async def db(migrated: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool for tests that look at (or corrupt) rows directly."""
+    pool = await asyncpg.create_pool(migrated, min_size=1, max_size=5)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+def prices_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("prices") / "prices.json"
+    path.write_text(json.dumps(PRICES))
+    return path
+
+
+@dataclass
+class RunningApp:
+    settings: Settings
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.settings.port}/v1/ws"
+
+    @property
+    def service_key(self) -> str:
+        return self.settings.service_keys[0]
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """An HTTP client that sends the service key."""
+        headers = {"Authorization": f"Bearer {self.service_key}"}
+        return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=30, **kwargs)
+
+    async def stop(self) -> None:
+        if not self.task.done():
+            self.server.should_exit = True
+            await self.task
+
+
+StartApp = Callable[..., Awaitable[RunningApp]]
+
+
+@pytest.fixture(scope="session")
+async def start_app(
+    migrated: str, redis: devservers.RedisServer, prices_file: Path
+) -> AsyncIterator[StartApp]:
+    """Factory: a real server on a free port; keyword arguments override Settings fields."""
+    running: list[RunningApp] = []
+    service_key = "sk_test_" + secrets.token_urlsafe(16)
+    token_secret = secrets.token_urlsafe(48)
+    channel_prefix = f"test-{uuid.uuid4().hex[:8]}"
+
+    async def start(**overrides: Any) -> RunningApp:
+        extra = overrides.pop("extra_routes", None)
+        env = {
+            "DATABASE_URL": migrated,
+            "REDIS_URL": redis.url,
+            "BALANCE_SERVICE_KEYS": service_key,
+            "BALANCE_TOKEN_SECRET": token_secret,
+            "BALANCE_PRICES_FILE": str(prices_file),
+        }
+        values: dict[str, Any] = {
+            "port": devservers.free_port(),
+            "channel_prefix": channel_prefix,
+            "sweep_interval": 0.2,
+            "drain_seconds": 0.2,
+            "ws_auth_timeout": 1.0,
+            **overrides,
+        }
+        settings = Settings.from_env(env, **values)
+        config = uvicorn.Config(
+            create_app(settings, extra_routes=extra),
+            host="127.0.0.1",
+            port=settings.port,
+            log_level="warning",
+            lifespan="on",
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        for _ in range(500):
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.01)
+        if task.done():
+            task.result()
+        assert server.started, "uvicorn did not start"
+        app = RunningApp(settings, server, task)
+        running.append(app)
+        return app
+
+    yield start
+    for app in running:
+        await app.stop()
+
+
+@pytest.fixture(scope="session")
+async def app(start_app: StartApp) -> RunningApp:
+    """The shared default server (REDIS_URL set, prices loaded, no welcome credits)."""
+    return await start_app()
+
+
+@pytest.fixture
+async def client(app: RunningApp) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.client() as c:
+        yield c
+
+
+@pytest.fixture
+def account() -> str:
+    """A fresh account id, so tests never see each other's data."""
+    return f"acct-{uuid.uuid4().hex[:12]}"
+
+
+def key() -> str:
+    return f"idem-{uuid.uuid4().hex}"
