@@ -1,0 +1,113 @@
+"""The command line: migrate, reconcile, token, and `dev` starting from nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import asyncpg
+import httpx
+import jwt
+
+from server.devservers import free_port
+from tests.conftest import key
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_migrate_twice_from_the_command_line(migrated: str) -> None:
+    for _ in range(2):
+        done = run_cli("migrate", env={"DATABASE_URL": migrated})
+        assert done.returncode == 0, done.stderr
+        assert "schema applied" in done.stdout
+
+
+def test_missing_database_url_names_it() -> None:
+    done = run_cli("migrate", env={"DATABASE_URL": ""})
+    assert done.returncode == 2 and "DATABASE_URL" in done.stderr
+
+
+async def test_reconcile_catches_a_corrupted_row(
+    migrated: str, db: asyncpg.Pool, client: httpx.AsyncClient, account: str
+) -> None:
+    await client.post(f"/v1/accounts/{account}/credit",
+                      json={"amount": 9, "kind": "grant", "idempotency_key": key()})
+    clean = run_cli("reconcile", env={"DATABASE_URL": migrated})
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    await db.execute("UPDATE accounts SET balance = balance + 1 WHERE account_id = $1", account)
+    try:
+        dirty = run_cli("reconcile", env={"DATABASE_URL": migrated})
+        assert dirty.returncode == 1
+        assert f"MISMATCH {account}: balance=10 ledger_sum=9" in dirty.stdout
+    finally:
+        await db.execute("UPDATE accounts SET balance = balance - 1 WHERE account_id = $1", account)
+    await db.execute("UPDATE accounts SET held = held + 2 WHERE account_id = $1", account)
+    try:
+        dirty = run_cli("reconcile", env={"DATABASE_URL": migrated})
+        assert dirty.returncode == 1 and "held=2 active_holds=0" in dirty.stdout
+    finally:
+        await db.execute("UPDATE accounts SET held = held - 2 WHERE account_id = $1", account)
+
+
+def test_token_command() -> None:
+    secret = "s" * 40
+    done = run_cli("token", "user_42", env={"BALANCE_TOKEN_SECRET": secret})
+    assert done.returncode == 0, done.stderr
+    claims = jwt.decode(done.stdout.strip(), secret, algorithms=["HS256"],
+                        audience="balance-server:user")
+    assert claims["sub"] == "user_42" and claims["exp"] > time.time()
+    assert run_cli("token", "x", env={"BALANCE_TOKEN_SECRET": ""}).returncode == 2
+
+
+def test_dev_starts_from_nothing_and_stops_cleanly() -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "dev", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        banner: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            banner.append(line)
+            if "service key" in line:
+                break
+        text = "".join(banner)
+        service_key = text.split("service key")[1].split()[0]
+        database_url = text.split("DATABASE_URL")[1].split()[0]
+        assert service_key.startswith("sk_dev_")
+        assert f"http://127.0.0.1:{port}/?account=demo-user" in text
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        headers = {"Authorization": f"Bearer {service_key}"}
+        acct = httpx.get(f"{base}/v1/accounts/dev-check", headers=headers).json()
+        assert acct["balance"] == 100  # dev's welcome credits
+        r = httpx.post(f"{base}/dev/spend", json={"account_id": "dev-check", "amount": 5})
+        assert r.status_code == 200 and r.json()["account"]["balance"] == 95
+        assert httpx.get(f"{base}/v1/prices", headers=headers).json()["generate_image"] == 5
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode in (0, 130), out
+    # The throwaway PostgreSQL went away with it.
+    pg_port = int(database_url.rsplit(":", 1)[1].split("/")[0])
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", pg_port)) != 0

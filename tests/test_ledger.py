@@ -1,0 +1,204 @@
+"""Ledger guarantees under concurrency, expiry, debt, and the schema's own idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+
+from server.ledger import Ledger, migrate
+from tests.conftest import RunningApp, StartApp, key
+
+
+async def balance_of(client: httpx.AsyncClient, account: str) -> dict[str, Any]:
+    body: dict[str, Any] = (await client.get(f"/v1/accounts/{account}")).json()
+    return body
+
+
+async def grant(client: httpx.AsyncClient, account: str, amount: int, **extra: Any) -> None:
+    r = await client.post(f"/v1/accounts/{account}/credit",
+                          json={"amount": amount, "kind": "grant", "idempotency_key": key(),
+                                **extra})
+    assert r.status_code == 200, r.text
+
+
+async def test_300_concurrent_debits_over_two_instances(
+    app: RunningApp, start_app: StartApp, account: str, db: asyncpg.Pool
+) -> None:
+    other = await start_app()
+    async with app.client() as a, other.client() as b:
+        await grant(a, account, 100)
+
+        async def debit(i: int) -> int:
+            c = a if i % 2 else b
+            r = await c.post(f"/v1/accounts/{account}/debit",
+                             json={"amount": 1, "reason": "race", "idempotency_key": f"k{i}"})
+            return r.status_code
+
+        statuses = await asyncio.gather(*(debit(i) for i in range(300)))
+        assert statuses.count(200) == 100
+        assert statuses.count(402) == 200
+        final = await balance_of(a, account)
+    assert (final["balance"], final["used"], final["version"]) == (0, 100, 101)
+    versions = await db.fetch(
+        "SELECT version FROM transactions WHERE account_id = $1 ORDER BY id", account)
+    assert [r["version"] for r in versions] == list(range(1, 102))
+    assert await db.fetchval(
+        "SELECT sum(amount) FROM transactions WHERE account_id = $1", account) == 0
+    await other.stop()
+
+
+async def test_40_concurrent_requests_one_key_one_transaction(
+    app: RunningApp, start_app: StartApp, account: str, db: asyncpg.Pool
+) -> None:
+    other = await start_app()
+    async with app.client() as a, other.client() as b:
+        await grant(a, account, 100)
+        body = {"amount": 3, "reason": "once", "idempotency_key": key()}
+        responses = await asyncio.gather(*(
+            (a if i % 2 else b).post(f"/v1/accounts/{account}/debit", json=body)
+            for i in range(40)
+        ))
+        assert {r.status_code for r in responses} == {200}
+        assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 39
+        assert len({r.json()["transaction"]["id"] for r in responses}) == 1
+        assert (await balance_of(a, account))["balance"] == 97
+    usage = await db.fetchval(
+        "SELECT count(*) FROM transactions WHERE account_id = $1 AND kind = 'usage'", account)
+    assert usage == 1
+    await other.stop()
+
+
+async def test_hold_expires_by_itself(client: httpx.AsyncClient, account: str,
+                                      db: asyncpg.Pool) -> None:
+    await grant(client, account, 10)
+    r = await client.post(f"/v1/accounts/{account}/holds",
+                          json={"amount": 8, "reason": "job", "ttl_seconds": 1,
+                                "idempotency_key": key()})
+    hold = r.json()["hold"]
+    version_after_hold = r.json()["account"]["version"]
+    for _ in range(40):
+        await asyncio.sleep(0.1)
+        acct = await balance_of(client, account)
+        if acct["held"] == 0:
+            break
+    assert (acct["balance"], acct["held"], acct["available"]) == (10, 0, 10)
+    assert acct["version"] == version_after_hold + 1
+    status = await db.fetchval("SELECT status FROM holds WHERE id = $1::uuid", hold["id"])
+    assert status == "expired"
+    late = await client.post(f"/v1/holds/{hold['id']}/capture")
+    assert late.status_code == 409 and late.json()["status"] == "expired"
+
+
+async def test_expiring_lots_spent_soonest_first_and_rest_expires(
+    client: httpx.AsyncClient, account: str, db: asyncpg.Pool
+) -> None:
+    now = datetime.now(UTC)
+    await grant(client, account, 50)  # never expires
+    await grant(client, account, 30, expires_at=(now + timedelta(hours=1)).isoformat())
+    await grant(client, account, 20, expires_at=(now + timedelta(seconds=2)).isoformat())
+    r = await client.post(f"/v1/accounts/{account}/debit",
+                          json={"amount": 25, "reason": "x", "idempotency_key": key()})
+    assert r.status_code == 200
+    lots = await db.fetch(
+        "SELECT amount, remaining FROM credit_lots WHERE account_id = $1 ORDER BY expires_at",
+        account)
+    # The 20 expiring first went entirely, then 5 of the 30; the permanent 50 is untouched.
+    assert [(lot["amount"], lot["remaining"]) for lot in lots] == [(20, 0), (30, 25)]
+    await client.post(f"/v1/accounts/{account}/debit",
+                      json={"amount": 5, "reason": "x", "idempotency_key": key()})
+    await grant(client, account, 7, expires_at=(now + timedelta(seconds=1)).isoformat())
+    for _ in range(40):
+        await asyncio.sleep(0.1)
+        acct = await balance_of(client, account)
+        if acct["balance"] == 70:
+            break
+    # 100 - 30 spent + 7 granted - 7 expired.
+    assert acct["balance"] == 70
+    expiry = await db.fetch(
+        "SELECT amount FROM transactions WHERE account_id = $1 AND kind = 'expiry'", account)
+    assert [r["amount"] for r in expiry] == [-7]
+
+
+async def test_lot_expiry_spares_held_credits(client: httpx.AsyncClient, account: str,
+                                             db: asyncpg.Pool) -> None:
+    soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    await grant(client, account, 10, expires_at=soon)
+    r = await client.post(f"/v1/accounts/{account}/holds",
+                          json={"amount": 6, "reason": "job", "idempotency_key": key()})
+    hold_id = r.json()["hold"]["id"]
+    for _ in range(40):
+        await asyncio.sleep(0.1)
+        if await db.fetchval("SELECT count(*) FROM transactions WHERE account_id = $1 "
+                             "AND kind = 'expiry'", account):
+            break
+    acct = await balance_of(client, account)
+    assert (acct["balance"], acct["held"], acct["available"]) == (6, 6, 0)
+    r = await client.post(f"/v1/holds/{hold_id}/capture")
+    assert r.status_code == 200 and r.json()["account"]["balance"] == 0
+
+
+async def test_reversal_into_debt_blocks_debits(app: RunningApp, account: str) -> None:
+    ledger: Ledger = app.server.config.app.state.resources.ledger  # type: ignore[attr-defined]
+    async with app.client() as client:
+        await grant(client, account, 10, kind="purchase")
+        await client.post(f"/v1/accounts/{account}/debit",
+                          json={"amount": 8, "reason": "x", "idempotency_key": key()})
+        from server.ledger import request_hash
+        from server.messages import DebitRequest
+
+        outcome = await ledger.post(
+            account, kind="reversal", amount=-10, reason="refunded", idempotency_key=key(),
+            fingerprint=request_hash("test", DebitRequest(10, "r", "k")), mode="debt",
+        )
+        assert outcome.frame is not None and outcome.frame.balance == -8
+        r = await client.post(f"/v1/accounts/{account}/debit",
+                              json={"amount": 1, "reason": "x", "idempotency_key": key()})
+        assert r.status_code == 402 and r.json()["available"] == -8
+        r = await client.post(f"/v1/accounts/{account}/holds",
+                              json={"amount": 1, "reason": "x", "idempotency_key": key()})
+        assert r.status_code == 402
+        await grant(client, account, 11, kind="purchase")
+        r = await client.post(f"/v1/accounts/{account}/debit",
+                              json={"amount": 3, "reason": "x", "idempotency_key": key()})
+        assert r.status_code == 200 and r.json()["account"]["balance"] == 0
+
+
+async def test_ledger_is_append_only(db: asyncpg.Pool, client: httpx.AsyncClient,
+                                     account: str) -> None:
+    await grant(client, account, 5)
+    try:
+        await db.execute("UPDATE transactions SET amount = 500 WHERE account_id = $1", account)
+    except asyncpg.RestrictViolationError:
+        pass
+    else:
+        raise AssertionError("UPDATE of a ledger row was allowed")
+    assert await db.fetchval("SELECT amount FROM transactions WHERE account_id = $1", account) == 5
+
+
+async def test_migrate_twice(migrated: str) -> None:
+    conn = await asyncpg.connect(migrated)
+    try:
+        await migrate(conn)
+        await migrate(conn)
+        assert await conn.fetchval("SELECT count(*) FROM pg_proc WHERE proname = 'balance_post'") == 1
+    finally:
+        await conn.close()
+
+
+async def test_concurrent_new_account_gets_welcome_once(start_app: StartApp, account: str,
+                                                        db: asyncpg.Pool) -> None:
+    app = await start_app(welcome_credits=10)
+    async with app.client() as c:
+        rs = await asyncio.gather(*(
+            c.post(f"/v1/accounts/{account}/debit",
+                   json={"amount": 1, "reason": "x", "idempotency_key": f"w{i}"})
+            for i in range(20)))
+    assert [r.status_code for r in rs].count(200) == 10
+    grants = await db.fetchval(
+        "SELECT count(*) FROM transactions WHERE account_id = $1 AND kind = 'grant'", account)
+    assert grants == 1
+    await app.stop()
