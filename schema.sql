@@ -500,3 +500,280 @@ CREATE OR REPLACE FUNCTION balance_reconcile() RETURNS TABLE (
     WHERE a.balance <> COALESCE(t.s, 0) OR a.held <> COALESCE(h.s, 0)
        OR a.expiring <> COALESCE(l.s, 0)
 $$;
+
+-- ==== payments (server/webhooks.py) ====
+-- Purchases and refunds reported by payment providers (Stripe, Dodo). A payment is
+-- credited once, keyed by the provider's payment id (Stripe PaymentIntent, Dodo payment),
+-- whichever event and delivery carries it. Refunds are stored first and then applied
+-- against their payment, so a refund that arrives before its payment waits for it.
+-- Every function takes a per-payment advisory lock first: a payment and its refunds are
+-- processed one at a time, whatever order and instance they arrive on.
+
+CREATE TABLE IF NOT EXISTS payments (
+    provider        text NOT NULL,
+    payment_id      text NOT NULL,
+    account_id      text NOT NULL REFERENCES accounts (account_id),
+    credits         bigint NOT NULL CHECK (credits > 0),
+    amount_paid     bigint,            -- minor currency units, as the provider reported them
+    currency        text,
+    -- credits accounted for by refunds so far: taken back, or (clamp policy) unrecovered
+    reversed        bigint NOT NULL DEFAULT 0 CHECK (reversed >= 0 AND reversed <= credits),
+    unrecovered     bigint NOT NULL DEFAULT 0 CHECK (unrecovered >= 0),
+    transaction_id  bigint REFERENCES transactions (id),
+    event_id        text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (provider, payment_id)
+);
+CREATE INDEX IF NOT EXISTS payments_account_idx ON payments (account_id);
+
+-- One row per refund seen. Dodo: one per refund_id, `refunded` is that refund's amount.
+-- Stripe: one per (charge, amount_refunded) snapshot, `refunded` is the running total.
+CREATE TABLE IF NOT EXISTS payment_refunds (
+    provider     text NOT NULL,
+    refund_key   text NOT NULL,
+    payment_id   text NOT NULL,
+    refunded     bigint CHECK (refunded >= 0),   -- money, minor units
+    paid         bigint CHECK (paid >= 0),       -- what it is a share of, when the event says
+    cumulative   boolean NOT NULL,
+    full_refund  boolean NOT NULL,
+    event_id     text,
+    applied_at   timestamptz,                    -- NULL while its payment has not arrived
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (provider, refund_key)
+);
+CREATE INDEX IF NOT EXISTS payment_refunds_payment_idx ON payment_refunds (provider, payment_id);
+
+-- Refunds still waiting for their payment (or for a payment that was never credits).
+CREATE OR REPLACE VIEW pending_refunds AS
+    SELECT * FROM payment_refunds WHERE applied_at IS NULL;
+
+-- Paid events that could not be fulfilled (missing or bad account / credits metadata):
+-- answered 200 so the provider stops retrying, and kept here for an operator.
+-- resolved_at is set when another event later fulfils the same payment.
+CREATE TABLE IF NOT EXISTS webhook_events_unfulfilled (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    provider     text NOT NULL,
+    event_id     text NOT NULL,
+    event_type   text NOT NULL,
+    payment_id   text,
+    problem      text NOT NULL,
+    payload      jsonb NOT NULL,
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    resolved_at  timestamptz,
+    UNIQUE (provider, event_id)
+);
+CREATE INDEX IF NOT EXISTS webhook_events_unfulfilled_open_idx
+    ON webhook_events_unfulfilled (received_at) WHERE resolved_at IS NULL;
+
+CREATE OR REPLACE FUNCTION balance__payment_lock(p_provider text, p_payment text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    -- 0x7061796D ('paym') namespaces these locks away from migrate's advisory lock.
+    PERFORM pg_advisory_xact_lock(1885436269, hashtext(p_provider || ':' || p_payment));
+END $$;
+
+-- Brings the payment's reversal up to what its stored refunds call for. The target is
+-- floor(credits * refunded / paid) over the cumulative refunded money, so several partial
+-- refunds never round to more than one full refund would, and a full refund is exact.
+-- Returns status NULL when the payment is unknown (its refunds stay pending).
+CREATE OR REPLACE FUNCTION balance__apply_refunds(
+    p_provider text, p_payment text, p_welcome bigint, p_mode text
+) RETURNS balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_pay payments;
+    v_refunded bigint;
+    v_paid bigint;
+    v_full boolean;
+    v_target bigint;
+    v_delta bigint;
+    v_key text;
+    v_short bigint;
+    v_res balance_result;
+BEGIN
+    SELECT * INTO v_pay FROM payments
+    WHERE provider = p_provider AND payment_id = p_payment FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN v_res;
+    END IF;
+    SELECT GREATEST(COALESCE(max(r.refunded) FILTER (WHERE r.cumulative), 0),
+                    COALESCE(sum(r.refunded) FILTER (WHERE NOT r.cumulative), 0))::bigint,
+           max(r.paid), COALESCE(bool_or(r.full_refund), false)
+    INTO v_refunded, v_paid, v_full
+    FROM payment_refunds r WHERE r.provider = p_provider AND r.payment_id = p_payment;
+    UPDATE payment_refunds SET applied_at = now()
+    WHERE provider = p_provider AND payment_id = p_payment AND applied_at IS NULL;
+
+    v_paid := COALESCE(NULLIF(v_paid, 0), NULLIF(v_pay.amount_paid, 0));
+    IF v_full THEN
+        v_target := v_pay.credits;
+    ELSIF v_paid IS NULL THEN
+        v_target := v_pay.reversed;  -- a partial refund of an unknown total: cannot size it
+    ELSE
+        v_target := LEAST(v_pay.credits,
+            floor(v_pay.credits::numeric * LEAST(v_refunded, v_paid) / v_paid)::bigint);
+    END IF;
+    v_delta := v_target - v_pay.reversed;
+
+    IF v_delta <= 0 THEN
+        v_res.status := 200;
+        v_res.replayed := false;
+        v_res.body := jsonb_build_object('result', 'nothing_to_reverse',
+                                         'account_id', v_pay.account_id,
+                                         'credits_reversed_total', v_pay.reversed);
+        RETURN v_res;
+    END IF;
+
+    v_key := 'webhook:' || p_provider || ':' || p_payment || ':reversed:' || v_target;
+    v_res := balance_post(
+        v_pay.account_id, p_welcome, v_key, sha256(convert_to(v_key, 'UTF8')), 'reversal',
+        -v_delta, 'refund via ' || p_provider,
+        jsonb_build_object('provider', p_provider, 'payment_id', p_payment,
+                           'credits_reversed_total', v_target),
+        NULL, p_mode);
+    v_short := COALESCE((v_res.body ->> 'unrecovered')::bigint, 0);
+    UPDATE payments SET reversed = v_target, unrecovered = unrecovered + v_short,
+                        updated_at = now()
+    WHERE provider = p_provider AND payment_id = p_payment;
+    v_res.body := v_res.body || jsonb_build_object(
+        'result', 'reversed', 'account_id', v_pay.account_id, 'credits_reversed', v_delta,
+        'credits_reversed_total', v_target);
+    RETURN v_res;
+END $$;
+
+-- Credits a paid purchase once per (provider, payment id), then applies any refunds that
+-- arrived before it. The payment row, the idempotency record and the ledger row commit
+-- together. A payment already credited answers result 'duplicate' and changes nothing.
+CREATE OR REPLACE FUNCTION balance_purchase(
+    p_provider text, p_payment text, p_account text, p_credits bigint, p_amount_paid bigint,
+    p_currency text, p_event_id text, p_metadata jsonb, p_welcome bigint, p_mode text
+) RETURNS balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_pay payments;
+    v_acc accounts;
+    v_key text := 'webhook:' || p_provider || ':' || p_payment;
+    v_res balance_result;
+    v_rev balance_result;
+BEGIN
+    PERFORM balance__payment_lock(p_provider, p_payment);
+    SELECT * INTO v_pay FROM payments WHERE provider = p_provider AND payment_id = p_payment;
+    IF FOUND THEN
+        SELECT * INTO v_acc FROM accounts WHERE account_id = v_pay.account_id;
+        v_res.status := 200;
+        v_res.replayed := true;
+        v_res.body := jsonb_build_object(
+            'result', 'duplicate', 'account_id', v_pay.account_id,
+            'account', balance__account_json(v_acc));
+        RETURN v_res;
+    END IF;
+
+    v_res := balance_post(
+        p_account, p_welcome, v_key, sha256(convert_to('purchase:' || v_key, 'UTF8')),
+        'purchase', p_credits, 'purchase via ' || p_provider, p_metadata, NULL, 'available');
+    IF v_res.status <> 200 OR v_res.replayed THEN
+        -- Only possible if the app itself used our key shape on /credit; refuse loudly.
+        RAISE EXCEPTION 'idempotency key % already used on account %', v_key, p_account
+            USING ERRCODE = 'unique_violation';
+    END IF;
+    INSERT INTO payments (provider, payment_id, account_id, credits, amount_paid, currency,
+                          transaction_id, event_id)
+    VALUES (p_provider, p_payment, p_account, p_credits, p_amount_paid, p_currency,
+            v_res.tx_id, p_event_id);
+    UPDATE webhook_events_unfulfilled SET resolved_at = now()
+    WHERE provider = p_provider AND payment_id = p_payment AND resolved_at IS NULL;
+    v_res.body := v_res.body || jsonb_build_object('result', 'fulfilled', 'account_id', p_account);
+
+    v_rev := balance__apply_refunds(p_provider, p_payment, p_welcome, p_mode);
+    IF v_rev.body ->> 'result' = 'reversed' THEN
+        v_res.body := v_res.body || jsonb_build_object(
+            'account', v_rev.body -> 'account',
+            'reversal', v_rev.body -> 'transaction',
+            'credits_reversed', v_rev.body -> 'credits_reversed');
+        IF v_rev.body ? 'unrecovered' THEN
+            v_res.body := v_res.body || jsonb_build_object('unrecovered', v_rev.body -> 'unrecovered');
+        END IF;
+        IF v_rev.account_id IS NOT NULL THEN
+            -- The frame carries the newest state; the purchase before it is in the ledger.
+            v_res := (v_res.status, false, v_res.body, v_rev.account_id, v_rev.balance,
+                      v_rev.held, v_rev.version, v_rev.kind, v_rev.amount, v_rev.tx_id, NULL);
+        END IF;
+    END IF;
+    RETURN v_res;
+END $$;
+
+-- Stores one refund (once per refund key) and applies it if its payment is known;
+-- otherwise it waits, pending, for balance_purchase to apply it.
+CREATE OR REPLACE FUNCTION balance_refund(
+    p_provider text, p_payment text, p_refund_key text, p_refunded bigint, p_paid bigint,
+    p_cumulative boolean, p_full boolean, p_event_id text, p_welcome bigint, p_mode text
+) RETURNS balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_res balance_result;
+BEGIN
+    PERFORM balance__payment_lock(p_provider, p_payment);
+    INSERT INTO payment_refunds (provider, refund_key, payment_id, refunded, paid, cumulative,
+                                 full_refund, event_id)
+    VALUES (p_provider, p_refund_key, p_payment, p_refunded, p_paid, p_cumulative, p_full,
+            p_event_id)
+    ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        v_res.status := 200;
+        v_res.replayed := true;
+        v_res.body := jsonb_build_object('result', 'duplicate');
+        RETURN v_res;
+    END IF;
+    v_res := balance__apply_refunds(p_provider, p_payment, p_welcome, p_mode);
+    IF v_res.status IS NULL THEN
+        v_res.status := 200;
+        v_res.replayed := false;
+        v_res.body := jsonb_build_object('result', 'pending');
+    END IF;
+    RETURN v_res;
+END $$;
+
+-- Records an event that cannot be fulfilled. For a purchase (p_payment set), not when its
+-- payment was already credited by another event (a payment_intent.succeeded without
+-- metadata after the Checkout session that had it). Returns 'recorded', 'duplicate' (the
+-- same event again) or 'fulfilled'. Refund problems pass p_payment NULL.
+CREATE OR REPLACE FUNCTION balance_record_unfulfilled(
+    p_provider text, p_event_id text, p_event_type text, p_payment text, p_problem text,
+    p_payload jsonb
+) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_payment IS NOT NULL THEN
+        PERFORM balance__payment_lock(p_provider, p_payment);
+        PERFORM 1 FROM payments WHERE provider = p_provider AND payment_id = p_payment;
+        IF FOUND THEN
+            RETURN 'fulfilled';
+        END IF;
+    END IF;
+    INSERT INTO webhook_events_unfulfilled
+        (provider, event_id, event_type, payment_id, problem, payload)
+    VALUES (p_provider, p_event_id, p_event_type, p_payment, p_problem, p_payload)
+    ON CONFLICT DO NOTHING;
+    RETURN CASE WHEN FOUND THEN 'recorded' ELSE 'duplicate' END;
+END $$;
+-- ==== end payments ====
+
+-- Group commit: many independent balance_post calls in one round trip and one commit.
+-- Rows are taken in (account, key) order so two concurrent batches lock accounts in the
+-- same order and cannot deadlock each other; results come back tagged with their index.
+CREATE OR REPLACE FUNCTION balance_post_many(
+    p_accounts text[], p_welcome bigint, p_keys text[], p_hashes bytea[], p_kinds text[],
+    p_amounts bigint[], p_reasons text[], p_metadata jsonb[], p_expires timestamptz[],
+    p_modes text[]
+) RETURNS TABLE (idx int, result balance_result) LANGUAGE plpgsql AS $$
+DECLARE
+    i int;
+BEGIN
+    FOR i IN
+        SELECT s.i FROM generate_subscripts(p_accounts, 1) AS s(i)
+        ORDER BY p_accounts[s.i], p_keys[s.i], s.i
+    LOOP
+        idx := i;
+        result := balance_post(p_accounts[i], p_welcome, p_keys[i], p_hashes[i], p_kinds[i],
+                               p_amounts[i], p_reasons[i], p_metadata[i], p_expires[i],
+                               p_modes[i]);
+        RETURN NEXT;
+    END LOOP;
+END $$;

@@ -75,6 +75,11 @@ async def _sweeper(res: Resources) -> None:
         await asyncio.sleep(res.settings.sweep_interval)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's RESET ALL on release: we never change session state, and the reset
+    was a full extra round trip on every request (about a fifth of the debit path)."""
+
+
 async def _warm_pool(pool: asyncpg.Pool, n: int) -> None:
     """Open a few connections ahead of traffic; a database that is down is not fatal."""
     with contextlib.suppress(*DB_DOWN):
@@ -95,6 +100,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
             timeout=5,
             command_timeout=30,
             server_settings={"application_name": "balance-server", "jit": "off"},
+            reset=_keep_session,
         )
         assert pool is not None
         ledger = Ledger(pool, settings.welcome_credits)

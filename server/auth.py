@@ -90,12 +90,11 @@ class TokenVerifier:
 
     def _decode(self, token: str, header: dict[str, Any]) -> dict[str, Any]:
         alg = header.get("alg")
-        required = {"require": ["exp"]}
         if alg == "HS256":
             try:
                 claims: dict[str, Any] = jwt.decode(
                     token, self._secret, algorithms=["HS256"], audience=TOKEN_AUDIENCE,
-                    issuer=TOKEN_ISSUER, options=required,
+                    issuer=TOKEN_ISSUER, options={"require": ["exp"]},
                 )
                 return claims
             except jwt.PyJWTError:

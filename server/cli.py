@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides["host"] = args.host
         if args.port:
             overrides["port"] = args.port
-        _serve(Settings.from_env(**overrides))
+        _serve(Settings.from_env(None, **overrides))
         return 0
     except ConfigError as exc:
         print(f"balance-server: {exc}", file=sys.stderr)

@@ -13,7 +13,9 @@ import msgspec
 
 from server import errors
 
-AccountId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+AccountId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
+]
 Amount = Annotated[int, msgspec.Meta(ge=1, le=10**12)]
 SignedAmount = Annotated[int, msgspec.Meta(ge=-(10**12), le=10**12)]
 IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]

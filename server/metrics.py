@@ -35,5 +35,7 @@ pubsub_lag = Gauge("pubsub_lag_seconds", "Age of the last canary seen through th
 purchases = Counter("balance_purchases_total", "Purchases credited from webhooks", ["provider"])
 reversals = Counter("balance_reversals_total", "Refund reversals applied", ["provider"])
 signatures_rejected = Counter(
-    "balance_webhook_signatures_rejected_total", "Webhooks refused for their signature", ["provider"]
+    "balance_webhook_signatures_rejected_total",
+    "Webhooks refused for their signature",
+    ["provider"],
 )

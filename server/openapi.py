@@ -47,6 +47,10 @@ _ERROR = {
 }
 
 
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(name=name)}
+
+
 def build() -> dict[str, Any]:
     """The OpenAPI 3.1 document."""
     types = [op[3] for op in _OPERATIONS if op[3] is not None] + [BalanceFrame]
@@ -64,7 +68,7 @@ def build() -> dict[str, Any]:
                 str(status): {"description": "success", "content": {"application/json": {}}},
                 "default": {
                     "description": "error",
-                    "content": {"application/json": {"schema": {"$ref": _REF.format(name="Error")}}},
+                    "content": {"application/json": {"schema": _ref("Error")}},
                 },
             },
             "security": [{"bearer": []}],
@@ -72,7 +76,7 @@ def build() -> dict[str, Any]:
         if body is not None:
             op["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": {"$ref": _REF.format(name=body.__name__)}}},
+                "content": {"application/json": {"schema": _ref(body.__name__)}},
             }
         paths.setdefault(path, {})[method] = op
     return {

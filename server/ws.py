@@ -57,6 +57,9 @@ class WsSettings(Protocol):
     @property
     def ws_send_timeout(self) -> float: ...
 
+    @property
+    def ws_ping_interval(self) -> float: ...
+
 
 class Identity(Protocol):
     @property
@@ -88,6 +91,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         # Refused at the handshake: the browser sees HTTP 403, no socket is opened.
         await websocket.close(CLOSE_FORBIDDEN.code, CLOSE_FORBIDDEN.name)
         return
+    proto, _ = _uvicorn_transport(websocket)
+    if proto is not None:
+        # uvicorn's keepalive is the ping: a ping every ws_ping_interval, and a socket whose
+        # pong is not back within another interval is dropped. Set before accept() starts it.
+        proto.ping_interval = proto.ping_timeout = settings.ws_ping_interval
     await websocket.accept()
     hub: Hub = res.hub
     if not hub.accepting:
@@ -246,7 +254,7 @@ class Connection:
         """Write now if the socket keeps up, else keep only the newest per account."""
         if self._closing:
             return
-        last = self._last.get(frame.account_id, 0)
+        last = self._last.get(frame.account_id, -1)
         if frame.version < last or (frame.version == last and not force):
             return
         self._last[frame.account_id] = frame.version
@@ -254,10 +262,13 @@ class Connection:
         if transport is not None and not self._pending and self._writable():
             transport.write(frame.wire)
             metrics.frames_sent.inc()
+            if self._stall_timer is not None:  # caught up since the last backlog
+                self._stall_timer.cancel()
+                self._stall_timer = None
             return
         if frame.account_id in self._pending:
             metrics.frames_conflated.inc()
-        elif not self._pending:
+        elif self._stall_timer is None:  # a backlog starts
             self._backlog_since = time.monotonic()
             loop = asyncio.get_running_loop()
             self._stall_timer = loop.call_later(self.settings.ws_send_timeout, self._check_stall)
@@ -300,13 +311,17 @@ class Connection:
             self._closing = True
         finally:
             self._flusher = None
-            if not self._pending and self._stall_timer is not None:
+            if self._caught_up() and self._stall_timer is not None:
                 self._stall_timer.cancel()
                 self._stall_timer = None
 
+    def _caught_up(self) -> bool:
+        """Nothing pending and the transport not paused: the backlog is over."""
+        return not self._pending and (self._proto is None or self._writable())
+
     def _check_stall(self) -> None:
         self._stall_timer = None
-        if self._closing or not self._pending:
+        if self._closing or self._caught_up():
             return
         stalled = time.monotonic() - self._backlog_since
         if stalled < self.settings.ws_send_timeout:
@@ -322,7 +337,7 @@ class Connection:
             transport = self._transport
             transport.write(_close_frame(CLOSE_TOO_SLOW))
             self._proto.close_sent = True
-            asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)
+            asyncio.get_running_loop().call_later(CLOSE_GRACE, _finish_close, transport)
         else:
             _spawn(self._close(CLOSE_TOO_SLOW))
 
@@ -338,6 +353,15 @@ class Connection:
         transport, proto = self._transport, self._proto
         if transport is not None and not transport.is_closing() and not proto.close_sent:
             transport.abort()  # could not even queue the close frame: the peer is stuck
+
+
+def _finish_close(transport: asyncio.Transport) -> None:
+    if transport.is_closing():
+        return
+    if transport.get_write_buffer_size():
+        transport.abort()  # the peer never took its close frame
+    else:
+        transport.close()
 
 
 _background: set[asyncio.Task[None]] = set()

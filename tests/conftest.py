@@ -15,6 +15,7 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
+from starlette.applications import Starlette
 
 from server import devservers
 from server.app import create_app
@@ -67,6 +68,7 @@ class RunningApp:
     settings: Settings
     server: uvicorn.Server
     task: asyncio.Task[None]
+    asgi: Starlette
 
     @property
     def base_url(self) -> str:
@@ -122,8 +124,9 @@ async def start_app(
             **overrides,
         }
         settings = Settings.from_env(env, **values)
+        asgi = create_app(settings, extra_routes=extra)
         config = uvicorn.Config(
-            create_app(settings, extra_routes=extra),
+            asgi,
             host="127.0.0.1",
             port=settings.port,
             log_level="warning",
@@ -138,7 +141,7 @@ async def start_app(
         if task.done():
             task.result()
         assert server.started, "uvicorn did not start"
-        app = RunningApp(settings, server, task)
+        app = RunningApp(settings, server, task, asgi)
         running.append(app)
         return app
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,7 +33,8 @@ async def test_new_account_springs_into_being(client: httpx.AsyncClient, account
 async def test_welcome_credits_granted_once(start_app: StartApp, account: str) -> None:
     app = await start_app(welcome_credits=25)
     async with app.client() as c:
-        first, second = await c.get(f"/v1/accounts/{account}"), await c.get(f"/v1/accounts/{account}")
+        first = await c.get(f"/v1/accounts/{account}")
+        second = await c.get(f"/v1/accounts/{account}")
         assert first.json()["balance"] == 25 and second.json()["balance"] == 25
         history = (await c.get(f"/v1/accounts/{account}/transactions")).json()["transactions"]
     assert [(t["kind"], t["amount"]) for t in history] == [("grant", 25)]
@@ -301,7 +303,7 @@ async def test_body_over_64k_is_413(client: httpx.AsyncClient, account: str) -> 
     r = await client.post(f"/v1/accounts/{account}/debit", json=body)
     assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(70):
             yield b"x" * 1024
 

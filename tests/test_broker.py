@@ -31,9 +31,9 @@ class Inbox:
         self.reconnects += 1
         self.changed.set()
 
-    async def wait_for(self, predicate: object, timeout: float = 5.0) -> None:
+    async def wait_for(self, predicate: object, within: float = 5.0) -> None:
         assert callable(predicate)
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while not predicate():
                 self.changed.clear()
                 await self.changed.wait()
@@ -139,7 +139,7 @@ async def test_reconnects_resubscribes_and_calls_back(own_redis: devservers.Redi
         assert broker.connected
         own_redis.stop()
         async with asyncio.timeout(5):
-            while broker.connected:
+            while broker.connected:  # noqa: ASYNC110 - polling state that has no event
                 await asyncio.sleep(0.02)
         with pytest.raises(Exception):  # noqa: B017 - any redis-py connection error
             await broker.publish([(name, b"lost")])

@@ -142,7 +142,7 @@ async def test_lot_expiry_spares_held_credits(client: httpx.AsyncClient, account
 
 
 async def test_reversal_into_debt_blocks_debits(app: RunningApp, account: str) -> None:
-    ledger: Ledger = app.server.config.app.state.resources.ledger  # type: ignore[attr-defined]
+    ledger: Ledger = app.asgi.state.resources.ledger
     async with app.client() as client:
         await grant(client, account, 10, kind="purchase")
         await client.post(f"/v1/accounts/{account}/debit",
@@ -184,7 +184,8 @@ async def test_migrate_twice(migrated: str) -> None:
     try:
         await migrate(conn)
         await migrate(conn)
-        assert await conn.fetchval("SELECT count(*) FROM pg_proc WHERE proname = 'balance_post'") == 1
+        count = "SELECT count(*) FROM pg_proc WHERE proname = 'balance_post'"
+        assert await conn.fetchval(count) == 1
     finally:
         await conn.close()
 

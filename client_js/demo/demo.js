@@ -19,6 +19,8 @@ const api = devApi(accountId);
 
 let available = null; // as last pushed; only hints at costs, the server decides
 let ledgerVersion = 0; // the account version the activity list was last fetched for
+let pending = null; // the tool to run again once credits are bought from the dialog
+const dialog = $('#insufficient');
 
 // ---------------------------------------------------------------- header
 
@@ -38,6 +40,11 @@ balance.addEventListener('balance-update', ({ detail }) => {
   }
 });
 balance.addEventListener('balance-change', ({ detail }) => toastChange(detail));
+balance.addEventListener('balance-state', ({ detail: state }) => {
+  const live = $('#live');
+  live.dataset.state = state;
+  live.textContent = { open: 'Live', connecting: 'Connecting', reconnecting: 'Reconnecting', closed: 'Offline' }[state];
+});
 balance.addEventListener('balance-error', ({ detail }) => console.warn('balance:', detail.code, detail.message));
 
 const buyToggle = $('#buy-toggle');
@@ -68,9 +75,10 @@ for (const container of document.querySelectorAll('[data-packs]')) {
 
 async function buy(credits, button) {
   button.disabled = true;
+  $('#insufficient-error').textContent = '';
   try {
     const res = await api.buy(credits);
-    if (!res.ok) return toast(`Purchase failed: ${res.data.message ?? res.status}`, 'error');
+    if (!res.ok) return failed(`The purchase did not go through (${res.data.message ?? `error ${res.status}`}). You were not charged.`);
     setMenu(false);
     // The "+credits" toast comes with the push, in every open tab.
     if (dialog.open) {
@@ -78,16 +86,19 @@ async function buy(credits, button) {
       if (pending) run(pending);
     }
   } catch {
-    toast('Could not reach the payment page. Try again.', 'error');
+    failed('Could not reach the payment page. Try again.');
   } finally {
     button.disabled = false;
   }
 }
 
-// ---------------------------------------------------------------- tools
+// A modal dialog sits above the toasts, so while it is open the error goes inside it.
+function failed(message) {
+  if (dialog.open) $('#insufficient-error').textContent = message;
+  else toast(message, 'error');
+}
 
-const dialog = $('#insufficient');
-let pending = null; // the tool to run again once credits are bought from the dialog
+// ---------------------------------------------------------------- tools
 
 for (const button of document.querySelectorAll('[data-action]')) button.addEventListener('click', () => run(button));
 
@@ -110,6 +121,7 @@ async function run(button) {
 
 function askToBuy(button, { required, available: have }) {
   pending = button;
+  $('#insufficient-error').textContent = '';
   $('#insufficient-text').textContent = `${button.dataset.reason} needs ${count.format(required)} credits and you have ${count.format(have)}. Top up and we will start it right away.`;
   dialog.showModal();
 }
@@ -120,14 +132,14 @@ dialog.addEventListener('close', () => {
 function markAffordable() {
   for (const button of document.querySelectorAll('[data-action]')) {
     const short = available !== null && available < Number(button.dataset.cost);
-    button.classList.toggle('short', short);
+    button.closest('.tool').classList.toggle('short', short);
     button.title = short ? `You need ${count.format(Number(button.dataset.cost) - available)} more credits` : '';
   }
 }
 
 // ---------------------------------------------------------------- gallery
 
-const BADGES = { upscale: '4×', remove_background: 'PNG', generate_video: '▶ 0:04' };
+const BADGES = { generate_image: '1024 px', upscale: '4×', remove_background: 'PNG', generate_video: '▶ 0:04' };
 
 function addCreation(action, reason) {
   const gallery = $('#gallery');
@@ -177,7 +189,7 @@ function toastChange({ change, available: left }) {
   const amount = `${signed(change.amount)} credits`;
   const title = {
     usage: `${amount} · ${change.reason ?? 'used'}`,
-    purchase: `${amount} added. Thank you!`,
+    purchase: `${amount} added`,
     grant: `${amount} welcome credits`,
     refund: `${amount} refunded`,
     expiry: `${amount} expired`,
@@ -198,7 +210,7 @@ function toast(title, tone = 'info', detail = '') {
     el.append(span);
   }
   box.append(el);
-  while (box.children.length > 4) box.firstElementChild.remove();
+  while (box.children.length > 3) box.firstElementChild.remove();
   setTimeout(() => {
     el.classList.add('leaving');
     setTimeout(() => el.remove(), 300);

@@ -1,6 +1,6 @@
 // BalanceClient: one WebSocket to balance-server, kept alive, with the last known
-// state of every account the token can see. Protocol: ../../../shared/API.md,
-// "WebSocket GET /v1/ws".
+// state of every account the token can see. Protocol: the wire contract (API.md),
+// section "WebSocket GET /v1/ws".
 
 import { Backoff } from './backoff.js';
 import { closeCode } from './codes.js';

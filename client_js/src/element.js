@@ -102,7 +102,7 @@ export class CreditBalance extends Base {
     const root = this.attachShadow({ mode: 'open' });
     root.innerHTML = `<style>${STYLE}</style><span part="icon"><slot name="icon">${COIN}</slot></span><span part="balance"></span><span part="label"></span><span part="status" role="status"></span>`;
     this.#els = Object.fromEntries(['balance', 'label', 'status'].map((p) => [p, root.querySelector(`[part=${p}]`)]));
-    this.#render();
+    // No #render() here: a constructor may not add attributes (createElement would throw).
   }
 
   /** A token or token function; set it instead of token-url when the token endpoint needs more than a POST. */
@@ -126,6 +126,7 @@ export class CreditBalance extends Base {
   }
 
   connectedCallback() {
+    this.#render();
     // Wait a microtask so a `token` property set right after insertion is used on the first dial.
     queueMicrotask(() => this.#start());
   }
