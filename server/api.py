@@ -15,7 +15,6 @@ from server import errors, metrics
 from server.auth import Identity, bearer, check_service_key
 from server.ledger import Outcome, request_hash
 from server.messages import (
-    AccountId,
     AdjustRequest,
     CaptureRequest,
     ChargeRequest,
@@ -342,5 +341,3 @@ def routes() -> list[Route]:
         Route("/v1/me/transactions", my_transactions, methods=["GET"]),
     ]
 
-
-__all__ = ["AccountId", "routes"]
