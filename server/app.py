@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -191,6 +191,7 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -210,5 +211,12 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             name = getattr(route, "path", "unmatched")
-            metrics.http_requests.labels(scope["method"], name, str(status)).inc()
-            metrics.http_latency.labels(name).observe(time.perf_counter() - start)
+            key = (scope["method"], name, status)
+            children = self._children.get(key)
+            if children is None:  # labels() costs a lock and a dict build: once per key
+                children = self._children[key] = (
+                    metrics.http_requests.labels(scope["method"], name, str(status)),
+                    metrics.http_latency.labels(name),
+                )
+            children[0].inc()
+            children[1].observe(time.perf_counter() - start)

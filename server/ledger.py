@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from server import errors
+from server import errors, metrics
 from server.messages import BalanceFrame, ChangeInfo
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
@@ -131,6 +131,7 @@ class GroupCommit:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[PostArgs, asyncio.Future[asyncpg.Record]]]) -> None:
+        metrics.batch_size.observe(len(batch))
         try:
             if len(batch) == 1:
                 await self._one(*batch[0])

@@ -20,6 +20,11 @@ debits = Counter("balance_debits_total", "Committed debits (debit, charge, captu
 insufficient = Counter("balance_insufficient_credits_total", "Requests refused with 402")
 credits = Counter("balance_credits_total", "Committed credits", ["kind"])
 idempotent_replays = Counter("balance_idempotent_replays_total", "Requests answered by replay")
+batch_size = Histogram(
+    "balance_group_commit_batch_size",
+    "Ledger movements sent together in one round trip",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 sweeps = Counter("balance_sweeper_changes_total", "Holds and lots expired by the sweeper", ["what"])
 
 # Push

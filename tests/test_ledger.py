@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from server import metrics
 from server.ledger import Ledger, migrate
 from tests.conftest import RunningApp, StartApp, key
 
@@ -203,3 +204,34 @@ async def test_concurrent_new_account_gets_welcome_once(start_app: StartApp, acc
         "SELECT count(*) FROM transactions WHERE account_id = $1 AND kind = 'grant'", account)
     assert grants == 1
     await app.stop()
+
+
+async def test_batched_posts_keep_every_field(client: httpx.AsyncClient, account: str,
+                                              db: asyncpg.Pool) -> None:
+    """Concurrent calls go through one balance_post_many; each keeps its own fields."""
+    later = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+
+    async def one(i: int) -> httpx.Response:
+        body: dict[str, Any] = {"amount": i + 1, "kind": "grant", "idempotency_key": f"b{i}",
+                                "reason": f"r{i}", "metadata": {"i": i}}
+        if i % 2:
+            body["expires_at"] = later
+        return await client.post(f"/v1/accounts/{account}/credit", json=body)
+
+    batched = metrics.batch_size.collect()[0].samples
+    before = sum(s.value for s in batched if s.name.endswith("_sum"))
+    count_before = sum(s.value for s in batched if s.name.endswith("_count"))
+    responses = await asyncio.gather(*(one(i) for i in range(30)))
+    after_samples = metrics.batch_size.collect()[0].samples
+    moved = sum(s.value for s in after_samples if s.name.endswith("_sum")) - before
+    batches = sum(s.value for s in after_samples if s.name.endswith("_count")) - count_before
+    assert moved >= 30 and batches < moved  # at least one round trip carried several
+    assert all(r.status_code == 200 for r in responses)
+    for i, r in enumerate(responses):
+        t = r.json()["transaction"]
+        assert (t["amount"], t["reason"], t["metadata"]) == (i + 1, f"r{i}", {"i": i})
+    rows = await db.fetch("SELECT amount FROM credit_lots WHERE account_id = $1 ORDER BY amount",
+                          account)
+    assert [r["amount"] for r in rows] == [i + 1 for i in range(30) if i % 2]
+    acct = await balance_of(client, account)
+    assert acct["balance"] == sum(range(1, 31)) and acct["version"] == 30
