@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server import api, errors, metrics, openapi, ws
+from server import api, errors, metrics, openapi, webhooks, ws
 from server.auth import TokenVerifier
 from server.broker import make_broker
 from server.config import Settings
@@ -128,6 +128,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
 
     routes: list[BaseRoute] = [
         *api.routes(),
+        *webhooks.routes(),
         WebSocketRoute("/v1/ws", ws.websocket_endpoint),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

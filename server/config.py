@@ -107,6 +107,14 @@ class Settings:
         refund_policy = env.get("BALANCE_REFUND_POLICY", "debt")
         if refund_policy not in ("debt", "clamp"):
             raise ConfigError("BALANCE_REFUND_POLICY must be 'debt' or 'clamp'")
+        dodo_secret = env.get("BALANCE_DODO_WEBHOOK_SECRET") or None
+        if dodo_secret is not None:
+            from server.webhooks import standard_key
+
+            try:
+                standard_key(dodo_secret)
+            except ValueError as exc:
+                raise ConfigError(f"BALANCE_DODO_WEBHOOK_SECRET: {exc}") from None
         welcome = _int(env, "BALANCE_WELCOME_CREDITS", 0)
         if not 0 <= welcome <= 10**12:
             raise ConfigError("BALANCE_WELCOME_CREDITS must be between 0 and 10^12")
@@ -126,7 +134,7 @@ class Settings:
             jwt_issuer=env.get("BALANCE_JWT_ISSUER") or None,
             jwt_account_claim=env.get("BALANCE_JWT_ACCOUNT_CLAIM") or "sub",
             stripe_webhook_secret=env.get("BALANCE_STRIPE_WEBHOOK_SECRET") or None,
-            dodo_webhook_secret=env.get("BALANCE_DODO_WEBHOOK_SECRET") or None,
+            dodo_webhook_secret=dodo_secret,
             refund_policy=refund_policy,
             allowed_origins=_list(env, "BALANCE_ALLOWED_ORIGINS"),
             ws_max_sockets_per_account=_int(env, "BALANCE_WS_MAX_SOCKETS_PER_ACCOUNT", 50),

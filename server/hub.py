@@ -97,6 +97,57 @@ class _Head(msgspec.Struct):
 _head = msgspec.json.Decoder(_Head)
 
 
+class _Batcher:
+    """Coalesces concurrent snapshot reads into one query per batch of accounts.
+
+    A reconnect storm or the clients' periodic syncs then cost a few queries a second, not
+    one per socket. Every read still starts after its caller asked (after its subscribe).
+    """
+
+    def __init__(self, snapshot: Snapshot, max_batch: int = 500) -> None:
+        self._snapshot = snapshot
+        self._max_batch = max_batch
+        self._waiting: dict[str, list[asyncio.Future[BalanceFrame | None]]] = {}
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def read(self, account_ids: Sequence[str]) -> list[BalanceFrame]:
+        loop = asyncio.get_running_loop()
+        futures = []
+        for account_id in account_ids:
+            future: asyncio.Future[BalanceFrame | None] = loop.create_future()
+            self._waiting.setdefault(account_id, []).append(future)
+            futures.append(future)
+        if self._drainer is None:
+            self._drainer = asyncio.create_task(self._drain())
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [r for r in results if isinstance(r, BalanceFrame)]
+
+    async def _drain(self) -> None:
+        try:
+            await asyncio.sleep(0)  # let the callers of this loop iteration join the batch
+            while self._waiting:
+                batch = {}
+                for account_id in list(self._waiting)[: self._max_batch]:
+                    batch[account_id] = self._waiting.pop(account_id)
+                try:
+                    frames = {f.account_id: f for f in await self._snapshot(list(batch))}
+                except Exception as exc:
+                    for futures in batch.values():
+                        for future in futures:
+                            if not future.done():
+                                future.set_exception(exc)
+                    continue
+                for account_id, futures in batch.items():
+                    for future in futures:
+                        if not future.done():
+                            future.set_result(frames.get(account_id))
+        finally:
+            self._drainer = None
+
+
 class _Account:
     __slots__ = ("latest", "listeners", "subscribed")
 
@@ -119,6 +170,7 @@ class Hub:
     ) -> None:
         self.broker = broker
         self._snapshot = snapshot
+        self._reads = _Batcher(snapshot)
         self._max_sockets = settings.ws_max_sockets_per_account
         self._drain_seconds = settings.drain_seconds
         # Channels: "{prefix}:acct:{account_id}", and one canary channel per hub.
@@ -294,7 +346,7 @@ class Hub:
         With `known` (a client's sync), only accounts whose version differs are sent, and
         sent even if this socket was already given that version.
         """
-        for frame in await self._snapshot(account_ids):
+        for frame in await self._reads.read(account_ids):
             if known is not None and known.get(frame.account_id) == frame.version:
                 continue
             data = encoder.encode(frame)

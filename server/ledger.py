@@ -66,11 +66,11 @@ def _outcome(row: asyncpg.Record) -> Outcome:
         raise errors.invalid_request(f"amount: must not exceed the held amount ({held})")
     frame = None
     if not row["replayed"] and row["account_id"] is not None:
-        frame = _frame(row)
+        frame = frame_from_row(row)
     return Outcome(status, (body_text or "{}").encode(), bool(row["replayed"]), frame)
 
 
-def _frame(row: asyncpg.Record) -> BalanceFrame:
+def frame_from_row(row: asyncpg.Record) -> BalanceFrame:
     hold_id = row["hold_id"]
     return BalanceFrame(
         account_id=row["account_id"],
@@ -338,7 +338,7 @@ class Ledger:
         rows = await self.pool.fetch(
             "SELECT (r).* FROM balance_sweep($1) r", limit
         )
-        return [_frame(r) for r in rows]
+        return [frame_from_row(r) for r in rows]
 
     async def forget_old_keys(self, days: int) -> int:
         """Drop idempotency records past retention; keys older than that may be reused."""

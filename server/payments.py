@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from server.ledger import Pool, _frame
+from server.ledger import Pool, frame_from_row
 from server.messages import BalanceFrame
 
 
@@ -62,7 +62,7 @@ def _outcome(row: asyncpg.Record | None, reason: str) -> PaymentOutcome:
     body: dict[str, Any] = json.loads(row["body"] or "{}")
     frame = None
     if not row["replayed"] and row["account_id"] is not None:
-        frame = _frame(row)
+        frame = frame_from_row(row)
         if frame.change is not None:
             frame.change.reason = reason
     return PaymentOutcome(str(body.get("result")), body, frame)

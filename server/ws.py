@@ -21,6 +21,7 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 import msgspec
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from server import metrics
@@ -82,26 +83,34 @@ class _Closed(Exception):
         self.message = message
 
 
-async def websocket_endpoint(websocket: WebSocket) -> None:
-    """The /v1/ws route (starlette WebSocketRoute)."""
-    res: Any = websocket.app.state.resources
-    settings: WsSettings = res.settings
-    origin = websocket.headers.get("origin")
-    if settings.allowed_origins and origin not in settings.allowed_origins:
-        # Refused at the handshake: the browser sees HTTP 403, no socket is opened.
-        await websocket.close(CLOSE_FORBIDDEN.code, CLOSE_FORBIDDEN.name)
-        return
-    proto, _ = _uvicorn_transport(websocket)
-    if proto is not None:
-        # uvicorn's keepalive is the ping: a ping every ws_ping_interval, and a socket whose
-        # pong is not back within another interval is dropped. Set before accept() starts it.
-        proto.ping_interval = proto.ping_timeout = settings.ws_ping_interval
-    await websocket.accept()
-    hub: Hub = res.hub
-    if not hub.accepting:
-        await websocket.close(CLOSE_SERVICE_RESTART.code, CLOSE_SERVICE_RESTART.name)
-        return
-    await Connection(websocket, hub, res.tokens, settings).run()
+class _Endpoint:
+    """The /v1/ws route, as a bare ASGI app: starlette's WebSocketRoute mounts it without the
+    per-socket session and exception wrappers, whose frames would live as long as the socket."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        websocket = WebSocket(scope, receive, send)
+        res: Any = websocket.app.state.resources
+        settings: WsSettings = res.settings
+        origin = websocket.headers.get("origin")
+        if settings.allowed_origins and origin not in settings.allowed_origins:
+            # Refused at the handshake: the browser sees HTTP 403, no socket is opened.
+            await websocket.close(CLOSE_FORBIDDEN.code, CLOSE_FORBIDDEN.name)
+            return
+        proto, _ = _uvicorn_transport(websocket)
+        if proto is not None:
+            # uvicorn's keepalive is the ping: one every ws_ping_interval, and a socket whose
+            # pong is not back within another interval is dropped. Set before accept() starts it.
+            proto.ping_interval = proto.ping_timeout = settings.ws_ping_interval
+        await websocket.accept()
+        hub: Hub = res.hub
+        if not hub.accepting:
+            await websocket.close(CLOSE_SERVICE_RESTART.code, CLOSE_SERVICE_RESTART.name)
+            return
+        await Connection(websocket, hub, res.tokens, settings).run()
+
+
+websocket_endpoint = _Endpoint()
+"""Mount as `WebSocketRoute("/v1/ws", websocket_endpoint)`."""
 
 
 def _close_frame(code: CloseCode) -> bytes:
@@ -380,7 +389,8 @@ def _uvicorn_transport(ws: WebSocket) -> tuple[Any, asyncio.Transport | None]:
     if (
         owner is not None
         and type(owner).__name__ == "WebSocketsSansIOProtocol"
-        and isinstance(transport, asyncio.Transport)
+        # uvloop's TCPTransport is not an asyncio.Transport subclass: check the methods used.
+        and all(hasattr(transport, m) for m in ("write", "abort", "get_write_buffer_size"))
         and isinstance(getattr(owner, "writable", None), asyncio.Event)
         and hasattr(owner, "close_sent")
     ):

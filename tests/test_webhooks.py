@@ -471,13 +471,23 @@ async def test_stripe_bad_signatures_are_401_and_write_nothing(
     assert await db.fetchval("SELECT count(*) FROM payments WHERE payment_id = $1", pi) == 0
 
 
-async def test_stripe_tolerance_edges(http: httpx.AsyncClient, backend: httpx.AsyncClient,
-                                      account: str) -> None:
+async def test_tolerance_edges_and_rolled_secrets_are_accepted(
+    http: httpx.AsyncClient, backend: httpx.AsyncClient, account: str
+) -> None:
     for offset in (-295, 295):
         payload = stripe_event("checkout.session.completed", session(account, "1", uid("pi")))
         r = await post_stripe(http, payload, at=int(time.time()) + offset)
         assert r.status_code == 200, r.text
-    assert await balance(backend, account) == 2
+        r = await post_dodo(http, dodo_payment(account, "1", uid("pay")),
+                            at=int(time.time()) + offset)
+        assert r.status_code == 200, r.text
+    # While a secret is being rolled Stripe signs with both: any matching v1= is enough.
+    payload = stripe_event("checkout.session.completed", session(account, "1", uid("pi")))
+    now = int(time.time())
+    right = stripe.WebhookSignature.generate_signature_header(payload.decode(), STRIPE_SECRET, now)
+    header = f"t={now},v1={'ab' * 32},{right.split(',')[1]},v0={'cd' * 32}"
+    assert (await post_stripe(http, payload, header=header)).status_code == 200
+    assert await balance(backend, account) == 5
 
 
 async def test_dodo_bad_signatures_are_401_and_write_nothing(

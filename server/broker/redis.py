@@ -37,7 +37,7 @@ class RedisBroker:
         url: str,
         *,
         ping_interval: float = 1.0,
-        dead_after: float = 3.0,
+        dead_after: float = 5.0,
         confirm_timeout: float = 1.0,
         backoff_min: float = 0.05,
         backoff_max: float = 1.0,
