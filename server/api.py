@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -144,17 +144,15 @@ async def get_account(request: Request) -> Response:
     return json_response(await resources(request).ledger.account(account_param(request)))
 
 
-@service
-async def debit(request: Request) -> Response:
-    """Spend credits: 402 unless available >= amount."""
-    account_id = account_param(request)
-    body = decode_body(DebitRequest, await read_body(request))
-    res = resources(request)
+async def _spend(
+    request: Request, account_id: str, amount: int, reason: str, key: str, fingerprint: bytes,
+    metadata: dict[str, Any] | None,
+) -> Response:
+    """The debit shared by /debit and /charge: 402 unless available >= amount."""
     try:
-        outcome = await res.ledger.post(
-            account_id, kind="usage", amount=-body.amount, reason=body.reason,
-            idempotency_key=body.idempotency_key, fingerprint=request_hash("debit", body),
-            metadata=body.metadata,
+        outcome = await resources(request).ledger.post(
+            account_id, kind="usage", amount=-amount, reason=reason, idempotency_key=key,
+            fingerprint=fingerprint, metadata=metadata,
         )
     except errors.ApiError as exc:
         if exc.status == 402:
@@ -163,6 +161,15 @@ async def debit(request: Request) -> Response:
     if not outcome.replayed:
         metrics.debits.inc()
     return answer(request, outcome)
+
+
+@service
+async def debit(request: Request) -> Response:
+    """Spend credits: 402 unless available >= amount."""
+    account_id = account_param(request)
+    body = decode_body(DebitRequest, await read_body(request))
+    return await _spend(request, account_id, body.amount, body.reason, body.idempotency_key,
+                        request_hash("debit", body), body.metadata)
 
 
 @service
@@ -205,8 +212,7 @@ async def charge(request: Request) -> Response:
     """Debit the price-list cost of an operation times quantity."""
     account_id = account_param(request)
     body = decode_body(ChargeRequest, await read_body(request))
-    res = resources(request)
-    price = res.settings.prices.get(body.operation)
+    price = resources(request).settings.prices.get(body.operation)
     if price is None:
         raise errors.invalid_request(f"operation: unknown operation {body.operation!r}")
     cost = price * body.quantity
@@ -214,19 +220,8 @@ async def charge(request: Request) -> Response:
         raise errors.invalid_request("quantity: total cost is over 10^12 credits")
     metadata = {**(body.metadata or {}), "operation": body.operation, "quantity": body.quantity,
                 "unit_cost": price}
-    try:
-        outcome = await res.ledger.post(
-            account_id, kind="usage", amount=-cost, reason=body.operation,
-            idempotency_key=body.idempotency_key, fingerprint=request_hash("charge", body),
-            metadata=metadata,
-        )
-    except errors.ApiError as exc:
-        if exc.status == 402:
-            metrics.insufficient.inc()
-        raise
-    if not outcome.replayed:
-        metrics.debits.inc()
-    return answer(request, outcome)
+    return await _spend(request, account_id, cost, body.operation, body.idempotency_key,
+                        request_hash("charge", body), metadata)
 
 
 @service
