@@ -103,7 +103,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
             reset=_keep_session,
         )
         assert pool is not None
-        ledger = Ledger(pool, settings.welcome_credits)
+        ledger = Ledger(pool, settings.welcome_credits, settings.db_batch_inflight)
         hub = Hub(make_broker(settings.redis_url), snapshot=ledger.snapshot, settings=settings)
         res = Resources(
             settings=settings,
