@@ -128,7 +128,7 @@ SERVICE_KEY = "sk_bench_" + secrets.token_urlsafe(16)
 
 
 def start_server(pg: devservers.PostgresServer, redis: devservers.RedisServer,
-                 port: int) -> subprocess.Popen[bytes]:
+                 port: int, batch_inflight: int | None = None) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DATABASE_URL": pg.url,
@@ -138,6 +138,8 @@ def start_server(pg: devservers.PostgresServer, redis: devservers.RedisServer,
         "BALANCE_DB_POOL_SIZE": "32",
         "PORT": str(port),
     }
+    if batch_inflight is not None:
+        env["BALANCE_DB_BATCH_INFLIGHT"] = str(batch_inflight)
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=env)
     for _ in range(200):
         try:
@@ -153,11 +155,13 @@ def start_server(pg: devservers.PostgresServer, redis: devservers.RedisServer,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--batch-inflight", type=int, default=None,
+                        help="BALANCE_DB_BATCH_INFLIGHT for the server (default: its own)")
     args = parser.parse_args()
     with devservers.start_postgres() as pg, devservers.start_redis() as redis:
         asyncio.run(seed(pg.url))
         port = devservers.free_port()
-        server = start_server(pg, redis, port)
+        server = start_server(pg, redis, port, args.batch_inflight)
         rows = []
         try:
             wrk(port, 8, False, 2, "warmup")
@@ -171,8 +175,10 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
     print()
+    inflight = args.batch_inflight or "default"
     print(f"debit throughput, {os.cpu_count()} cores, {args.seconds} s per cell, "
-          "one `balance-server serve` process (uvicorn, REDIS_URL set) vs pgbench")
+          "one `balance-server serve` process (uvicorn, REDIS_URL set, "
+          f"batch in-flight {inflight}) vs pgbench")
     print(f"{'workload':<20}{'clients':>8}{'HTTP debits/s':>16}{'pgbench tps':>14}{'ratio':>8}")
     for name, clients, ours, base in rows:
         print(f"{name:<20}{clients:>8}{ours:>16.0f}{base:>14.0f}{ours / base:>8.2f}")
