@@ -38,6 +38,7 @@ def _serve(settings: Settings, *, dev: bool = False) -> None:
         port=settings.port,
         log_level="info" if dev else "warning",
         proxy_headers=True,
+        access_log=False,  # a log line per request costs more than the debit path can spare
         # Our own 20 s ping runs in ws.py; uvicorn's protocol-level ping stays as a backstop.
         timeout_graceful_shutdown=max(5, int(settings.drain_seconds) + 5),
     )

@@ -86,7 +86,7 @@ class Settings:
     db_pool_size: int = 20
     # Group commit: how many batched ledger round trips may run at once. Fewer means bigger
     # batches (fewer commits); more means one slow statement delays fewer others.
-    db_batch_inflight: int = 2
+    db_batch_inflight: int = 1
     sweep_interval: float = 0.5
     idempotency_retention_days: int = 30
     dev_routes: bool = False
@@ -146,7 +146,7 @@ class Settings:
             ws_send_timeout=_float(env, "BALANCE_WS_SEND_TIMEOUT", 10.0),
             drain_seconds=_float(env, "BALANCE_DRAIN_SECONDS", 3.0),
             db_pool_size=_int(env, "BALANCE_DB_POOL_SIZE", 20),
-            db_batch_inflight=_int(env, "BALANCE_DB_BATCH_INFLIGHT", 2),
+            db_batch_inflight=_int(env, "BALANCE_DB_BATCH_INFLIGHT", 1),
             sweep_interval=_float(env, "BALANCE_SWEEP_INTERVAL", 0.5),
             idempotency_retention_days=_int(env, "BALANCE_IDEMPOTENCY_RETENTION_DAYS", 30),
             channel_prefix=env.get("BALANCE_CHANNEL_PREFIX", "balance"),

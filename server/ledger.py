@@ -193,7 +193,7 @@ class GroupCommit:
 class Ledger:
     """The ledger over one asyncpg pool."""
 
-    def __init__(self, pool: Pool, welcome_credits: int, max_inflight: int = 2) -> None:
+    def __init__(self, pool: Pool, welcome_credits: int, max_inflight: int = 1) -> None:
         self.pool = pool
         self.welcome = welcome_credits
         self._group = GroupCommit(pool, welcome_credits, max_inflight)
