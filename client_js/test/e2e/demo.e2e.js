@@ -12,6 +12,8 @@ const SERVICE_KEY = `sk_e2e_${Math.random().toString(36).slice(2)}`;
 const BROWSER_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
 
 const skip = await missingPrerequisite();
+// CI installs every prerequisite (make setup), so there a skip would hide a broken setup.
+if (skip && process.env.CI) throw new Error(`end-to-end prerequisites missing in CI: ${skip}`);
 
 /** The balance text a <credit-balance> shows, as rendered in its shadow root. */
 const shownBalance = (page) => page.locator('credit-balance').evaluate((el) => el.shadowRoot.querySelector('[part=balance]').textContent);

@@ -18,6 +18,7 @@ try {
   // reported as the skip reason below
 }
 const skip = !existsSync(CHROMIUM) ? `no Chromium at ${CHROMIUM}` : !playwright ? 'playwright-core is not installed' : false;
+if (skip && process.env.CI) throw new Error(`end-to-end prerequisites missing in CI: ${skip}`);
 
 const PAGE = `<!doctype html><html lang="en"><body style="font: 16px system-ui; padding: 24px">
 <header style="display:flex; gap:12px; align-items:center">

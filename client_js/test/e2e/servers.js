@@ -1,5 +1,6 @@
 // Starts the real thing for the end-to-end tests: PostgreSQL + Redis through
-// `python -m server.devservers`, then `balance-server dev` on a fixed port, which
+// `python -m server.devservers`, then `balance-server dev` (run as `python -m server.cli
+// dev`, so no console script on PATH is needed) on a fixed port, which
 // can be stopped and started again on the same port and data.
 
 import { spawn, spawnSync } from 'node:child_process';
@@ -23,7 +24,6 @@ export async function missingPrerequisite() {
   }
   const py = spawnSync(PYTHON, ['-c', 'import server.devservers, server.cli, server.devroutes'], { cwd: REPO, encoding: 'utf8' });
   if (py.status !== 0) return `the Python server does not import (${PYTHON}): ${(py.stderr || py.error?.message || '').trim().split('\n').at(-1)}`;
-  if (spawnSync('balance-server', ['--help'], { encoding: 'utf8' }).status !== 0) return '`balance-server` is not on PATH (pip install -e . at the repo root)';
   return null;
 }
 
@@ -77,7 +77,7 @@ export async function startDatabases() {
 
 /** `balance-server dev` on `port`, resolved once GET /healthz answers 200. */
 export async function startServer({ port, env }) {
-  const child = spawn('balance-server', ['dev', '--host', '127.0.0.1', '--port', String(port)], {
+  const child = spawn(PYTHON, ['-m', 'server.cli', 'dev', '--host', '127.0.0.1', '--port', String(port)], {
     cwd: REPO,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
