@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
+import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -88,7 +91,22 @@ async def _warm_pool(pool: asyncpg.Pool, n: int) -> None:
             await pool.release(conn)
 
 
-def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) -> Starlette:
+class DrainingServer(uvicorn.Server):
+    """uvicorn closes every socket at once on SIGTERM; stop accepting, then drain ours with
+    a reconnect code spread over `drain_seconds`, so clients do not all return at once."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        resources = getattr(getattr(self.config.app, "state", None), "resources", None)
+        if isinstance(resources, Resources):
+            await resources.hub.drain()
+        await super().shutdown(sockets)
+
+
+def create_app(
+    settings: Settings, extra_routes: list[BaseRoute] | None = None
+) -> ws.WebSocketFirst:
     """The ASGI application for these settings."""
 
     @contextlib.asynccontextmanager
@@ -117,6 +135,9 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
         await hub.start()
         await _warm_pool(pool, min(4, settings.db_pool_size))
         sweeper = asyncio.create_task(_sweeper(res), name="sweeper")
+        # Everything allocated so far lives as long as the process: keep it out of the
+        # collector's generations so full collections (pauses) stay short under many sockets.
+        gc.freeze()
         try:
             yield
         finally:
@@ -136,7 +157,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
         Route("/openapi.json", openapi.endpoint, methods=["GET"]),
         *(extra_routes or []),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[Middleware(MetricsMiddleware)],
         lifespan=lifespan,
@@ -146,6 +167,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
             **{exc: database_down for exc in DB_DOWN},
         },
     )
+    return ws.WebSocketFirst(app)
 
 
 async def healthz(request: Request) -> Response:

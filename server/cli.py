@@ -24,7 +24,7 @@ DEV_PRICES = {"generate_image": 5, "upscale": 2, "remove_background": 3, "genera
 def _serve(settings: Settings, *, dev: bool = False) -> None:
     import uvicorn
 
-    from server.app import create_app
+    from server.app import DrainingServer, create_app
 
     extra = None
     if dev:
@@ -32,16 +32,19 @@ def _serve(settings: Settings, *, dev: bool = False) -> None:
 
         extra = devroutes.routes()
     app = create_app(settings, extra_routes=extra)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level="info" if dev else "warning",
         proxy_headers=True,
         access_log=False,  # a log line per request costs more than the debit path can spare
-        # Our own 20 s ping runs in ws.py; uvicorn's protocol-level ping stays as a backstop.
         timeout_graceful_shutdown=max(5, int(settings.drain_seconds) + 5),
+        # The ping is uvicorn's keepalive, set per socket by ws.py from ws_ping_interval.
+        ws_max_size=4096,
+        ws_per_message_deflate=False,
     )
+    DrainingServer(config).run()
 
 
 async def _migrate(database_url: str) -> None:

@@ -73,8 +73,8 @@ def _text_frame(payload: bytes) -> bytes:
 class Listener(Protocol):
     """A local socket as the hub sees it (server.ws.Connection)."""
 
-    def deliver(self, frame: Frame, *, force: bool = False) -> None:
-        """Queue or write a frame; never blocks, never raises; never older after newer."""
+    def deliver(self, frame: Frame, *, force: bool = False) -> bool:
+        """Write (True) or queue a frame; never blocks or raises; never older after newer."""
         ...
 
     def close(self, code: CloseCode) -> None:
@@ -304,8 +304,11 @@ class Hub:
             return
         account.latest = version
         frame = Frame(account_id, version, data)
+        sent = 0
         for listener in account.listeners:
-            listener.deliver(frame)
+            sent += listener.deliver(frame)
+        if sent:
+            metrics.frames_sent.inc(sent)
 
     # ------------------------------------------------------------ sockets
 
@@ -350,7 +353,9 @@ class Hub:
             if known is not None and known.get(frame.account_id) == frame.version:
                 continue
             data = encoder.encode(frame)
-            listener.deliver(Frame(frame.account_id, frame.version, data), force=known is not None)
+            shared = Frame(frame.account_id, frame.version, data)
+            if listener.deliver(shared, force=known is not None):
+                metrics.frames_sent.inc()
             # Others on this account may have missed this version (a lost publish).
             self._fan_out(frame.account_id, frame.version, data)
 
@@ -409,8 +414,8 @@ class Hub:
                     continue
                 shared = Frame(frame.account_id, frame.version, data)
                 account.latest = max(account.latest, frame.version)
-                for listener in account.listeners:
-                    listener.deliver(shared)
+                sent = sum(listener.deliver(shared) for listener in account.listeners)
+                metrics.frames_sent.inc(sent)
 
     @property
     def socket_count(self) -> int:

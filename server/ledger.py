@@ -260,20 +260,18 @@ class Ledger:
         """Current state of each account (created if new), for WebSocket snapshots."""
         if not account_ids:
             return []
+        # balance_account() creates missing rows; they are read back from its own result
+        # because a join in the same statement could not see rows it inserted.
         rows = await self.pool.fetch(
-            """
-            SELECT a.account_id, a.balance, a.held, a.version
-            FROM unnest($1::text[]) AS ids(id),
-                 LATERAL (SELECT balance_account(ids.id, $2)) AS ensure(j),
-                 accounts a WHERE a.account_id = ids.id
-            """,
+            "SELECT balance_account(id, $2)::text AS j FROM unnest($1::text[]) AS id",
             list(account_ids), self.welcome,
         )
-        return [
-            BalanceFrame(r["account_id"], r["balance"], r["held"], r["balance"] - r["held"],
-                         r["version"])
-            for r in rows
-        ]
+        frames = []
+        for row in rows:
+            a = json.loads(row["j"])
+            frames.append(BalanceFrame(a["account_id"], a["balance"], a["held"], a["available"],
+                                       a["version"]))
+        return frames
 
     async def transactions(
         self, account_id: str, *, limit: int, before: int | None, kind: str | None

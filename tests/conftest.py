@@ -15,12 +15,12 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
-from starlette.applications import Starlette
 
 from server import devservers
-from server.app import create_app
+from server.app import DrainingServer, create_app
 from server.config import Settings
 from server.ledger import migrate
+from server.ws import WebSocketFirst
 
 PRICES = {"generate_image": 5, "upscale": 2, "generate_video": 40}
 
@@ -68,7 +68,7 @@ class RunningApp:
     settings: Settings
     server: uvicorn.Server
     task: asyncio.Task[None]
-    asgi: Starlette
+    asgi: WebSocketFirst
 
     @property
     def base_url(self) -> str:
@@ -132,7 +132,7 @@ async def start_app(
             log_level="warning",
             lifespan="on",
         )
-        server = uvicorn.Server(config)
+        server = DrainingServer(config)
         task = asyncio.create_task(server.serve())
         for _ in range(500):
             if server.started or task.done():

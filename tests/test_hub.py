@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 import asyncpg
 import pytest
@@ -28,8 +28,9 @@ class Sink:
         self.frames: list[Frame] = []
         self.closed: CloseCode | None = None
 
-    def deliver(self, frame: Frame, *, force: bool = False) -> None:
+    def deliver(self, frame: Frame, *, force: bool = False) -> bool:
         self.frames.append(frame)
+        return True
 
     def close(self, code: CloseCode) -> None:
         self.closed = code
@@ -278,3 +279,26 @@ async def test_stop_drains_with_service_restart(migrated: str, ledger: Ledger, p
     assert {s.closed for s in sinks} == {CLOSE_SERVICE_RESTART}
     with pytest.raises(HubClosed):
         await hub.register(Sink(), [account()])
+
+
+async def test_concurrent_snapshots_share_one_query(
+    migrated: str, ledger: Ledger, prefix: str
+) -> None:
+    calls: list[int] = []
+
+    async def counted(account_ids: Sequence[str]) -> list[BalanceFrame]:
+        calls.append(len(account_ids))
+        return await ledger.snapshot(account_ids)
+
+    hub = Hub(make_broker(None), counted, settings(migrated, prefix))
+    await hub.start()
+    try:
+        accounts = [account() for _ in range(50)]
+        sinks = [Sink() for _ in accounts]
+        await asyncio.gather(*(hub.register(s, [a]) for s, a in zip(sinks, accounts, strict=True)))
+        assert all(s.versions == [0] for s in sinks)
+        assert sum(calls) == 50 and len(calls) <= 3
+        for sink, acct in zip(sinks, accounts, strict=True):
+            hub.unregister(sink, [acct])
+    finally:
+        await hub.stop()

@@ -218,13 +218,15 @@ async def test_batched_posts_keep_every_field(client: httpx.AsyncClient, account
             body["expires_at"] = later
         return await client.post(f"/v1/accounts/{account}/credit", json=body)
 
-    batched = metrics.batch_size.collect()[0].samples
-    before = sum(s.value for s in batched if s.name.endswith("_sum"))
-    count_before = sum(s.value for s in batched if s.name.endswith("_count"))
+    def totals() -> tuple[float, float]:
+        samples = [s for metric in metrics.batch_size.collect() for s in metric.samples]
+        return (sum(s.value for s in samples if s.name.endswith("_sum")),
+                sum(s.value for s in samples if s.name.endswith("_count")))
+
+    moved_before, batches_before = totals()
     responses = await asyncio.gather(*(one(i) for i in range(30)))
-    after_samples = metrics.batch_size.collect()[0].samples
-    moved = sum(s.value for s in after_samples if s.name.endswith("_sum")) - before
-    batches = sum(s.value for s in after_samples if s.name.endswith("_count")) - count_before
+    moved_after, batches_after = totals()
+    moved, batches = moved_after - moved_before, batches_after - batches_before
     assert moved >= 30 and batches < moved  # at least one round trip carried several
     assert all(r.status_code == 200 for r in responses)
     for i, r in enumerate(responses):
