@@ -46,8 +46,10 @@ def resources(request: Request) -> Resources:
 async def read_body(request: Request) -> bytes:
     """The raw body, refusing more than 64 KiB without reading it all."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-        raise errors.payload_too_large(MAX_BODY)
+    if declared is not None and declared.isdigit():
+        if int(declared) > MAX_BODY:
+            raise errors.payload_too_large(MAX_BODY)
+        return await request.body()  # the server stops at the declared length
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
