@@ -56,10 +56,11 @@ def load_prices(path: str | None) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str
-    service_keys: tuple[str, ...]
+    # Secrets (and URLs that may carry a password) stay out of repr, and so out of logs.
+    database_url: str = field(repr=False)
+    service_keys: tuple[str, ...] = field(repr=False)
     token_secret: str = field(repr=False)
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)
     welcome_credits: int = 0
     prices: dict[str, int] = field(default_factory=dict)
     host: str = "127.0.0.1"

@@ -1,0 +1,52 @@
+"""Settings: read once, fail loudly by name, never show a secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.config import ConfigError, Settings
+
+BASE = {
+    "DATABASE_URL": "postgresql://app:db-password@db/credits",
+    "BALANCE_SERVICE_KEYS": "sk_live_0123456789abcdef,sk_live_fedcba9876543210",
+    "BALANCE_TOKEN_SECRET": "t" * 40,
+    "REDIS_URL": "redis://:redis-password@cache:6379/0",
+    "BALANCE_STRIPE_WEBHOOK_SECRET": "whsec_stripe_secret",
+}
+
+
+def test_repr_shows_no_secret() -> None:
+    text = repr(Settings.from_env(BASE))
+    for secret in ("db-password", "redis-password", "sk_live_", "tttt", "whsec_"):
+        assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"DATABASE_URL": ""}, "DATABASE_URL"),
+        ({"BALANCE_SERVICE_KEYS": ""}, "BALANCE_SERVICE_KEYS"),
+        ({"BALANCE_SERVICE_KEYS": "short"}, "BALANCE_SERVICE_KEYS"),
+        ({"BALANCE_TOKEN_SECRET": "too-short"}, "BALANCE_TOKEN_SECRET"),
+        ({"BALANCE_WELCOME_CREDITS": "ten"}, "BALANCE_WELCOME_CREDITS"),
+        ({"BALANCE_REFUND_POLICY": "forgive"}, "BALANCE_REFUND_POLICY"),
+        ({"BALANCE_DODO_WEBHOOK_SECRET": "whsec_***not base64***"}, "BALANCE_DODO_WEBHOOK_SECRET"),
+        ({"BALANCE_PRICES_FILE": "/nonexistent/prices.json"}, "BALANCE_PRICES_FILE"),
+    ],
+)
+def test_bad_setting_names_itself(change: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        Settings.from_env({**BASE, **change})
+
+
+def test_prices_must_be_positive_integers(tmp_path: Path) -> None:
+    path = tmp_path / "prices.json"
+    path.write_text('{"generate_image": 2.5}')
+    with pytest.raises(ConfigError, match="positive integer"):
+        Settings.from_env({**BASE, "BALANCE_PRICES_FILE": str(path)})
+    path.write_text('{"generate_image": 5, "upscale": 2}')
+    settings = Settings.from_env({**BASE, "BALANCE_PRICES_FILE": str(path)})
+    assert settings.prices == {"generate_image": 5, "upscale": 2}
+    assert settings.service_keys == ("sk_live_0123456789abcdef", "sk_live_fedcba9876543210")
