@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
+import io
 import json
+import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -23,6 +27,31 @@ from server.ledger import migrate
 from server.ws import WebSocketFirst
 
 PRICES = {"generate_image": 5, "upscale": 2, "generate_video": 40}
+# Seconds; no test comes near it, so reaching it means a hang.
+TEST_TIMEOUT = float(os.environ.get("BALANCE_TEST_TIMEOUT", "60"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Bound every async test: a hang fails with every task's stack instead of stalling CI."""
+    for item in items:
+        function = getattr(item, "obj", None)
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(function):
+            item.obj = _bounded(function)
+
+
+def _bounded(test: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    @functools.wraps(test)
+    async def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            async with asyncio.timeout(TEST_TIMEOUT):
+                await test(*args, **kwargs)
+        except TimeoutError:
+            stacks = io.StringIO()
+            for task in asyncio.all_tasks():
+                task.print_stack(file=stacks)
+            pytest.fail(f"test hung for {TEST_TIMEOUT} s; tasks:\n{stacks.getvalue()}")
+
+    return run
 
 
 @pytest.fixture(scope="session")
