@@ -211,7 +211,10 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        await asyncio.gather(*self._unsubscribing.values(), return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*self._unsubscribing.values(), return_exceptions=True), 3.0
+            )
         for bg in list(self._background):
             bg.cancel()
         await self.broker.disconnect()

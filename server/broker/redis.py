@@ -27,6 +27,7 @@ from server.broker.base import OnMessage, OnReconnect
 log = logging.getLogger("balance.broker")
 
 _FAILURES = (RedisError, OSError, TimeoutError)
+_SHUTDOWN_STEP = 3.0  # seconds
 
 
 class RedisBroker:
@@ -84,15 +85,17 @@ class RedisBroker:
             await asyncio.wait_for(self._ready.wait(), timeout=2.0)
 
     async def disconnect(self) -> None:
+        # Every step is bounded: a shutdown must finish even if redis-py is stuck mid-reconnect.
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, _SHUTDOWN_STEP)
             self._task = None
         for task in list(self._resyncs):
             task.cancel()
-        await self._pub.aclose()
-        await self._sub.aclose()
+        for client in (self._pub, self._sub):
+            with contextlib.suppress(*_FAILURES):
+                await asyncio.wait_for(client.aclose(), _SHUTDOWN_STEP)
 
     async def subscribe(self, channel: str) -> None:
         self._channels.add(channel)
@@ -116,7 +119,7 @@ class RedisBroker:
         pubsub = self._pubsub
         if pubsub is not None:
             with contextlib.suppress(*_FAILURES):
-                await pubsub.unsubscribe(channel)
+                await asyncio.wait_for(pubsub.unsubscribe(channel), self._confirm_timeout)
 
     async def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
         if len(messages) == 1:
