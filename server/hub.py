@@ -207,14 +207,12 @@ class Hub:
         await self.drain()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # asyncio.wait: bounded, and a cancellation of stop() itself still propagates
+        # (suppressing CancelledError around `await task` would swallow it).
+        pending = {*self._tasks, *self._unsubscribing.values()}
+        if pending:
+            await asyncio.wait(pending, timeout=3.0)
         self._tasks = []
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(*self._unsubscribing.values(), return_exceptions=True), 3.0
-            )
         for bg in list(self._background):
             bg.cancel()
         await self.broker.disconnect()

@@ -88,8 +88,7 @@ class RedisBroker:
         # Every step is bounded: a shutdown must finish even if redis-py is stuck mid-reconnect.
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._task, _SHUTDOWN_STEP)
+            await asyncio.wait({self._task}, timeout=_SHUTDOWN_STEP)
             self._task = None
         for task in list(self._resyncs):
             task.cancel()
@@ -109,7 +108,7 @@ class RedisBroker:
         if confirm is None:
             confirm = self._confirms[channel] = asyncio.get_running_loop().create_future()
         try:
-            await pubsub.subscribe(channel)
+            await asyncio.wait_for(pubsub.subscribe(channel), self._confirm_timeout)
             await asyncio.wait_for(asyncio.shield(confirm), self._confirm_timeout)
         except _FAILURES:
             pass  # the subscriber loop sees the failure too, reconnects and resyncs
