@@ -49,7 +49,7 @@ def _jsonb(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
-def _outcome(row: asyncpg.Record) -> Outcome:
+def _outcome(row: asyncpg.Record, reason: str | None = None) -> Outcome:
     status: int = row["status"]
     body_text: str | None = row["body"]
     if status == 402:
@@ -66,11 +66,12 @@ def _outcome(row: asyncpg.Record) -> Outcome:
         raise errors.invalid_request(f"amount: must not exceed the held amount ({held})")
     frame = None
     if not row["replayed"] and row["account_id"] is not None:
-        frame = frame_from_row(row)
+        frame = frame_from_row(row, reason)
     return Outcome(status, (body_text or "{}").encode(), bool(row["replayed"]), frame)
 
 
-def frame_from_row(row: asyncpg.Record) -> BalanceFrame:
+def frame_from_row(row: asyncpg.Record, reason: str | None = None) -> BalanceFrame:
+    """The push frame for a committed balance_result row."""
     hold_id = row["hold_id"]
     return BalanceFrame(
         account_id=row["account_id"],
@@ -81,7 +82,7 @@ def frame_from_row(row: asyncpg.Record) -> BalanceFrame:
         change=ChangeInfo(
             kind=row["kind"],
             amount=row["amount"],
-            reason=None,
+            reason=reason,
             transaction_id=row["tx_id"],
             hold_id=str(hold_id) if hold_id is not None else None,
         ),
@@ -216,7 +217,7 @@ class Ledger:
             account_id, idempotency_key, fingerprint, kind, amount, reason, _jsonb(metadata),
             expires_at, mode,
         ))
-        return _with_reason(_outcome(row), reason)
+        return _outcome(row, reason)
 
     async def hold(
         self,
@@ -235,7 +236,7 @@ class Ledger:
             reason, _jsonb(metadata),
         )
         assert row is not None
-        return _with_reason(_outcome(row), reason)
+        return _outcome(row, reason)
 
     async def resolve_hold(
         self, hold_id: str, action: str, *, amount: int | None = None,
@@ -277,27 +278,35 @@ class Ledger:
         self, account_id: str, *, limit: int, before: int | None, kind: str | None
     ) -> bytes:
         """A page of history, newest first, as `{"transactions": [...], "next": cursor}`."""
-        await self.pool.execute("SELECT balance_account($1, $2)", account_id, self.welcome)
-        text: str = await self.pool.fetchval(
+        page, cursor = await self._page(account_id, limit, before, kind)
+        if page == "[]":
+            # Maybe a new account: it springs into being (and may get a welcome grant).
+            await self.account(account_id)
+            page, cursor = await self._page(account_id, limit, before, kind)
+        next_json = "null" if cursor is None else f'"{cursor}"'
+        return f'{{"transactions":{page},"next":{next_json}}}'.encode()
+
+    async def _page(
+        self, account_id: str, limit: int, before: int | None, kind: str | None
+    ) -> tuple[str, int | None]:
+        """(JSON array of up to `limit` transactions, cursor for the next page or None)."""
+        row = await self.pool.fetchrow(
             """
             WITH page AS (
                 SELECT t FROM transactions t
                 WHERE t.account_id = $1 AND ($2::bigint IS NULL OR t.id < $2)
                   AND ($3::text IS NULL OR t.kind = $3)
                 ORDER BY t.id DESC LIMIT $4
-            )
-            SELECT jsonb_build_object(
-                'transactions',
-                COALESCE((SELECT jsonb_agg(balance__tx_json(p.t) ORDER BY (p.t).id DESC)
-                          FROM (SELECT t FROM page LIMIT $5) p), '[]'::jsonb),
-                'next',
-                CASE WHEN (SELECT count(*) FROM page) > $5
-                     THEN (SELECT min((p.t).id) FROM (SELECT t FROM page LIMIT $5) p)::text
-                END)::text
+            ), shown AS (SELECT t FROM page LIMIT $5)
+            SELECT COALESCE((SELECT jsonb_agg(balance__tx_json(s.t) ORDER BY (s.t).id DESC)
+                             FROM shown s), '[]'::jsonb)::text AS page,
+                   CASE WHEN (SELECT count(*) FROM page) > $5
+                        THEN (SELECT min((s.t).id) FROM shown s) END AS cursor
             """,
             account_id, before, kind, limit + 1, limit,
         )
-        return text.encode()
+        assert row is not None
+        return row["page"], row["cursor"]
 
     async def usage(
         self, account_id: str, *, since: datetime | None, until: datetime | None, group_by: str
@@ -326,10 +335,9 @@ class Ledger:
 
     async def latest(self, account_id: str, limit: int = 20) -> bytes:
         """`{"accounts": [account], "transactions": [latest]}` for GET /v1/me."""
-        account = await self.account(account_id)
-        page = await self.transactions(account_id, limit=limit, before=None, kind=None)
-        txs = json.loads(page)["transactions"]
-        return b'{"accounts":[' + account + b'],"transactions":' + json.dumps(txs).encode() + b"}"
+        account = await self.account(account_id)  # creates it first, welcome grant included
+        page, _ = await self._page(account_id, limit, None, None)
+        return b'{"accounts":[' + account + b'],"transactions":' + page.encode() + b"}"
 
     async def sweep(self, limit: int = 500) -> list[BalanceFrame]:
         """Expire due holds and lots; the frames to push for each committed change."""
@@ -349,14 +357,6 @@ class Ledger:
     async def reconcile(self) -> list[asyncpg.Record]:
         """Accounts whose totals disagree with the ledger or with their holds."""
         return list(await self.pool.fetch("SELECT * FROM balance_reconcile()"))
-
-
-def _with_reason(outcome: Outcome, reason: str | None) -> Outcome:
-    frame = outcome.frame
-    if frame is None or frame.change is None:
-        return outcome
-    frame.change.reason = reason
-    return outcome
 
 
 async def migrate(conn: asyncpg.Connection) -> None:

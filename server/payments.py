@@ -62,9 +62,7 @@ def _outcome(row: asyncpg.Record | None, reason: str) -> PaymentOutcome:
     body: dict[str, Any] = json.loads(row["body"] or "{}")
     frame = None
     if not row["replayed"] and row["account_id"] is not None:
-        frame = frame_from_row(row)
-        if frame.change is not None:
-            frame.change.reason = reason
+        frame = frame_from_row(row, reason)
     return PaymentOutcome(str(body.get("result")), body, frame)
 
 

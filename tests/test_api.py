@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,6 +37,11 @@ async def test_welcome_credits_granted_once(start_app: StartApp, account: str) -
         assert first.json()["balance"] == 25 and second.json()["balance"] == 25
         history = (await c.get(f"/v1/accounts/{account}/transactions")).json()["transactions"]
     assert [(t["kind"], t["amount"]) for t in history] == [("grant", 25)]
+    async with app.client() as c:  # history is the first mention: the grant is in it
+        fresh = f"{account}-h"
+        history = (await c.get(f"/v1/accounts/{fresh}/transactions")).json()
+    assert [(t["kind"], t["amount"]) for t in history["transactions"]] == [("grant", 25)]
+    assert history["next"] is None
     await app.stop()
 
 
@@ -368,4 +372,3 @@ async def test_operations_endpoints(client: httpx.AsyncClient, account: str) -> 
     debit_schema = spec["components"]["schemas"]["DebitRequest"]
     assert set(debit_schema["required"]) == {"amount", "reason", "idempotency_key"}
     assert "/v1/accounts/{account_id}/debit" in spec["paths"]
-    json.dumps(spec)
