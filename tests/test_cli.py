@@ -71,9 +71,12 @@ def test_token_command() -> None:
 def test_dev_starts_from_nothing_and_stops_cleanly() -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    # A session of its own, so the Ctrl-C below reaches its whole process group as a
+    # terminal's would.
     proc = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "dev", "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
     )
     try:
         assert proc.stdout is not None
@@ -87,6 +90,7 @@ def test_dev_starts_from_nothing_and_stops_cleanly() -> None:
         text = "".join(banner)
         service_key = text.split("service key")[1].split()[0]
         database_url = text.split("DATABASE_URL")[1].split()[0]
+        redis_url = text.split("REDIS_URL")[1].split()[0]
         assert service_key.startswith("sk_dev_")
         assert f"http://127.0.0.1:{port}/?account=demo-user" in text
         base = f"http://127.0.0.1:{port}"
@@ -104,10 +108,14 @@ def test_dev_starts_from_nothing_and_stops_cleanly() -> None:
         assert r.status_code == 200 and r.json()["account"]["balance"] == 95
         assert httpx.get(f"{base}/v1/prices", headers=headers).json()["generate_image"] == 5
     finally:
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode in (0, 130), out
-    # The throwaway PostgreSQL went away with it.
-    pg_port = int(database_url.rsplit(":", 1)[1].split("/")[0])
-    with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", pg_port)) != 0
+    # The server stopped before its Redis and PostgreSQL did, so it never saw them go.
+    assert "broker connection lost" not in out, out
+    assert "database unreachable" not in out, out
+    # The throwaway PostgreSQL and Redis went away with it.
+    for url in (database_url, redis_url):
+        server_port = int(url.rsplit(":", 1)[1].split("/")[0])
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", server_port)) != 0, url
