@@ -35,6 +35,7 @@ CAN_APT := no
 endif
 
 # apt-get install the packages named in $$missing (a shell variable), with one update first.
+# No recommends: Chromium's would add printer tools and their Python modules to the system.
 define APT_INSTALL
 if [ -z "$$missing" ]; then :; \
 elif [ "$(CAN_APT)" != yes ] || ! command -v apt-get >/dev/null 2>&1; then \
@@ -42,7 +43,7 @@ elif [ "$(CAN_APT)" != yes ] || ! command -v apt-get >/dev/null 2>&1; then \
 else \
 	echo "Installing system packages:$$missing"; \
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q; \
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 fi
 endef
 
@@ -67,7 +68,7 @@ if [ "$$(cat $$stamp 2>/dev/null)" != "$$hash" ]; then \
 fi
 endef
 
-.PHONY: setup system-test system-dev venv-test venv-dev test lint dev bench
+.PHONY: setup system-test system-dev system-bench venv-test venv-dev test lint dev bench
 
 setup: system-test venv-test $(STAMPS)/npm
 
@@ -75,7 +76,7 @@ setup: system-test venv-test $(STAMPS)/npm
 system-test:
 	@missing=""; $(NEED_VENV); \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
-	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium fonts-liberation"; \
 	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	$(APT_INSTALL)
@@ -118,5 +119,9 @@ test: setup
 dev: venv-dev
 	@exec $(VENV)/bin/balance-server dev
 
-bench: setup
+# wrk drives bench/debit.py's HTTP load; pgbench ships with PostgreSQL.
+system-bench:
+	@missing=""; command -v wrk >/dev/null 2>&1 || missing=" wrk"; $(APT_INSTALL)
+
+bench: setup system-bench
 	@for b in bench/debit.py bench/push.py; do echo "== $$b"; $(PY) "$$b"; done
