@@ -1,7 +1,21 @@
--- balance-server schema. Idempotent: `balance-server migrate` may run any number of times.
+-- balance-server schema: the one place the database is described, read top to bottom.
+--
+-- `balance-server migrate` applies it section by section (server/schema.py), recording each
+-- in `schema_migrations`:
+--   -- step: NAME         a change applied once, ever, in file order: tables, columns,
+--                         indexes, types. Never edit one that has shipped; add a new step.
+--   -- definitions: NAME  functions and views, CREATE OR REPLACE: re-applied when their
+--                         text changes (or a step just ran), never touching table data.
+-- A re-run with nothing new takes no lock on any table.
+--
 -- Money is bigint everywhere. The ledger (transactions) is append-only; accounts carry the
 -- running totals so a debit is one conditional UPDATE, and reconcile proves them equal.
 
+-- ================================================================ tables
+
+-- step: 001_tables
+-- The tables of release 0.1.0. IF NOT EXISTS, so a database made by that release (which
+-- had no schema_migrations) is adopted as it is.
 CREATE TABLE IF NOT EXISTS accounts (
     account_id  text PRIMARY KEY,
     balance     bigint NOT NULL DEFAULT 0,
@@ -76,11 +90,96 @@ BEGIN
     RAISE EXCEPTION 'transactions are append-only (% refused)', TG_OP
         USING ERRCODE = 'restrict_violation';
 END $$;
-DROP TRIGGER IF EXISTS transactions_append_only ON transactions;
-CREATE TRIGGER transactions_append_only BEFORE UPDATE OR DELETE ON transactions
-    FOR EACH ROW EXECUTE FUNCTION balance__forbid_change();
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgname = 'transactions_append_only'
+                   AND tgrelid = 'transactions'::regclass) THEN
+        CREATE TRIGGER transactions_append_only BEFORE UPDATE OR DELETE ON transactions
+            FOR EACH ROW EXECUTE FUNCTION balance__forbid_change();
+    END IF;
+END $$;
 
--- ---------------------------------------------------------------- JSON shapes of API.md
+-- Payments reported by providers (Stripe, Dodo). A payment is credited once, keyed by the
+-- provider's payment id (Stripe PaymentIntent, Dodo payment), whichever event and delivery
+-- carries it. Refunds are stored first and then applied against their payment, so a refund
+-- that arrives before its payment waits for it.
+CREATE TABLE IF NOT EXISTS payments (
+    provider        text NOT NULL,
+    payment_id      text NOT NULL,
+    account_id      text NOT NULL REFERENCES accounts (account_id),
+    credits         bigint NOT NULL CHECK (credits > 0),
+    amount_paid     bigint,            -- minor currency units, as the provider reported them
+    currency        text,
+    -- credits accounted for by refunds so far: taken back, or (clamp policy) unrecovered
+    reversed        bigint NOT NULL DEFAULT 0 CHECK (reversed >= 0 AND reversed <= credits),
+    unrecovered     bigint NOT NULL DEFAULT 0 CHECK (unrecovered >= 0),
+    transaction_id  bigint REFERENCES transactions (id),
+    event_id        text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (provider, payment_id)
+);
+CREATE INDEX IF NOT EXISTS payments_account_idx ON payments (account_id);
+
+-- One row per refund seen. Dodo: one per refund_id, `refunded` is that refund's amount.
+-- Stripe: one per (charge, amount_refunded) snapshot, `refunded` is the running total.
+CREATE TABLE IF NOT EXISTS payment_refunds (
+    provider     text NOT NULL,
+    refund_key   text NOT NULL,
+    payment_id   text NOT NULL,
+    refunded     bigint CHECK (refunded >= 0),   -- money, minor units
+    paid         bigint CHECK (paid >= 0),       -- what it is a share of, when the event says
+    cumulative   boolean NOT NULL,
+    full_refund  boolean NOT NULL,
+    event_id     text,
+    applied_at   timestamptz,                    -- NULL while its payment has not arrived
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (provider, refund_key)
+);
+CREATE INDEX IF NOT EXISTS payment_refunds_payment_idx ON payment_refunds (provider, payment_id);
+
+-- Paid events that could not be fulfilled (missing or bad account / credits metadata):
+-- answered 200 so the provider stops retrying, and kept here for an operator.
+-- resolved_at is set when another event later fulfils the same payment.
+CREATE TABLE IF NOT EXISTS webhook_events_unfulfilled (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    provider     text NOT NULL,
+    event_id     text NOT NULL,
+    event_type   text NOT NULL,
+    payment_id   text,
+    problem      text NOT NULL,
+    payload      jsonb NOT NULL,
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    resolved_at  timestamptz,
+    UNIQUE (provider, event_id)
+);
+CREATE INDEX IF NOT EXISTS webhook_events_unfulfilled_open_idx
+    ON webhook_events_unfulfilled (received_at) WHERE resolved_at IS NULL;
+
+-- step: 002_result_codes
+-- Movements answer with result codes, not HTTP statuses: the HTTP layer alone maps them.
+-- Dropping the old type drops the 0.1.0 functions that return it; the definitions below
+-- recreate them. The stored status of an idempotency key was an HTTP status too; the
+-- route that replays a response knows its own status.
+DROP TYPE IF EXISTS balance_result CASCADE;
+DROP FUNCTION IF EXISTS balance__claim_key(text, text, bytea);
+CREATE TYPE balance_result AS (
+    result      text,     -- ok, insufficient, conflict, not_found, not_active, over_held
+    replayed    boolean,
+    body        jsonb,    -- the response, or the refusal's details
+    account_id  text,     -- set when a change committed: the new absolute state to push
+    balance     bigint,
+    held        bigint,
+    version     bigint,
+    kind        text,
+    amount      bigint,
+    tx_id       bigint,
+    hold_id     uuid
+);
+ALTER TABLE idempotency_keys DROP COLUMN IF EXISTS status;
+
+-- ================================================================ JSON shapes of API.md
+
+-- definitions: json_shapes
 
 CREATE OR REPLACE FUNCTION balance__ts(t timestamptz) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -111,7 +210,13 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         'expires_at', balance__ts(h.expires_at), 'created_at', balance__ts(h.created_at))
 $$;
 
--- ---------------------------------------------------------------- building blocks
+-- ================================================================ money movements
+--
+-- Each movement returns one balance_result: a result code ('ok', or why nothing was
+-- written), replayed, body (the response JSON, or the refusal's details), and, when a
+-- change committed, the account's new absolute state for the push frame.
+
+-- definitions: movements
 
 -- Creates the account on first mention, granting the welcome credits exactly once
 -- (the INSERT's conflict check is what makes "once" hold under concurrency).
@@ -150,56 +255,59 @@ BEGIN
     RETURN p_amount - v_left;
 END $$;
 
--- Claims an idempotency key inside the caller's transaction. NULL when the key is new
--- (the caller proceeds); otherwise the stored outcome to replay, or 409 on another body.
--- A concurrent duplicate blocks on the unique index until the first commits, then replays.
-CREATE OR REPLACE FUNCTION balance__claim_key(p_account text, p_key text, p_hash bytea)
-RETURNS TABLE (status int, body jsonb) LANGUAGE plpgsql AS $$
+-- Claims an idempotency key inside the caller's transaction. A NULL result when the key is
+-- new (the caller proceeds); otherwise the stored response to replay, or 'conflict' for
+-- another body. A concurrent duplicate blocks on the unique index until the first
+-- commits, then replays.
+CREATE OR REPLACE FUNCTION balance__claim(p_account text, p_key text, p_hash bytea)
+RETURNS balance_result LANGUAGE plpgsql AS $$
 DECLARE
     v_row idempotency_keys;
+    v_res balance_result;
 BEGIN
     INSERT INTO idempotency_keys (account_id, key, request_hash)
     VALUES (p_account, p_key, p_hash) ON CONFLICT DO NOTHING;
     IF FOUND THEN
-        RETURN;
+        RETURN v_res;
     END IF;
     SELECT * INTO v_row FROM idempotency_keys k WHERE k.account_id = p_account AND k.key = p_key;
+    v_res.replayed := true;
     IF v_row.request_hash <> p_hash THEN
-        status := 409;
-        body := NULL;
+        v_res.result := 'conflict';
     ELSE
-        status := v_row.status;
-        body := v_row.response;
+        v_res.result := 'ok';
+        v_res.body := v_row.response;
     END IF;
-    RETURN NEXT;
+    RETURN v_res;
 END $$;
 
--- ---------------------------------------------------------------- money movements
---
--- Each returns one row: status (200/201/402/404/409/422), replayed, body (the response
--- JSON, or the error details), and the new absolute state for the push frame.
+-- Stores the response a key replays from now on.
+CREATE OR REPLACE FUNCTION balance__remember(p_account text, p_key text, p_body jsonb)
+RETURNS void LANGUAGE sql AS $$
+    UPDATE idempotency_keys k SET response = p_body
+    WHERE k.account_id = p_account AND k.key = p_key
+$$;
 
--- Created once; a later change to this type needs an explicit migration step.
-DO $$ BEGIN
-    CREATE TYPE balance_result AS (
-        status      int,
-        replayed    boolean,
-        body        jsonb,
-        account_id  text,
-        balance     bigint,
-        held        bigint,
-        version     bigint,
-        kind        text,
-        amount      bigint,
-        tx_id       bigint,
-        hold_id     uuid
-    );
-EXCEPTION WHEN duplicate_object THEN NULL;
+-- 'insufficient': writes nothing, and gives the key back so a retry after a top-up can
+-- succeed.
+CREATE OR REPLACE FUNCTION balance__refuse(p_account text, p_key text, p_required bigint)
+RETURNS balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_acc accounts;
+    v_res balance_result;
+BEGIN
+    DELETE FROM idempotency_keys k WHERE k.account_id = p_account AND k.key = p_key;
+    SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
+    v_res.result := 'insufficient';
+    v_res.replayed := false;
+    v_res.body := jsonb_build_object(
+        'required', p_required, 'available', v_acc.balance - v_acc.held);
+    RETURN v_res;
 END $$;
 
 -- One ledger row: debit ('usage', p_amount < 0), credits, adjustments, reversals.
--- p_mode 'available': a negative amount needs balance - held >= |amount| (else 402);
--- 'debt': applied in full even below zero (reversals only);
+-- p_mode 'available': a negative amount needs balance - held >= |amount| (else
+-- 'insufficient'); 'debt': applied in full even below zero (reversals only);
 -- 'clamp': takes at most what the balance holds; the shortfall is reported in the body.
 CREATE OR REPLACE FUNCTION balance_post(
     p_account text, p_welcome bigint, p_key text, p_hash bytea, p_kind text,
@@ -207,18 +315,14 @@ CREATE OR REPLACE FUNCTION balance_post(
     p_mode text, p_hold uuid DEFAULT NULL
 ) RETURNS balance_result LANGUAGE plpgsql AS $$
 DECLARE
-    v_claim record;
     v_acc accounts;
     v_tx transactions;
     v_amount bigint := p_amount;
     v_short bigint := 0;
     v_res balance_result;
 BEGIN
-    SELECT * INTO v_claim FROM balance__claim_key(p_account, p_key, p_hash);
-    IF FOUND THEN
-        v_res.status := v_claim.status;
-        v_res.replayed := true;
-        v_res.body := v_claim.body;
+    v_res := balance__claim(p_account, p_key, p_hash);
+    IF v_res.result IS NOT NULL THEN
         RETURN v_res;
     END IF;
 
@@ -237,14 +341,7 @@ BEGIN
             RETURNING * INTO v_acc;
         END IF;
         IF NOT FOUND THEN
-            -- 402 writes nothing: give the key back so a retry after a top-up can succeed.
-            DELETE FROM idempotency_keys k WHERE k.account_id = p_account AND k.key = p_key;
-            SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
-            v_res.status := 402;
-            v_res.replayed := false;
-            v_res.body := jsonb_build_object(
-                'required', -p_amount, 'available', v_acc.balance - v_acc.held);
-            RETURN v_res;
+            RETURN balance__refuse(p_account, p_key, -p_amount);
         END IF;
     ELSE
         PERFORM balance__ensure(p_account, p_welcome);
@@ -278,7 +375,7 @@ BEGIN
         END IF;
     END IF;
 
-    v_res.status := 200;
+    v_res.result := 'ok';
     v_res.replayed := false;
     v_res.body := jsonb_build_object(
         'transaction', CASE WHEN v_amount <> 0 THEN balance__tx_json(v_tx) END,
@@ -286,8 +383,7 @@ BEGIN
     IF v_short <> 0 THEN
         v_res.body := v_res.body || jsonb_build_object('unrecovered', v_short);
     END IF;
-    UPDATE idempotency_keys k SET status = 200, response = v_res.body
-    WHERE k.account_id = p_account AND k.key = p_key;
+    PERFORM balance__remember(p_account, p_key, v_res.body);
     IF v_amount <> 0 THEN
         v_res.account_id := p_account;
         v_res.balance := v_acc.balance;
@@ -301,22 +397,41 @@ BEGIN
     RETURN v_res;
 END $$;
 
--- Reserves credits: 201 with the hold, or 402.
+-- Group commit: many independent balance_post calls in one round trip and one commit.
+-- Rows are taken in (account, key) order so two concurrent batches lock accounts in the
+-- same order and cannot deadlock each other; results come back tagged with their index.
+CREATE OR REPLACE FUNCTION balance_post_many(
+    p_accounts text[], p_welcome bigint, p_keys text[], p_hashes bytea[], p_kinds text[],
+    p_amounts bigint[], p_reasons text[], p_metadata jsonb[], p_expires timestamptz[],
+    p_modes text[]
+) RETURNS TABLE (idx int, result balance_result) LANGUAGE plpgsql AS $$
+DECLARE
+    i int;
+BEGIN
+    FOR i IN
+        SELECT s.i FROM generate_subscripts(p_accounts, 1) AS s(i)
+        ORDER BY p_accounts[s.i], p_keys[s.i], s.i
+    LOOP
+        idx := i;
+        result := balance_post(p_accounts[i], p_welcome, p_keys[i], p_hashes[i], p_kinds[i],
+                               p_amounts[i], p_reasons[i], p_metadata[i], p_expires[i],
+                               p_modes[i]);
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+-- Reserves credits: 'ok' with the hold, or 'insufficient'.
 CREATE OR REPLACE FUNCTION balance_hold(
     p_account text, p_welcome bigint, p_key text, p_hash bytea, p_amount bigint,
     p_ttl_seconds int, p_reason text, p_metadata jsonb
 ) RETURNS balance_result LANGUAGE plpgsql AS $$
 DECLARE
-    v_claim record;
     v_acc accounts;
     v_hold holds;
     v_res balance_result;
 BEGIN
-    SELECT * INTO v_claim FROM balance__claim_key(p_account, p_key, p_hash);
-    IF FOUND THEN
-        v_res.status := v_claim.status;
-        v_res.replayed := true;
-        v_res.body := v_claim.body;
+    v_res := balance__claim(p_account, p_key, p_hash);
+    IF v_res.result IS NOT NULL THEN
         RETURN v_res;
     END IF;
     PERFORM balance__ensure(p_account, p_welcome);
@@ -324,23 +439,16 @@ BEGIN
     WHERE account_id = p_account AND balance - held >= p_amount
     RETURNING * INTO v_acc;
     IF NOT FOUND THEN
-        DELETE FROM idempotency_keys k WHERE k.account_id = p_account AND k.key = p_key;
-        SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
-        v_res.status := 402;
-        v_res.replayed := false;
-        v_res.body := jsonb_build_object(
-            'required', p_amount, 'available', v_acc.balance - v_acc.held);
-        RETURN v_res;
+        RETURN balance__refuse(p_account, p_key, p_amount);
     END IF;
     INSERT INTO holds (account_id, amount, reason, metadata, expires_at)
     VALUES (p_account, p_amount, p_reason, p_metadata, now() + make_interval(secs => p_ttl_seconds))
     RETURNING * INTO v_hold;
-    v_res := (201, false,
+    v_res := ('ok', false,
               jsonb_build_object('hold', balance__hold_json(v_hold),
                                  'account', balance__account_json(v_acc)),
               p_account, v_acc.balance, v_acc.held, v_acc.version, 'hold_placed', 0, NULL, v_hold.id);
-    UPDATE idempotency_keys k SET status = 201, response = v_res.body
-    WHERE k.account_id = p_account AND k.key = p_key;
+    PERFORM balance__remember(p_account, p_key, v_res.body);
     RETURN v_res;
 END $$;
 
@@ -357,13 +465,14 @@ DECLARE
     v_spend bigint := 0;
     v_res balance_result;
 BEGIN
+    v_res.replayed := false;
     SELECT * INTO v_hold FROM holds WHERE id = p_hold FOR UPDATE;
     IF NOT FOUND THEN
-        v_res.status := 404;
+        v_res.result := 'not_found';
         RETURN v_res;
     END IF;
     IF v_hold.status <> 'active' OR (v_hold.expires_at <= now() AND p_action <> 'expire') THEN
-        v_res.status := 409;
+        v_res.result := 'not_active';
         v_res.body := jsonb_build_object(
             'status', CASE WHEN v_hold.status = 'active' THEN 'expired' ELSE v_hold.status END);
         RETURN v_res;
@@ -371,7 +480,7 @@ BEGIN
     IF p_action = 'capture' THEN
         v_spend := COALESCE(p_capture, v_hold.amount);
         IF v_spend > v_hold.amount THEN
-            v_res.status := 422;
+            v_res.result := 'over_held';
             v_res.body := jsonb_build_object('held', v_hold.amount);
             RETURN v_res;
         END IF;
@@ -405,14 +514,14 @@ BEGIN
         VALUES (v_acc.account_id, 'usage', -v_spend, v_acc.balance, v_acc.version,
                 v_hold.reason, v_hold.metadata, v_hold.id)
         RETURNING * INTO v_tx;
-        v_res := (200, false,
+        v_res := ('ok', false,
                   jsonb_build_object('transaction', balance__tx_json(v_tx),
                                      'hold', balance__hold_json(v_hold),
                                      'account', balance__account_json(v_acc)),
                   v_acc.account_id, v_acc.balance, v_acc.held, v_acc.version,
                   'usage', -v_spend, v_tx.id, v_hold.id);
     ELSE
-        v_res := (200, false,
+        v_res := ('ok', false,
                   jsonb_build_object('hold', balance__hold_json(v_hold),
                                      'account', balance__account_json(v_acc)),
                   v_acc.account_id, v_acc.balance, v_acc.held, v_acc.version,
@@ -420,6 +529,24 @@ BEGIN
     END IF;
     RETURN v_res;
 END $$;
+
+-- The account object, creating the account on first mention.
+CREATE OR REPLACE FUNCTION balance_account(p_account text, p_welcome bigint) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_acc accounts;
+BEGIN
+    SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
+    IF NOT FOUND THEN
+        PERFORM balance__ensure(p_account, p_welcome);
+        SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
+    END IF;
+    RETURN balance__account_json(v_acc);
+END $$;
+
+-- ================================================================ jobs
+
+-- definitions: jobs
 
 -- Expires what is due: active holds past expires_at, and lots past expires_at (what is
 -- left of them leaves as an `expiry` transaction). SKIP LOCKED lets several server
@@ -462,25 +589,11 @@ BEGIN
             VALUES (v_acc.account_id, 'expiry', -v_take, v_acc.balance, v_acc.version,
                     'credits expired', jsonb_build_object('lot_id', v_lot.id))
             RETURNING * INTO v_tx;
-            v_res := (200, false, NULL, v_acc.account_id, v_acc.balance, v_acc.held,
+            v_res := ('ok', false, NULL, v_acc.account_id, v_acc.balance, v_acc.held,
                       v_acc.version, 'expiry', -v_take, v_tx.id, NULL);
             RETURN NEXT v_res;
         END IF;
     END LOOP;
-END $$;
-
--- The account object, creating the account on first mention.
-CREATE OR REPLACE FUNCTION balance_account(p_account text, p_welcome bigint) RETURNS jsonb
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_acc accounts;
-BEGIN
-    SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
-    IF NOT FOUND THEN
-        PERFORM balance__ensure(p_account, p_welcome);
-        SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
-    END IF;
-    RETURN balance__account_json(v_acc);
 END $$;
 
 -- Accounts whose stored totals disagree with the ledger or with their active holds.
@@ -501,70 +614,15 @@ CREATE OR REPLACE FUNCTION balance_reconcile() RETURNS TABLE (
        OR a.expiring <> COALESCE(l.s, 0)
 $$;
 
--- ==== payments (server/webhooks.py) ====
--- Purchases and refunds reported by payment providers (Stripe, Dodo). A payment is
--- credited once, keyed by the provider's payment id (Stripe PaymentIntent, Dodo payment),
--- whichever event and delivery carries it. Refunds are stored first and then applied
--- against their payment, so a refund that arrives before its payment waits for it.
+-- ================================================================ payments
+
+-- definitions: payments
 -- Every function takes a per-payment advisory lock first: a payment and its refunds are
 -- processed one at a time, whatever order and instance they arrive on.
-
-CREATE TABLE IF NOT EXISTS payments (
-    provider        text NOT NULL,
-    payment_id      text NOT NULL,
-    account_id      text NOT NULL REFERENCES accounts (account_id),
-    credits         bigint NOT NULL CHECK (credits > 0),
-    amount_paid     bigint,            -- minor currency units, as the provider reported them
-    currency        text,
-    -- credits accounted for by refunds so far: taken back, or (clamp policy) unrecovered
-    reversed        bigint NOT NULL DEFAULT 0 CHECK (reversed >= 0 AND reversed <= credits),
-    unrecovered     bigint NOT NULL DEFAULT 0 CHECK (unrecovered >= 0),
-    transaction_id  bigint REFERENCES transactions (id),
-    event_id        text,
-    created_at      timestamptz NOT NULL DEFAULT now(),
-    updated_at      timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (provider, payment_id)
-);
-CREATE INDEX IF NOT EXISTS payments_account_idx ON payments (account_id);
-
--- One row per refund seen. Dodo: one per refund_id, `refunded` is that refund's amount.
--- Stripe: one per (charge, amount_refunded) snapshot, `refunded` is the running total.
-CREATE TABLE IF NOT EXISTS payment_refunds (
-    provider     text NOT NULL,
-    refund_key   text NOT NULL,
-    payment_id   text NOT NULL,
-    refunded     bigint CHECK (refunded >= 0),   -- money, minor units
-    paid         bigint CHECK (paid >= 0),       -- what it is a share of, when the event says
-    cumulative   boolean NOT NULL,
-    full_refund  boolean NOT NULL,
-    event_id     text,
-    applied_at   timestamptz,                    -- NULL while its payment has not arrived
-    created_at   timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (provider, refund_key)
-);
-CREATE INDEX IF NOT EXISTS payment_refunds_payment_idx ON payment_refunds (provider, payment_id);
 
 -- Refunds still waiting for their payment (or for a payment that was never credits).
 CREATE OR REPLACE VIEW pending_refunds AS
     SELECT * FROM payment_refunds WHERE applied_at IS NULL;
-
--- Paid events that could not be fulfilled (missing or bad account / credits metadata):
--- answered 200 so the provider stops retrying, and kept here for an operator.
--- resolved_at is set when another event later fulfils the same payment.
-CREATE TABLE IF NOT EXISTS webhook_events_unfulfilled (
-    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    provider     text NOT NULL,
-    event_id     text NOT NULL,
-    event_type   text NOT NULL,
-    payment_id   text,
-    problem      text NOT NULL,
-    payload      jsonb NOT NULL,
-    received_at  timestamptz NOT NULL DEFAULT now(),
-    resolved_at  timestamptz,
-    UNIQUE (provider, event_id)
-);
-CREATE INDEX IF NOT EXISTS webhook_events_unfulfilled_open_idx
-    ON webhook_events_unfulfilled (received_at) WHERE resolved_at IS NULL;
 
 CREATE OR REPLACE FUNCTION balance__payment_lock(p_provider text, p_payment text)
 RETURNS void LANGUAGE plpgsql AS $$
@@ -576,7 +634,7 @@ END $$;
 -- Brings the payment's reversal up to what its stored refunds call for. The target is
 -- floor(credits * refunded / paid) over the cumulative refunded money, so several partial
 -- refunds never round to more than one full refund would, and a full refund is exact.
--- Returns status NULL when the payment is unknown (its refunds stay pending).
+-- Returns a NULL result when the payment is unknown (its refunds stay pending).
 CREATE OR REPLACE FUNCTION balance__apply_refunds(
     p_provider text, p_payment text, p_welcome bigint, p_mode text
 ) RETURNS balance_result LANGUAGE plpgsql AS $$
@@ -616,7 +674,7 @@ BEGIN
     v_delta := v_target - v_pay.reversed;
 
     IF v_delta <= 0 THEN
-        v_res.status := 200;
+        v_res.result := 'ok';
         v_res.replayed := false;
         v_res.body := jsonb_build_object('result', 'nothing_to_reverse',
                                          'account_id', v_pay.account_id,
@@ -659,7 +717,7 @@ BEGIN
     SELECT * INTO v_pay FROM payments WHERE provider = p_provider AND payment_id = p_payment;
     IF FOUND THEN
         SELECT * INTO v_acc FROM accounts WHERE account_id = v_pay.account_id;
-        v_res.status := 200;
+        v_res.result := 'ok';
         v_res.replayed := true;
         v_res.body := jsonb_build_object(
             'result', 'duplicate', 'account_id', v_pay.account_id,
@@ -670,7 +728,7 @@ BEGIN
     v_res := balance_post(
         p_account, p_welcome, v_key, sha256(convert_to('purchase:' || v_key, 'UTF8')),
         'purchase', p_credits, 'purchase via ' || p_provider, p_metadata, NULL, 'available');
-    IF v_res.status <> 200 OR v_res.replayed THEN
+    IF v_res.result <> 'ok' OR v_res.replayed THEN
         -- Only possible if the app itself used our key shape on /credit; refuse loudly.
         RAISE EXCEPTION 'idempotency key % already used on account %', v_key, p_account
             USING ERRCODE = 'unique_violation';
@@ -694,7 +752,7 @@ BEGIN
         END IF;
         IF v_rev.account_id IS NOT NULL THEN
             -- The frame carries the newest state; the purchase before it is in the ledger.
-            v_res := (v_res.status, false, v_res.body, v_rev.account_id, v_rev.balance,
+            v_res := (v_res.result, false, v_res.body, v_rev.account_id, v_rev.balance,
                       v_rev.held, v_rev.version, v_rev.kind, v_rev.amount, v_rev.tx_id, NULL);
         END IF;
     END IF;
@@ -717,14 +775,14 @@ BEGIN
             p_event_id)
     ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
-        v_res.status := 200;
+        v_res.result := 'ok';
         v_res.replayed := true;
         v_res.body := jsonb_build_object('result', 'duplicate');
         RETURN v_res;
     END IF;
     v_res := balance__apply_refunds(p_provider, p_payment, p_welcome, p_mode);
-    IF v_res.status IS NULL THEN
-        v_res.status := 200;
+    IF v_res.result IS NULL THEN
+        v_res.result := 'ok';
         v_res.replayed := false;
         v_res.body := jsonb_build_object('result', 'pending');
     END IF;
@@ -752,28 +810,4 @@ BEGIN
     VALUES (p_provider, p_event_id, p_event_type, p_payment, p_problem, p_payload)
     ON CONFLICT DO NOTHING;
     RETURN CASE WHEN FOUND THEN 'recorded' ELSE 'duplicate' END;
-END $$;
--- ==== end payments ====
-
--- Group commit: many independent balance_post calls in one round trip and one commit.
--- Rows are taken in (account, key) order so two concurrent batches lock accounts in the
--- same order and cannot deadlock each other; results come back tagged with their index.
-CREATE OR REPLACE FUNCTION balance_post_many(
-    p_accounts text[], p_welcome bigint, p_keys text[], p_hashes bytea[], p_kinds text[],
-    p_amounts bigint[], p_reasons text[], p_metadata jsonb[], p_expires timestamptz[],
-    p_modes text[]
-) RETURNS TABLE (idx int, result balance_result) LANGUAGE plpgsql AS $$
-DECLARE
-    i int;
-BEGIN
-    FOR i IN
-        SELECT s.i FROM generate_subscripts(p_accounts, 1) AS s(i)
-        ORDER BY p_accounts[s.i], p_keys[s.i], s.i
-    LOOP
-        idx := i;
-        result := balance_post(p_accounts[i], p_welcome, p_keys[i], p_hashes[i], p_kinds[i],
-                               p_amounts[i], p_reasons[i], p_metadata[i], p_expires[i],
-                               p_modes[i]);
-        RETURN NEXT;
-    END LOOP;
 END $$;

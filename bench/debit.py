@@ -28,8 +28,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server import devservers
-from server.ledger import migrate
+from server.dev import servers as devservers
+from server.schema import migrate
 
 DISTINCT_ACCOUNTS = 2000
 START_BALANCE = 10**11

@@ -232,8 +232,7 @@ async def clients_role(spec: dict[str, Any]) -> None:
 
 
 def ours_role(port: int, database_url: str, redis_url: str) -> None:
-    import uvicorn
-
+    from server import serve
     from server.app import create_app
     from server.config import Settings
 
@@ -259,17 +258,8 @@ def ours_role(port: int, database_url: str, redis_url: str) -> None:
                 print(f"# GC pause {ms:.0f} ms at {time.time():.1f}", file=sys.stderr, flush=True)
 
     gc.callbacks.append(on_gc)
-    uvicorn.run(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        ws_per_message_deflate=False,
-        ws_max_size=4096,
-        backlog=4096,
-        loop="uvloop",
-        http="httptools",
-    )
+    # The production configuration (serve.py): uvloop, httptools, our WebSocket protocol.
+    serve.server(create_app(settings), settings).run()
     slow = sorted(p for p in pauses if p > 5)
     print(
         f"# server :{port}: {len(pauses)} GC runs, {len(slow)} over 5 ms, "
@@ -747,8 +737,8 @@ def main() -> int:
 async def orchestrate(args: argparse.Namespace) -> int:
     import asyncpg
 
-    from server import devservers
-    from server.ledger import migrate
+    from server.dev import servers as devservers
+    from server.schema import migrate
 
     pg = devservers.start_postgres()
     rd = devservers.start_redis()
@@ -1002,7 +992,7 @@ async def orchestrate(args: argparse.Namespace) -> int:
         for proc in procs:
             proc.stop()
         rd.close()
-        pg.stop()
+        pg.close()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import jwt
 
 from server import errors
 from server.config import Settings
+from server.messages import ACCOUNT_ID_RULE, is_account_id
 
 TOKEN_ISSUER = "balance-server"
 TOKEN_AUDIENCE = "balance-server:user"
@@ -29,6 +30,7 @@ def check_service_key(header: str | None, keys: tuple[bytes, ...]) -> None:
 
 
 def bearer(header: str | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header, or 401."""
     if not header or not header.startswith("Bearer "):
         raise errors.unauthorized("missing token (Authorization: Bearer <token>)")
     return header[7:].strip()
@@ -44,6 +46,8 @@ def mint_token(secret: str, account_id: str, ttl_seconds: int) -> tuple[str, int
 
 @dataclass(frozen=True, slots=True)
 class Identity:
+    """Who a verified user token speaks for, and until when."""
+
     account_id: str
     expires_at: float  # unix seconds
 
@@ -66,6 +70,7 @@ class TokenVerifier:
             self._jwks_client = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300)
 
     def mint(self, account_id: str, ttl_seconds: int) -> tuple[str, int]:
+        """A browser token for one account: (token, expires_at unix seconds)."""
         return mint_token(self._secret, account_id, ttl_seconds)
 
     def verify(self, token: str) -> Identity:
@@ -81,8 +86,9 @@ class TokenVerifier:
         account = claims.get("sub") if claims.get("iss") == TOKEN_ISSUER else None
         if account is None:
             account = claims.get(self._claim)
-        if not isinstance(account, str) or not 1 <= len(account) <= 128:
-            raise errors.unauthorized(f"token has no usable {self._claim!r} claim")
+        if not is_account_id(account):
+            raise errors.unauthorized(
+                f"token's {self._claim!r} claim is not an account id ({ACCOUNT_ID_RULE})")
         exp = claims.get("exp")
         if not isinstance(exp, int | float):
             raise errors.unauthorized("token has no expiry")

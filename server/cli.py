@@ -22,37 +22,24 @@ DEV_PRICES = {"generate_image": 5, "upscale": 2, "remove_background": 3, "genera
 
 
 def _serve(settings: Settings, *, dev: bool = False) -> None:
-    import uvicorn
-
-    from server.app import DrainingServer, create_app
+    from server import serve
+    from server.app import create_app
 
     extra = None
     if dev:
-        from server import devroutes
+        from server.dev import routes
 
-        extra = devroutes.routes()
+        extra = routes.routes()
     app = create_app(settings, extra_routes=extra)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="info" if dev else "warning",
-        proxy_headers=False,  # nothing reads the client address; one layer less per request
-        access_log=False,  # a log line per request costs more than the debit path can spare
-        timeout_graceful_shutdown=max(5, int(settings.drain_seconds) + 5),
-        # The ping is uvicorn's keepalive, set per socket by ws.py from ws_ping_interval.
-        ws_max_size=4096,
-        ws_per_message_deflate=False,
-    )
-    DrainingServer(config).run()
+    serve.server(app, settings, log_level="info" if dev else "warning").run()
 
 
-async def _migrate(database_url: str) -> None:
-    from server.ledger import migrate
+async def _migrate(database_url: str) -> list[str]:
+    from server.schema import migrate
 
     conn = await asyncpg.connect(database_url)
     try:
-        await migrate(conn)
+        return await migrate(conn)
     finally:
         await conn.close()
 
@@ -79,19 +66,19 @@ async def _reconcile(database_url: str) -> int:
 
 def _dev(args: argparse.Namespace) -> int:
     """Throwaway PostgreSQL + Redis (unless DATABASE_URL / REDIS_URL are given), then serve."""
-    from server import devservers
+    from server.dev import servers
 
-    started: list[devservers.PostgresServer | devservers.RedisServer] = []
+    started: list[servers.PostgresServer | servers.RedisServer] = []
     env = dict(os.environ)
     try:
         if not env.get("DATABASE_URL"):
             print("starting a throwaway PostgreSQL ...", flush=True)
-            pg = devservers.start_postgres()
+            pg = servers.start_postgres()
             started.append(pg)
             env["DATABASE_URL"] = pg.url
         if not env.get("REDIS_URL") and not args.no_redis:
             print("starting a throwaway Redis ...", flush=True)
-            redis = devservers.start_redis()
+            redis = servers.start_redis()
             started.append(redis)
             env["REDIS_URL"] = redis.url
         asyncio.run(_migrate(env["DATABASE_URL"]))
@@ -105,7 +92,7 @@ def _dev(args: argparse.Namespace) -> int:
             env["BALANCE_PRICES_FILE"] = str(prices)
         env["HOST"] = args.host or env.get("HOST", "127.0.0.1")
         env["PORT"] = str(args.port or env.get("PORT", "8000"))
-        settings = Settings.from_env(env, dev_routes=True)
+        settings = Settings.from_env(env)
         key = settings.service_keys[0]
         from server.auth import mint_token
 
@@ -129,8 +116,8 @@ def _dev(args: argparse.Namespace) -> int:
         _serve(settings, dev=True)
         return 0
     finally:
-        for server in reversed(started):
-            server.stop()
+        for throwaway in reversed(started):
+            throwaway.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         if not database_url:
             raise ConfigError("DATABASE_URL is required (e.g. postgresql://user@host/db)")
         if args.command == "migrate":
-            asyncio.run(_migrate(database_url))
-            print("schema applied")
+            ran = asyncio.run(_migrate(database_url))
+            print(f"schema applied: {', '.join(ran) or 'nothing new'}")
             return 0
         if args.command == "reconcile":
             return asyncio.run(_reconcile(database_url))

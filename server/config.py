@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 from collections.abc import Mapping
@@ -54,6 +56,18 @@ def load_prices(path: str | None) -> dict[str, int]:
     return data
 
 
+def standard_webhooks_key(name: str, secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret (`whsec_` + base64), or ConfigError."""
+    raw = secret.removeprefix("whsec_").rstrip("=")
+    try:
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{name} must be 'whsec_' followed by base64") from None
+    if not key:
+        raise ConfigError(f"{name} is empty")
+    return key
+
+
 @dataclass(frozen=True)
 class Settings:
     # Secrets (and URLs that may carry a password) stay out of repr, and so out of logs.
@@ -74,7 +88,8 @@ class Settings:
     jwt_account_claim: str = "sub"
     # Payments
     stripe_webhook_secret: str | None = field(default=None, repr=False)
-    dodo_webhook_secret: str | None = field(default=None, repr=False)
+    # Standard Webhooks (Dodo): the HMAC key, decoded from its `whsec_` + base64 secret.
+    dodo_webhook_key: bytes | None = field(default=None, repr=False)
     refund_policy: str = "debt"  # or "clamp"
     # WebSocket
     allowed_origins: tuple[str, ...] = ()
@@ -90,7 +105,6 @@ class Settings:
     db_batch_inflight: int = 1
     sweep_interval: float = 0.5
     idempotency_retention_days: int = 30
-    dev_routes: bool = False
     channel_prefix: str = "balance"
 
     @classmethod
@@ -112,13 +126,8 @@ class Settings:
         if refund_policy not in ("debt", "clamp"):
             raise ConfigError("BALANCE_REFUND_POLICY must be 'debt' or 'clamp'")
         dodo_secret = env.get("BALANCE_DODO_WEBHOOK_SECRET") or None
-        if dodo_secret is not None:
-            from server.webhooks import standard_key
-
-            try:
-                standard_key(dodo_secret)
-            except ValueError as exc:
-                raise ConfigError(f"BALANCE_DODO_WEBHOOK_SECRET: {exc}") from None
+        dodo_key = None if dodo_secret is None else standard_webhooks_key(
+            "BALANCE_DODO_WEBHOOK_SECRET", dodo_secret)
         welcome = _int(env, "BALANCE_WELCOME_CREDITS", 0)
         if not 0 <= welcome <= 10**12:
             raise ConfigError("BALANCE_WELCOME_CREDITS must be between 0 and 10^12")
@@ -138,7 +147,7 @@ class Settings:
             jwt_issuer=env.get("BALANCE_JWT_ISSUER") or None,
             jwt_account_claim=env.get("BALANCE_JWT_ACCOUNT_CLAIM") or "sub",
             stripe_webhook_secret=env.get("BALANCE_STRIPE_WEBHOOK_SECRET") or None,
-            dodo_webhook_secret=dodo_secret,
+            dodo_webhook_key=dodo_key,
             refund_policy=refund_policy,
             allowed_origins=_list(env, "BALANCE_ALLOWED_ORIGINS"),
             ws_max_sockets_per_account=_int(env, "BALANCE_WS_MAX_SOCKETS_PER_ACCOUNT", 50),

@@ -1,6 +1,8 @@
 """Error codes and WebSocket close codes, as data.
 
-The HTTP table mirrors ../shared/API.md "Errors"; the close-code table has a twin in
+`Problem` is what every layer raises: a code from the contract's table, a message and
+details, and no HTTP status. The HTTP layer alone turns a code into a status, through
+`HTTP_STATUS` (the table of ../shared/API.md "Errors"). The close-code table has a twin in
 client_js/src/codes.js, which decides from it whether to reconnect.
 """
 
@@ -9,32 +11,47 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+HTTP_STATUS: dict[str, int] = {
+    "invalid_json": 400,
+    "unauthorized": 401,
+    "insufficient_credits": 402,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "idempotency_conflict": 409,
+    "hold_not_active": 409,
+    "payload_too_large": 413,
+    "invalid_request": 422,
+    "unavailable": 503,
+}
 
-class ApiError(Exception):
-    """An error answered to the caller as `{"error": code, "message": ..., **details}`."""
 
-    def __init__(self, http_status: int, code: str, message: str, **details: Any) -> None:
+class Problem(Exception):
+    """An error answered as `{"error": code, "message": ..., **details}`."""
+
+    def __init__(self, code: str, message: str, **details: Any) -> None:
         super().__init__(message)
-        self.status = http_status
         self.code = code
         self.message = message
         self.details = details
+
+    @property
+    def status(self) -> int:
+        return HTTP_STATUS[self.code]
 
     def body(self) -> dict[str, Any]:
         return {"error": self.code, "message": self.message, **self.details}
 
 
-def invalid_json(message: str = "request body is not valid JSON") -> ApiError:
-    return ApiError(400, "invalid_json", message)
+def invalid_json(message: str = "request body is not valid JSON") -> Problem:
+    return Problem("invalid_json", message)
 
 
-def unauthorized(message: str = "missing or invalid credentials") -> ApiError:
-    return ApiError(401, "unauthorized", message)
+def unauthorized(message: str = "missing or invalid credentials") -> Problem:
+    return Problem("unauthorized", message)
 
 
-def insufficient_credits(required: int, available: int) -> ApiError:
-    return ApiError(
-        402,
+def insufficient_credits(required: int, available: int) -> Problem:
+    return Problem(
         "insufficient_credits",
         f"{required} credits required, {available} available",
         required=required,
@@ -42,36 +59,31 @@ def insufficient_credits(required: int, available: int) -> ApiError:
     )
 
 
-def not_found(message: str = "not found") -> ApiError:
-    return ApiError(404, "not_found", message)
+def not_found(message: str = "not found") -> Problem:
+    return Problem("not_found", message)
 
 
-def idempotency_conflict() -> ApiError:
-    return ApiError(
-        409,
+def idempotency_conflict() -> Problem:
+    return Problem(
         "idempotency_conflict",
         "this idempotency_key was already used with a different request body",
     )
 
 
-def hold_not_active(status: str) -> ApiError:
-    return ApiError(409, "hold_not_active", f"hold is {status}, not active", status=status)
+def hold_not_active(status: str) -> Problem:
+    return Problem("hold_not_active", f"hold is {status}, not active", status=status)
 
 
-def payload_too_large(limit: int) -> ApiError:
-    return ApiError(413, "payload_too_large", f"request body is over {limit} bytes", limit=limit)
+def payload_too_large(limit: int) -> Problem:
+    return Problem("payload_too_large", f"request body is over {limit} bytes", limit=limit)
 
 
-def invalid_request(detail: str) -> ApiError:
-    return ApiError(422, "invalid_request", f"invalid request: {detail}", detail=detail)
+def invalid_request(detail: str) -> Problem:
+    return Problem("invalid_request", f"invalid request: {detail}", detail=detail)
 
 
-def rate_limited(retry_after: float) -> ApiError:
-    return ApiError(429, "rate_limited", "too many requests", retry_after=retry_after)
-
-
-def unavailable(message: str = "database unreachable; nothing was written") -> ApiError:
-    return ApiError(503, "unavailable", message)
+def unavailable(message: str = "database unreachable; nothing was written") -> Problem:
+    return Problem("unavailable", message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,16 +104,3 @@ CLOSE_AUTH_TIMEOUT = CloseCode(4408, "auth_timeout", True, "no auth frame within
 CLOSE_TOO_MANY = CloseCode(4429, "too_many_connections", True, "too many sockets for account")
 CLOSE_TOO_SLOW = CloseCode(4509, "too_slow", True, "socket could not keep up; resync")
 CLOSE_INTERNAL = CloseCode(4500, "internal_error", True, "unexpected server error")
-
-CLOSE_CODES: tuple[CloseCode, ...] = (
-    CLOSE_NORMAL,
-    CLOSE_GOING_AWAY,
-    CLOSE_SERVICE_RESTART,
-    CLOSE_BAD_REQUEST,
-    CLOSE_UNAUTHORIZED,
-    CLOSE_FORBIDDEN,
-    CLOSE_AUTH_TIMEOUT,
-    CLOSE_TOO_MANY,
-    CLOSE_TOO_SLOW,
-    CLOSE_INTERNAL,
-)

@@ -1,33 +1,35 @@
-"""Every SQL statement. Each money movement is one round trip running one transaction.
+"""Money movements: each one SQL function call, one transaction, and one door out.
 
-The functions in schema.sql do the work inside PostgreSQL (conditional UPDATE, ledger
-insert, idempotency record) so a debit never reads and then writes from Python.
+The functions in schema.sql do the work inside PostgreSQL (idempotency claim, conditional
+UPDATE, ledger insert, stored response) so a movement never reads and then writes from
+Python. They answer result codes; a refusal becomes an `errors.Problem` here, and the HTTP
+layer alone turns its code into a status.
+
+Every committed change, whoever asked for it (the API, a payment webhook, the sweeper),
+leaves through `Ledger._committed`: the one place that hands it on (to the push
+publisher) once PostgreSQL has committed it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import msgspec
 
 from server import errors, metrics
+from server.group_commit import GroupCommit
 from server.messages import BalanceFrame, ChangeInfo
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
-# pg_advisory_lock key: two instances running `migrate` at once take turns.
-_MIGRATE_LOCK = 0x62616C616E6365
+OnCommit = Callable[[BalanceFrame], None]
+"""Called once per committed change with the account's new state; must not block or raise."""
 
 _hash_encoder = msgspec.json.Encoder(order="sorted")
-
-Pool = asyncpg.Pool
 
 
 def request_hash(operation: str, body: msgspec.Struct) -> bytes:
@@ -35,43 +37,40 @@ def request_hash(operation: str, body: msgspec.Struct) -> bytes:
     return hashlib.sha256(operation.encode() + b"\0" + _hash_encoder.encode(body)).digest()
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What a money movement answered: HTTP status, response JSON, and the frame to push."""
-
-    status: int
-    body: bytes
-    replayed: bool
-    frame: BalanceFrame | None
-
-
-def _jsonb(value: Any) -> str | None:
+def jsonb(value: Any) -> str | None:
+    """A value as the text of a jsonb parameter (None stays SQL NULL)."""
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
-def _outcome(row: asyncpg.Record, reason: str | None = None) -> Outcome:
-    status: int = row["status"]
-    body_text: str | None = row["body"]
-    if status == 402:
-        details = json.loads(body_text or "{}")
-        raise errors.insufficient_credits(details["required"], details["available"])
-    if status == 409 and row["replayed"]:
-        raise errors.idempotency_conflict()
-    if status == 409:
-        raise errors.hold_not_active(json.loads(body_text or "{}").get("status", "unknown"))
-    if status == 404:
-        raise errors.not_found("no such hold")
-    if status == 422:
-        held = json.loads(body_text or "{}").get("held")
-        raise errors.invalid_request(f"amount: must not exceed the held amount ({held})")
-    frame = None
-    if not row["replayed"] and row["account_id"] is not None:
-        frame = frame_from_row(row, reason)
-    return Outcome(status, (body_text or "{}").encode(), bool(row["replayed"]), frame)
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A movement that committed, or replayed one that had: the response JSON."""
+
+    body: bytes
+    replayed: bool
 
 
-def frame_from_row(row: asyncpg.Record, reason: str | None = None) -> BalanceFrame:
-    """The push frame for a committed balance_result row."""
+def _refusal(row: asyncpg.Record) -> errors.Problem:
+    """The Problem for a movement that wrote nothing."""
+    details: dict[str, Any] = json.loads(row["body"] or "{}")
+    match row["result"]:
+        case "insufficient":
+            metrics.insufficient.inc()
+            return errors.insufficient_credits(details["required"], details["available"])
+        case "conflict":
+            return errors.idempotency_conflict()
+        case "not_found":
+            return errors.not_found("no such hold")
+        case "not_active":
+            return errors.hold_not_active(details.get("status", "unknown"))
+        case "over_held":
+            return errors.invalid_request(
+                f"amount: must not exceed the held amount ({details.get('held')})")
+    raise AssertionError(f"unknown movement result {row['result']!r}")
+
+
+def frame_from_row(row: asyncpg.Record, reason: str | None) -> BalanceFrame:
+    """The push frame for a balance_result row that committed a change."""
     hold_id = row["hold_id"]
     return BalanceFrame(
         account_id=row["account_id"],
@@ -89,115 +88,40 @@ def frame_from_row(row: asyncpg.Record, reason: str | None = None) -> BalanceFra
     )
 
 
-_POST_SQL = "SELECT (r).* FROM (SELECT balance_post($1,$2,$3,$4,$5,$6,$7,$8::jsonb,$9,$10) r) s"
-_POST_MANY_SQL = (
-    "SELECT idx, (result).* FROM balance_post_many("
-    "$1::text[],$2,$3::text[],$4::bytea[],$5::text[],$6::bigint[],$7::text[],$8::jsonb[],"
-    "$9::timestamptz[],$10::text[])"
+_HOLD_SQL = "SELECT (r).* FROM (SELECT balance_hold($1,$2,$3,$4,$5,$6,$7,$8::jsonb) r) s"
+_RESOLVE_SQL = (
+    "SELECT (r).* FROM (SELECT balance_resolve_hold($1::uuid,$2,$3,$4::jsonb) r) s"
 )
-# (account, key, hash, kind, amount, reason, metadata json, expires_at, mode)
-PostArgs = tuple[str, str, bytes, str, int, "str | None", "str | None", "datetime | None", str]
-
-
-class GroupCommit:
-    """Batches concurrent balance_post calls into one round trip and one commit.
-
-    While `max_inflight` batches are running, new calls queue; each finished batch sends
-    everything queued as the next one. Idle, a call goes out alone at once, so batching
-    adds no latency; under load it turns N round trips and N commits into one.
-    """
-
-    def __init__(self, pool: asyncpg.Pool, welcome: int, max_inflight: int, max_batch: int = 128):
-        self._pool = pool
-        self._welcome = welcome
-        self._max_inflight = max_inflight
-        self._max_batch = max_batch
-        self._inflight = 0
-        self._queue: list[tuple[PostArgs, asyncio.Future[asyncpg.Record]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def submit(self, args: PostArgs) -> asyncpg.Record:
-        future: asyncio.Future[asyncpg.Record] = asyncio.get_running_loop().create_future()
-        self._queue.append((args, future))
-        self._dispatch()
-        return await future
-
-    def _dispatch(self) -> None:
-        while self._queue and self._inflight < self._max_inflight:
-            batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
-            self._inflight += 1
-            task = asyncio.create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, batch: list[tuple[PostArgs, asyncio.Future[asyncpg.Record]]]) -> None:
-        metrics.batch_size.observe(len(batch))
-        try:
-            if len(batch) == 1:
-                await self._one(*batch[0])
-            else:
-                await self._many(batch)
-        finally:
-            self._inflight -= 1
-            self._dispatch()
-
-    async def _fetch_one(self, args: PostArgs) -> asyncpg.Record:
-        for attempt in range(3):
-            try:
-                row = await self._pool.fetchrow(_POST_SQL, args[0], self._welcome, *args[1:])
-                assert row is not None
-                return row
-            except asyncpg.DeadlockDetectedError:
-                # A batch holding this account waited on our idempotency key (a concurrent
-                # duplicate); the loser rolled back whole, so retrying is safe.
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    async def _one(self, args: PostArgs, future: asyncio.Future[asyncpg.Record]) -> None:
-        try:
-            row = await self._fetch_one(args)
-        except BaseException as exc:
-            if not future.done():
-                future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            if not future.done():
-                future.set_result(row)
-
-    async def _many(self, batch: list[tuple[PostArgs, asyncio.Future[asyncpg.Record]]]) -> None:
-        columns = list(zip(*(args for args, _ in batch), strict=True))
-        try:
-            rows = await self._pool.fetch(
-                _POST_MANY_SQL, columns[0], self._welcome, *columns[1:]
-            )
-        except asyncpg.PostgresError:
-            # One bad item (or a deadlock with another multi-account transaction) rolled
-            # the whole batch back, so nothing of it committed: run each on its own.
-            await asyncio.gather(*(self._one(args, future) for args, future in batch))
-            return
-        except BaseException as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for row in rows:
-            future = batch[row["idx"] - 1][1]
-            if not future.done():
-                future.set_result(row)
 
 
 class Ledger:
-    """The ledger over one asyncpg pool."""
+    """The money movements over one asyncpg pool."""
 
-    def __init__(self, pool: Pool, welcome_credits: int, max_inflight: int = 1) -> None:
+    def __init__(self, pool: asyncpg.Pool, welcome_credits: int, max_inflight: int = 1) -> None:
         self.pool = pool
         self.welcome = welcome_credits
+        self._hooks: list[OnCommit] = []
         self._group = GroupCommit(pool, welcome_credits, max_inflight)
+
+    def on_commit(self, hook: OnCommit) -> None:
+        """Hand every committed change to `hook` from now on (the push publisher)."""
+        self._hooks.append(hook)
+
+    def _committed(self, row: asyncpg.Record, reason: str | None) -> None:
+        """The door: a change PostgreSQL committed goes on from here, and only from here."""
+        if row["replayed"]:
+            metrics.idempotent_replays.inc()
+        elif row["account_id"] is not None:
+            frame = frame_from_row(row, reason)
+            for hook in self._hooks:
+                hook(frame)
+
+    def _outcome(self, row: asyncpg.Record | None, reason: str | None) -> Outcome:
+        assert row is not None
+        if row["result"] != "ok":
+            raise _refusal(row)
+        self._committed(row, reason)
+        return Outcome((row["body"] or "{}").encode(), bool(row["replayed"]))
 
     async def post(
         self,
@@ -214,10 +138,16 @@ class Ledger:
     ) -> Outcome:
         """One signed ledger row (debit when negative), atomically with its idempotency key."""
         row = await self._group.submit((
-            account_id, idempotency_key, fingerprint, kind, amount, reason, _jsonb(metadata),
+            account_id, idempotency_key, fingerprint, kind, amount, reason, jsonb(metadata),
             expires_at, mode,
         ))
-        return _outcome(row, reason)
+        outcome = self._outcome(row, reason)
+        if not outcome.replayed:
+            if kind == "usage":
+                metrics.debits.inc()
+            elif kind in ("grant", "purchase", "refund"):
+                metrics.credits.labels(kind).inc()
+        return outcome
 
     async def hold(
         self,
@@ -230,25 +160,39 @@ class Ledger:
         fingerprint: bytes,
         metadata: dict[str, Any] | None,
     ) -> Outcome:
+        """Reserve `amount` of the available credits until captured, released or expired."""
         row = await self.pool.fetchrow(
-            "SELECT (r).* FROM (SELECT balance_hold($1,$2,$3,$4,$5,$6,$7,$8::jsonb) r) s",
-            account_id, self.welcome, idempotency_key, fingerprint, amount, ttl_seconds,
-            reason, _jsonb(metadata),
+            _HOLD_SQL, account_id, self.welcome, idempotency_key, fingerprint, amount,
+            ttl_seconds, reason, jsonb(metadata),
         )
-        assert row is not None
-        return _outcome(row, reason)
+        return self._outcome(row, reason)
 
     async def resolve_hold(
         self, hold_id: str, action: str, *, amount: int | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Outcome:
         """'capture' amount (None: all) and release the rest, or 'release' it all."""
-        row = await self.pool.fetchrow(
-            "SELECT (r).* FROM (SELECT balance_resolve_hold($1::uuid,$2,$3,$4::jsonb) r) s",
-            hold_id, action, amount, _jsonb(metadata),
-        )
+        row = await self.pool.fetchrow(_RESOLVE_SQL, hold_id, action, amount, jsonb(metadata))
+        outcome = self._outcome(row, None)
+        if action == "capture":
+            metrics.debits.inc()
+        return outcome
+
+    async def move(self, sql: str, *args: Any, reason: str) -> asyncpg.Record:
+        """Run one movement function of another domain (payments): its committed change
+        leaves through the same door. `sql` selects one balance_result row."""
+        row = await self.pool.fetchrow(sql, *args)
         assert row is not None
-        return _outcome(row)
+        if row["result"] == "ok":
+            self._committed(row, reason)
+        return row
+
+    async def sweep(self, limit: int = 500) -> list[str]:
+        """Expire due holds and lots; the kind of each change committed."""
+        rows = await self.pool.fetch("SELECT (r).* FROM balance_sweep($1) r", limit)
+        for row in rows:
+            self._committed(row, None)
+        return [row["kind"] for row in rows]
 
     async def account(self, account_id: str) -> bytes:
         """The account object as JSON, creating the account on first mention."""
@@ -274,78 +218,6 @@ class Ledger:
                                        a["version"]))
         return frames
 
-    async def transactions(
-        self, account_id: str, *, limit: int, before: int | None, kind: str | None
-    ) -> bytes:
-        """A page of history, newest first, as `{"transactions": [...], "next": cursor}`."""
-        page, cursor = await self._page(account_id, limit, before, kind)
-        if page == "[]":
-            # Maybe a new account: it springs into being (and may get a welcome grant).
-            await self.account(account_id)
-            page, cursor = await self._page(account_id, limit, before, kind)
-        next_json = "null" if cursor is None else f'"{cursor}"'
-        return f'{{"transactions":{page},"next":{next_json}}}'.encode()
-
-    async def _page(
-        self, account_id: str, limit: int, before: int | None, kind: str | None
-    ) -> tuple[str, int | None]:
-        """(JSON array of up to `limit` transactions, cursor for the next page or None)."""
-        row = await self.pool.fetchrow(
-            """
-            WITH page AS (
-                SELECT t FROM transactions t
-                WHERE t.account_id = $1 AND ($2::bigint IS NULL OR t.id < $2)
-                  AND ($3::text IS NULL OR t.kind = $3)
-                ORDER BY t.id DESC LIMIT $4
-            ), shown AS (SELECT t FROM page LIMIT $5)
-            SELECT COALESCE((SELECT jsonb_agg(balance__tx_json(s.t) ORDER BY (s.t).id DESC)
-                             FROM shown s), '[]'::jsonb)::text AS page,
-                   CASE WHEN (SELECT count(*) FROM page) > $5
-                        THEN (SELECT min((s.t).id) FROM shown s) END AS cursor
-            """,
-            account_id, before, kind, limit + 1, limit,
-        )
-        assert row is not None
-        return row["page"], row["cursor"]
-
-    async def usage(
-        self, account_id: str, *, since: datetime | None, until: datetime | None, group_by: str
-    ) -> bytes:
-        """Spending (usage net of refunds is not mixed in) grouped by reason or UTC day."""
-        key = "t.reason" if group_by == "reason" else (
-            "to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
-        )
-        text: str = await self.pool.fetchval(
-            f"""
-            SELECT jsonb_build_object('groups', COALESCE(jsonb_agg(
-                jsonb_build_object('key', g.key, 'amount', g.amount, 'count', g.count)
-                ORDER BY g.key), '[]'::jsonb))::text
-            FROM (
-                SELECT {key} AS key, -sum(t.amount)::bigint AS amount, count(*) AS count
-                FROM transactions t
-                WHERE t.account_id = $1 AND t.kind = 'usage'
-                  AND ($2::timestamptz IS NULL OR t.created_at >= $2)
-                  AND ($3::timestamptz IS NULL OR t.created_at < $3)
-                GROUP BY 1
-            ) g
-            """,
-            account_id, since, until,
-        )
-        return text.encode()
-
-    async def latest(self, account_id: str, limit: int = 20) -> bytes:
-        """`{"accounts": [account], "transactions": [latest]}` for GET /v1/me."""
-        account = await self.account(account_id)  # creates it first, welcome grant included
-        page, _ = await self._page(account_id, limit, None, None)
-        return b'{"accounts":[' + account + b'],"transactions":' + page.encode() + b"}"
-
-    async def sweep(self, limit: int = 500) -> list[BalanceFrame]:
-        """Expire due holds and lots; the frames to push for each committed change."""
-        rows = await self.pool.fetch(
-            "SELECT (r).* FROM balance_sweep($1) r", limit
-        )
-        return [frame_from_row(r) for r in rows]
-
     async def forget_old_keys(self, days: int) -> int:
         """Drop idempotency records past retention; keys older than that may be reused."""
         result: str = await self.pool.execute(
@@ -357,13 +229,3 @@ class Ledger:
     async def reconcile(self) -> list[asyncpg.Record]:
         """Accounts whose totals disagree with the ledger or with their holds."""
         return list(await self.pool.fetch("SELECT * FROM balance_reconcile()"))
-
-
-async def migrate(conn: asyncpg.Connection) -> None:
-    """Apply schema.sql (idempotent), one migrator at a time."""
-    sql = SCHEMA_PATH.read_text()
-    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATE_LOCK)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK)

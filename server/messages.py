@@ -1,21 +1,33 @@
-"""msgspec Structs for every request body, response and WebSocket frame.
+"""msgspec Structs for every request body, response and WebSocket frame, and the account id.
 
-Each request type has one Decoder built once at import; `decode_body` maps msgspec's
-validation errors onto the contract's 400 / 422.
+Each request type has one Decoder, built on first use and reused; `decode_body` maps
+msgspec's validation errors onto the contract's 400 / 422.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeGuard, TypeVar
 
 import msgspec
 
 from server import errors
 
-AccountId = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
-]
+# The account id rule (API.md "Words"): 1-128 of these characters, the whole string.
+ACCOUNT_ID_RULE = "1-128 characters of A-Za-z0-9_.:@|-"
+_ACCOUNT_ID = r"[A-Za-z0-9_.:@|-]{1,128}"
+_account_id = re.compile(_ACCOUNT_ID)
+
+
+def is_account_id(value: object) -> TypeGuard[str]:
+    """Whether `value` is a valid account id: a str that the rule matches whole."""
+    return isinstance(value, str) and _account_id.fullmatch(value) is not None
+
+
+# msgspec searches with Python's `re`, where `$` also matches before a final newline;
+# `(?!\n)` closes that door and means the same in JSON Schema's ECMA regexes.
+AccountId = Annotated[str, msgspec.Meta(pattern=rf"^{_ACCOUNT_ID}$(?!\n)")]
 Amount = Annotated[int, msgspec.Meta(ge=1, le=10**12)]
 SignedAmount = Annotated[int, msgspec.Meta(ge=-(10**12), le=10**12)]
 IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]

@@ -20,11 +20,12 @@ import httpx
 import pytest
 import uvicorn
 
-from server import devservers
-from server.app import DrainingServer, create_app
+from server import serve
+from server.app import create_app
 from server.config import Settings
-from server.ledger import migrate
-from server.ws import WebSocketFirst
+from server.dev import servers as devservers
+from server.push.ws import WebSocketFirst
+from server.schema import migrate
 
 PRICES = {"generate_image": 5, "upscale": 2, "generate_video": 40}
 # Seconds; no test comes near it, so reaching it means a hang.
@@ -154,14 +155,7 @@ async def start_app(
         }
         settings = Settings.from_env(env, **values)
         asgi = create_app(settings, extra_routes=extra)
-        config = uvicorn.Config(
-            asgi,
-            host="127.0.0.1",
-            port=settings.port,
-            log_level="warning",
-            lifespan="on",
-        )
-        server = DrainingServer(config)
+        server = serve.server(asgi, settings)  # what `balance-server serve` runs
         task = asyncio.create_task(server.serve())
         for _ in range(500):
             if server.started or task.done():

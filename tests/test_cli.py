@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 import jwt
 
-from server.devservers import free_port
+from server.dev.servers import free_port
 from tests.conftest import key
 
 

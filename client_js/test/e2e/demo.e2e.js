@@ -37,7 +37,7 @@ test('demo: live balance in two tabs, restart without reload, 402 dialog', { ski
   try {
     dbs = await startDatabases();
   } catch (err) {
-    t.skip(`python -m server.devservers could not start PostgreSQL/Redis: ${err.message.split('\n')[0]}`);
+    t.skip(`python -m server.dev.servers could not start PostgreSQL/Redis: ${err.message.split('\n')[0]}`);
     return;
   }
   t.after(() => dbs.stop());

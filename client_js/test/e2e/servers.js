@@ -1,5 +1,5 @@
 // Starts the real thing for the end-to-end tests: PostgreSQL + Redis through
-// `python -m server.devservers`, then `balance-server dev` (run as `python -m server.cli
+// `python -m server.dev.servers`, then `balance-server dev` (run as `python -m server.cli
 // dev`, so no console script on PATH is needed) on a fixed port, which
 // can be stopped and started again on the same port and data.
 
@@ -22,7 +22,7 @@ export async function missingPrerequisite() {
   } catch {
     return 'playwright-core is not installed (npm install in client_js/)';
   }
-  const py = spawnSync(PYTHON, ['-c', 'import server.devservers, server.cli, server.devroutes'], { cwd: REPO, encoding: 'utf8' });
+  const py = spawnSync(PYTHON, ['-c', 'import server.dev.servers, server.cli, server.dev.routes'], { cwd: REPO, encoding: 'utf8' });
   if (py.status !== 0) return `the Python server does not import (${PYTHON}): ${(py.stderr || py.error?.message || '').trim().split('\n').at(-1)}`;
   return null;
 }
@@ -54,7 +54,7 @@ async function stop(child, ms = 15_000) {
 /** PostgreSQL + Redis until stop(); resolves with {databaseUrl, redisUrl}, or throws with the output. */
 export async function startDatabases() {
   // stdin stays a pipe: devservers also stops on stdin EOF, so it dies with this process.
-  const child = spawn(PYTHON, ['-m', 'server.devservers'], { cwd: REPO, stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(PYTHON, ['-m', 'server.dev.servers'], { cwd: REPO, stdio: ['pipe', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stderr.on('data', (d) => (err += d));

@@ -1,0 +1,152 @@
+"""The app's backend API (service key): accounts, money movements, holds, history, tokens."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from starlette.requests import Request
+
+from server import errors
+from server.api.http import (
+    account_param,
+    history_page,
+    hold_param,
+    read_body,
+    resources,
+    time_query,
+)
+from server.ledger import Outcome, request_hash
+from server.messages import (
+    AdjustRequest,
+    CaptureRequest,
+    ChargeRequest,
+    CreditRequest,
+    DebitRequest,
+    HoldRequest,
+    TokenRequest,
+    decode_body,
+    encoder,
+)
+
+MAX_COST = 10**12
+
+
+async def get_account(request: Request) -> bytes:
+    """The account (created on first mention)."""
+    return await resources(request).ledger.account(account_param(request))
+
+
+async def debit(request: Request) -> Outcome:
+    """Spend credits: 402 unless available >= amount."""
+    account_id = account_param(request)
+    body = decode_body(DebitRequest, await read_body(request))
+    return await resources(request).ledger.post(
+        account_id, kind="usage", amount=-body.amount, reason=body.reason,
+        idempotency_key=body.idempotency_key, fingerprint=request_hash("debit", body),
+        metadata=body.metadata,
+    )
+
+
+async def credit(request: Request) -> Outcome:
+    """Add credits (grant, purchase or refund), optionally expiring."""
+    account_id = account_param(request)
+    body = decode_body(CreditRequest, await read_body(request))
+    if body.expires_at is not None:
+        if body.expires_at.tzinfo is None:
+            raise errors.invalid_request("expires_at: must include a timezone (e.g. Z)")
+        if body.expires_at <= datetime.now(body.expires_at.tzinfo):
+            raise errors.invalid_request("expires_at: must be in the future")
+    return await resources(request).ledger.post(
+        account_id, kind=body.kind, amount=body.amount, reason=body.reason,
+        idempotency_key=body.idempotency_key, fingerprint=request_hash("credit", body),
+        metadata=body.metadata, expires_at=body.expires_at,
+    )
+
+
+async def adjust(request: Request) -> Outcome:
+    """An operator's signed correction; a negative one may not overdraw."""
+    account_id = account_param(request)
+    body = decode_body(AdjustRequest, await read_body(request))
+    if body.amount == 0:
+        raise errors.invalid_request("amount: must not be 0")
+    return await resources(request).ledger.post(
+        account_id, kind="adjustment", amount=body.amount, reason=body.reason,
+        idempotency_key=body.idempotency_key, fingerprint=request_hash("adjust", body),
+        metadata={"actor": body.actor},
+    )
+
+
+async def charge(request: Request) -> Outcome:
+    """Debit the price-list cost of an operation times quantity."""
+    account_id = account_param(request)
+    body = decode_body(ChargeRequest, await read_body(request))
+    res = resources(request)
+    price = res.settings.prices.get(body.operation)
+    if price is None:
+        raise errors.invalid_request(f"operation: unknown operation {body.operation!r}")
+    cost = price * body.quantity
+    if cost > MAX_COST:
+        raise errors.invalid_request("quantity: total cost is over 10^12 credits")
+    metadata = {**(body.metadata or {}), "operation": body.operation, "quantity": body.quantity,
+                "unit_cost": price}
+    return await res.ledger.post(
+        account_id, kind="usage", amount=-cost, reason=body.operation,
+        idempotency_key=body.idempotency_key, fingerprint=request_hash("charge", body),
+        metadata=metadata,
+    )
+
+
+async def place_hold(request: Request) -> Outcome:
+    """Reserve credits for an operation in progress: 201, or 402."""
+    account_id = account_param(request)
+    body = decode_body(HoldRequest, await read_body(request))
+    return await resources(request).ledger.hold(
+        account_id, amount=body.amount, ttl_seconds=body.ttl_seconds, reason=body.reason,
+        idempotency_key=body.idempotency_key, fingerprint=request_hash("hold", body),
+        metadata=body.metadata,
+    )
+
+
+async def capture_hold(request: Request) -> Outcome:
+    """Spend all or part of a hold; the rest is released."""
+    hold_id = hold_param(request)
+    body = decode_body(CaptureRequest, await read_body(request))
+    return await resources(request).ledger.resolve_hold(
+        hold_id, "capture", amount=body.amount, metadata=body.metadata
+    )
+
+
+async def release_hold(request: Request) -> Outcome:
+    """Give a hold's credits back to available."""
+    hold_id = hold_param(request)
+    await read_body(request)
+    return await resources(request).ledger.resolve_hold(hold_id, "release")
+
+
+async def list_transactions(request: Request) -> bytes:
+    """History, newest first, cursor-paged."""
+    return await history_page(request, account_param(request))
+
+
+async def usage(request: Request) -> bytes:
+    """Spending grouped by reason or UTC day."""
+    account_id = account_param(request)
+    group_by = request.query_params.get("group_by", "reason")
+    if group_by not in ("reason", "day"):
+        raise errors.invalid_request("group_by: must be 'reason' or 'day'")
+    return await resources(request).history.usage(
+        account_id, since=time_query(request, "since"), until=time_query(request, "until"),
+        group_by=group_by,
+    )
+
+
+async def mint_token(request: Request) -> bytes:
+    """A short-lived user token for the browser (WebSocket, /v1/me)."""
+    body = decode_body(TokenRequest, await read_body(request))
+    token, expires_at = resources(request).tokens.mint(body.account_id, body.ttl_seconds)
+    return encoder.encode({"token": token, "expires_at": expires_at})
+
+
+async def prices(request: Request) -> bytes:
+    """The price list."""
+    return encoder.encode(resources(request).settings.prices)

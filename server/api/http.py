@@ -1,0 +1,145 @@
+"""What every route shares: the resources, the raw body, path and query parameters, answers."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from server import errors
+from server.auth import Identity, bearer
+from server.db import DB_DOWN
+from server.history import KINDS
+from server.messages import ACCOUNT_ID_RULE, is_account_id
+from server.resources import Resources
+
+log = logging.getLogger("balance.api")
+
+MAX_BODY = 64 * 1024
+JSON = "application/json"
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}")
+
+
+def resources(request: Request) -> Resources:
+    """The lifespan's resources."""
+    res: Resources = request.app.state.resources
+    return res
+
+
+async def read_body(request: Request) -> bytes:
+    """The raw body, refusing more than 64 KiB without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        if int(declared) > MAX_BODY:
+            raise errors.payload_too_large(MAX_BODY)
+        return await request.body()  # the server stops at the declared length
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise errors.payload_too_large(MAX_BODY)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_response(body: bytes, status: int = 200, replayed: bool = False) -> Response:
+    """Already-encoded JSON; `Idempotent-Replayed: true` when it replays an earlier answer."""
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return Response(body, status_code=status, media_type=JSON, headers=headers)
+
+
+def account_param(request: Request) -> str:
+    """The `{account_id}` of the path, or 422."""
+    account_id: str = request.path_params["account_id"]
+    if not is_account_id(account_id):
+        raise errors.invalid_request(f"account_id: {ACCOUNT_ID_RULE}")
+    return account_id
+
+
+def hold_param(request: Request) -> str:
+    """The `{hold_id}` of the path; anything but a UUID names no hold (404)."""
+    hold_id: str = request.path_params["hold_id"]
+    if not _UUID_RE.fullmatch(hold_id):
+        raise errors.not_found("no such hold")
+    return hold_id
+
+
+def user(request: Request) -> Identity:
+    """The account a browser's user token speaks for, or 401."""
+    return resources(request).tokens.verify(bearer(request.headers.get("authorization")))
+
+
+def int_query(request: Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    """An integer query parameter within [lo, hi], or 422."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise errors.invalid_request(f"{name}: must be an integer") from None
+    if not lo <= value <= hi:
+        raise errors.invalid_request(f"{name}: must be between {lo} and {hi}")
+    return value
+
+
+def time_query(request: Request, name: str) -> datetime | None:
+    """An ISO 8601 timestamp with a timezone, or 422."""
+    raw = request.query_params.get(name)
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise errors.invalid_request(f"{name}: must be an ISO 8601 timestamp") from None
+    if value.tzinfo is None:
+        raise errors.invalid_request(f"{name}: must include a timezone (e.g. Z)")
+    return value
+
+
+async def history_page(request: Request, account_id: str) -> bytes:
+    """A page of the account's transactions, newest first, from the query's parameters."""
+    limit = int_query(request, "limit", 50, 1, 200)
+    before = int_query(request, "before", None, 1, 2**63 - 1)
+    kind = request.query_params.get("kind") or None
+    if kind is not None and kind not in KINDS:
+        raise errors.invalid_request(f"kind: must be one of {', '.join(KINDS)}")
+    assert limit is not None
+    return await resources(request).history.transactions(
+        account_id, limit=limit, before=before, kind=kind
+    )
+
+
+async def _problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.Problem)
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    message = "no such route" if exc.status_code == 404 else str(exc.detail)
+    return JSONResponse({"error": code, "message": message}, status_code=exc.status_code)
+
+
+async def _database_down(request: Request, exc: Exception) -> Response:
+    log.warning("database unreachable: %s", type(exc).__name__)
+    problem = errors.unavailable()
+    return JSONResponse(problem.body(), status_code=problem.status)
+
+
+def exception_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
+    """Problems and starlette's own errors as the contract's JSON; an unreachable database
+    as 503 (its transaction never committed, so nothing was written)."""
+    return {
+        errors.Problem: _problem,
+        HTTPException: _http_error,
+        **{exc: _database_down for exc in DB_DOWN},
+    }

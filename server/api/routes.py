@@ -1,0 +1,101 @@
+"""The route table: every API operation once, with what OpenAPI says of it.
+
+Starlette's routes and /openapi.json are both built from `OPERATIONS`, so they cannot
+drift apart. A handler returns its JSON (or a ledger Outcome); the route answers it with
+the operation's status, after checking the service key where the table asks for one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from server.api import backend, browser, webhooks
+from server.api.http import json_response, resources
+from server.auth import check_service_key
+from server.ledger import Outcome
+from server.messages import (
+    AdjustRequest,
+    CaptureRequest,
+    ChargeRequest,
+    CreditRequest,
+    DebitRequest,
+    HoldRequest,
+    TokenRequest,
+)
+
+Handler = Callable[[Request], Awaitable[bytes | Outcome]]
+Auth = Literal["service", "user", "signature"]
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    auth: Auth
+    body: type[msgspec.Struct] | None = None
+    status: int = 200
+
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation("GET", "/v1/accounts/{account_id}", backend.get_account,
+              "Read an account", "service"),
+    Operation("POST", "/v1/accounts/{account_id}/debit", backend.debit,
+              "Spend credits", "service", DebitRequest),
+    Operation("POST", "/v1/accounts/{account_id}/credit", backend.credit,
+              "Add credits", "service", CreditRequest),
+    Operation("POST", "/v1/accounts/{account_id}/adjust", backend.adjust,
+              "Operator adjustment", "service", AdjustRequest),
+    Operation("POST", "/v1/accounts/{account_id}/charge", backend.charge,
+              "Charge a priced operation", "service", ChargeRequest),
+    Operation("POST", "/v1/accounts/{account_id}/holds", backend.place_hold,
+              "Reserve credits", "service", HoldRequest, 201),
+    Operation("GET", "/v1/accounts/{account_id}/transactions", backend.list_transactions,
+              "History, newest first", "service"),
+    Operation("GET", "/v1/accounts/{account_id}/usage", backend.usage,
+              "Spending grouped", "service"),
+    Operation("POST", "/v1/holds/{hold_id}/capture", backend.capture_hold,
+              "Capture a hold", "service", CaptureRequest),
+    Operation("POST", "/v1/holds/{hold_id}/release", backend.release_hold,
+              "Release a hold", "service"),
+    Operation("POST", "/v1/tokens", backend.mint_token,
+              "Mint a browser token", "service", TokenRequest),
+    Operation("GET", "/v1/prices", backend.prices, "The price list", "service"),
+    Operation("GET", "/v1/me", browser.me, "The token's account", "user"),
+    Operation("GET", "/v1/me/transactions", browser.my_transactions,
+              "The token's history", "user"),
+    Operation("POST", "/v1/webhooks/stripe", webhooks.stripe_webhook,
+              "Stripe events (Stripe-Signature)", "signature"),
+    Operation("POST", "/v1/webhooks/dodo", webhooks.dodo_webhook,
+              "Dodo Payments events (Standard Webhooks)", "signature"),
+)
+
+
+def _endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
+    handler, status, service = op.handler, op.status, op.auth == "service"
+
+    async def endpoint(request: Request) -> Response:
+        if service:
+            check_service_key(
+                request.headers.get("authorization"), resources(request).service_keys)
+        result = await handler(request)
+        if isinstance(result, Outcome):
+            return json_response(result.body, status, result.replayed)
+        return json_response(result, status)
+
+    endpoint.__name__ = handler.__name__
+    endpoint.__doc__ = handler.__doc__
+    return endpoint
+
+
+def routes() -> list[Route]:
+    """Starlette routes for every operation."""
+    return [Route(op.path, _endpoint(op), methods=[op.method]) for op in OPERATIONS]

@@ -1,0 +1,1 @@
+"""Development only: throwaway PostgreSQL and Redis, the demo page and its helper routes."""

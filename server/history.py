@@ -1,0 +1,82 @@
+"""What happened to an account: its transactions, newest first, and its spending grouped."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from server.ledger import Ledger
+
+KINDS = ("grant", "purchase", "usage", "refund", "reversal", "adjustment", "expiry")
+
+
+class History:
+    """Read-only queries over the ledger's tables, answered as response JSON."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._pool = ledger.pool
+
+    async def transactions(
+        self, account_id: str, *, limit: int, before: int | None, kind: str | None
+    ) -> bytes:
+        """A page of history, newest first, as `{"transactions": [...], "next": cursor}`."""
+        page, cursor = await self._page(account_id, limit, before, kind)
+        if page == "[]":
+            # Maybe a new account: it springs into being (and may get a welcome grant).
+            await self._ledger.account(account_id)
+            page, cursor = await self._page(account_id, limit, before, kind)
+        next_json = "null" if cursor is None else f'"{cursor}"'
+        return f'{{"transactions":{page},"next":{next_json}}}'.encode()
+
+    async def _page(
+        self, account_id: str, limit: int, before: int | None, kind: str | None
+    ) -> tuple[str, int | None]:
+        """(JSON array of up to `limit` transactions, cursor for the next page or None)."""
+        row = await self._pool.fetchrow(
+            """
+            WITH page AS (
+                SELECT t FROM transactions t
+                WHERE t.account_id = $1 AND ($2::bigint IS NULL OR t.id < $2)
+                  AND ($3::text IS NULL OR t.kind = $3)
+                ORDER BY t.id DESC LIMIT $4
+            ), shown AS (SELECT t FROM page LIMIT $5)
+            SELECT COALESCE((SELECT jsonb_agg(balance__tx_json(s.t) ORDER BY (s.t).id DESC)
+                             FROM shown s), '[]'::jsonb)::text AS page,
+                   CASE WHEN (SELECT count(*) FROM page) > $5
+                        THEN (SELECT min((s.t).id) FROM shown s) END AS cursor
+            """,
+            account_id, before, kind, limit + 1, limit,
+        )
+        assert row is not None
+        return row["page"], row["cursor"]
+
+    async def usage(
+        self, account_id: str, *, since: datetime | None, until: datetime | None, group_by: str
+    ) -> bytes:
+        """Spending (usage transactions only) grouped by reason or UTC day."""
+        key = "t.reason" if group_by == "reason" else (
+            "to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+        )
+        text: str = await self._pool.fetchval(
+            f"""
+            SELECT jsonb_build_object('groups', COALESCE(jsonb_agg(
+                jsonb_build_object('key', g.key, 'amount', g.amount, 'count', g.count)
+                ORDER BY g.key), '[]'::jsonb))::text
+            FROM (
+                SELECT {key} AS key, -sum(t.amount)::bigint AS amount, count(*) AS count
+                FROM transactions t
+                WHERE t.account_id = $1 AND t.kind = 'usage'
+                  AND ($2::timestamptz IS NULL OR t.created_at >= $2)
+                  AND ($3::timestamptz IS NULL OR t.created_at < $3)
+                GROUP BY 1
+            ) g
+            """,
+            account_id, since, until,
+        )
+        return text.encode()
+
+    async def latest(self, account_id: str, limit: int = 20) -> bytes:
+        """`{"accounts": [account], "transactions": [latest]}` for GET /v1/me."""
+        account = await self._ledger.account(account_id)  # creates it, welcome grant included
+        page, _ = await self._page(account_id, limit, None, None)
+        return b'{"accounts":[' + account + b'],"transactions":' + page.encode() + b"}"

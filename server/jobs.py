@@ -1,0 +1,57 @@
+"""Periodic work, in every instance: expire due holds and credit lots, forget old keys.
+
+Several instances run the same jobs safely: the SQL claims due rows with SKIP LOCKED, and
+each change it commits leaves through the ledger's door like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from server import metrics
+from server.config import Settings
+from server.ledger import Ledger
+
+log = logging.getLogger("balance.jobs")
+
+KEY_CLEANUP_EVERY = 3600.0  # seconds
+
+
+class Jobs:
+    """The background loop of one process."""
+
+    def __init__(self, ledger: Ledger, settings: Settings) -> None:
+        self._ledger = ledger
+        self._interval = settings.sweep_interval
+        self._retention_days = settings.idempotency_retention_days
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="jobs")
+
+    async def stop(self) -> None:
+        """Stop the loop; bounded, and a cancellation of stop() itself still propagates."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=3.0)
+            self._task = None
+
+    async def _run(self) -> None:
+        last_cleanup = 0.0
+        while True:
+            try:
+                kinds = await self._ledger.sweep()
+                for kind in kinds:
+                    metrics.sweeps.labels(kind).inc()
+                if time.monotonic() - last_cleanup > KEY_CLEANUP_EVERY:
+                    await self._ledger.forget_old_keys(self._retention_days)
+                    last_cleanup = time.monotonic()
+                if kinds:
+                    continue  # more may be due; sweep again at once
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the jobs must outlive a database outage
+                log.warning("sweep failed: %s", type(exc).__name__)
+            await asyncio.sleep(self._interval)

@@ -1,0 +1,48 @@
+"""Dodo Payments events (Standard Webhooks): payment.succeeded, refund.succeeded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from server.payments.events import (
+    Action,
+    Ignore,
+    Refund,
+    Unfulfilled,
+    currency_code,
+    money,
+    object_id,
+    purchase_from_metadata,
+)
+
+
+class DodoEvent(msgspec.Struct):
+    """The envelope of a Dodo event; its id is the `webhook-id` header."""
+
+    type: str
+    data: dict[str, Any]
+
+
+
+def parse_dodo(event: DodoEvent, event_id: str) -> Action:
+    """What a Dodo event asks of the ledger."""
+    data = event.data
+    if event.type == "payment.succeeded":
+        payment_id = object_id(data, "payment_id", "data")
+        return purchase_from_metadata(
+            "dodo", payment_id, data.get("metadata"), event_id,
+            account_keys=("account_id", "user_id"), credit_keys=("credits", "credit_amount"),
+            amount=money(data.get("total_amount")), currency=currency_code(data.get("currency")),
+        )
+    if event.type == "refund.succeeded":
+        payment_id = object_id(data, "payment_id", "data")
+        refund_id = object_id(data, "refund_id", "data")
+        amount = money(data.get("amount"))
+        full = data.get("is_partial") is False
+        if amount is None and not full:
+            return Unfulfilled(f"partial refund {refund_id} of {payment_id} has no amount", None)
+        return Refund("dodo", payment_id, refund_id, amount, None,
+                      cumulative=False, full=full, event_id=event_id)
+    return Ignore(f"event type {event.type!r} is not handled")

@@ -1,0 +1,119 @@
+"""What a payment event asks of the ledger, whichever provider sent it.
+
+The provider modules (stripe.py, dodo.py) read their own event shapes into these actions;
+fulfilment.py carries them out.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from server import errors
+from server.messages import ACCOUNT_ID_RULE, is_account_id
+
+MAX_CREDITS = 10**12
+ID_RE = re.compile(r"[\x21-\x7e]{1,200}")  # provider ids: printable ASCII, no spaces
+_CREDITS_RE = re.compile(r"[0-9]{1,13}")
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    """A paid purchase of `credits` for `account_id`, identified by the provider's payment id."""
+
+    provider: str
+    payment_id: str
+    account_id: str
+    credits: int
+    amount_paid: int | None
+    currency: str | None
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refund:
+    """Money given back on a payment.
+
+    `refunded` is this refund's amount (Dodo) or, when `cumulative`, the payment's running
+    total so far (Stripe's `amount_refunded`); `paid` is what it is a share of, if known.
+    """
+
+    provider: str
+    payment_id: str
+    refund_key: str
+    refunded: int | None
+    paid: int | None
+    cumulative: bool
+    full: bool
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unfulfilled:
+    """A paid event we cannot act on; payment_id is set for purchases only."""
+
+    problem: str
+    payment_id: str | None
+
+
+Action = Purchase | Refund | Ignore | Unfulfilled
+
+
+def object_id(obj: dict[str, Any], field: str, where: str) -> str:
+    value = obj.get(field)
+    if isinstance(value, dict):  # an expanded object
+        value = value.get("id")
+    if not isinstance(value, str) or not ID_RE.fullmatch(value):
+        raise errors.invalid_request(f"{where}.{field}: missing or not an id")
+    return value
+
+
+def optional_id(obj: dict[str, Any], field: str, where: str) -> str | None:
+    return None if obj.get(field) is None else object_id(obj, field, where)
+
+
+def money(value: Any) -> int | None:
+    """A non-negative integer amount in minor units, or None."""
+    return value if type(value) is int and 0 <= value <= 10**15 else None
+
+
+def currency_code(value: Any) -> str | None:
+    """An ISO currency code as the provider sent it (at most 16 characters), or None."""
+    return value[:16] if isinstance(value, str) else None
+
+
+def parse_credits(value: Any) -> int | None:
+    """Credits from metadata: a string of digits, 1 … 10^12; anything else is None."""
+    if not isinstance(value, str) or not _CREDITS_RE.fullmatch(value):
+        return None
+    credits = int(value)
+    return credits if 1 <= credits <= MAX_CREDITS else None
+
+
+def purchase_from_metadata(
+    provider: str, payment_id: str, metadata: Any, event_id: str, *,
+    account_keys: tuple[str, ...], credit_keys: tuple[str, ...],
+    amount: int | None, currency: str | None,
+) -> Purchase | Unfulfilled:
+    md: dict[str, Any] = metadata if isinstance(metadata, dict) else {}
+    account = next((md[k] for k in account_keys if md.get(k) not in (None, "")), None)
+    raw_credits = next((md[k] for k in credit_keys if md.get(k) not in (None, "")), None)
+    problems: list[str] = []
+    if account is None:
+        problems.append(f"metadata {' or '.join(account_keys)} is missing")
+    elif not is_account_id(account):
+        problems.append(f"metadata {account_keys[0]} is not an account id ({ACCOUNT_ID_RULE})")
+    credits = parse_credits(raw_credits)
+    if raw_credits is None:
+        problems.append(f"metadata {' or '.join(credit_keys)} is missing")
+    elif credits is None:
+        problems.append(f"metadata {credit_keys[0]} is not a whole number 1..10^12")
+    if problems or credits is None or not isinstance(account, str):
+        return Unfulfilled("; ".join(problems), payment_id)
+    return Purchase(provider, payment_id, account, credits, amount, currency, event_id)

@@ -1,0 +1,73 @@
+"""Stripe events: Checkout and PaymentIntent purchases, charge refunds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from server.payments.events import (
+    Action,
+    Ignore,
+    Refund,
+    Unfulfilled,
+    currency_code,
+    money,
+    object_id,
+    optional_id,
+    purchase_from_metadata,
+)
+
+
+class _StripeData(msgspec.Struct):
+    object: dict[str, Any]
+
+
+class StripeEvent(msgspec.Struct):
+    """The envelope of a Stripe event; `data.object` is read field by field."""
+
+    id: str
+    type: str
+    data: _StripeData
+
+
+
+_PAID_SESSION = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
+
+
+def parse_stripe(event: StripeEvent) -> Action:
+    """What a Stripe event asks of the ledger."""
+    obj = event.data.object
+    if event.type in _PAID_SESSION:
+        if obj.get("payment_status") != "paid":
+            return Ignore("checkout session is not paid (yet)")
+        if obj.get("mode", "payment") != "payment":
+            return Ignore("only one-time payments buy credits")
+        # The PaymentIntent id is shared with payment_intent.succeeded and charge.refunded.
+        payment_id = optional_id(obj, "payment_intent", "data.object") or object_id(
+            obj, "id", "data.object")
+        return purchase_from_metadata(
+            "stripe", payment_id, obj.get("metadata"), event.id,
+            account_keys=("account_id",), credit_keys=("credits",),
+            amount=money(obj.get("amount_total")), currency=currency_code(obj.get("currency")),
+        )
+    if event.type == "payment_intent.succeeded":
+        payment_id = object_id(obj, "id", "data.object")
+        amount = money(obj.get("amount_received")) or money(obj.get("amount"))
+        return purchase_from_metadata(
+            "stripe", payment_id, obj.get("metadata"), event.id,
+            account_keys=("account_id",), credit_keys=("credits",),
+            amount=amount, currency=currency_code(obj.get("currency")),
+        )
+    if event.type == "charge.refunded":
+        charge_id = object_id(obj, "id", "data.object")
+        payment_id = optional_id(obj, "payment_intent", "data.object") or charge_id
+        refunded = money(obj.get("amount_refunded"))
+        paid = money(obj.get("amount_captured")) or money(obj.get("amount"))
+        full = obj.get("refunded") is True
+        if refunded is None and not full:
+            return Unfulfilled(f"charge {charge_id} refunded without amount_refunded", None)
+        # amount_refunded is the charge's running total: one row per total seen.
+        return Refund("stripe", payment_id, f"{charge_id}@{refunded}", refunded, paid,
+                      cumulative=True, full=full, event_id=event.id)
+    return Ignore(f"event type {event.type!r} is not handled")

@@ -1,0 +1,28 @@
+"""What the lifespan opens and every handler reaches through `request.app.state.resources`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from server.auth import TokenVerifier
+from server.config import Settings
+from server.history import History
+from server.ledger import Ledger
+from server.payments.fulfilment import Fulfilment
+from server.push.hub import Hub
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """The process's open resources, typed, for handlers."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    ledger: Ledger
+    history: History
+    fulfilment: Fulfilment
+    tokens: TokenVerifier
+    hub: Hub
+    service_keys: tuple[bytes, ...]

@@ -1,0 +1,43 @@
+"""The one uvicorn configuration, used by the command line, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from server.config import Settings
+from server.push.transport import FramesProtocol
+from server.push.ws import MAX_FRAME, WebSocketFirst
+
+
+def config(
+    app: WebSocketFirst, settings: Settings, *, log_level: str = "warning"
+) -> uvicorn.Config:
+    """How balance-server is served, whoever runs it."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        lifespan="on",
+        # Pre-framed writes, and a shutdown that closes sockets over drain_seconds.
+        ws=FramesProtocol.with_drain(settings.drain_seconds),
+        # A hard cap on what a socket can make us buffer; ws.py answers anything over
+        # MAX_FRAME (4 KiB) with an error frame and 4400 before that.
+        ws_max_size=16 * MAX_FRAME,
+        ws_per_message_deflate=False,
+        # uvicorn's keepalive is the ping: a socket whose pong is not back within another
+        # interval is dropped.
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_ping_interval,
+        proxy_headers=False,  # nothing reads the client address; one layer less per request
+        access_log=False,  # a log line per request costs more than the debit path can spare
+        backlog=4096,  # reconnect storms: thousands of sockets arrive at once
+        timeout_graceful_shutdown=max(5, int(settings.drain_seconds) + 5),
+    )
+
+
+def server(
+    app: WebSocketFirst, settings: Settings, *, log_level: str = "warning"
+) -> uvicorn.Server:
+    """A server for `app` (call `.run()`, or await `.serve()` inside a running loop)."""
+    return uvicorn.Server(config(app, settings, log_level=log_level))

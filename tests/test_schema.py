@@ -1,0 +1,147 @@
+"""`migrate`: each change once, a re-run that locks nothing, and the upgrade from 0.1.0."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from server.dev import servers as devservers
+from server.schema import SCHEMA_PATH, MigrationError, migrate, sections
+
+RELEASE_0_1_0 = Path(__file__).resolve().parent / "data" / "schema-0.1.0.sql"
+
+
+@pytest.fixture
+async def fresh_db(postgres: devservers.PostgresServer) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to a new, empty database of the session's PostgreSQL."""
+    name = f"m_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres.url)
+    await admin.execute(f"CREATE DATABASE {name}")
+    conn = await asyncpg.connect(postgres.url.rsplit("/", 1)[0] + f"/{name}")
+    try:
+        yield conn
+    finally:
+        await conn.close()
+        await admin.execute(f"DROP DATABASE {name}")
+        await admin.close()
+
+
+def test_schema_sql_reads_as_steps_then_definitions() -> None:
+    found = sections(SCHEMA_PATH.read_text())
+    kinds = [s.kind for s in found]
+    assert kinds == sorted(kinds, key=lambda k: k != "step")  # steps first
+    assert [s.name for s in found if s.kind == "definitions"] == [
+        "json_shapes", "movements", "jobs", "payments"]
+
+
+async def test_a_rerun_applies_nothing_and_waits_for_no_lock(
+    fresh_db: asyncpg.Connection, postgres: devservers.PostgresServer
+) -> None:
+    first = await migrate(fresh_db)
+    assert first == [s.name for s in sections(SCHEMA_PATH.read_text())]
+    # Another session is in the middle of a debit: it holds row locks on the ledger.
+    name = await fresh_db.fetchval("SELECT current_database()")
+    url = postgres.url.rsplit("/", 1)[0] + "/" + name
+    busy = await asyncpg.connect(url)
+    try:
+        tx = busy.transaction()
+        await tx.start()
+        await busy.execute(
+            "SELECT balance_post('a', 0, 'k', '\\x00'::bytea, 'grant', 5, NULL, NULL, NULL,"
+            " 'available')")
+        await fresh_db.execute("SET lock_timeout = '1s'")
+        assert await migrate(fresh_db) == []  # would time out if it took any table lock
+        await tx.commit()
+    finally:
+        await busy.close()
+    recorded = await fresh_db.fetch("SELECT name, kind FROM schema_migrations ORDER BY name")
+    assert len(recorded) == len(first)
+
+
+async def test_changed_definitions_rerun_and_a_changed_step_is_refused(
+    fresh_db: asyncpg.Connection,
+) -> None:
+    text = SCHEMA_PATH.read_text()
+    await migrate(fresh_db, text)
+    commented = text.replace("-- definitions: jobs\n", "-- definitions: jobs\n-- (a note)\n")
+    assert await migrate(fresh_db, commented) == []  # comments are not changes
+    edited = text.replace(
+        "-- definitions: jobs\n",
+        "-- definitions: jobs\nCOMMENT ON TABLE holds IS 'reserved credits';\n")
+    assert await migrate(fresh_db, edited) == ["jobs"]
+    assert await migrate(fresh_db, edited) == []
+    tampered = text.replace("-- step: 001_tables\n",
+                            "-- step: 001_tables\nCREATE TABLE IF NOT EXISTS extra (n int);\n")
+    with pytest.raises(MigrationError, match="001_tables"):
+        await migrate(fresh_db, tampered)
+    added = text.replace(
+        "-- ================================================================ JSON shapes",
+        "-- step: 003_note\nALTER TABLE accounts ADD COLUMN IF NOT EXISTS note text;\n\n"
+        "-- ================================================================ JSON shapes")
+    # A new step runs once, and the definitions after it are applied again.
+    assert await migrate(fresh_db, added) == [
+        "003_note", "json_shapes", "movements", "jobs", "payments"]
+    assert await fresh_db.fetchval(
+        "SELECT count(*) FROM information_schema.columns"
+        " WHERE table_name = 'accounts' AND column_name = 'note'") == 1
+
+
+async def test_upgrade_from_release_0_1_0_keeps_every_row(fresh_db: asyncpg.Connection) -> None:
+    db = fresh_db
+    await db.execute(RELEASE_0_1_0.read_text())
+    later = datetime.now(UTC) + timedelta(days=30)
+    # Written by 0.1.0's own functions: credits (one lot expiring), a debit, a hold, a
+    # purchase and a partial refund of it.
+    post = ("SELECT (balance_post($1, 0, $2, '\\x01'::bytea, $3, $4, 'r', NULL, $5,"
+            " 'available')).status")
+    assert await db.fetchval(post, "old", "c1", "grant", 100, None) == 200
+    assert await db.fetchval(post, "old", "c2", "grant", 40, later) == 200
+    assert await db.fetchval(post, "old", "d1", "usage", -30, None) == 200
+    hold = await db.fetchrow(
+        "SELECT (r).status, (r).hold_id FROM (SELECT balance_hold('old', 0, 'h1',"
+        " '\\x02'::bytea, 20, 3600, 'job', NULL) r) s")
+    assert hold is not None and hold["status"] == 201
+    assert await db.fetchval(
+        "SELECT (balance_purchase('stripe', 'pi_1', 'old', 50, 1000, 'usd', 'evt_1', NULL, 0,"
+        " 'debt')).status") == 200
+    assert await db.fetchval(
+        "SELECT (balance_refund('stripe', 'pi_1', 'ch_1@200', 200, 1000, true, false, 'evt_2',"
+        " 0, 'debt')).status") == 200
+    before = await db.fetchrow("SELECT * FROM accounts WHERE account_id = 'old'")
+    assert before is not None
+    assert (before["balance"], before["held"]) == (100 + 40 - 30 + 50 - 10, 20)
+    counts = ("SELECT (SELECT count(*) FROM transactions), (SELECT count(*) FROM holds),"
+              " (SELECT count(*) FROM credit_lots), (SELECT count(*) FROM payments),"
+              " (SELECT count(*) FROM payment_refunds), (SELECT count(*) FROM idempotency_keys)")
+    rows_before = tuple(await db.fetchrow(counts) or ())
+
+    ran = await migrate(db)
+    assert ran == [s.name for s in sections(SCHEMA_PATH.read_text())]
+    assert await migrate(db) == []
+
+    after = await db.fetchrow("SELECT * FROM accounts WHERE account_id = 'old'")
+    assert dict(after or {}) == dict(before)
+    assert tuple(await db.fetchrow(counts) or ()) == rows_before
+    assert await db.fetch("SELECT * FROM balance_reconcile()") == []
+    assert await db.fetchval("SELECT count(*) FROM pg_trigger"
+                             " WHERE tgname = 'transactions_append_only'") == 1
+    # The new functions work on the old rows: a key used before replays its stored answer,
+    # the old hold is captured, and debits go on.
+    new_post = ("SELECT (r).result, (r).replayed, (r).body FROM (SELECT balance_post('old', 0,"
+                " $1, '\\x01'::bytea, $2, $3, 'r', NULL, NULL, 'available') r) s")
+    replay = await db.fetchrow(new_post, "d1", "usage", -30)
+    assert replay is not None and (replay["result"], replay["replayed"]) == ("ok", True)
+    assert '"balance_after": 110' in replay["body"]
+    captured = await db.fetchval(
+        "SELECT (balance_resolve_hold($1, 'capture', 15, NULL)).result", hold["hold_id"])
+    assert captured == "ok"
+    debit = await db.fetchrow(new_post, "d2", "usage", -5)
+    assert debit is not None and debit["result"] == "ok" and not debit["replayed"]
+    assert await db.fetchval(
+        "SELECT balance FROM accounts WHERE account_id = 'old'") == 150 - 15 - 5
+    assert await db.fetch("SELECT * FROM balance_reconcile()") == []
