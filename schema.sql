@@ -177,6 +177,32 @@ CREATE TYPE balance_result AS (
 );
 ALTER TABLE idempotency_keys DROP COLUMN IF EXISTS status;
 
+-- step: 003_expired_held
+-- Credits that expired while a hold reserved them. A hold does not shield credits from
+-- expiry: they leave when the hold is released (or are spent if it is captured). Always
+-- at most `held`. A constant default adds the column without rewriting the table.
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS expired_held bigint NOT NULL DEFAULT 0
+    CHECK (expired_held >= 0);
+
+-- step: 004_payment_disputes
+-- Disputes (chargebacks) of a payment. While one is open or lost, its share of the
+-- payment's credits is taken back; when it is won they are given back. `taken` is what it
+-- has taken so far; each change is one ledger row, keyed, so it happens exactly once.
+CREATE TABLE IF NOT EXISTS payment_disputes (
+    provider    text NOT NULL,
+    dispute_id  text NOT NULL,
+    payment_id  text NOT NULL,
+    amount      bigint CHECK (amount >= 0),    -- money disputed, minor units, when known
+    status      text NOT NULL CHECK (status IN ('open', 'won', 'lost')),
+    taken       bigint NOT NULL DEFAULT 0 CHECK (taken >= 0),
+    event_id    text,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (provider, dispute_id)
+);
+CREATE INDEX IF NOT EXISTS payment_disputes_payment_idx
+    ON payment_disputes (provider, payment_id);
+
 -- ================================================================ JSON shapes of API.md
 
 -- definitions: json_shapes
@@ -454,7 +480,9 @@ END $$;
 
 -- Resolves an active hold once. p_action: 'capture' spends p_capture (NULL: all of it)
 -- as a usage transaction and releases the rest; 'release' gives it all back;
--- 'expire' is the sweeper's release of a hold past its deadline.
+-- 'expire' is the sweeper's release of a hold past its deadline. Credits that expired
+-- while held (accounts.expired_held) are spent by a capture; what a hold releases of them
+-- leaves as an `expiry` transaction.
 CREATE OR REPLACE FUNCTION balance_resolve_hold(
     p_hold uuid, p_action text, p_capture bigint, p_metadata jsonb
 ) RETURNS balance_result LANGUAGE plpgsql AS $$
@@ -463,6 +491,9 @@ DECLARE
     v_acc accounts;
     v_tx transactions;
     v_spend bigint := 0;
+    v_spent_expired bigint;
+    v_expire bigint;
+    v_take bigint;
     v_res balance_result;
 BEGIN
     v_res.replayed := false;
@@ -486,11 +517,19 @@ BEGIN
         END IF;
     END IF;
 
+    -- Lock order, here as everywhere: the hold, then its account, then the account's lots.
+    SELECT * INTO v_acc FROM accounts WHERE account_id = v_hold.account_id FOR UPDATE;
+    -- Holds do not say which credits they reserve: the one resolving is taken to hold the
+    -- expired ones first. Its capture spends them; what it releases of them expires. Either
+    -- way expired_held stays at most held, and expired credits never become spendable.
+    v_spent_expired := LEAST(v_acc.expired_held, v_spend);
+    v_expire := LEAST(v_acc.expired_held - v_spent_expired, v_hold.amount - v_spend);
     -- A capture spends credits reserved earlier, so it is not refused now even if a
     -- reversal has since pushed the balance down.
     UPDATE accounts SET
         held = held - v_hold.amount,
         balance = balance - v_spend,
+        expired_held = expired_held - v_spent_expired,
         used = used + v_spend,
         version = version + 1, updated_at = now()
     WHERE account_id = v_hold.account_id
@@ -506,14 +545,33 @@ BEGIN
     WHERE id = p_hold RETURNING * INTO v_hold;
 
     IF v_spend > 0 THEN
-        IF v_acc.expiring > 0 THEN
-            PERFORM balance__consume_lots(v_acc.account_id, v_spend);
+        IF v_acc.expiring > 0 AND v_spend > v_spent_expired THEN
+            PERFORM balance__consume_lots(v_acc.account_id, v_spend - v_spent_expired);
         END IF;
         INSERT INTO transactions
             (account_id, kind, amount, balance_after, version, reason, metadata, hold_id)
         VALUES (v_acc.account_id, 'usage', -v_spend, v_acc.balance, v_acc.version,
                 v_hold.reason, v_hold.metadata, v_hold.id)
         RETURNING * INTO v_tx;
+    END IF;
+
+    -- The expired credits this hold released leave now (what a debt left of them).
+    IF v_expire > 0 THEN
+        v_take := LEAST(v_expire, GREATEST(v_acc.balance, 0));
+        UPDATE accounts SET
+            balance = balance - v_take,
+            expired_held = expired_held - v_expire,
+            version = version + CASE WHEN v_take > 0 THEN 1 ELSE 0 END
+        WHERE account_id = v_acc.account_id RETURNING * INTO v_acc;
+        IF v_take > 0 THEN
+            INSERT INTO transactions
+                (account_id, kind, amount, balance_after, version, reason, hold_id)
+            VALUES (v_acc.account_id, 'expiry', -v_take, v_acc.balance, v_acc.version,
+                    'credits expired while held', v_hold.id);
+        END IF;
+    END IF;
+
+    IF v_spend > 0 THEN
         v_res := ('ok', false,
                   jsonb_build_object('transaction', balance__tx_json(v_tx),
                                      'hold', balance__hold_json(v_hold),
@@ -549,11 +607,16 @@ END $$;
 -- definitions: jobs
 
 -- Expires what is due: active holds past expires_at, and lots past expires_at (what is
--- left of them leaves as an `expiry` transaction). SKIP LOCKED lets several server
--- instances sweep at once without waiting on each other or on hot accounts.
+-- left of them leaves as an `expiry` transaction, or, as far as open holds reserve it,
+-- when those holds resolve). Lock order as everywhere: holds, then accounts (several in
+-- account_id order, as group commit takes them), then their lots. Holds another
+-- transaction has locked are left for the next sweep (SKIP LOCKED), so several instances
+-- sweep at once without waiting on each other.
 CREATE OR REPLACE FUNCTION balance_sweep(p_limit int) RETURNS SETOF balance_result
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_holds uuid[];
+    v_lots bigint[];
     v_id uuid;
     v_lot credit_lots;
     v_acc accounts;
@@ -561,24 +624,33 @@ DECLARE
     v_tx transactions;
     v_res balance_result;
 BEGIN
-    FOR v_id IN
+    SELECT COALESCE(array_agg(h.id), '{}') INTO v_holds FROM (
         SELECT id FROM holds WHERE status = 'active' AND expires_at <= now()
-        ORDER BY expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED
-    LOOP
+        ORDER BY expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED) h;
+    SELECT COALESCE(array_agg(l.id), '{}') INTO v_lots FROM (
+        SELECT id FROM credit_lots WHERE remaining > 0 AND expires_at <= now()
+        ORDER BY expires_at, id LIMIT p_limit) l;
+    PERFORM 1 FROM accounts WHERE account_id IN (
+        SELECT account_id FROM holds WHERE id = ANY(v_holds)
+        UNION SELECT account_id FROM credit_lots WHERE id = ANY(v_lots))
+    ORDER BY account_id FOR UPDATE;
+
+    FOREACH v_id IN ARRAY v_holds LOOP
         v_res := balance_resolve_hold(v_id, 'expire', NULL, NULL);
         RETURN NEXT v_res;
     END LOOP;
 
     FOR v_lot IN
-        SELECT * FROM credit_lots WHERE remaining > 0 AND expires_at <= now()
-        ORDER BY expires_at, id LIMIT p_limit FOR UPDATE SKIP LOCKED
+        SELECT * FROM credit_lots WHERE id = ANY(v_lots) AND remaining > 0
+        ORDER BY expires_at, id FOR UPDATE
     LOOP
-        SELECT * INTO v_acc FROM accounts WHERE account_id = v_lot.account_id FOR UPDATE;
-        -- Credits reserved by an open hold stay spendable by that hold.
+        SELECT * INTO v_acc FROM accounts WHERE account_id = v_lot.account_id;
+        -- What open holds reserve cannot leave yet: it leaves when they resolve.
         v_take := LEAST(v_lot.remaining, GREATEST(v_acc.balance - v_acc.held, 0));
         UPDATE credit_lots SET remaining = 0 WHERE id = v_lot.id;
         UPDATE accounts SET
             expiring = expiring - v_lot.remaining,
+            expired_held = expired_held + (v_lot.remaining - v_take),
             balance = balance - v_take,
             version = version + CASE WHEN v_take > 0 THEN 1 ELSE 0 END,
             updated_at = CASE WHEN v_take > 0 THEN now() ELSE updated_at END
@@ -611,7 +683,7 @@ CREATE OR REPLACE FUNCTION balance_reconcile() RETURNS TABLE (
     LEFT JOIN (SELECT l.account_id, sum(l.remaining)::bigint s FROM credit_lots l
                WHERE l.remaining > 0 GROUP BY l.account_id) l USING (account_id)
     WHERE a.balance <> COALESCE(t.s, 0) OR a.held <> COALESCE(h.s, 0)
-       OR a.expiring <> COALESCE(l.s, 0)
+       OR a.expiring <> COALESCE(l.s, 0) OR a.expired_held > a.held
 $$;
 
 -- ================================================================ payments
@@ -689,6 +761,12 @@ BEGIN
         jsonb_build_object('provider', p_provider, 'payment_id', p_payment,
                            'credits_reversed_total', v_target),
         NULL, p_mode);
+    IF v_res.result IS DISTINCT FROM 'ok' OR v_res.replayed THEN
+        -- Never mark the payment reversed without its ledger row. Only a key taken before
+        -- the API reserved `webhook:` keys can get here; the provider retries the 5xx.
+        RAISE EXCEPTION 'the reversal of % payment % cannot be posted: key % is taken',
+            p_provider, p_payment, v_key USING ERRCODE = 'BL001';
+    END IF;
     v_short := COALESCE((v_res.body ->> 'unrecovered')::bigint, 0);
     UPDATE payments SET reversed = v_target, unrecovered = unrecovered + v_short,
                         updated_at = now()
@@ -696,6 +774,105 @@ BEGIN
     v_res.body := v_res.body || jsonb_build_object(
         'result', 'reversed', 'account_id', v_pay.account_id, 'credits_reversed', v_delta,
         'credits_reversed_total', v_target);
+    RETURN v_res;
+END $$;
+
+-- Brings every dispute of a payment to what its status calls for: its share of the credits
+-- taken back while open or lost, nothing once won. Each change is a `reversal` row (taken:
+-- negative, may go into debt; given back: positive) under a key naming the dispute and
+-- the credits it then holds, so it is posted exactly once. Returns a NULL result when the
+-- payment is unknown (the disputes wait for it), else the last change made (if any).
+CREATE OR REPLACE FUNCTION balance__apply_disputes(
+    p_provider text, p_payment text, p_welcome bigint
+) RETURNS balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_pay payments;
+    v_dispute payment_disputes;
+    v_share bigint;
+    v_room bigint;
+    v_target bigint;
+    v_key text;
+    v_step balance_result;
+    v_res balance_result;
+BEGIN
+    SELECT * INTO v_pay FROM payments
+    WHERE provider = p_provider AND payment_id = p_payment FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN v_res;
+    END IF;
+    v_res.result := 'ok';
+    v_res.replayed := false;
+    FOR v_dispute IN
+        SELECT * FROM payment_disputes WHERE provider = p_provider AND payment_id = p_payment
+        ORDER BY created_at, dispute_id FOR UPDATE
+    LOOP
+        IF v_dispute.status = 'won' THEN
+            v_target := 0;
+        ELSE
+            v_share := CASE
+                WHEN v_dispute.amount IS NULL OR COALESCE(v_pay.amount_paid, 0) = 0
+                     OR v_dispute.amount >= v_pay.amount_paid THEN v_pay.credits
+                ELSE floor(v_pay.credits::numeric * v_dispute.amount / v_pay.amount_paid)::bigint
+            END;
+            -- Never more than refunds and the other disputes have left of the purchase.
+            SELECT v_pay.credits - v_pay.reversed - COALESCE(sum(d.taken), 0) INTO v_room
+            FROM payment_disputes d WHERE d.provider = p_provider AND d.payment_id = p_payment
+              AND d.dispute_id <> v_dispute.dispute_id;
+            v_target := GREATEST(LEAST(v_share, v_room), 0);
+        END IF;
+        CONTINUE WHEN v_target = v_dispute.taken;
+        v_key := 'webhook:' || p_provider || ':' || p_payment || ':dispute:'
+                 || v_dispute.dispute_id || ':' || v_target;
+        v_step := balance_post(
+            v_pay.account_id, p_welcome, v_key, sha256(convert_to(v_key, 'UTF8')), 'reversal',
+            v_dispute.taken - v_target,
+            CASE WHEN v_target < v_dispute.taken THEN 'dispute won via '
+                 ELSE 'dispute via ' END || p_provider,
+            jsonb_build_object('provider', p_provider, 'payment_id', p_payment,
+                               'dispute_id', v_dispute.dispute_id, 'status', v_dispute.status,
+                               'credits_disputed', v_target),
+            NULL, 'debt');
+        IF v_step.result IS DISTINCT FROM 'ok' OR v_step.replayed THEN
+            RAISE EXCEPTION 'the dispute change of % payment % cannot be posted: key % is taken',
+                p_provider, p_payment, v_key USING ERRCODE = 'BL001';
+        END IF;
+        UPDATE payment_disputes SET taken = v_target, updated_at = now()
+        WHERE provider = p_provider AND dispute_id = v_dispute.dispute_id;
+        v_res := v_step;
+        v_res.body := v_step.body || jsonb_build_object(
+            'result', CASE WHEN v_target < v_dispute.taken THEN 'dispute_returned'
+                           ELSE 'dispute_taken' END,
+            'dispute_id', v_dispute.dispute_id, 'credits_disputed', v_target);
+    END LOOP;
+    RETURN v_res;
+END $$;
+
+-- Stores a dispute's news (opened, won, lost) once per status, and applies it if its
+-- payment is known; otherwise it waits, pending, for balance_purchase. A dispute that is
+-- won or lost stays so, whatever arrives after.
+CREATE OR REPLACE FUNCTION balance_dispute(
+    p_provider text, p_payment text, p_dispute text, p_amount bigint, p_status text,
+    p_event_id text, p_welcome bigint
+) RETURNS balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_res balance_result;
+BEGIN
+    PERFORM balance__payment_lock(p_provider, p_payment);
+    INSERT INTO payment_disputes (provider, dispute_id, payment_id, amount, status, event_id)
+    VALUES (p_provider, p_dispute, p_payment, p_amount, p_status, p_event_id)
+    ON CONFLICT (provider, dispute_id) DO UPDATE SET
+        status = CASE WHEN payment_disputes.status IN ('won', 'lost')
+                      THEN payment_disputes.status ELSE EXCLUDED.status END,
+        amount = COALESCE(EXCLUDED.amount, payment_disputes.amount),
+        event_id = EXCLUDED.event_id, updated_at = now();
+    v_res := balance__apply_disputes(p_provider, p_payment, p_welcome);
+    IF v_res.result IS NULL THEN
+        v_res.result := 'ok';
+        v_res.replayed := false;
+        v_res.body := jsonb_build_object('result', 'pending');
+    ELSIF v_res.account_id IS NULL THEN
+        v_res.body := jsonb_build_object('result', 'nothing_to_change');
+    END IF;
     RETURN v_res;
 END $$;
 
@@ -741,6 +918,13 @@ BEGIN
     WHERE provider = p_provider AND payment_id = p_payment AND resolved_at IS NULL;
     v_res.body := v_res.body || jsonb_build_object('result', 'fulfilled', 'account_id', p_account);
 
+    v_rev := balance__apply_disputes(p_provider, p_payment, p_welcome);
+    IF v_rev.account_id IS NOT NULL THEN
+        v_res.body := v_res.body || jsonb_build_object(
+            'account', v_rev.body -> 'account', 'dispute', v_rev.body -> 'transaction');
+        v_res := (v_res.result, false, v_res.body, v_rev.account_id, v_rev.balance,
+                  v_rev.held, v_rev.version, v_rev.kind, v_rev.amount, v_rev.tx_id, NULL);
+    END IF;
     v_rev := balance__apply_refunds(p_provider, p_payment, p_welcome, p_mode);
     IF v_rev.body ->> 'result' = 'reversed' THEN
         v_res.body := v_res.body || jsonb_build_object(

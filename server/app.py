@@ -14,6 +14,8 @@ from server.api import ops
 from server.api.http import exception_handlers
 from server.api.routes import routes as api_routes
 from server.auth import TokenVerifier
+from server.catalog import load as load_catalog
+from server.catalog import to_json as catalog_json
 from server.config import Settings
 from server.db import open_pool
 from server.history import History
@@ -28,7 +30,11 @@ from server.resources import Resources
 
 
 def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) -> WebSocketFirst:
-    """The ASGI application for these settings (`extra_routes`: the dev routes)."""
+    """The ASGI application for these settings (`extra_routes`: the dev routes).
+
+    The catalog is read here, before anything is served: a bad file raises CatalogError.
+    """
+    catalog = load_catalog(settings.catalog_file, settings.prices_file)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -41,10 +47,12 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
         jobs = Jobs(ledger, settings)
         app.state.resources = Resources(
             settings=settings,
+            catalog=catalog,
+            catalog_json=catalog_json(catalog),
             pool=pool,
             ledger=ledger,
             history=History(ledger),
-            fulfilment=Fulfilment(ledger, settings.refund_policy),
+            fulfilment=Fulfilment(ledger, catalog, settings.refund_policy),
             tokens=TokenVerifier(settings),
             hub=hub,
             service_keys=tuple(k.encode() for k in settings.service_keys),

@@ -14,11 +14,21 @@ from pathlib import Path
 
 import asyncpg
 
+from server.catalog import CatalogError
 from server.config import ConfigError, Settings
 
 log = logging.getLogger("balance.cli")
 
-DEV_PRICES = {"generate_image": 5, "upscale": 2, "remove_background": 3, "generate_video": 40}
+# The demo shop (client_js/demo): what its buttons charge, the packs "Buy credits" sells,
+# and a credit a cent for any other amount.
+DEV_CATALOG = {
+    "prices": {"generate_image": 5, "upscale": 2, "remove_background": 3, "generate_video": 40},
+    "packages": {"starter": {"credits": 100, "price": {"usd": 500}},
+                 "popular": {"credits": 500, "price": {"usd": 2000}},
+                 "best_value": {"credits": 2000, "price": {"usd": 6000}}},
+    "pay_as_you_go": {"credits_per_unit": {"usd": 100}, "min_amount": {"usd": 100}},
+    "alerts": {"low_balance": 20},
+}
 
 
 def _serve(settings: Settings, *, dev: bool = False) -> None:
@@ -86,10 +96,10 @@ def _dev(args: argparse.Namespace) -> int:
         env.setdefault("BALANCE_TOKEN_SECRET", secrets.token_urlsafe(48))
         env.setdefault("BALANCE_WELCOME_CREDITS", "100")
         env.setdefault("BALANCE_STRIPE_WEBHOOK_SECRET", "whsec_dev_" + secrets.token_hex(16))
-        if not env.get("BALANCE_PRICES_FILE"):
-            prices = Path(tempfile.mkdtemp(prefix="balance-dev-")) / "prices.json"
-            prices.write_text(json.dumps(DEV_PRICES))
-            env["BALANCE_PRICES_FILE"] = str(prices)
+        if not env.get("BALANCE_CATALOG_FILE") and not env.get("BALANCE_PRICES_FILE"):
+            catalog = Path(tempfile.mkdtemp(prefix="balance-dev-")) / "catalog.json"
+            catalog.write_text(json.dumps(DEV_CATALOG))
+            env["BALANCE_CATALOG_FILE"] = str(catalog)
         env["HOST"] = args.host or env.get("HOST", "127.0.0.1")
         env["PORT"] = str(args.port or env.get("PORT", "8000"))
         settings = Settings.from_env(env)
@@ -165,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides["port"] = args.port
         _serve(Settings.from_env(None, **overrides))
         return 0
-    except ConfigError as exc:
+    except (ConfigError, CatalogError) as exc:
         print(f"balance-server: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

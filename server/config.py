@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 
 class ConfigError(Exception):
@@ -39,23 +37,6 @@ def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
 
 
-def load_prices(path: str | None) -> dict[str, int]:
-    """The price list: a JSON object of operation -> whole credits per unit."""
-    if not path:
-        return {}
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"BALANCE_PRICES_FILE {path!r} is not readable JSON: {exc}") from None
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and type(v) is int and 0 < v <= 10**12 for k, v in data.items()
-    ):
-        raise ConfigError(
-            "BALANCE_PRICES_FILE must be a JSON object of operation -> positive integer credits"
-        )
-    return data
-
-
 def standard_webhooks_key(name: str, secret: str) -> bytes:
     """The HMAC key of a Standard Webhooks secret (`whsec_` + base64), or ConfigError."""
     raw = secret.removeprefix("whsec_").rstrip("=")
@@ -76,7 +57,9 @@ class Settings:
     token_secret: str = field(repr=False)
     redis_url: str | None = field(default=None, repr=False)
     welcome_credits: int = 0
-    prices: dict[str, int] = field(default_factory=dict)
+    # The catalog (server/catalog.py loads and validates it at start).
+    catalog_file: str | None = None
+    prices_file: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     # The app's own JWTs (Supabase, NextAuth, Firebase...), accepted beside ours.
@@ -137,7 +120,8 @@ class Settings:
             token_secret=token_secret,
             redis_url=env.get("REDIS_URL") or None,
             welcome_credits=welcome,
-            prices=load_prices(env.get("BALANCE_PRICES_FILE")),
+            catalog_file=env.get("BALANCE_CATALOG_FILE") or None,
+            prices_file=env.get("BALANCE_PRICES_FILE") or None,
             host=env.get("HOST", "127.0.0.1"),
             port=_int(env, "PORT", 8000),
             jwt_secret=env.get("BALANCE_JWT_SECRET") or None,

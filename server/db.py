@@ -1,11 +1,13 @@
-"""The PostgreSQL pool, and which of its errors mean "the database is not reachable"."""
+"""The PostgreSQL pool, and what its errors say about whether a statement was written."""
 
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import asyncpg
 
+from server import errors
 from server.config import Settings
 
 # Answered 503 "nothing was written": the transaction never reached a commit.
@@ -18,6 +20,42 @@ DB_DOWN: tuple[type[Exception], ...] = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
     TimeoutError,
 )
+
+
+# After the statement was sent, these leave its outcome unknown: it may have committed (a
+# connection lost before the reply, a client-side command_timeout, the backend terminated).
+LOST_AFTER_SENDING: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    OSError,
+    TimeoutError,
+)
+
+
+async def movement(pool: asyncpg.Pool, sql: str, *args: Any) -> asyncpg.Record:
+    """Run one statement that writes; its one row.
+
+    A failure to get a connection is the DB_DOWN 503 `unavailable` (nothing was sent); a
+    failure after sending is 503 `outcome_unknown`, never "nothing was written": a retry
+    with the same idempotency key returns what committed, or performs it once.
+    """
+    async with pool.acquire() as conn:
+        try:
+            row = await conn.fetchrow(sql, *args)
+        except LOST_AFTER_SENDING:
+            raise errors.outcome_unknown() from None
+    assert row is not None
+    return row
+
+
+async def movements(pool: asyncpg.Pool, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """As `movement`, for a statement that answers several rows."""
+    async with pool.acquire() as conn:
+        try:
+            return list(await conn.fetch(sql, *args))
+        except LOST_AFTER_SENDING:
+            raise errors.outcome_unknown() from None
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -21,7 +21,9 @@ HTTP_STATUS: dict[str, int] = {
     "hold_not_active": 409,
     "payload_too_large": 413,
     "invalid_request": 422,
+    "internal_error": 500,
     "unavailable": 503,
+    "outcome_unknown": 503,
 }
 
 
@@ -84,6 +86,14 @@ def invalid_request(detail: str) -> Problem:
 
 def unavailable(message: str = "database unreachable; nothing was written") -> Problem:
     return Problem("unavailable", message)
+
+
+def outcome_unknown() -> Problem:
+    return Problem(
+        "outcome_unknown",
+        "the database went away after the request was sent: it may have committed; "
+        "retry with the same idempotency_key",
+    )
 
 
 @dataclass(frozen=True, slots=True)

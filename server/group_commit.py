@@ -13,6 +13,7 @@ from datetime import datetime
 import asyncpg
 
 from server import metrics
+from server.db import movement, movements
 
 _POST_SQL = "SELECT (r).* FROM (SELECT balance_post($1,$2,$3,$4,$5,$6,$7,$8::jsonb,$9,$10) r) s"
 _POST_MANY_SQL = (
@@ -66,9 +67,7 @@ class GroupCommit:
     async def _fetch_one(self, args: PostArgs) -> asyncpg.Record:
         for attempt in range(3):
             try:
-                row = await self._pool.fetchrow(_POST_SQL, args[0], self._welcome, *args[1:])
-                assert row is not None
-                return row
+                return await movement(self._pool, _POST_SQL, args[0], self._welcome, *args[1:])
             except asyncpg.DeadlockDetectedError:
                 # A batch holding this account waited on our idempotency key (a concurrent
                 # duplicate); the loser rolled back whole, so retrying is safe.
@@ -91,9 +90,8 @@ class GroupCommit:
     async def _many(self, batch: list[tuple[PostArgs, asyncio.Future[asyncpg.Record]]]) -> None:
         columns = list(zip(*(args for args, _ in batch), strict=True))
         try:
-            rows = await self._pool.fetch(
-                _POST_MANY_SQL, columns[0], self._welcome, *columns[1:]
-            )
+            rows = await movements(self._pool, _POST_MANY_SQL, columns[0], self._welcome,
+                                   *columns[1:])
         except asyncpg.PostgresError:
             # One bad item (or a deadlock with another multi-account transaction) rolled
             # the whole batch back, so nothing of it committed: run each on its own.

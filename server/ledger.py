@@ -23,6 +23,7 @@ import asyncpg
 import msgspec
 
 from server import errors, metrics
+from server.db import movement, movements
 from server.group_commit import GroupCommit
 from server.messages import BalanceFrame, ChangeInfo
 
@@ -116,8 +117,7 @@ class Ledger:
             for hook in self._hooks:
                 hook(frame)
 
-    def _outcome(self, row: asyncpg.Record | None, reason: str | None) -> Outcome:
-        assert row is not None
+    def _outcome(self, row: asyncpg.Record, reason: str | None) -> Outcome:
         if row["result"] != "ok":
             raise _refusal(row)
         self._committed(row, reason)
@@ -161,9 +161,9 @@ class Ledger:
         metadata: dict[str, Any] | None,
     ) -> Outcome:
         """Reserve `amount` of the available credits until captured, released or expired."""
-        row = await self.pool.fetchrow(
-            _HOLD_SQL, account_id, self.welcome, idempotency_key, fingerprint, amount,
-            ttl_seconds, reason, jsonb(metadata),
+        row = await movement(
+            self.pool, _HOLD_SQL, account_id, self.welcome, idempotency_key, fingerprint,
+            amount, ttl_seconds, reason, jsonb(metadata),
         )
         return self._outcome(row, reason)
 
@@ -172,7 +172,7 @@ class Ledger:
         metadata: dict[str, Any] | None = None,
     ) -> Outcome:
         """'capture' amount (None: all) and release the rest, or 'release' it all."""
-        row = await self.pool.fetchrow(_RESOLVE_SQL, hold_id, action, amount, jsonb(metadata))
+        row = await movement(self.pool, _RESOLVE_SQL, hold_id, action, amount, jsonb(metadata))
         outcome = self._outcome(row, None)
         if action == "capture":
             metrics.debits.inc()
@@ -181,15 +181,14 @@ class Ledger:
     async def move(self, sql: str, *args: Any, reason: str) -> asyncpg.Record:
         """Run one movement function of another domain (payments): its committed change
         leaves through the same door. `sql` selects one balance_result row."""
-        row = await self.pool.fetchrow(sql, *args)
-        assert row is not None
+        row = await movement(self.pool, sql, *args)
         if row["result"] == "ok":
             self._committed(row, reason)
         return row
 
     async def sweep(self, limit: int = 500) -> list[str]:
         """Expire due holds and lots; the kind of each change committed."""
-        rows = await self.pool.fetch("SELECT (r).* FROM balance_sweep($1) r", limit)
+        rows = await movements(self.pool, "SELECT (r).* FROM balance_sweep($1) r", limit)
         for row in rows:
             self._committed(row, None)
         return [row["kind"] for row in rows]

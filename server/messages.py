@@ -30,7 +30,10 @@ def is_account_id(value: object) -> TypeGuard[str]:
 AccountId = Annotated[str, msgspec.Meta(pattern=rf"^{_ACCOUNT_ID}$(?!\n)")]
 Amount = Annotated[int, msgspec.Meta(ge=1, le=10**12)]
 SignedAmount = Annotated[int, msgspec.Meta(ge=-(10**12), le=10**12)]
-IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+# Keys starting `webhook:` or `system:` are the server's own (payments, jobs): refused here.
+IdempotencyKey = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=200, pattern="^(?!webhook:|system:)")
+]
 Reason = Annotated[str, msgspec.Meta(max_length=500)]
 Metadata = dict[str, Any]
 

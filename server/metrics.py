@@ -39,6 +39,10 @@ pubsub_lag = Gauge("pubsub_lag_seconds", "Age of the last canary seen through th
 # Payments
 purchases = Counter("balance_purchases_total", "Purchases credited from webhooks", ["provider"])
 reversals = Counter("balance_reversals_total", "Refund reversals applied", ["provider"])
+disputes = Counter(
+    "balance_disputes_total", "Dispute changes applied (credits taken or given back)",
+    ["provider", "result"],
+)
 signatures_rejected = Counter(
     "balance_webhook_signatures_rejected_total",
     "Webhooks refused for their signature",

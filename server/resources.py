@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from server.auth import TokenVerifier
+from server.catalog import Catalog
 from server.config import Settings
 from server.history import History
 from server.ledger import Ledger
@@ -19,6 +20,8 @@ class Resources:
     """The process's open resources, typed, for handlers."""
 
     settings: Settings
+    catalog: Catalog
+    catalog_json: bytes
     pool: asyncpg.Pool
     ledger: Ledger
     history: History

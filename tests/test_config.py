@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from server.config import ConfigError, Settings
@@ -33,20 +31,8 @@ def test_repr_shows_no_secret() -> None:
         ({"BALANCE_WELCOME_CREDITS": "ten"}, "BALANCE_WELCOME_CREDITS"),
         ({"BALANCE_REFUND_POLICY": "forgive"}, "BALANCE_REFUND_POLICY"),
         ({"BALANCE_DODO_WEBHOOK_SECRET": "whsec_***not base64***"}, "BALANCE_DODO_WEBHOOK_SECRET"),
-        ({"BALANCE_PRICES_FILE": "/nonexistent/prices.json"}, "BALANCE_PRICES_FILE"),
     ],
 )
 def test_bad_setting_names_itself(change: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         Settings.from_env({**BASE, **change})
-
-
-def test_prices_must_be_positive_integers(tmp_path: Path) -> None:
-    path = tmp_path / "prices.json"
-    path.write_text('{"generate_image": 2.5}')
-    with pytest.raises(ConfigError, match="positive integer"):
-        Settings.from_env({**BASE, "BALANCE_PRICES_FILE": str(path)})
-    path.write_text('{"generate_image": 5, "upscale": 2}')
-    settings = Settings.from_env({**BASE, "BALANCE_PRICES_FILE": str(path)})
-    assert settings.prices == {"generate_image": 5, "upscale": 2}
-    assert settings.service_keys == ("sk_live_0123456789abcdef", "sk_live_fedcba9876543210")

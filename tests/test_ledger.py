@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,6 +13,7 @@ import asyncpg
 import httpx
 
 from server import metrics
+from server.dev import servers as devservers
 from server.ledger import Ledger, request_hash
 from server.messages import DebitRequest
 from tests.conftest import RunningApp, StartApp, key
@@ -142,6 +145,122 @@ async def test_lot_expiry_spares_held_credits(client: httpx.AsyncClient, account
     assert (acct["balance"], acct["held"], acct["available"]) == (6, 6, 0)
     r = await client.post(f"/v1/holds/{hold_id}/capture")
     assert r.status_code == 200 and r.json()["account"]["balance"] == 0
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
+    async with asyncio.timeout(within):
+        while not await check():  # noqa: ASYNC110 - polling state that has no event
+            await asyncio.sleep(0.05)
+
+
+async def test_hole4_a_hold_does_not_shield_credits_from_expiry(
+    client: httpx.AsyncClient, account: str, db: asyncpg.Pool
+) -> None:
+    """Holding promo credits across their expiry and then releasing must not keep them."""
+    await grant(client, account, 30)  # never expires
+    soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    await grant(client, account, 100, expires_at=soon)
+    released = (await client.post(f"/v1/accounts/{account}/holds", json={
+        "amount": 100, "reason": "shield", "idempotency_key": key()})).json()["hold"]["id"]
+    captured = (await client.post(f"/v1/accounts/{account}/holds", json={
+        "amount": 30, "reason": "job", "idempotency_key": key()})).json()["hold"]["id"]
+
+    async def lot_expired() -> bool:
+        return bool(await db.fetchval(
+            "SELECT expired_held FROM accounts WHERE account_id = $1", account))
+
+    await wait_for(lot_expired)
+    # 100 of the 130 held have expired meanwhile; nothing can leave while holds reserve it.
+    acct = await balance_of(client, account)
+    assert (acct["balance"], acct["held"], acct["available"]) == (130, 130, 0)
+    r = await client.post(f"/v1/holds/{released}/release")
+    assert r.status_code == 200
+    # Released: the expired credits leave with it; the other hold keeps its 30.
+    assert (r.json()["account"]["balance"], r.json()["account"]["held"]) == (30, 30)
+    r = await client.post(f"/v1/holds/{captured}/capture", json={"amount": 10})
+    assert r.status_code == 200 and r.json()["account"]["balance"] == 20
+    kinds = await db.fetch(
+        "SELECT kind, amount FROM transactions WHERE account_id = $1 ORDER BY id", account)
+    assert [(k["kind"], k["amount"]) for k in kinds] == [
+        ("grant", 30), ("grant", 100), ("expiry", -100), ("usage", -10)]
+    assert await db.fetch("SELECT * FROM balance_reconcile() WHERE account_id = $1",
+                          account) == []
+
+
+async def test_hole5_a_connection_lost_mid_statement_is_outcome_unknown(
+    client: httpx.AsyncClient, account: str, db: asyncpg.Pool
+) -> None:
+    """503 `outcome_unknown`, never "nothing was written"; the same key then charges once."""
+    await grant(client, account, 50)
+    body = {"amount": 7, "reason": "lost", "idempotency_key": key()}
+    async with db.acquire() as blocker:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("SELECT 1 FROM accounts WHERE account_id = $1 FOR UPDATE", account)
+        debit = asyncio.create_task(client.post(f"/v1/accounts/{account}/debit", json=body))
+
+        async def waiting_backend() -> bool:
+            return bool(await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE '%balance_post%'"))
+
+        await wait_for(waiting_backend)  # the debit was sent and waits on the account
+        await db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND query LIKE '%balance_post%'")
+        r = await debit
+        await tx.rollback()
+    assert r.status_code == 503 and r.json()["error"] == "outcome_unknown", r.text
+    again = await client.post(f"/v1/accounts/{account}/debit", json=body)
+    assert again.status_code == 200 and again.json()["account"]["balance"] == 43
+    replay = await client.post(f"/v1/accounts/{account}/debit", json=body)
+    assert replay.headers.get("idempotent-replayed") == "true"
+    assert await db.fetchval("SELECT count(*) FROM transactions WHERE account_id = $1"
+                             " AND kind = 'usage'", account) == 1
+
+
+async def test_hole6_the_sweeper_and_spending_never_deadlock(
+    start_app: StartApp, postgres: devservers.PostgresServer, db: asyncpg.Pool
+) -> None:
+    """Expiring lots and holds swept every 20 ms while debits, holds and captures hit the
+    same accounts for 4 s: no deadlock in PostgreSQL's log, no 5xx, the ledger reconciles."""
+    app = await start_app(sweep_interval=0.02)
+    log_start = postgres.log_path.stat().st_size
+    accounts = [f"sweep-{uuid.uuid4().hex[:10]}-{i}" for i in range(4)]
+    statuses: list[int] = []
+    async with app.client() as c:
+        start = datetime.now(UTC) + timedelta(seconds=2)
+        for account in accounts:
+            await grant(c, account, 1_000_000)
+        # Lots expiring in bursts all through the run, on every account at once.
+        await asyncio.gather(*(
+            grant(c, account, 50, expires_at=(start + timedelta(seconds=i // 8 * 0.1))
+                  .isoformat())
+            for account in accounts for i in range(240)))
+        deadline = asyncio.get_running_loop().time() + 5.0
+
+        async def spend(worker: int) -> None:
+            while asyncio.get_running_loop().time() < deadline:
+                account = accounts[worker % len(accounts)]
+                r = await c.post(f"/v1/accounts/{account}/debit",
+                                 json={"amount": 3, "reason": "x", "idempotency_key": key()})
+                statuses.append(r.status_code)
+                r = await c.post(f"/v1/accounts/{account}/holds", json={
+                    "amount": 20, "reason": "h", "ttl_seconds": 1, "idempotency_key": key()})
+                statuses.append(r.status_code)
+                if worker % 2 and r.status_code == 201:
+                    r = await c.post(f"/v1/holds/{r.json()['hold']['id']}/capture",
+                                     json={"amount": 5})
+                    statuses.append(r.status_code)
+
+        await asyncio.gather(*(spend(w) for w in range(8)))
+    await app.stop()
+    assert statuses and all(s < 500 for s in statuses), sorted(set(statuses))
+    log = postgres.log_path.read_bytes()[log_start:].decode(errors="replace")
+    assert "deadlock detected" not in log
+    await asyncio.sleep(1.5)  # the last holds expire (another app's sweeper may do it)
+    assert await db.fetch("SELECT * FROM balance_reconcile() WHERE account_id = ANY($1)",
+                          accounts) == []
 
 
 async def test_reversal_into_debt_blocks_debits(app: RunningApp, account: str) -> None:

@@ -81,7 +81,7 @@ async def charge(request: Request) -> Outcome:
     account_id = account_param(request)
     body = decode_body(ChargeRequest, await read_body(request))
     res = resources(request)
-    price = res.settings.prices.get(body.operation)
+    price = res.catalog.prices.get(body.operation)
     if price is None:
         raise errors.invalid_request(f"operation: unknown operation {body.operation!r}")
     cost = price * body.quantity
@@ -149,4 +149,9 @@ async def mint_token(request: Request) -> bytes:
 
 async def prices(request: Request) -> bytes:
     """The price list."""
-    return encoder.encode(resources(request).settings.prices)
+    return encoder.encode(resources(request).catalog.prices)
+
+
+async def catalog(request: Request) -> bytes:
+    """Prices, packages, pay-as-you-go rates, plans and alert defaults."""
+    return resources(request).catalog_json

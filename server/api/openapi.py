@@ -22,6 +22,7 @@ _ERROR = {
 _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "service": [{"serviceKey": []}],
     "user": [{"userToken": []}],
+    "service_or_user": [{"serviceKey": []}, {"userToken": []}],
     "signature": [],  # the provider's signature headers, checked on the raw body
 }
 

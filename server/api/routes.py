@@ -17,8 +17,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from server.api import backend, browser, webhooks
-from server.api.http import json_response, resources
+from server.api.http import json_response, resources, user
 from server.auth import check_service_key
+from server.errors import Problem
 from server.ledger import Outcome
 from server.messages import (
     AdjustRequest,
@@ -31,7 +32,7 @@ from server.messages import (
 )
 
 Handler = Callable[[Request], Awaitable[bytes | Outcome]]
-Auth = Literal["service", "user", "signature"]
+Auth = Literal["service", "user", "service_or_user", "signature"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,7 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("POST", "/v1/tokens", backend.mint_token,
               "Mint a browser token", "service", TokenRequest),
     Operation("GET", "/v1/prices", backend.prices, "The price list", "service"),
+    Operation("GET", "/v1/catalog", backend.catalog, "The catalog", "service_or_user"),
     Operation("GET", "/v1/me", browser.me, "The token's account", "user"),
     Operation("GET", "/v1/me/transactions", browser.my_transactions,
               "The token's history", "user"),
@@ -79,13 +81,23 @@ OPERATIONS: tuple[Operation, ...] = (
 )
 
 
+def _authenticate(request: Request, auth: Auth) -> None:
+    """Service-key routes check the key here; user routes verify their token themselves."""
+    header = request.headers.get("authorization")
+    if auth == "service":
+        check_service_key(header, resources(request).service_keys)
+    elif auth == "service_or_user":
+        try:
+            check_service_key(header, resources(request).service_keys)
+        except Problem:
+            user(request)
+
+
 def _endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
-    handler, status, service = op.handler, op.status, op.auth == "service"
+    handler, status, auth = op.handler, op.status, op.auth
 
     async def endpoint(request: Request) -> Response:
-        if service:
-            check_service_key(
-                request.headers.get("authorization"), resources(request).service_keys)
+        _authenticate(request, auth)
         result = await handler(request)
         if isinstance(result, Outcome):
             return json_response(result.body, status, result.replayed)

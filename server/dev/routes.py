@@ -60,9 +60,14 @@ async def dev_spend(request: Request) -> Response:
     return json_response(outcome.body)
 
 
-def checkout_completed(account_id: str, credits: int) -> dict[str, Any]:
-    """A paid `checkout.session.completed` for `credits`, as Stripe would send it."""
+def checkout_completed(
+    account_id: str, package: str | None, amount: int, credits: int
+) -> dict[str, Any]:
+    """A paid `checkout.session.completed`, as Stripe would send it for this sale."""
     token = secrets.token_hex(12)
+    metadata = {"account_id": account_id, "credits": str(credits)}
+    if package is not None:
+        metadata["package"] = package
     return {
         "id": f"evt_dev_{token}",
         "object": "event",
@@ -77,22 +82,29 @@ def checkout_completed(account_id: str, credits: int) -> dict[str, Any]:
             "status": "complete",
             "payment_status": "paid",
             "payment_intent": f"pi_dev_{token}",
-            "amount_total": credits,  # a cent per credit, for the demo
+            "amount_total": amount,
             "currency": "usd",
             "client_reference_id": account_id,
-            "metadata": {"account_id": account_id, "credits": str(credits)},
+            "metadata": metadata,
         }},
     }
 
 
 async def dev_buy(request: Request) -> Response:
-    """Buy credits: a Stripe-signed checkout.session.completed down the real webhook path."""
+    """Buy credits: the catalog's package of that size at its price (else a credit a cent),
+    paid by a Stripe-signed checkout.session.completed down the real webhook path."""
     body = decode_body(DevBuy, await read_body(request))
     res = resources(request)
     secret = res.settings.stripe_webhook_secret
     if not secret:
         raise errors.not_found("BALANCE_STRIPE_WEBHOOK_SECRET is not set")
-    payload = json.dumps(checkout_completed(body.account_id, body.credits)).encode()
+    package, amount = None, body.credits
+    for name, offer in res.catalog.packages.items():
+        if offer.credits == body.credits and "usd" in offer.price:
+            package, amount = name, offer.price["usd"]
+            break
+    event = checkout_completed(body.account_id, package, amount, body.credits)
+    payload = json.dumps(event).encode()
     answer = await receive_stripe(
         res, payload, stripe_signature(payload, secret, int(time.time())))
     if answer["result"] != "fulfilled":

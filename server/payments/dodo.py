@@ -8,6 +8,7 @@ import msgspec
 
 from server.payments.events import (
     Action,
+    Dispute,
     Ignore,
     Refund,
     Unfulfilled,
@@ -24,6 +25,9 @@ class DodoEvent(msgspec.Struct):
     type: str
     data: dict[str, Any]
 
+
+
+_DISPUTE_STATUS = {"dispute.opened": "open", "dispute.won": "won", "dispute.lost": "lost"}
 
 
 def parse_dodo(event: DodoEvent, event_id: str) -> Action:
@@ -45,4 +49,8 @@ def parse_dodo(event: DodoEvent, event_id: str) -> Action:
             return Unfulfilled(f"partial refund {refund_id} of {payment_id} has no amount", None)
         return Refund("dodo", payment_id, refund_id, amount, None,
                       cumulative=False, full=full, event_id=event_id)
+    if event.type in _DISPUTE_STATUS:
+        return Dispute("dodo", object_id(data, "payment_id", "data"),
+                       object_id(data, "dispute_id", "data"), money(data.get("amount")),
+                       _DISPUTE_STATUS[event.type], event_id)
     return Ignore(f"event type {event.type!r} is not handled")

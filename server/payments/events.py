@@ -20,12 +20,17 @@ _CREDITS_RE = re.compile(r"[0-9]{1,13}")
 
 @dataclass(frozen=True, slots=True)
 class Purchase:
-    """A paid purchase of `credits` for `account_id`, identified by the provider's payment id."""
+    """Money received for `account_id`, identified by the provider's payment id.
+
+    The credits are not here: fulfilment computes them from the catalog and the amount
+    paid. `package` is what the checkout sold; `claimed_credits` a metadata cross-check.
+    """
 
     provider: str
     payment_id: str
     account_id: str
-    credits: int
+    package: str | None
+    claimed_credits: int | None
     amount_paid: int | None
     currency: str | None
     event_id: str
@@ -50,6 +55,19 @@ class Refund:
 
 
 @dataclass(frozen=True, slots=True)
+class Dispute:
+    """News of a chargeback: `open` (the disputed share is taken back), `won` (given back)
+    or `lost` (stays taken). `amount` is the money disputed, when the event says."""
+
+    provider: str
+    payment_id: str
+    dispute_id: str
+    amount: int | None
+    status: str
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Ignore:
     reason: str
 
@@ -62,7 +80,7 @@ class Unfulfilled:
     payment_id: str | None
 
 
-Action = Purchase | Refund | Ignore | Unfulfilled
+Action = Purchase | Refund | Dispute | Ignore | Unfulfilled
 
 
 def object_id(obj: dict[str, Any], field: str, where: str) -> str:
@@ -79,7 +97,10 @@ def optional_id(obj: dict[str, Any], field: str, where: str) -> str | None:
 
 
 def money(value: Any) -> int | None:
-    """A non-negative integer amount in minor units, or None."""
+    """A non-negative integer amount in minor units (or its digits, as Dodo sends some), or
+    None."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
+        value = int(value)
     return value if type(value) is int and 0 <= value <= 10**15 else None
 
 
@@ -101,19 +122,21 @@ def purchase_from_metadata(
     account_keys: tuple[str, ...], credit_keys: tuple[str, ...],
     amount: int | None, currency: str | None,
 ) -> Purchase | Unfulfilled:
+    """The purchase a paid event's metadata describes: whose it is and what was sold."""
     md: dict[str, Any] = metadata if isinstance(metadata, dict) else {}
     account = next((md[k] for k in account_keys if md.get(k) not in (None, "")), None)
+    package = md.get("package") or None
     raw_credits = next((md[k] for k in credit_keys if md.get(k) not in (None, "")), None)
     problems: list[str] = []
     if account is None:
         problems.append(f"metadata {' or '.join(account_keys)} is missing")
     elif not is_account_id(account):
         problems.append(f"metadata {account_keys[0]} is not an account id ({ACCOUNT_ID_RULE})")
-    credits = parse_credits(raw_credits)
-    if raw_credits is None:
-        problems.append(f"metadata {' or '.join(credit_keys)} is missing")
-    elif credits is None:
+    if package is not None and not isinstance(package, str):
+        problems.append("metadata package is not a string")
+    claimed = None if raw_credits is None else parse_credits(raw_credits)
+    if raw_credits is not None and claimed is None:
         problems.append(f"metadata {credit_keys[0]} is not a whole number 1..10^12")
-    if problems or credits is None or not isinstance(account, str):
+    if problems or not isinstance(account, str) or not isinstance(package, str | None):
         return Unfulfilled("; ".join(problems), payment_id)
-    return Purchase(provider, payment_id, account, credits, amount, currency, event_id)
+    return Purchase(provider, payment_id, account, package, claimed, amount, currency, event_id)

@@ -17,9 +17,10 @@ from typing import Any
 
 import asyncpg
 
-from server import metrics
+from server import errors, metrics
+from server.catalog import Catalog, Unpriced
 from server.ledger import Ledger, jsonb
-from server.payments.events import Action, Ignore, Purchase, Refund, Unfulfilled
+from server.payments.events import Action, Dispute, Ignore, Purchase, Refund, Unfulfilled
 
 log = logging.getLogger("balance.payments")
 
@@ -29,14 +30,17 @@ _PURCHASE_SQL = (
 _REFUND_SQL = (
     "SELECT (r).* FROM (SELECT balance_refund($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) r) s"
 )
+_DISPUTE_SQL = "SELECT (r).* FROM (SELECT balance_dispute($1,$2,$3,$4,$5,$6,$7) r) s"
 _UNFULFILLED_SQL = "SELECT balance_record_unfulfilled($1,$2,$3,$4,$5,$6::jsonb)"
+NOT_POSTED = "BL001"  # schema.sql: a reversal whose ledger row cannot be written
 
 
 class Fulfilment:
     """Payment events become ledger movements."""
 
-    def __init__(self, ledger: Ledger, refund_policy: str) -> None:
+    def __init__(self, ledger: Ledger, catalog: Catalog, refund_policy: str) -> None:
         self._ledger = ledger
+        self._catalog = catalog
         self._refund_policy = refund_policy
 
     async def fulfil(
@@ -44,8 +48,8 @@ class Fulfilment:
     ) -> dict[str, Any]:
         """Carry out `action`; the webhook's answer: `{"received": true, "result": ...}`.
 
-        `result` is fulfilled / duplicate / reversed / nothing_to_reverse / pending /
-        ignored / recorded_not_fulfilled.
+        `result` is fulfilled / duplicate / reversed / nothing_to_reverse / dispute_taken /
+        dispute_returned / nothing_to_change / pending / ignored / needs_review.
         """
         answer: dict[str, Any] = {"received": True}
         if isinstance(action, Ignore):
@@ -55,7 +59,13 @@ class Fulfilment:
                                                         payload)}
         if isinstance(action, Purchase):
             try:
-                body = await self._purchase(action)
+                credits = self._credits(action)
+            except Unpriced as exc:
+                return {**answer, **await self._unfulfilled(
+                    provider, event_id, event_type, Unfulfilled(str(exc), action.payment_id),
+                    payload)}
+            try:
+                body = await self._purchase(action, credits)
             except asyncpg.UniqueViolationError:
                 # The app itself used our idempotency key shape on /credit for this account.
                 problem = f"idempotency key webhook:{provider}:{action.payment_id} already used"
@@ -67,18 +77,41 @@ class Fulfilment:
                 if "credits_reversed" in body:
                     metrics.reversals.labels(provider).inc()
         else:
-            body = await self._refund(action)
+            try:
+                if isinstance(action, Refund):
+                    body = await self._refund(action)
+                else:
+                    body = await self._dispute(action)
+            except asyncpg.PostgresError as exc:
+                if exc.sqlstate != NOT_POSTED:
+                    raise
+                log.error("%s event %s: %s", provider, event_id, exc)
+                raise errors.Problem(
+                    "internal_error", f"the reversal could not be posted ({exc}); nothing "
+                    "was written, and the provider will deliver the event again") from None
             if body["result"] == "reversed":
                 metrics.reversals.labels(provider).inc()
+            elif body["result"] in ("dispute_taken", "dispute_returned"):
+                metrics.disputes.labels(provider, body["result"]).inc()
         return {**answer, "result": body["result"], "payment_id": action.payment_id,
                 **{k: v for k, v in body.items() if k != "result"}}
 
-    async def _purchase(self, p: Purchase) -> dict[str, Any]:
+    def _credits(self, p: Purchase) -> int:
+        """The credits the money received buys (catalog.credits_for); metadata credits only
+        cross-check them."""
+        credits = self._catalog.credits_for(p.package, p.amount_paid, p.currency)
+        if p.claimed_credits is not None and p.claimed_credits != credits:
+            raise Unpriced(f"metadata credits {p.claimed_credits} is not the {credits} credits "
+                           f"that {p.amount_paid} {p.currency} buys")
+        return credits
+
+    async def _purchase(self, p: Purchase, credits: int) -> dict[str, Any]:
         """Credit a paid purchase once; then apply any refund that arrived before it."""
         metadata = {"provider": p.provider, "payment_id": p.payment_id, "event_id": p.event_id,
-                    "amount_paid": p.amount_paid, "currency": p.currency}
+                    "amount_paid": p.amount_paid, "currency": p.currency,
+                    "package": p.package}
         row = await self._ledger.move(
-            _PURCHASE_SQL, p.provider, p.payment_id, p.account_id, p.credits, p.amount_paid,
+            _PURCHASE_SQL, p.provider, p.payment_id, p.account_id, credits, p.amount_paid,
             p.currency, p.event_id, jsonb(metadata), self._ledger.welcome, self._refund_policy,
             reason=f"purchase via {p.provider}",
         )
@@ -95,10 +128,19 @@ class Fulfilment:
         body: dict[str, Any] = json.loads(row["body"] or "{}")
         return body
 
+    async def _dispute(self, d: Dispute) -> dict[str, Any]:
+        """Store a dispute's news once and take back or give back its share (or wait)."""
+        row = await self._ledger.move(
+            _DISPUTE_SQL, d.provider, d.payment_id, d.dispute_id, d.amount, d.status,
+            d.event_id, self._ledger.welcome, reason=f"dispute via {d.provider}",
+        )
+        body: dict[str, Any] = json.loads(row["body"] or "{}")
+        return body
+
     async def _unfulfilled(
         self, provider: str, event_id: str, event_type: str, action: Unfulfilled, payload: bytes
     ) -> dict[str, Any]:
-        """Keep a paid event we cannot fulfil for an operator, once; answered 200, because a
+        """Record a paid event that credits nothing for review, once; answered 200, because a
         retry cannot add what it lacks and an error would make the provider redeliver it."""
         text = payload.decode()
         if "\\u0000" in text:
@@ -112,4 +154,4 @@ class Fulfilment:
             return {"result": "duplicate", "payment_id": action.payment_id}
         if state == "recorded":
             log.warning("%s event %s not fulfilled: %s", provider, event_id, action.problem)
-        return {"result": "recorded_not_fulfilled", "problem": action.problem}
+        return {"result": "needs_review", "problem": action.problem}

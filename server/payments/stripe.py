@@ -8,6 +8,7 @@ import msgspec
 
 from server.payments.events import (
     Action,
+    Dispute,
     Ignore,
     Refund,
     Unfulfilled,
@@ -70,4 +71,17 @@ def parse_stripe(event: StripeEvent) -> Action:
         # amount_refunded is the charge's running total: one row per total seen.
         return Refund("stripe", payment_id, f"{charge_id}@{refunded}", refunded, paid,
                       cumulative=True, full=full, event_id=event.id)
+    if event.type in ("charge.dispute.created", "charge.dispute.closed"):
+        dispute_id = object_id(obj, "id", "data.object")
+        payment_id = optional_id(obj, "payment_intent", "data.object") or object_id(
+            obj, "charge", "data.object")
+        status = "open"
+        if event.type == "charge.dispute.closed":
+            # An inquiry closed without a chargeback (warning_closed) took nothing either.
+            closed = obj.get("status")
+            if closed not in ("won", "lost", "warning_closed"):
+                return Ignore(f"dispute closed as {closed!r}")
+            status = "lost" if closed == "lost" else "won"
+        return Dispute("stripe", payment_id, dispute_id, money(obj.get("amount")), status,
+                       event.id)
     return Ignore(f"event type {event.type!r} is not handled")

@@ -49,9 +49,28 @@ def stripe_event(kind: str, obj: Json, event_id: str | None = None) -> bytes:
     return json.dumps(event).encode()
 
 
+# The test catalog sells a package `cN` of N credits for any amount from 1 cent, so that a
+# test names the credits it buys; metadata `credits` rides along as the cross-check.
+PACKAGES = [*range(1, 201), 500]
+CATALOG = {
+    "prices": {"generate_image": 5},
+    "packages": {f"c{n}": {"credits": n, "price": {"usd": 1}} for n in PACKAGES},
+    "pay_as_you_go": {"credits_per_unit": {"usd": 100}},  # a credit a cent (dev buy)
+}
+
+
+def sold(account: str | None, credits: str | None) -> Json:
+    """The metadata a checkout selling `credits` credits puts on the session and payment."""
+    metadata: Json = {"account_id": account, "credits": credits}
+    if credits is not None and credits.isascii() and credits.isdigit() \
+            and int(credits) in PACKAGES:
+        metadata["package"] = f"c{int(credits)}"
+    return {k: v for k, v in metadata.items() if v is not None}
+
+
 def session(account: str | None, credits: str | None, pi: str | None, amount: int = 1000,
             **extra: Any) -> Json:
-    metadata = {k: v for k, v in (("account_id", account), ("credits", credits)) if v is not None}
+    metadata = sold(account, credits)
     return {"id": uid("cs_test"), "object": "checkout.session", "mode": "payment",
             "payment_status": "paid", "status": "complete", "payment_intent": pi,
             "amount_total": amount, "currency": "usd", "metadata": metadata, **extra}
@@ -77,7 +96,9 @@ def dodo_payment(account: str, credits: str, pay: str, total: int = 1000,
                  account_key: str = "account_id", credits_key: str = "credits") -> bytes:
     return dodo_event("payment.succeeded", {
         "payload_type": "Payment", "payment_id": pay, "total_amount": total, "currency": "USD",
-        "status": "succeeded", "metadata": {account_key: account, credits_key: credits}})
+        "status": "succeeded", "metadata": {
+            **{k: v for k, v in sold(account, credits).items() if k == "package"},
+            account_key: account, credits_key: credits}})
 
 
 def dodo_refund(pay: str, amount: int | None, partial: bool, refund_id: str | None = None) -> bytes:
@@ -117,8 +138,18 @@ async def post_dodo(http: httpx.AsyncClient, payload: bytes, *,
 # ---------------------------------------------------------------- fixtures and checks
 
 
-async def start_payments_app(start_app: StartApp, **overrides: Any) -> RunningApp:
+@pytest.fixture(scope="module")
+def catalog_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("catalog") / "catalog.json"
+    path.write_text(json.dumps(CATALOG))
+    return str(path)
+
+
+async def start_payments_app(
+    start_app: StartApp, catalog_file: str, **overrides: Any
+) -> RunningApp:
     settings: dict[str, Any] = {
+        "catalog_file": catalog_file,
         "stripe_webhook_secret": STRIPE_SECRET,
         "dodo_webhook_key": standard_webhooks_key("BALANCE_DODO_WEBHOOK_SECRET", DODO_SECRET),
     }
@@ -127,8 +158,8 @@ async def start_payments_app(start_app: StartApp, **overrides: Any) -> RunningAp
 
 
 @pytest.fixture(scope="module")
-async def wapp(start_app: StartApp) -> RunningApp:
-    return await start_payments_app(start_app)
+async def wapp(start_app: StartApp, catalog_file: str) -> RunningApp:
+    return await start_payments_app(start_app, catalog_file)
 
 
 @pytest.fixture
@@ -220,7 +251,7 @@ async def test_checkout_and_payment_intent_for_one_purchase_credit_once(
     http: httpx.AsyncClient, backend: httpx.AsyncClient, db: asyncpg.Pool, account: str
 ) -> None:
     pi = uid("pi")
-    metadata = {"account_id": account, "credits": "75"}
+    metadata = sold(account, "75")
     r = await post_stripe(http, stripe_event("checkout.session.completed",
                                              session(account, "75", pi)))
     assert r.json()["result"] == "fulfilled"
@@ -233,7 +264,7 @@ async def test_checkout_and_payment_intent_for_one_purchase_credit_once(
     # session's metadata onto it): recorded, then resolved by the session.
     other, pi2 = f"{account}-2", uid("pi")
     r = await post_stripe(http, stripe_event("payment_intent.succeeded", payment_intent(pi2, {})))
-    assert r.status_code == 200 and r.json()["result"] == "recorded_not_fulfilled"
+    assert r.status_code == 200 and r.json()["result"] == "needs_review"
     r = await post_stripe(http, stripe_event("checkout.session.completed",
                                              session(other, "30", pi2)))
     assert r.json()["result"] == "fulfilled"
@@ -249,9 +280,9 @@ async def test_checkout_and_payment_intent_for_one_purchase_credit_once(
 
 async def test_concurrent_redelivery_on_two_instances(
     start_app: StartApp, wapp: RunningApp, backend: httpx.AsyncClient, db: asyncpg.Pool,
-    account: str,
+    account: str, catalog_file: str,
 ) -> None:
-    other = await start_payments_app(start_app)
+    other = await start_payments_app(start_app, catalog_file)
     pi = uid("pi")
     payloads = [stripe_event("checkout.session.completed", session(account, "500", pi))
                 for _ in range(3)]
@@ -582,9 +613,9 @@ async def test_unknown_events_are_ignored(
     assert await balance(backend, account) == 0
 
 
-@pytest.mark.parametrize("credits", [None, "", "0", "-3", "12.5", "1e3", " 7", "7\n", "١٢",
+@pytest.mark.parametrize("credits", ["0", "-3", "12.5", "1e3", " 7", "7\n", "١٢",
                                      "1000000000001", "99999999999999999999"])
-async def test_bad_metadata_is_recorded_not_fulfilled(
+async def test_bad_metadata_needs_review(
     http: httpx.AsyncClient, db: asyncpg.Pool, account: str, credits: str | None
 ) -> None:
     event_id = uid("evt")
@@ -593,7 +624,7 @@ async def test_bad_metadata_is_recorded_not_fulfilled(
     for _ in range(2):  # a redelivery records nothing more
         r = await post_stripe(http, payload)
         assert r.status_code == 200
-        assert r.json()["result"] == "recorded_not_fulfilled"
+        assert r.json()["result"] == "needs_review"
         assert "credits" in r.json()["problem"]
     rows = await db.fetch("SELECT * FROM webhook_events_unfulfilled WHERE event_id = $1",
                           event_id)
@@ -605,15 +636,15 @@ async def test_bad_metadata_is_recorded_not_fulfilled(
 async def test_missing_account_is_recorded(http: httpx.AsyncClient, db: asyncpg.Pool) -> None:
     r = await post_stripe(http, stripe_event("checkout.session.completed",
                                              session(None, "10", uid("pi"))))
-    assert r.json()["result"] == "recorded_not_fulfilled" and "account_id" in r.json()["problem"]
+    assert r.json()["result"] == "needs_review" and "account_id" in r.json()["problem"]
     r = await post_stripe(http, stripe_event("checkout.session.completed",
                                              session("bad account!", "10", uid("pi"))))
-    assert r.json()["result"] == "recorded_not_fulfilled"
+    assert r.json()["result"] == "needs_review"
     msg_id = uid("msg")
     payload = dodo_event("payment.succeeded", {"payment_id": uid("pay"), "total_amount": 100,
                                                "metadata": {}})
     r = await post_dodo(http, payload, msg_id=msg_id)
-    assert r.status_code == 200 and r.json()["result"] == "recorded_not_fulfilled"
+    assert r.status_code == 200 and r.json()["result"] == "needs_review"
     row = await db.fetchrow("SELECT * FROM webhook_events_unfulfilled WHERE event_id = $1", msg_id)
     assert row is not None and row["provider"] == "dodo" and row["resolved_at"] is None
 
@@ -623,9 +654,9 @@ async def test_missing_account_is_recorded(http: httpx.AsyncClient, db: asyncpg.
 
 @pytest.mark.parametrize("policy", ["debt", "clamp"])
 async def test_refund_policy(
-    start_app: StartApp, db: asyncpg.Pool, account: str, policy: str
+    start_app: StartApp, db: asyncpg.Pool, account: str, policy: str, catalog_file: str
 ) -> None:
-    app = await start_payments_app(start_app, refund_policy=policy)
+    app = await start_payments_app(start_app, catalog_file, refund_policy=policy)
     pi = uid("pi")
     async with httpx.AsyncClient(base_url=app.base_url) as c, app.client() as b:
         await post_stripe(c, stripe_event("checkout.session.completed",
@@ -722,9 +753,9 @@ async def test_purchase_is_pushed_live(
 
 
 async def test_dev_buy_goes_through_the_signed_path(
-    start_app: StartApp, db: asyncpg.Pool, account: str
+    start_app: StartApp, db: asyncpg.Pool, account: str, catalog_file: str
 ) -> None:
-    app = await start_payments_app(start_app, extra_routes=devroutes.routes())
+    app = await start_payments_app(start_app, catalog_file, extra_routes=devroutes.routes())
     before = REGISTRY.get_sample_value("balance_purchases_total", {"provider": "stripe"}) or 0
     async with httpx.AsyncClient(base_url=app.base_url) as c:
         r = await c.post("/dev/buy", json={"account_id": account, "credits": 25})
@@ -754,16 +785,178 @@ def test_our_signatures_are_the_providers() -> None:
         standard_webhooks_key("BALANCE_DODO_WEBHOOK_SECRET", "whsec_###")
 
 
-async def test_key_taken_by_the_app_is_recorded_not_a_500(
+async def test_hole2_reserved_keys_are_refused_by_the_api(
+    backend: httpx.AsyncClient, account: str
+) -> None:
+    for reserved in ("webhook:stripe:pi_1:reversed:10", "system:renewal:1"):
+        for path, body in (("debit", {"amount": 1, "reason": "x"}),
+                           ("credit", {"amount": 1, "kind": "grant"}),
+                           ("holds", {"amount": 1, "reason": "x"})):
+            r = await backend.post(f"/v1/accounts/{account}/{path}",
+                                   json={**body, "idempotency_key": reserved})
+            assert r.status_code == 422, (path, r.text)
+            assert "idempotency_key" in r.json()["detail"]
+
+
+async def test_hole2_a_reversal_that_cannot_be_posted_is_never_skipped(
+    http: httpx.AsyncClient, backend: httpx.AsyncClient, db: asyncpg.Pool, account: str
+) -> None:
+    """The key a reversal needs, taken by a debit (as release 0.1.0's API allowed): the
+    refund is a 5xx, the provider retries, and nothing is marked reversed meanwhile."""
+    pi = uid("pi")
+    await post_stripe(http, stripe_event("checkout.session.completed",
+                                         session(account, "50", pi)))
+    squatted = f"webhook:stripe:{pi}:reversed:50"
+    await db.execute(
+        "INSERT INTO idempotency_keys (account_id, key, request_hash, response)"
+        " VALUES ($1, $2, '\\x00', '{}')", account, squatted)
+    refund = stripe_event("charge.refunded", charge(pi, 1000, 1000))
+    for _ in range(2):
+        r = await post_stripe(http, refund)
+        assert r.status_code == 500, r.text
+        assert await balance(backend, account) == 50
+        assert await db.fetchval(
+            "SELECT reversed FROM payments WHERE payment_id = $1", pi) == 0
+        assert await db.fetchval(
+            "SELECT count(*) FROM payment_refunds WHERE payment_id = $1", pi) == 0
+    await db.execute("DELETE FROM idempotency_keys WHERE key = $1", squatted)  # an operator
+    r = await post_stripe(http, refund)  # the provider's next retry
+    assert r.status_code == 200 and r.json()["result"] == "reversed"
+    assert await balance(backend, account) == 0
+    await assert_reconciled(db, account)
+
+
+async def test_a_purchase_key_taken_before_reservation_is_recorded_not_a_500(
     http: httpx.AsyncClient, backend: httpx.AsyncClient, db: asyncpg.Pool, account: str
 ) -> None:
     pi = uid("pi")
-    r = await backend.post(f"/v1/accounts/{account}/credit",
-                           json={"amount": 5, "kind": "grant",
-                                 "idempotency_key": f"webhook:stripe:{pi}"})
-    assert r.status_code == 200
+    await db.execute(  # as release 0.1.0's API allowed
+        "INSERT INTO idempotency_keys (account_id, key, request_hash, response)"
+        " VALUES ($1, $2, '\\x00', '{}')", account, f"webhook:stripe:{pi}")
     r = await post_stripe(http, stripe_event("checkout.session.completed",
                                              session(account, "10", pi)))
-    assert r.status_code == 200 and r.json()["result"] == "recorded_not_fulfilled"
-    assert await balance(backend, account) == 5
+    assert r.status_code == 200 and r.json()["result"] == "needs_review"
+    assert await balance(backend, account) == 0
     assert await db.fetchval("SELECT count(*) FROM payments WHERE payment_id = $1", pi) == 0
+
+
+# ---------------------------------------------------------------- credits from money received
+
+
+async def test_hole1_metadata_cannot_raise_the_credits(
+    http: httpx.AsyncClient, backend: httpx.AsyncClient, db: asyncpg.Pool, account: str
+) -> None:
+    """Dodo's static payment links take `metadata_*` query parameters: the cheapest product
+    with metadata_credits=10^12 credits nothing, and is recorded for review."""
+    pay = uid("pay")
+    cheapest = dodo_event("payment.succeeded", {
+        "payment_id": pay, "total_amount": 1, "currency": "USD", "status": "succeeded",
+        "metadata": {"account_id": account, "package": "c1", "credits": "1000000000000"}})
+    r = await post_dodo(http, cheapest)
+    assert (r.status_code, r.json()["result"]) == (200, "needs_review")
+    assert "1000000000000" in r.json()["problem"]
+    # Without the cross-check, the package decides: 1 credit, whatever else is claimed.
+    r = await post_stripe(http, stripe_event("checkout.session.completed", {
+        **session(account, None, uid("pi"), amount=1), "metadata": {
+            "account_id": account, "package": "c1", "credit_amount": "999999"}}))
+    assert (r.json()["result"], r.json()["account"]["balance"]) == ("fulfilled", 1)
+    assert await balance(backend, account) == 1
+    row = await db.fetchrow("SELECT * FROM webhook_events_unfulfilled WHERE payment_id = $1",
+                            pay)
+    assert row is not None and row["resolved_at"] is None
+
+
+@pytest.mark.parametrize(("metadata", "amount", "currency", "why"), [
+    ({"package": "c100"}, 0, "usd", "costs 1"),
+    ({"package": "c100"}, 500, "eur", "no price in eur"),
+    ({"package": "nope"}, 500, "usd", "unknown package"),
+    ({}, 500, "eur", "no pay-as-you-go rate in eur"),
+    ({"credits": "6"}, 500, "usd", "not the 500 credits"),
+])
+async def test_what_was_paid_must_buy_the_credits(
+    http: httpx.AsyncClient, backend: httpx.AsyncClient, account: str, metadata: Json,
+    amount: int, currency: str, why: str,
+) -> None:
+    obj = {**session(account, None, uid("pi"), amount=amount), "currency": currency,
+           "metadata": {"account_id": account, **metadata}}
+    r = await post_stripe(http, stripe_event("checkout.session.completed", obj))
+    assert (r.status_code, r.json()["result"]) == (200, "needs_review"), r.text
+    assert why in r.json()["problem"]
+    assert await balance(backend, account) == 0
+
+
+async def test_pay_as_you_go_buys_at_the_catalog_rate(
+    http: httpx.AsyncClient, backend: httpx.AsyncClient, account: str
+) -> None:
+    obj = {**session(account, None, uid("pi"), amount=1234), "metadata": {"account_id": account}}
+    r = await post_stripe(http, stripe_event("checkout.session.completed", obj))
+    assert r.json()["result"] == "fulfilled"
+    assert await balance(backend, account) == 1234  # 100 credits a dollar
+
+
+# ---------------------------------------------------------------- disputes
+
+
+def stripe_dispute(kind: str, pi: str, amount: int, status: str, dispute_id: str) -> bytes:
+    return stripe_event(kind, {"id": dispute_id, "object": "dispute", "amount": amount,
+                               "currency": "usd", "charge": f"ch_{pi}", "payment_intent": pi,
+                               "status": status, "reason": "fraudulent"})
+
+
+async def test_hole3_a_stripe_chargeback_takes_the_credits_back_until_won(
+    http: httpx.AsyncClient, backend: httpx.AsyncClient, db: asyncpg.Pool, account: str
+) -> None:
+    pi, dp = uid("pi"), uid("dp")
+    await post_stripe(http, stripe_event("checkout.session.completed",
+                                         session(account, "100", pi)))
+    await backend.post(f"/v1/accounts/{account}/debit",
+                       json={"amount": 60, "reason": "spent", "idempotency_key": key()})
+    opened = stripe_dispute("charge.dispute.created", pi, 1000, "needs_response", dp)
+    r = await post_stripe(http, opened)
+    assert (r.status_code, r.json()["result"]) == (200, "dispute_taken"), r.text
+    assert await balance(backend, account) == -60  # into debt, like a reversal
+    assert (await post_stripe(http, opened)).json()["result"] == "nothing_to_change"
+    won = stripe_dispute("charge.dispute.closed", pi, 1000, "won", dp)
+    r = await post_stripe(http, won)
+    assert r.json()["result"] == "dispute_returned"
+    assert await balance(backend, account) == 40
+    for late in (won, opened):  # once won, redeliveries change nothing
+        assert (await post_stripe(http, late)).json()["result"] == "nothing_to_change"
+    assert await ledger(backend, account) == [
+        ("purchase", 100), ("usage", -60), ("reversal", -100), ("reversal", 100)]
+    await assert_reconciled(db, account)
+
+
+async def test_a_lost_dispute_keeps_them_and_a_partial_one_takes_its_share(
+    http: httpx.AsyncClient, backend: httpx.AsyncClient, account: str
+) -> None:
+    pi = uid("pi")
+    await post_stripe(http, stripe_event("checkout.session.completed",
+                                         session(account, "100", pi)))
+    dp = uid("dp")
+    await post_stripe(http, stripe_dispute("charge.dispute.created", pi, 250, "needs_response",
+                                           dp))
+    assert await balance(backend, account) == 75  # a quarter of the payment disputed
+    r = await post_stripe(http, stripe_dispute("charge.dispute.closed", pi, 250, "lost", dp))
+    assert r.json()["result"] == "nothing_to_change"
+    assert await balance(backend, account) == 75
+
+
+async def test_dodo_dispute_before_its_payment_waits_then_applies_once(
+    http: httpx.AsyncClient, backend: httpx.AsyncClient, db: asyncpg.Pool, account: str
+) -> None:
+    pay, dispute = uid("pay"), uid("dsp")
+    opened = dodo_event("dispute.opened", {"dispute_id": dispute, "payment_id": pay,
+                                           "amount": "1000", "currency": "USD"})
+    r = await post_dodo(http, opened)
+    assert r.json()["result"] == "pending"
+    r = await post_dodo(http, dodo_payment(account, "50", pay))
+    assert r.json()["result"] == "fulfilled" and r.json()["account"]["balance"] == 0
+    assert (await post_dodo(http, opened)).json()["result"] == "nothing_to_change"
+    r = await post_dodo(http, dodo_event("dispute.won", {
+        "dispute_id": dispute, "payment_id": pay, "amount": "1000", "currency": "USD"}))
+    assert r.json()["result"] == "dispute_returned"
+    assert await balance(backend, account) == 50
+    assert await ledger(backend, account) == [
+        ("purchase", 50), ("reversal", -50), ("reversal", 50)]
+    await assert_reconciled(db, account)

@@ -1,0 +1,204 @@
+"""The catalog: prices, packages, pay-as-you-go rates, plans and alert defaults.
+
+One file (`BALANCE_CATALOG_FILE`, TOML or JSON), read and validated once at start; a bad
+file stops the server with a sentence naming the field. `BALANCE_PRICES_FILE` (a JSON
+object operation -> cost) is the shorthand for a catalog with only `[prices]`.
+
+`credits_for` is the one rule that turns money received into credits: the server never
+takes a credit count from checkout metadata, which a customer can set.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+log = logging.getLogger("balance.catalog")
+
+Currency = Annotated[str, msgspec.Meta(pattern="^[a-z]{3}$")]  # ISO 4217, lower case
+Credits = Annotated[int, msgspec.Meta(ge=1, le=10**12)]
+Money = Annotated[int, msgspec.Meta(ge=1, le=10**15)]  # minor units
+Name = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9_.:-]{1,100}$")]
+
+# ISO 4217 minor-unit exponents that are not 2 (everything else has cents).
+_EXPONENTS = {
+    **dict.fromkeys(("bif", "clp", "djf", "gnf", "isk", "jpy", "kmf", "krw", "pyg", "rwf",
+                     "ugx", "uyi", "vnd", "vuv", "xaf", "xof", "xpf"), 0),
+    **dict.fromkeys(("bhd", "iqd", "jod", "kwd", "lyd", "omr", "tnd"), 3),
+    "clf": 4, "uyw": 4,
+}
+
+
+def exponent(currency: str) -> int:
+    """The currency's ISO 4217 minor-unit exponent: USD 2, JPY 0, KWD 3."""
+    return _EXPONENTS.get(currency, 2)
+
+
+class CatalogError(Exception):
+    """The catalog file is unreadable or invalid; the message names the field."""
+
+
+class Package(msgspec.Struct, forbid_unknown_fields=True):
+    """What one payment buys."""
+
+    credits: Credits
+    price: dict[Currency, Money]
+    stripe_price: str | None = None
+    dodo_product: str | None = None
+
+
+class PayAsYouGo(msgspec.Struct, forbid_unknown_fields=True):
+    """Any amount buys credits at a rate per major unit of its currency."""
+
+    credits_per_unit: dict[Currency, Credits]
+    min_amount: dict[Currency, Annotated[int, msgspec.Meta(ge=0, le=10**15)]] = {}
+
+
+class Plan(msgspec.Struct, forbid_unknown_fields=True):
+    allowance: Annotated[int, msgspec.Meta(ge=0, le=10**12)]
+    period: Literal["month", "week", "day"] = "month"
+    rollover: Annotated[int, msgspec.Meta(ge=0, le=10**12)] = 0
+    prices: dict[Name, Credits] = {}
+    limits: dict[Name, Annotated[int, msgspec.Meta(ge=1, le=10**12)]] = {}
+    low_balance: Annotated[int, msgspec.Meta(ge=0, le=10**12)] | None = None
+
+
+class Alerts(msgspec.Struct, forbid_unknown_fields=True):
+    low_balance: Annotated[int, msgspec.Meta(ge=0, le=10**12)] | None = None
+
+
+class Catalog(msgspec.Struct, forbid_unknown_fields=True):
+    prices: dict[Name, Credits] = {}
+    packages: dict[Name, Package] = {}
+    pay_as_you_go: PayAsYouGo | None = None
+    plans: dict[Name, Plan] = {}
+    alerts: Alerts = msgspec.field(default_factory=Alerts)
+
+    def credits_for(self, package: str | None, amount: int | None, currency: str | None) -> int:
+        """Credits for `amount` minor units of `currency` paid, or Unpriced saying why not.
+
+        A named package gives its credits when the amount is at least its price in that
+        currency; without one, pay-as-you-go gives floor(amount × rate ÷ 10^exponent) from
+        its minimum up. A package underpaid is not turned into pay-as-you-go credits.
+        """
+        if amount is None or not currency:
+            raise Unpriced("the payment has no amount or currency")
+        currency = currency.lower()
+        if package is not None:
+            found = self.packages.get(package)
+            if found is None:
+                raise Unpriced(f"unknown package {package!r}")
+            price = found.price.get(currency)
+            if price is None:
+                raise Unpriced(f"package {package!r} has no price in {currency}")
+            if amount < price:
+                raise Unpriced(f"paid {amount} {currency}, package {package!r} costs {price}")
+            return found.credits
+        payg = self.pay_as_you_go
+        rate = payg.credits_per_unit.get(currency) if payg is not None else None
+        if payg is None or rate is None:
+            raise Unpriced(f"no package named, and no pay-as-you-go rate in {currency}")
+        minimum = payg.min_amount.get(currency, 1)
+        if amount < minimum:
+            raise Unpriced(f"paid {amount} {currency}, pay-as-you-go starts at {minimum}")
+        credits: int = amount * rate // 10 ** exponent(currency)
+        if not 1 <= credits <= 10**12:
+            raise Unpriced(f"{amount} {currency} buys {credits} credits, outside 1..10^12")
+        return credits
+
+
+class Unpriced(Exception):
+    """A payment the catalog does not turn into credits; the message says why."""
+
+
+def _lower_currencies(data: Any) -> Any:
+    """Currency keys as providers send them differ in case (Stripe usd, Dodo USD)."""
+    for package in (data.get("packages") or {}).values():
+        if isinstance(package, dict) and isinstance(package.get("price"), dict):
+            package["price"] = {str(k).lower(): v for k, v in package["price"].items()}
+    payg = data.get("pay_as_you_go")
+    if isinstance(payg, dict):
+        for field in ("credits_per_unit", "min_amount"):
+            if isinstance(payg.get(field), dict):
+                payg[field] = {str(k).lower(): v for k, v in payg[field].items()}
+    return data
+
+
+def _name_keys(data: dict[str, Any], message: str) -> str:
+    """msgspec writes a table's key as `[...]` in an error's path: name it, by keeping one
+    entry of that table at a time until the same error comes back."""
+    text, sep, path = message.rpartition(" - at `")
+    if not sep or "[...]" not in path:
+        return message
+    probe = copy.deepcopy(data)
+    node: Any = probe
+    named = "$"
+    for field, table in re.findall(r"\.(\w+)|(\[\.\.\.\])", path.rstrip("`")[1:]):
+        if field:
+            node, named = node[field], f"{named}.{field}"
+            continue
+        assert table and isinstance(node, dict)
+        for key in list(node):
+            kept = {key: node[key]}
+            others = {k: v for k, v in node.items() if k != key}
+            node.clear()
+            node.update(kept)
+            try:
+                msgspec.convert(probe, Catalog, strict=True)
+            except msgspec.ValidationError as again:
+                if str(again).rpartition(" - at `")[2] == path:
+                    node, named = node[key], f"{named}.{key}"
+                    break
+            node.update(others)
+        else:
+            return message
+    return f"{text} - at `{named[2:]}`"
+
+
+def load(catalog_file: str | None, prices_file: str | None) -> Catalog:
+    """The catalog from its file (or the price list's), validated; CatalogError names what
+    is wrong."""
+    if catalog_file:
+        if prices_file:
+            log.warning("BALANCE_CATALOG_FILE and BALANCE_PRICES_FILE are both set: "
+                        "the catalog wins")
+        name, path = "BALANCE_CATALOG_FILE", Path(catalog_file)
+        try:
+            text = path.read_text()
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise CatalogError(f"{name} {catalog_file!r} is not readable: {exc}") from None
+    elif prices_file:
+        name, path = "BALANCE_PRICES_FILE", Path(prices_file)
+        try:
+            data = {"prices": json.loads(path.read_text())}
+        except (OSError, ValueError) as exc:
+            raise CatalogError(f"{name} {prices_file!r} is not readable JSON: {exc}") from None
+    else:
+        return Catalog()
+    if not isinstance(data, dict):
+        raise CatalogError(f"{name} must hold an object (a TOML table or a JSON object)")
+    data = _lower_currencies(data)
+    try:
+        catalog = msgspec.convert(data, Catalog, strict=True)
+    except msgspec.ValidationError as exc:
+        raise CatalogError(f"{name}: {_name_keys(data, str(exc))}") from None
+    for plan_id, plan in catalog.plans.items():
+        for field, table in (("prices", plan.prices), ("limits", plan.limits)):
+            for operation in table:
+                if operation not in catalog.prices:
+                    raise CatalogError(f"{name}: plans.{plan_id}.{field}.{operation} names an "
+                                       "operation that is not in [prices]")
+    return catalog
+
+
+def to_json(catalog: Catalog) -> bytes:
+    """The catalog as GET /v1/catalog answers it (it holds no secrets)."""
+    return msgspec.json.encode(catalog)
