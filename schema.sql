@@ -203,6 +203,37 @@ CREATE TABLE IF NOT EXISTS payment_disputes (
 CREATE INDEX IF NOT EXISTS payment_disputes_payment_idx
     ON payment_disputes (provider, payment_id);
 
+-- step: 005_grants
+-- Every credit lives in a grant (a credit_lots row) with a priority: spending takes the
+-- lowest priority number first, then the soonest expiry (none last), then the oldest.
+-- Release 0.1.0 kept lots only for expiring credits; what else an account owns becomes
+-- one grant at the purchase priority (never expiring, spent last: the customer's side of
+-- any doubt). After this step, sum(open grants) = max(balance - expired_held, 0).
+ALTER TABLE credit_lots ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'grant';
+ALTER TABLE credit_lots ADD COLUMN IF NOT EXISTS priority int NOT NULL DEFAULT 50
+    CHECK (priority BETWEEN 0 AND 100);
+ALTER TABLE credit_lots ALTER COLUMN expires_at DROP NOT NULL;
+ALTER TABLE credit_lots ALTER COLUMN transaction_id DROP NOT NULL;
+UPDATE credit_lots l SET kind = t.kind, priority = CASE t.kind
+        WHEN 'allowance' THEN 10 WHEN 'grant' THEN 20 WHEN 'refund' THEN 30
+        WHEN 'adjustment' THEN 40 ELSE 50 END
+    FROM transactions t WHERE t.id = l.transaction_id;
+INSERT INTO credit_lots (account_id, kind, amount, remaining, priority)
+    SELECT account_id, 'purchase', balance - expired_held - expiring,
+           balance - expired_held - expiring, 50
+    FROM accounts WHERE balance - expired_held - expiring > 0;
+DROP INDEX IF EXISTS credit_lots_open_idx;
+CREATE INDEX IF NOT EXISTS credit_lots_spend_idx
+    ON credit_lots (account_id, priority, expires_at, id) WHERE remaining > 0;
+-- These functions change their parameters or results: the definitions recreate them.
+DROP FUNCTION IF EXISTS balance__consume_lots(text, bigint);
+DROP FUNCTION IF EXISTS balance_post(text, bigint, text, bytea, text, bigint, text, jsonb,
+                                     timestamptz, text, uuid);
+DROP FUNCTION IF EXISTS balance_post_many(text[], bigint, text[], bytea[], text[], bigint[],
+                                          text[], jsonb[], timestamptz[], text[]);
+DROP FUNCTION IF EXISTS balance_reconcile();
+ALTER TABLE accounts DROP COLUMN IF EXISTS expiring;
+
 -- ================================================================ JSON shapes of API.md
 
 -- definitions: json_shapes
@@ -254,14 +285,16 @@ BEGIN
         UPDATE accounts SET balance = p_welcome, version = 1 WHERE account_id = p_account;
         INSERT INTO transactions (account_id, kind, amount, balance_after, version, reason)
         VALUES (p_account, 'grant', p_welcome, p_welcome, 1, 'welcome credits');
+        INSERT INTO credit_lots (account_id, kind, amount, remaining, priority)
+        VALUES (p_account, 'grant', p_welcome, p_welcome, 20);
     END IF;
 END $$;
 
--- Takes p_amount out of the account's expiring lots, soonest-expiring first.
--- Called for every negative movement while accounts.expiring > 0, so that
--- sum(lots.remaining) never exceeds what the account really owns.
-CREATE OR REPLACE FUNCTION balance__consume_lots(p_account text, p_amount bigint)
-RETURNS bigint LANGUAGE plpgsql AS $$
+-- Takes up to p_amount out of the account's grants in spending order: lowest priority
+-- number, then soonest expiry (none last), then oldest. Called for every credit that
+-- leaves the account, so the open grants always add up to what it owns.
+CREATE OR REPLACE FUNCTION balance__spend_grants(p_account text, p_amount bigint)
+RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_left bigint := p_amount;
     v_lot record;
@@ -270,16 +303,21 @@ BEGIN
     FOR v_lot IN
         SELECT id, remaining FROM credit_lots
         WHERE account_id = p_account AND remaining > 0
-        ORDER BY expires_at, id FOR UPDATE
+        ORDER BY priority, expires_at, id FOR UPDATE
     LOOP
-        EXIT WHEN v_left <= 0;
         v_take := LEAST(v_lot.remaining, v_left);
         UPDATE credit_lots SET remaining = remaining - v_take WHERE id = v_lot.id;
         v_left := v_left - v_take;
+        EXIT WHEN v_left <= 0;
     END LOOP;
-    UPDATE accounts SET expiring = expiring - (p_amount - v_left) WHERE account_id = p_account;
-    RETURN p_amount - v_left;
 END $$;
+
+-- The default priority of a grant opened by a movement of this kind (API.md "Grants").
+CREATE OR REPLACE FUNCTION balance__priority(p_kind text) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE p_kind WHEN 'allowance' THEN 10 WHEN 'grant' THEN 20 WHEN 'refund' THEN 30
+                       WHEN 'adjustment' THEN 40 ELSE 50 END
+$$;
 
 -- Claims an idempotency key inside the caller's transaction. A NULL result when the key is
 -- new (the caller proceeds); otherwise the stored response to replay, or 'conflict' for
@@ -338,13 +376,14 @@ END $$;
 CREATE OR REPLACE FUNCTION balance_post(
     p_account text, p_welcome bigint, p_key text, p_hash bytea, p_kind text,
     p_amount bigint, p_reason text, p_metadata jsonb, p_expires_at timestamptz,
-    p_mode text, p_hold uuid DEFAULT NULL
+    p_mode text, p_hold uuid DEFAULT NULL, p_priority int DEFAULT NULL
 ) RETURNS balance_result LANGUAGE plpgsql AS $$
 DECLARE
     v_acc accounts;
     v_tx transactions;
     v_amount bigint := p_amount;
     v_short bigint := 0;
+    v_granted bigint;
     v_res balance_result;
 BEGIN
     v_res := balance__claim(p_account, p_key, p_hash);
@@ -387,17 +426,20 @@ BEGIN
     END IF;
 
     IF v_amount <> 0 THEN
-        IF v_amount < 0 AND v_acc.expiring > 0 THEN
-            PERFORM balance__consume_lots(p_account, -v_amount);
+        IF v_amount < 0 THEN
+            PERFORM balance__spend_grants(p_account, -v_amount);
         END IF;
         INSERT INTO transactions
             (account_id, kind, amount, balance_after, version, reason, metadata, hold_id)
         VALUES (p_account, p_kind, v_amount, v_acc.balance, v_acc.version, p_reason, p_metadata, p_hold)
         RETURNING * INTO v_tx;
-        IF v_amount > 0 AND p_expires_at IS NOT NULL THEN
-            INSERT INTO credit_lots (account_id, transaction_id, amount, remaining, expires_at)
-            VALUES (p_account, v_tx.id, v_amount, v_amount, p_expires_at);
-            UPDATE accounts SET expiring = expiring + v_amount WHERE account_id = p_account;
+        -- A credit opens a grant for what it adds above a debt (a debt absorbs the rest).
+        v_granted := LEAST(v_amount, GREATEST(v_acc.balance - v_acc.expired_held, 0));
+        IF v_granted > 0 THEN
+            INSERT INTO credit_lots
+                (account_id, transaction_id, kind, amount, remaining, priority, expires_at)
+            VALUES (p_account, v_tx.id, p_kind, v_granted, v_granted,
+                    COALESCE(p_priority, balance__priority(p_kind)), p_expires_at);
         END IF;
     END IF;
 
@@ -429,7 +471,7 @@ END $$;
 CREATE OR REPLACE FUNCTION balance_post_many(
     p_accounts text[], p_welcome bigint, p_keys text[], p_hashes bytea[], p_kinds text[],
     p_amounts bigint[], p_reasons text[], p_metadata jsonb[], p_expires timestamptz[],
-    p_modes text[]
+    p_modes text[], p_priorities int[]
 ) RETURNS TABLE (idx int, result balance_result) LANGUAGE plpgsql AS $$
 DECLARE
     i int;
@@ -441,7 +483,7 @@ BEGIN
         idx := i;
         result := balance_post(p_accounts[i], p_welcome, p_keys[i], p_hashes[i], p_kinds[i],
                                p_amounts[i], p_reasons[i], p_metadata[i], p_expires[i],
-                               p_modes[i]);
+                               p_modes[i], NULL, p_priorities[i]);
         RETURN NEXT;
     END LOOP;
 END $$;
@@ -545,8 +587,8 @@ BEGIN
     WHERE id = p_hold RETURNING * INTO v_hold;
 
     IF v_spend > 0 THEN
-        IF v_acc.expiring > 0 AND v_spend > v_spent_expired THEN
-            PERFORM balance__consume_lots(v_acc.account_id, v_spend - v_spent_expired);
+        IF v_spend > v_spent_expired THEN
+            PERFORM balance__spend_grants(v_acc.account_id, v_spend - v_spent_expired);
         END IF;
         INSERT INTO transactions
             (account_id, kind, amount, balance_after, version, reason, metadata, hold_id)
@@ -620,6 +662,7 @@ DECLARE
     v_id uuid;
     v_lot credit_lots;
     v_acc accounts;
+    v_ahead bigint;
     v_take bigint;
     v_tx transactions;
     v_res balance_result;
@@ -645,11 +688,17 @@ BEGIN
         ORDER BY expires_at, id FOR UPDATE
     LOOP
         SELECT * INTO v_acc FROM accounts WHERE account_id = v_lot.account_id;
-        -- What open holds reserve cannot leave yet: it leaves when they resolve.
-        v_take := LEAST(v_lot.remaining, GREATEST(v_acc.balance - v_acc.held, 0));
+        -- Holds reserve credits in spending order, after those that already expired while
+        -- held: the part of this grant they reserve cannot leave yet (it leaves when they
+        -- resolve, or is spent by a capture); the rest leaves now.
+        SELECT COALESCE(sum(o.remaining), 0) INTO v_ahead FROM credit_lots o
+        WHERE o.account_id = v_lot.account_id AND o.remaining > 0
+          AND (o.priority, COALESCE(o.expires_at, 'infinity'), o.id)
+              < (v_lot.priority, COALESCE(v_lot.expires_at, 'infinity'), v_lot.id);
+        v_take := v_lot.remaining - LEAST(v_lot.remaining,
+            GREATEST(v_acc.held - v_acc.expired_held - v_ahead, 0));
         UPDATE credit_lots SET remaining = 0 WHERE id = v_lot.id;
         UPDATE accounts SET
-            expiring = expiring - v_lot.remaining,
             expired_held = expired_held + (v_lot.remaining - v_take),
             balance = balance - v_take,
             version = version + CASE WHEN v_take > 0 THEN 1 ELSE 0 END,
@@ -668,13 +717,15 @@ BEGIN
     END LOOP;
 END $$;
 
--- Accounts whose stored totals disagree with the ledger or with their active holds.
+-- Accounts whose stored totals disagree with the ledger, their active holds or their
+-- open grants (which add up to what the account owns beyond its debts and its credits
+-- that expired while held).
 CREATE OR REPLACE FUNCTION balance_reconcile() RETURNS TABLE (
     account_id text, balance bigint, ledger_sum bigint, held bigint, holds_sum bigint,
-    expiring bigint, lots_sum bigint
+    expired_held bigint, grants_sum bigint
 ) LANGUAGE sql STABLE AS $$
     SELECT a.account_id, a.balance, COALESCE(t.s, 0), a.held, COALESCE(h.s, 0),
-           a.expiring, COALESCE(l.s, 0)
+           a.expired_held, COALESCE(l.s, 0)
     FROM accounts a
     LEFT JOIN (SELECT t.account_id, sum(t.amount)::bigint s FROM transactions t
                GROUP BY t.account_id) t USING (account_id)
@@ -683,7 +734,8 @@ CREATE OR REPLACE FUNCTION balance_reconcile() RETURNS TABLE (
     LEFT JOIN (SELECT l.account_id, sum(l.remaining)::bigint s FROM credit_lots l
                WHERE l.remaining > 0 GROUP BY l.account_id) l USING (account_id)
     WHERE a.balance <> COALESCE(t.s, 0) OR a.held <> COALESCE(h.s, 0)
-       OR a.expiring <> COALESCE(l.s, 0) OR a.expired_held > a.held
+       OR COALESCE(l.s, 0) <> GREATEST(a.balance - a.expired_held, 0)
+       OR a.expired_held > a.held
 $$;
 
 -- ================================================================ payments

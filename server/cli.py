@@ -68,7 +68,7 @@ async def _reconcile(database_url: str) -> int:
         print(
             f"MISMATCH {r['account_id']}: balance={r['balance']} ledger_sum={r['ledger_sum']} "
             f"held={r['held']} active_holds={r['holds_sum']} "
-            f"expiring={r['expiring']} open_lots={r['lots_sum']}"
+            f"expired_held={r['expired_held']} open_grants={r['grants_sum']}"
         )
     print(f"reconcile: {checked} accounts checked, {len(rows)} mismatched")
     return 1 if rows else 0

@@ -75,6 +75,22 @@ class History:
         )
         return text.encode()
 
+    async def grants(self, account_id: str) -> bytes:
+        """`{"grants": [...]}`: the account's open grants in the order they are spent."""
+        await self._ledger.account(account_id)  # a new account's welcome grant is one
+        text: str = await self._pool.fetchval(
+            """
+            SELECT jsonb_build_object('grants', COALESCE(jsonb_agg(jsonb_build_object(
+                'id', l.id, 'kind', l.kind, 'amount', l.amount, 'remaining', l.remaining,
+                'priority', l.priority, 'expires_at', balance__ts(l.expires_at),
+                'created_at', balance__ts(l.created_at))
+                ORDER BY l.priority, l.expires_at, l.id), '[]'::jsonb))::text
+            FROM credit_lots l WHERE l.account_id = $1 AND l.remaining > 0
+            """,
+            account_id,
+        )
+        return text.encode()
+
     async def latest(self, account_id: str, limit: int = 20) -> bytes:
         """`{"accounts": [account], "transactions": [latest]}` for GET /v1/me."""
         account = await self._ledger.account(account_id)  # creates it, welcome grant included

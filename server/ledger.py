@@ -135,11 +135,13 @@ class Ledger:
         metadata: dict[str, Any] | None = None,
         expires_at: datetime | None = None,
         mode: str = "available",
+        priority: int | None = None,
     ) -> Outcome:
-        """One signed ledger row (debit when negative), atomically with its idempotency key."""
+        """One signed ledger row (debit when negative), atomically with its idempotency key;
+        a credit opens a grant (`priority` None: its kind's default)."""
         row = await self._group.submit((
             account_id, idempotency_key, fingerprint, kind, amount, reason, jsonb(metadata),
-            expires_at, mode,
+            expires_at, mode, priority,
         ))
         outcome = self._outcome(row, reason)
         if not outcome.replayed:

@@ -53,6 +53,7 @@ class CreditRequest(msgspec.Struct, forbid_unknown_fields=True):
     idempotency_key: IdempotencyKey
     reason: Reason | None = None
     expires_at: datetime | None = None
+    priority: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
     metadata: Metadata | None = None
 
 

@@ -110,8 +110,8 @@ async def test_expiring_lots_spent_soonest_first_and_rest_expires(
                           json={"amount": 25, "reason": "x", "idempotency_key": key()})
     assert r.status_code == 200
     lots = await db.fetch(
-        "SELECT amount, remaining FROM credit_lots WHERE account_id = $1 ORDER BY expires_at",
-        account)
+        "SELECT amount, remaining FROM credit_lots WHERE account_id = $1"
+        " AND expires_at IS NOT NULL ORDER BY expires_at", account)
     # The 20 expiring first went entirely, then 5 of the 30; the permanent 50 is untouched.
     assert [(lot["amount"], lot["remaining"]) for lot in lots] == [(20, 0), (30, 25)]
     await client.post(f"/v1/accounts/{account}/debit",
@@ -263,6 +263,57 @@ async def test_hole6_the_sweeper_and_spending_never_deadlock(
                           accounts) == []
 
 
+async def test_grants_are_spent_by_priority_then_expiry_then_age(
+    client: httpx.AsyncClient, account: str
+) -> None:
+    later = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+    sooner = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    await grant(client, account, 40, kind="purchase")                     # priority 50
+    await grant(client, account, 10, kind="refund")                       # 30
+    await grant(client, account, 20, expires_at=later)                    # 20, expires later
+    await grant(client, account, 5, expires_at=sooner)                    # 20, expires sooner
+    await grant(client, account, 7)                                       # 20, never expires
+    await grant(client, account, 3, priority=5)                           # chosen: first
+    r = await client.get(f"/v1/accounts/{account}/grants")
+    order = [(g["kind"], g["remaining"], g["priority"]) for g in r.json()["grants"]]
+    assert order == [("grant", 3, 5), ("grant", 5, 20), ("grant", 20, 20), ("grant", 7, 20),
+                     ("refund", 10, 30), ("purchase", 40, 50)]
+    await client.post(f"/v1/accounts/{account}/debit",
+                      json={"amount": 34, "reason": "x", "idempotency_key": key()})
+    r = await client.get(f"/v1/accounts/{account}/grants")
+    left = [(g["kind"], g["remaining"]) for g in r.json()["grants"]]
+    # 3 + 5 + 20 + 6 of the 7: the bought credits are untouched while others remain.
+    assert left == [("grant", 1), ("refund", 10), ("purchase", 40)]
+    r = await client.post(f"/v1/accounts/{account}/credit", json={
+        "amount": 1, "kind": "grant", "priority": 101, "idempotency_key": key()})
+    assert r.status_code == 422
+
+
+async def test_a_capture_spends_what_its_hold_reserved_in_spending_order(
+    client: httpx.AsyncClient, account: str, db: asyncpg.Pool
+) -> None:
+    """Held: 30 of a promo grant (priority 20) and 70 of bought credits expiring (50). At
+    expiry the 70 wait for the hold; captured, they are spent and the other 30 bought
+    credits that expired leave at once."""
+    await grant(client, account, 30)
+    soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    await grant(client, account, 100, kind="purchase", expires_at=soon)
+    hold = (await client.post(f"/v1/accounts/{account}/holds", json={
+        "amount": 100, "reason": "job", "idempotency_key": key()})).json()["hold"]["id"]
+
+    async def expired() -> bool:
+        return bool(await db.fetchval(
+            "SELECT expired_held FROM accounts WHERE account_id = $1", account))
+
+    await wait_for(expired)
+    acct = await balance_of(client, account)
+    assert (acct["balance"], acct["held"]) == (100, 100)
+    r = await client.post(f"/v1/holds/{hold}/capture")
+    assert r.status_code == 200 and r.json()["account"]["balance"] == 0
+    assert await db.fetch("SELECT * FROM balance_reconcile() WHERE account_id = $1",
+                          account) == []
+
+
 async def test_reversal_into_debt_blocks_debits(app: RunningApp, account: str) -> None:
     ledger: Ledger = app.asgi.state.resources.ledger
     async with app.client() as client:
@@ -339,8 +390,8 @@ async def test_batched_posts_keep_every_field(client: httpx.AsyncClient, account
     for i, r in enumerate(responses):
         t = r.json()["transaction"]
         assert (t["amount"], t["reason"], t["metadata"]) == (i + 1, f"r{i}", {"i": i})
-    rows = await db.fetch("SELECT amount FROM credit_lots WHERE account_id = $1 ORDER BY amount",
-                          account)
+    rows = await db.fetch("SELECT amount FROM credit_lots WHERE account_id = $1"
+                          " AND expires_at IS NOT NULL ORDER BY amount", account)
     assert [r["amount"] for r in rows] == [i + 1 for i in range(30) if i % 2]
     acct = await balance_of(client, account)
     assert acct["balance"] == sum(range(1, 31)) and acct["version"] == 30

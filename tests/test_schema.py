@@ -125,8 +125,17 @@ async def test_upgrade_from_release_0_1_0_keeps_every_row(fresh_db: asyncpg.Conn
     assert await migrate(db) == []
 
     after = await db.fetchrow("SELECT * FROM accounts WHERE account_id = 'old'")
-    assert dict(after or {}) == {**dict(before), "expired_held": 0}  # a column added
-    assert tuple(await db.fetchrow(counts) or ()) == rows_before
+    # expired_held added; expiring gone (every credit is in a grant now).
+    expected = {k: v for k, v in dict(before).items() if k != "expiring"}
+    assert dict(after or {}) == {**expected, "expired_held": 0}
+    lots_before = rows_before[2]
+    assert tuple(await db.fetchrow(counts) or ()) == (
+        *rows_before[:2], lots_before + 1, *rows_before[3:])  # one grant for the rest
+    grants = await db.fetch("SELECT kind, remaining, priority, expires_at IS NULL AS forever"
+                            " FROM credit_lots WHERE account_id = 'old' ORDER BY id")
+    # The 0.1.0 lot (40: the debit took 30, the reversal 10) is spent; the 150 the account
+    # owns become one grant, spent last.
+    assert [tuple(g) for g in grants] == [("grant", 0, 20, False), ("purchase", 150, 50, True)]
     assert await db.fetch("SELECT * FROM balance_reconcile()") == []
     assert await db.fetchval("SELECT count(*) FROM pg_trigger"
                              " WHERE tgname = 'transactions_append_only'") == 1

@@ -59,7 +59,7 @@ async def credit(request: Request) -> Outcome:
     return await resources(request).ledger.post(
         account_id, kind=body.kind, amount=body.amount, reason=body.reason,
         idempotency_key=body.idempotency_key, fingerprint=request_hash("credit", body),
-        metadata=body.metadata, expires_at=body.expires_at,
+        metadata=body.metadata, expires_at=body.expires_at, priority=body.priority,
     )
 
 
@@ -121,6 +121,11 @@ async def release_hold(request: Request) -> Outcome:
     hold_id = hold_param(request)
     await read_body(request)
     return await resources(request).ledger.resolve_hold(hold_id, "release")
+
+
+async def list_grants(request: Request) -> bytes:
+    """Open grants in spending order."""
+    return await resources(request).history.grants(account_param(request))
 
 
 async def list_transactions(request: Request) -> bytes:

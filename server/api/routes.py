@@ -63,6 +63,8 @@ OPERATIONS: tuple[Operation, ...] = (
               "History, newest first", "service"),
     Operation("GET", "/v1/accounts/{account_id}/usage", backend.usage,
               "Spending grouped", "service"),
+    Operation("GET", "/v1/accounts/{account_id}/grants", backend.list_grants,
+              "Open grants, in spending order", "service"),
     Operation("POST", "/v1/holds/{hold_id}/capture", backend.capture_hold,
               "Capture a hold", "service", CaptureRequest),
     Operation("POST", "/v1/holds/{hold_id}/release", backend.release_hold,
