@@ -233,6 +233,24 @@ DROP FUNCTION IF EXISTS balance_post_many(text[], bigint, text[], bytea[], text[
                                           text[], jsonb[], timestamptz[], text[]);
 DROP FUNCTION IF EXISTS balance_reconcile();
 ALTER TABLE accounts DROP COLUMN IF EXISTS expiring;
+-- Spending not yet taken out of the grants. A debit only adds to it, on the account row it
+-- updates anyway, so grants cost the hot path nothing; it is settled (in spending order)
+-- before the grants change any other way: a new grant, an expiry. Between two settlements
+-- the grants do not change, so spending later takes exactly what spending at once would.
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS unsettled bigint NOT NULL DEFAULT 0
+    CHECK (unsettled >= 0);
+
+-- step: 006_checkouts
+-- Checkout sessions created with the providers, one per (account, idempotency key), so a
+-- retried request returns the same session instead of opening another.
+CREATE TABLE IF NOT EXISTS checkouts (
+    account_id    text NOT NULL,
+    key           text NOT NULL,
+    request_hash  bytea NOT NULL,
+    response      jsonb NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (account_id, key)
+);
 
 -- ================================================================ JSON shapes of API.md
 
@@ -291,8 +309,7 @@ BEGIN
 END $$;
 
 -- Takes up to p_amount out of the account's grants in spending order: lowest priority
--- number, then soonest expiry (none last), then oldest. Called for every credit that
--- leaves the account, so the open grants always add up to what it owns.
+-- number, then soonest expiry (none last), then oldest (balance__settle calls it).
 CREATE OR REPLACE FUNCTION balance__spend_grants(p_account text, p_amount bigint)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
@@ -310,6 +327,19 @@ BEGIN
         v_left := v_left - v_take;
         EXIT WHEN v_left <= 0;
     END LOOP;
+END $$;
+
+-- Takes the account's unsettled spending out of its grants (the caller holds the account).
+CREATE OR REPLACE FUNCTION balance__settle(p_account text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_unsettled bigint;
+BEGIN
+    SELECT unsettled INTO v_unsettled FROM accounts WHERE account_id = p_account;
+    IF v_unsettled > 0 THEN
+        PERFORM balance__spend_grants(p_account, v_unsettled);
+        UPDATE accounts SET unsettled = 0 WHERE account_id = p_account;
+    END IF;
 END $$;
 
 -- The default priority of a grant opened by a movement of this kind (API.md "Grants").
@@ -394,14 +424,16 @@ BEGIN
     IF p_amount < 0 AND p_mode = 'available' THEN
         UPDATE accounts SET
             balance = balance + p_amount, version = version + 1, updated_at = now(),
-            used = used + CASE WHEN p_kind = 'usage' THEN -p_amount ELSE 0 END
+            used = used + CASE WHEN p_kind = 'usage' THEN -p_amount ELSE 0 END,
+            unsettled = unsettled - p_amount
         WHERE account_id = p_account AND balance - held >= -p_amount
         RETURNING * INTO v_acc;
         IF NOT FOUND THEN
             PERFORM balance__ensure(p_account, p_welcome);
             UPDATE accounts SET
                 balance = balance + p_amount, version = version + 1, updated_at = now(),
-                used = used + CASE WHEN p_kind = 'usage' THEN -p_amount ELSE 0 END
+                used = used + CASE WHEN p_kind = 'usage' THEN -p_amount ELSE 0 END,
+                unsettled = unsettled - p_amount
             WHERE account_id = p_account AND balance - held >= -p_amount
             RETURNING * INTO v_acc;
         END IF;
@@ -419,15 +451,16 @@ BEGIN
             UPDATE accounts SET
                 balance = balance + v_amount, version = version + 1, updated_at = now(),
                 purchased = purchased + CASE WHEN p_kind = 'purchase' THEN v_amount ELSE 0 END,
-                used = GREATEST(used - CASE WHEN p_kind = 'refund' THEN v_amount ELSE 0 END, 0)
+                used = GREATEST(used - CASE WHEN p_kind = 'refund' THEN v_amount ELSE 0 END, 0),
+                unsettled = unsettled + GREATEST(-v_amount, 0)
             WHERE account_id = p_account
             RETURNING * INTO v_acc;
         END IF;
     END IF;
 
     IF v_amount <> 0 THEN
-        IF v_amount < 0 THEN
-            PERFORM balance__spend_grants(p_account, -v_amount);
+        IF v_amount > 0 AND v_acc.unsettled > 0 THEN
+            PERFORM balance__settle(p_account);  -- before the grants change
         END IF;
         INSERT INTO transactions
             (account_id, kind, amount, balance_after, version, reason, metadata, hold_id)
@@ -572,6 +605,7 @@ BEGIN
         held = held - v_hold.amount,
         balance = balance - v_spend,
         expired_held = expired_held - v_spent_expired,
+        unsettled = unsettled + (v_spend - v_spent_expired),
         used = used + v_spend,
         version = version + 1, updated_at = now()
     WHERE account_id = v_hold.account_id
@@ -587,9 +621,6 @@ BEGIN
     WHERE id = p_hold RETURNING * INTO v_hold;
 
     IF v_spend > 0 THEN
-        IF v_spend > v_spent_expired THEN
-            PERFORM balance__spend_grants(v_acc.account_id, v_spend - v_spent_expired);
-        END IF;
         INSERT INTO transactions
             (account_id, kind, amount, balance_after, version, reason, metadata, hold_id)
         VALUES (v_acc.account_id, 'usage', -v_spend, v_acc.balance, v_acc.version,
@@ -677,6 +708,9 @@ BEGIN
         SELECT account_id FROM holds WHERE id = ANY(v_holds)
         UNION SELECT account_id FROM credit_lots WHERE id = ANY(v_lots))
     ORDER BY account_id FOR UPDATE;
+    -- Grants are about to change: take out what was spent from them first.
+    PERFORM balance__settle(a.account_id)
+    FROM (SELECT DISTINCT account_id FROM credit_lots WHERE id = ANY(v_lots)) a;
 
     FOREACH v_id IN ARRAY v_holds LOOP
         v_res := balance_resolve_hold(v_id, 'expire', NULL, NULL);
@@ -718,8 +752,8 @@ BEGIN
 END $$;
 
 -- Accounts whose stored totals disagree with the ledger, their active holds or their
--- open grants (which add up to what the account owns beyond its debts and its credits
--- that expired while held).
+-- open grants (which, less unsettled spending, add up to what the account owns beyond its
+-- debts and its credits that expired while held).
 CREATE OR REPLACE FUNCTION balance_reconcile() RETURNS TABLE (
     account_id text, balance bigint, ledger_sum bigint, held bigint, holds_sum bigint,
     expired_held bigint, grants_sum bigint
@@ -734,7 +768,7 @@ CREATE OR REPLACE FUNCTION balance_reconcile() RETURNS TABLE (
     LEFT JOIN (SELECT l.account_id, sum(l.remaining)::bigint s FROM credit_lots l
                WHERE l.remaining > 0 GROUP BY l.account_id) l USING (account_id)
     WHERE a.balance <> COALESCE(t.s, 0) OR a.held <> COALESCE(h.s, 0)
-       OR COALESCE(l.s, 0) <> GREATEST(a.balance - a.expired_held, 0)
+       OR GREATEST(COALESCE(l.s, 0) - a.unsettled, 0) <> GREATEST(a.balance - a.expired_held, 0)
        OR a.expired_held > a.held
 $$;
 

@@ -37,7 +37,7 @@ START_BALANCE = 10**11
 PGBENCH_SCRIPT = """\
 \\set a random(1, {accounts})
 \\set k random(1, 9000000000000000000)
-SELECT status FROM balance_post({account_expr}, 0, 'pgb-' || :k, '\\x00'::bytea, 'usage', -1,
+SELECT result FROM balance_post({account_expr}, 0, 'pgb-' || :k, '\\x00'::bytea, 'usage', -1,
   'bench', NULL::jsonb, NULL::timestamptz, 'available');
 """
 

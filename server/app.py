@@ -21,6 +21,7 @@ from server.db import open_pool
 from server.history import History
 from server.jobs import Jobs
 from server.ledger import Ledger
+from server.payments.checkout import Checkout
 from server.payments.fulfilment import Fulfilment
 from server.push.broker import make_broker
 from server.push.hub import Hub
@@ -45,6 +46,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
         publisher = Publisher(broker, hub.deliver, settings.channel_prefix)
         ledger.on_commit(publisher.publish)
         jobs = Jobs(ledger, settings)
+        checkout = Checkout(pool, catalog, settings)
         app.state.resources = Resources(
             settings=settings,
             catalog=catalog,
@@ -53,6 +55,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
             ledger=ledger,
             history=History(ledger),
             fulfilment=Fulfilment(ledger, catalog, settings.refund_policy),
+            checkout=checkout,
             tokens=TokenVerifier(settings),
             hub=hub,
             service_keys=tuple(k.encode() for k in settings.service_keys),
@@ -69,6 +72,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
             await jobs.stop()
             await publisher.stop()
             await hub.stop()  # drains what is left, disconnects the broker
+            await checkout.close()
             await pool.close()
 
     app = Starlette(

@@ -102,6 +102,12 @@ def _dev(args: argparse.Namespace) -> int:
             env["BALANCE_CATALOG_FILE"] = str(catalog)
         env["HOST"] = args.host or env.get("HOST", "127.0.0.1")
         env["PORT"] = str(args.port or env.get("PORT", "8000"))
+        # Checkout against the Stripe stand-in this server mounts (server/dev/standin.py).
+        base = f"http://{env['HOST']}:{env['PORT']}"
+        if not env.get("BALANCE_STRIPE_API_KEY"):
+            env["BALANCE_STRIPE_API_KEY"] = "sk_dev_standin"
+            env["BALANCE_STRIPE_API_BASE"] = f"{base}/dev/stripe"
+        env.setdefault("BALANCE_CHECKOUT_RETURN_URLS", f"{base}/")
         settings = Settings.from_env(env)
         key = settings.service_keys[0]
         from server.auth import mint_token

@@ -74,6 +74,13 @@ class Settings:
     # Standard Webhooks (Dodo): the HMAC key, decoded from its `whsec_` + base64 secret.
     dodo_webhook_key: bytes | None = field(default=None, repr=False)
     refund_policy: str = "debt"  # or "clamp"
+    # Checkout: the providers' API keys, where their APIs are (None: the real ones), and
+    # the prefixes a success or cancel URL must start with (no open redirects).
+    stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_api_base: str | None = None
+    dodo_api_key: str | None = field(default=None, repr=False)
+    dodo_api_base: str | None = None
+    checkout_return_urls: tuple[str, ...] = ()
     # WebSocket
     allowed_origins: tuple[str, ...] = ()
     ws_max_sockets_per_account: int = 50
@@ -133,6 +140,11 @@ class Settings:
             stripe_webhook_secret=env.get("BALANCE_STRIPE_WEBHOOK_SECRET") or None,
             dodo_webhook_key=dodo_key,
             refund_policy=refund_policy,
+            stripe_api_key=env.get("BALANCE_STRIPE_API_KEY") or None,
+            stripe_api_base=env.get("BALANCE_STRIPE_API_BASE") or None,
+            dodo_api_key=env.get("BALANCE_DODO_API_KEY") or None,
+            dodo_api_base=env.get("BALANCE_DODO_API_BASE") or None,
+            checkout_return_urls=_list(env, "BALANCE_CHECKOUT_RETURN_URLS"),
             allowed_origins=_list(env, "BALANCE_ALLOWED_ORIGINS"),
             ws_max_sockets_per_account=_int(env, "BALANCE_WS_MAX_SOCKETS_PER_ACCOUNT", 50),
             ws_auth_timeout=_float(env, "BALANCE_WS_AUTH_TIMEOUT", 10.0),

@@ -22,6 +22,7 @@ HTTP_STATUS: dict[str, int] = {
     "payload_too_large": 413,
     "invalid_request": 422,
     "internal_error": 500,
+    "provider_unavailable": 502,
     "unavailable": 503,
     "outcome_unknown": 503,
 }
@@ -86,6 +87,11 @@ def invalid_request(detail: str) -> Problem:
 
 def unavailable(message: str = "database unreachable; nothing was written") -> Problem:
     return Problem("unavailable", message)
+
+
+def provider_unavailable(provider: str, detail: str) -> Problem:
+    return Problem("provider_unavailable",
+                   f"{provider}'s API failed ({detail}); nothing was written", provider=provider)
 
 
 def outcome_unknown() -> Problem:

@@ -78,14 +78,25 @@ class History:
     async def grants(self, account_id: str) -> bytes:
         """`{"grants": [...]}`: the account's open grants in the order they are spent."""
         await self._ledger.account(account_id)  # a new account's welcome grant is one
+        # Spending not yet settled into the grants comes off them here, in spending order.
         text: str = await self._pool.fetchval(
             """
+            WITH open AS (
+                SELECT l.*, COALESCE(sum(l.remaining) OVER (
+                    ORDER BY l.priority, l.expires_at, l.id
+                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS ahead
+                FROM credit_lots l WHERE l.account_id = $1 AND l.remaining > 0
+            ), shown AS (
+                SELECT o.*, o.remaining - LEAST(o.remaining,
+                    GREATEST(a.unsettled - o.ahead, 0)) AS left_over
+                FROM open o, accounts a WHERE a.account_id = $1
+            )
             SELECT jsonb_build_object('grants', COALESCE(jsonb_agg(jsonb_build_object(
-                'id', l.id, 'kind', l.kind, 'amount', l.amount, 'remaining', l.remaining,
-                'priority', l.priority, 'expires_at', balance__ts(l.expires_at),
-                'created_at', balance__ts(l.created_at))
-                ORDER BY l.priority, l.expires_at, l.id), '[]'::jsonb))::text
-            FROM credit_lots l WHERE l.account_id = $1 AND l.remaining > 0
+                'id', g.id, 'kind', g.kind, 'amount', g.amount, 'remaining', g.left_over,
+                'priority', g.priority, 'expires_at', balance__ts(g.expires_at),
+                'created_at', balance__ts(g.created_at))
+                ORDER BY g.priority, g.expires_at, g.id), '[]'::jsonb))::text
+            FROM shown g WHERE g.left_over > 0
             """,
             account_id,
         )

@@ -84,6 +84,22 @@ class CaptureRequest(msgspec.Struct, forbid_unknown_fields=True):
     metadata: Metadata | None = None
 
 
+Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+
+
+class CheckoutRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A package, or an amount for pay-as-you-go; where the provider sends the buyer back."""
+
+    provider: Literal["stripe", "dodo"]
+    success_url: Url
+    idempotency_key: IdempotencyKey
+    package: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
+    amount: Annotated[int, msgspec.Meta(ge=1, le=10**15)] | None = None
+    currency: Annotated[str, msgspec.Meta(pattern="^[A-Za-z]{3}$")] | None = None
+    cancel_url: Url | None = None
+    customer_email: Annotated[str, msgspec.Meta(min_length=3, max_length=320)] | None = None
+
+
 class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
     account_id: AccountId
     ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=86400)] = 3600

@@ -11,6 +11,7 @@ from server.catalog import Catalog
 from server.config import Settings
 from server.history import History
 from server.ledger import Ledger
+from server.payments.checkout import Checkout
 from server.payments.fulfilment import Fulfilment
 from server.push.hub import Hub
 
@@ -26,6 +27,7 @@ class Resources:
     ledger: Ledger
     history: History
     fulfilment: Fulfilment
+    checkout: Checkout
     tokens: TokenVerifier
     hub: Hub
     service_keys: tuple[bytes, ...]

@@ -79,11 +79,18 @@ async def migrated(postgres: devservers.PostgresServer) -> str:
 
 @pytest.fixture(scope="session")
 async def db(migrated: str) -> AsyncIterator[asyncpg.Pool]:
-    """A pool for tests that look at (or corrupt) rows directly."""
+    """A pool for tests that look at (or corrupt) rows directly.
+
+    When the run ends, every account the whole suite touched must reconcile: balance ==
+    sum(ledger), held == active holds, grants == what is owned."""
     pool = await asyncpg.create_pool(migrated, min_size=1, max_size=5)
     assert pool is not None
     yield pool
-    await pool.close()
+    try:
+        mismatched = await pool.fetch("SELECT * FROM balance_reconcile()")
+        assert mismatched == [], f"reconcile after the suite: {mismatched}"
+    finally:
+        await pool.close()
 
 
 @pytest.fixture(scope="session")

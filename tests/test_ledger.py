@@ -109,11 +109,9 @@ async def test_expiring_lots_spent_soonest_first_and_rest_expires(
     r = await client.post(f"/v1/accounts/{account}/debit",
                           json={"amount": 25, "reason": "x", "idempotency_key": key()})
     assert r.status_code == 200
-    lots = await db.fetch(
-        "SELECT amount, remaining FROM credit_lots WHERE account_id = $1"
-        " AND expires_at IS NOT NULL ORDER BY expires_at", account)
+    grants = (await client.get(f"/v1/accounts/{account}/grants")).json()["grants"]
     # The 20 expiring first went entirely, then 5 of the 30; the permanent 50 is untouched.
-    assert [(lot["amount"], lot["remaining"]) for lot in lots] == [(20, 0), (30, 25)]
+    assert [(g["amount"], g["remaining"]) for g in grants] == [(30, 25), (50, 50)]
     await client.post(f"/v1/accounts/{account}/debit",
                       json={"amount": 5, "reason": "x", "idempotency_key": key()})
     await grant(client, account, 7, expires_at=(now + timedelta(seconds=1)).isoformat())

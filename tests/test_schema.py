@@ -127,7 +127,7 @@ async def test_upgrade_from_release_0_1_0_keeps_every_row(fresh_db: asyncpg.Conn
     after = await db.fetchrow("SELECT * FROM accounts WHERE account_id = 'old'")
     # expired_held added; expiring gone (every credit is in a grant now).
     expected = {k: v for k, v in dict(before).items() if k != "expiring"}
-    assert dict(after or {}) == {**expected, "expired_held": 0}
+    assert dict(after or {}) == {**expected, "expired_held": 0, "unsettled": 0}
     lots_before = rows_before[2]
     assert tuple(await db.fetchrow(counts) or ()) == (
         *rows_before[:2], lots_before + 1, *rows_before[3:])  # one grant for the rest

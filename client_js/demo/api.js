@@ -31,10 +31,25 @@ export function devApi(accountId) {
     return [];
   }
 
+  /** A checkout session for a catalog package, as the browser may open one itself. */
+  async function checkout(pack, successUrl, cancelUrl) {
+    const bearer = token ?? (await freshToken());
+    const res = await fetch('/v1/me/checkout', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${bearer}` },
+      body: JSON.stringify({
+        provider: 'stripe', package: pack, success_url: successUrl, cancel_url: cancelUrl,
+        idempotency_key: `checkout-${Date.now()}-${Math.random().toString(36).slice(2)}`,
+      }),
+    });
+    const data = await res.json().catch(() => ({}));
+    return { ok: res.ok, status: res.status, data };
+  }
+
   return {
     token: freshToken,
     transactions,
+    checkout,
     spend: (amount, reason) => post('/dev/spend', { account_id: accountId, amount, reason }),
-    buy: (credits) => post('/dev/buy', { account_id: accountId, credits }),
   };
 }

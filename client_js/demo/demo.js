@@ -6,11 +6,13 @@ import '../client/element.js';
 import { devApi } from './api.js';
 import { renderLedger, signed } from './ledger.js';
 
+// The catalog's packages (balance-server dev's catalog): checkout sells them by name.
 const PACKS = [
-  { credits: 100, price: '$5', note: 'Starter' },
-  { credits: 500, price: '$20', note: 'Most popular', featured: true },
-  { credits: 2000, price: '$60', note: 'Best value' },
+  { package: 'starter', credits: 100, price: '$5', note: 'Starter' },
+  { package: 'popular', credits: 500, price: '$20', note: 'Most popular', featured: true },
+  { package: 'best_value', credits: 2000, price: '$60', note: 'Best value' },
 ];
+const RESUME = 'pixelmint:after-purchase'; // the tool to run once back from checkout
 
 const $ = (selector) => document.querySelector(selector);
 const count = new Intl.NumberFormat();
@@ -68,28 +70,40 @@ for (const container of document.querySelectorAll('[data-packs]')) {
     button.className = `pack${pack.featured ? ' featured' : ''}`;
     button.dataset.credits = pack.credits;
     button.innerHTML = `<span class="pack-credits">${count.format(pack.credits)} credits</span><span class="pack-note">${pack.note}</span><span class="pack-price">${pack.price}</span>`;
-    button.addEventListener('click', () => buy(pack.credits, button));
+    button.addEventListener('click', () => buy(pack.package, button));
     container.append(button);
   }
 }
 
-async function buy(credits, button) {
+// Buying is the real flow: a checkout session (POST /v1/me/checkout), the provider's page,
+// its signed webhook credits the account, and the provider sends the buyer back here.
+async function buy(pack, button) {
   button.disabled = true;
   $('#insufficient-error').textContent = '';
   try {
-    const res = await api.buy(credits);
-    if (!res.ok) return failed(`The purchase did not go through (${res.data.message ?? `error ${res.status}`}). You were not charged.`);
-    setMenu(false);
-    // The "+credits" toast comes with the push, in every open tab.
-    if (dialog.open) {
-      dialog.close();
-      if (pending) run(pending);
-    }
+    const back = new URL(location.href);
+    back.searchParams.set('bought', pack);
+    const res = await api.checkout(pack, back.href, location.href);
+    if (!res.ok) return failed(`The purchase did not start (${res.data.message ?? `error ${res.status}`}). You were not charged.`);
+    if (dialog.open && pending) sessionStorage.setItem(RESUME, pending.dataset.action);
+    location.assign(res.data.url);
   } catch {
     failed('Could not reach the payment page. Try again.');
   } finally {
     button.disabled = false;
   }
+}
+
+// Back from checkout: the credits were pushed before we returned; run what was waiting.
+const bought = new URLSearchParams(location.search).get('bought');
+if (bought) {
+  const back = new URL(location.href);
+  back.searchParams.delete('bought');
+  history.replaceState(null, '', back.href);
+  const waiting = sessionStorage.getItem(RESUME);
+  sessionStorage.removeItem(RESUME);
+  const tool = waiting && document.querySelector(`[data-action="${CSS.escape(waiting)}"]`);
+  if (tool) run(tool);
 }
 
 // A modal dialog sits above the toasts, so while it is open the error goes inside it.

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from server import errors
 from server.api.http import (
     account_param,
+    checkout_for,
     history_page,
     hold_param,
     read_body,
@@ -143,6 +144,11 @@ async def usage(request: Request) -> bytes:
         account_id, since=time_query(request, "since"), until=time_query(request, "until"),
         group_by=group_by,
     )
+
+
+async def checkout(request: Request) -> Outcome:
+    """A provider's checkout session for a package or a pay-as-you-go amount."""
+    return await checkout_for(request, account_param(request))
 
 
 async def mint_token(request: Request) -> bytes:

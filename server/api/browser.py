@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from server.api.http import history_page, resources, user
+from server.api.http import checkout_for, history_page, resources, user
+from server.ledger import Outcome
 
 
 async def me(request: Request) -> bytes:
@@ -16,3 +17,8 @@ async def me(request: Request) -> bytes:
 async def my_transactions(request: Request) -> bytes:
     """History of the token's account."""
     return await history_page(request, user(request).account_id)
+
+
+async def my_checkout(request: Request) -> Outcome:
+    """A checkout session for the token's account."""
+    return await checkout_for(request, user(request).account_id)

@@ -16,7 +16,8 @@ from server import errors
 from server.auth import Identity, bearer
 from server.db import DB_DOWN
 from server.history import KINDS
-from server.messages import ACCOUNT_ID_RULE, is_account_id
+from server.ledger import Outcome, request_hash
+from server.messages import ACCOUNT_ID_RULE, CheckoutRequest, decode_body, is_account_id
 from server.resources import Resources
 
 log = logging.getLogger("balance.api")
@@ -143,3 +144,11 @@ def exception_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[R
         HTTPException: _http_error,
         **{exc: _database_down for exc in DB_DOWN},
     }
+
+
+async def checkout_for(request: Request, account_id: str) -> Outcome:
+    """A checkout session for the account from the request body (backend or browser)."""
+    body = decode_body(CheckoutRequest, await read_body(request))
+    answer, replayed = await resources(request).checkout.create(
+        account_id, body, request_hash("checkout", body))
+    return Outcome(answer, replayed)

@@ -25,6 +25,7 @@ from websockets.asyncio.client import connect
 from server.auth import mint_token
 from server.config import ConfigError, standard_webhooks_key
 from server.dev import routes as devroutes
+from server.dev.servers import free_port
 from server.ledger import Ledger
 from server.messages import BalanceFrame
 from server.payments.signatures import standard_signature, stripe_signature
@@ -752,20 +753,32 @@ async def test_purchase_is_pushed_live(
         33, "purchase", 33)
 
 
-async def test_dev_buy_goes_through_the_signed_path(
+async def test_dev_checkout_pays_on_the_stand_in_through_the_signed_path(
     start_app: StartApp, db: asyncpg.Pool, account: str, catalog_file: str
 ) -> None:
-    app = await start_payments_app(start_app, catalog_file, extra_routes=devroutes.routes())
+    """What the demo's "Buy credits" does: checkout (the Stripe SDK, against dev's stand-in),
+    the hosted page, "Pay" (a signed webhook down the real path), back to the app."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    app = await start_payments_app(
+        start_app, catalog_file, extra_routes=devroutes.routes(), port=port,
+        stripe_api_key="sk_dev_standin", stripe_api_base=f"{base}/dev/stripe",
+        checkout_return_urls=(f"{base}/",))
     before = REGISTRY.get_sample_value("balance_purchases_total", {"provider": "stripe"}) or 0
-    async with httpx.AsyncClient(base_url=app.base_url) as c:
-        r = await c.post("/dev/buy", json={"account_id": account, "credits": 25})
-        assert r.status_code == 200, r.text
-        assert r.json()["account"]["balance"] == 25
-        r = await c.post("/dev/buy", json={"account_id": account, "credits": 5})
-        assert r.json()["account"]["balance"] == 30
+    async with app.client() as c, httpx.AsyncClient(base_url=base) as browser:
+        r = await c.post(f"/v1/accounts/{account}/checkout", json={
+            "provider": "stripe", "package": "c25", "success_url": f"{base}/?done",
+            "idempotency_key": key()})
+        assert r.status_code == 201, r.text
+        page = await browser.get(r.json()["url"])
+        assert page.status_code == 200 and "Pay 0.01 USD" in page.text
+        for _ in range(2):  # paying twice credits once
+            paid = await browser.post(r.json()["url"])
+            assert paid.status_code == 303 and paid.headers["location"] == f"{base}/?done"
+        assert (await c.get(f"/v1/accounts/{account}")).json()["balance"] == 25
     after = REGISTRY.get_sample_value("balance_purchases_total", {"provider": "stripe"})
-    assert after == before + 2
-    assert await db.fetchval("SELECT count(*) FROM payments WHERE account_id = $1", account) == 2
+    assert after == before + 1
+    assert await db.fetchval("SELECT count(*) FROM payments WHERE account_id = $1", account) == 1
     await assert_reconciled(db, account)
     await app.stop()
 

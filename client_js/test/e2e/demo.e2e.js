@@ -127,10 +127,14 @@ test('demo: live balance in two tabs, restart without reload, 402 dialog', { ski
     assert.match(await dialog.textContent(), /Not enough credits/);
     assert.match(await dialog.textContent(), /needs 40 credits and you have 12/);
     await shot(tab1, '5-insufficient');
-    // The biggest pack, then the video runs: 12 + 2000 - 40, with a thousands separator.
+    // The biggest pack, through checkout: the stand-in's hosted page, "Pay", back to the app,
+    // and the video runs: 12 + 2000 - 40, with a thousands separator.
     await dialog.locator('.pack[data-credits="2000"]').click();
-    await dialog.waitFor({ state: 'hidden', timeout: 5000 });
-    await allShow(tabs, fmt.format(12 + 2000 - 40), 5000);
+    await tab1.waitForURL(/\/dev\/stripe\/pay\//, { timeout: 10_000 });
+    await shot(tab1, '5b-checkout');
+    await tab1.click('#pay');
+    await tab1.waitForURL((url) => url.pathname === '/' && !url.search.includes('bought'), { timeout: 10_000 });
+    await allShow(tabs, fmt.format(12 + 2000 - 40), 10_000);
     await tab2.waitForSelector('#ledger >> text=Generate video', { timeout: 5000 });
     await shot(tab1, '6-bought');
     await shot(tab2, '6-bought-tab2');

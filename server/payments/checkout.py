@@ -1,0 +1,183 @@
+"""Checkout: a provider's hosted payment page for a package or a pay-as-you-go amount.
+
+The session is created with the provider's official SDK (`stripe`, `dodopayments`), with
+metadata `account_id` and `package` on the session and on the payment it makes, so the
+payment webhook fulfils it (credits computed from the money received, as ever). What the
+buyer is told the checkout buys comes from the catalog, never from the request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+import asyncpg
+import dodopayments
+import httpx
+import stripe
+
+from server import errors
+from server.catalog import Catalog, Unpriced
+from server.config import Settings
+from server.messages import CheckoutRequest
+
+log = logging.getLogger("balance.checkout")
+
+TIMEOUT = 10.0  # seconds per call to a provider
+
+
+class Checkout:
+    """Creates checkout sessions, once per (account, idempotency key)."""
+
+    def __init__(self, pool: asyncpg.Pool, catalog: Catalog, settings: Settings) -> None:
+        self._pool = pool
+        self._catalog = catalog
+        self._return_urls = settings.checkout_return_urls
+        self._stripe_http = stripe.HTTPXClient(timeout=TIMEOUT)
+        self._stripe = None if not settings.stripe_api_key else stripe.StripeClient(
+            settings.stripe_api_key, http_client=self._stripe_http, max_network_retries=1,
+            base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base
+            else None)
+        self._dodo: dodopayments.AsyncDodoPayments | None = None
+        if settings.dodo_api_key and settings.dodo_api_base:
+            self._dodo = dodopayments.AsyncDodoPayments(
+                bearer_token=settings.dodo_api_key, base_url=settings.dodo_api_base,
+                timeout=TIMEOUT, max_retries=1)
+        elif settings.dodo_api_key:
+            self._dodo = dodopayments.AsyncDodoPayments(
+                bearer_token=settings.dodo_api_key, environment="live_mode",
+                timeout=TIMEOUT, max_retries=1)
+
+    async def close(self) -> None:
+        await self._stripe_http.close_async()  # type: ignore[no-untyped-call]
+        if self._dodo is not None:
+            await self._dodo.close()
+
+    async def create(
+        self, account_id: str, req: CheckoutRequest, fingerprint: bytes
+    ) -> tuple[bytes, bool]:
+        """`{"url", "provider", "session_id", "credits", "amount", "currency"}`, and whether
+        it replays the session an earlier request with this key created."""
+        stored = await self._pool.fetchrow(
+            "SELECT request_hash, response::text AS response FROM checkouts"
+            " WHERE account_id = $1 AND key = $2", account_id, req.idempotency_key)
+        if stored is not None:
+            if stored["request_hash"] != fingerprint:
+                raise errors.idempotency_conflict()
+            return stored["response"].encode(), True
+        for url in (req.success_url, req.cancel_url):
+            if url is not None and not any(url.startswith(p) for p in self._return_urls):
+                raise errors.invalid_request(
+                    f"success_url / cancel_url: {url!r} does not start with one of "
+                    "BALANCE_CHECKOUT_RETURN_URLS")
+        package, credits, amount, currency = self._offer(req)
+        metadata: dict[str, str | float | bool] = {"account_id": account_id}
+        if package:
+            metadata["package"] = package
+        # The provider dedupes on this too, so a request racing its own retry opens one session.
+        provider_key = hashlib.sha256(f"{account_id}\0{req.idempotency_key}".encode()).hexdigest()
+        if req.provider == "stripe":
+            session_id, url = await self._stripe_session(
+                req, package, credits, amount, currency, metadata, provider_key)
+        else:
+            session_id, url = await self._dodo_session(req, package, metadata, provider_key)
+        body = {"url": url, "provider": req.provider, "session_id": session_id,
+                "credits": credits, "amount": amount, "currency": currency, "package": package}
+        text = json.dumps(body, separators=(",", ":"))
+        winner: str | None = await self._pool.fetchval(
+            """
+            INSERT INTO checkouts (account_id, key, request_hash, response)
+            VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT DO NOTHING RETURNING response::text
+            """,
+            account_id, req.idempotency_key, fingerprint, text)
+        if winner is None:  # a concurrent duplicate stored its session first: answer that one
+            return await self.create(account_id, req, fingerprint)
+        return winner.encode(), False
+
+    def _offer(self, req: CheckoutRequest) -> tuple[str | None, int, int, str]:
+        """(package, credits, amount in minor units, currency) for what is being bought."""
+        currency = req.currency.lower() if req.currency else None
+        if req.package is not None:
+            if req.amount is not None:
+                raise errors.invalid_request("amount: give a package or an amount, not both")
+            found = self._catalog.packages.get(req.package)
+            if found is None:
+                raise errors.invalid_request(f"package: no package {req.package!r} in the catalog")
+            if currency is None:
+                currency = "usd" if "usd" in found.price else next(iter(found.price))
+            price = found.price.get(currency)
+            if price is None:
+                raise errors.invalid_request(f"currency: package {req.package!r} has no price "
+                                             f"in {currency}")
+            return req.package, found.credits, price, currency
+        if req.amount is None or currency is None:
+            raise errors.invalid_request("package: give a package, or an amount and a currency")
+        try:
+            credits = self._catalog.credits_for(None, req.amount, currency)
+        except Unpriced as exc:
+            raise errors.invalid_request(f"amount: {exc}") from None
+        return None, credits, req.amount, currency
+
+    async def _stripe_session(
+        self, req: CheckoutRequest, package: str | None, credits: int, amount: int,
+        currency: str, metadata: dict[str, str | float | bool], provider_key: str,
+    ) -> tuple[str, str]:
+        if self._stripe is None:
+            raise errors.invalid_request("provider: BALANCE_STRIPE_API_KEY is not set")
+        found = self._catalog.packages.get(package) if package else None
+        if found is not None and found.stripe_price:
+            item: dict[str, Any] = {"price": found.stripe_price, "quantity": 1}
+        else:
+            item = {"quantity": 1, "price_data": {
+                "currency": currency, "unit_amount": amount,
+                "product_data": {"name": f"{credits} credits"}}}
+        params: dict[str, Any] = {
+            "mode": "payment", "line_items": [item], "success_url": req.success_url,
+            "client_reference_id": metadata["account_id"], "metadata": metadata,
+            "payment_intent_data": {"metadata": metadata},
+        }
+        if req.cancel_url:
+            params["cancel_url"] = req.cancel_url
+        if req.customer_email:
+            params["customer_email"] = req.customer_email
+        try:
+            session = await self._stripe.v1.checkout.sessions.create_async(
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": provider_key},
+            )
+        except (stripe.StripeError, httpx.HTTPError) as exc:
+            log.warning("stripe checkout failed: %s: %s", type(exc).__name__, exc)
+            raise errors.provider_unavailable("stripe", type(exc).__name__) from None
+        if not session.id or not session.url:
+            raise errors.provider_unavailable("stripe", "no session id or url in the answer")
+        return session.id, session.url
+
+    async def _dodo_session(
+        self, req: CheckoutRequest, package: str | None,
+        metadata: dict[str, str | float | bool],
+        provider_key: str,
+    ) -> tuple[str, str]:
+        if self._dodo is None:
+            raise errors.invalid_request("provider: BALANCE_DODO_API_KEY is not set")
+        found = self._catalog.packages.get(package) if package else None
+        if found is None or not found.dodo_product:
+            raise errors.invalid_request(
+                "package: Dodo sells catalog packages with a dodo_product, not amounts")
+        try:
+            session = await self._dodo.checkout_sessions.create(
+                product_cart=[{"product_id": found.dodo_product, "quantity": 1}],
+                return_url=req.success_url,
+                cancel_url=req.cancel_url,
+                metadata=dict(metadata),
+                customer={"email": req.customer_email} if req.customer_email
+                else dodopayments.omit,
+                extra_headers={"Idempotency-Key": provider_key},
+            )
+        except (dodopayments.APIError, httpx.HTTPError) as exc:
+            log.warning("dodo checkout failed: %s: %s", type(exc).__name__, exc)
+            raise errors.provider_unavailable("dodo", type(exc).__name__) from None
+        if not session.checkout_url:
+            raise errors.provider_unavailable("dodo", "no checkout_url in the answer")
+        return session.session_id, session.checkout_url
