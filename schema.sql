@@ -239,6 +239,12 @@ ALTER TABLE accounts DROP COLUMN IF EXISTS expiring;
 -- the grants do not change, so spending later takes exactly what spending at once would.
 ALTER TABLE accounts ADD COLUMN IF NOT EXISTS unsettled bigint NOT NULL DEFAULT 0
     CHECK (unsettled >= 0);
+-- 0.1.0 opened a lot for the whole of a credit even when a debt absorbed part of it: what
+-- lots hold beyond what the account owns is spending they have not settled yet.
+UPDATE accounts a SET unsettled = l.open - GREATEST(a.balance - a.expired_held, 0)
+FROM (SELECT account_id, sum(remaining) AS open FROM credit_lots WHERE remaining > 0
+      GROUP BY account_id) l
+WHERE l.account_id = a.account_id AND l.open > GREATEST(a.balance - a.expired_held, 0);
 
 -- step: 006_checkouts
 -- Checkout sessions created with the providers, one per (account, idempotency key), so a
@@ -840,6 +846,12 @@ BEGIN
         RETURN v_res;
     END IF;
 
+    -- Refunds come first: open or lost disputes keep only the room the refunds leave, so
+    -- a payment is never taken back more than once (a refund during an inquiry, say).
+    UPDATE payments SET reversed = v_target, updated_at = now()
+    WHERE provider = p_provider AND payment_id = p_payment;
+    PERFORM balance__apply_disputes(p_provider, p_payment, p_welcome);
+
     v_key := 'webhook:' || p_provider || ':' || p_payment || ':reversed:' || v_target;
     v_res := balance_post(
         v_pay.account_id, p_welcome, v_key, sha256(convert_to(v_key, 'UTF8')), 'reversal',
@@ -854,8 +866,7 @@ BEGIN
             p_provider, p_payment, v_key USING ERRCODE = 'BL001';
     END IF;
     v_short := COALESCE((v_res.body ->> 'unrecovered')::bigint, 0);
-    UPDATE payments SET reversed = v_target, unrecovered = unrecovered + v_short,
-                        updated_at = now()
+    UPDATE payments SET unrecovered = unrecovered + v_short
     WHERE provider = p_provider AND payment_id = p_payment;
     v_res.body := v_res.body || jsonb_build_object(
         'result', 'reversed', 'account_id', v_pay.account_id, 'credits_reversed', v_delta,
@@ -1004,13 +1015,6 @@ BEGIN
     WHERE provider = p_provider AND payment_id = p_payment AND resolved_at IS NULL;
     v_res.body := v_res.body || jsonb_build_object('result', 'fulfilled', 'account_id', p_account);
 
-    v_rev := balance__apply_disputes(p_provider, p_payment, p_welcome);
-    IF v_rev.account_id IS NOT NULL THEN
-        v_res.body := v_res.body || jsonb_build_object(
-            'account', v_rev.body -> 'account', 'dispute', v_rev.body -> 'transaction');
-        v_res := (v_res.result, false, v_res.body, v_rev.account_id, v_rev.balance,
-                  v_rev.held, v_rev.version, v_rev.kind, v_rev.amount, v_rev.tx_id, NULL);
-    END IF;
     v_rev := balance__apply_refunds(p_provider, p_payment, p_welcome, p_mode);
     IF v_rev.body ->> 'result' = 'reversed' THEN
         v_res.body := v_res.body || jsonb_build_object(
@@ -1025,6 +1029,14 @@ BEGIN
             v_res := (v_res.result, false, v_res.body, v_rev.account_id, v_rev.balance,
                       v_rev.held, v_rev.version, v_rev.kind, v_rev.amount, v_rev.tx_id, NULL);
         END IF;
+    END IF;
+    -- Then disputes that arrived first, in the room the refunds left.
+    v_rev := balance__apply_disputes(p_provider, p_payment, p_welcome);
+    IF v_rev.account_id IS NOT NULL THEN
+        v_res.body := v_res.body || jsonb_build_object(
+            'account', v_rev.body -> 'account', 'dispute', v_rev.body -> 'transaction');
+        v_res := (v_res.result, false, v_res.body, v_rev.account_id, v_rev.balance,
+                  v_rev.held, v_rev.version, v_rev.kind, v_rev.amount, v_rev.tx_id, NULL);
     END IF;
     RETURN v_res;
 END $$;

@@ -43,10 +43,16 @@ async def movement(pool: asyncpg.Pool, sql: str, *args: Any) -> asyncpg.Record:
     async with pool.acquire() as conn:
         try:
             row = await conn.fetchrow(sql, *args)
-        except LOST_AFTER_SENDING:
-            raise errors.outcome_unknown() from None
+        except LOST_AFTER_SENDING as exc:
+            raise _unknown(exc) from None
     assert row is not None
     return row
+
+
+def _unknown(exc: Exception) -> Exception:
+    # asyncpg's DataError (an InterfaceError and a ValueError) is raised while encoding the
+    # arguments, before anything is sent: it is a bug of ours, not an unknown outcome.
+    return exc if isinstance(exc, ValueError) else errors.outcome_unknown()
 
 
 async def movements(pool: asyncpg.Pool, sql: str, *args: Any) -> list[asyncpg.Record]:
@@ -54,8 +60,8 @@ async def movements(pool: asyncpg.Pool, sql: str, *args: Any) -> list[asyncpg.Re
     async with pool.acquire() as conn:
         try:
             return list(await conn.fetch(sql, *args))
-        except LOST_AFTER_SENDING:
-            raise errors.outcome_unknown() from None
+        except LOST_AFTER_SENDING as exc:
+            raise _unknown(exc) from None
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

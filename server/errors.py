@@ -98,7 +98,8 @@ def outcome_unknown() -> Problem:
     return Problem(
         "outcome_unknown",
         "the database went away after the request was sent: it may have committed; "
-        "retry with the same idempotency_key",
+        "retry with the same idempotency_key (a capture or release: read the hold's status "
+        "in the answer to a retry)",
     )
 
 

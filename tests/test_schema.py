@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -153,4 +154,27 @@ async def test_upgrade_from_release_0_1_0_keeps_every_row(fresh_db: asyncpg.Conn
     assert debit is not None and debit["result"] == "ok" and not debit["replayed"]
     assert await db.fetchval(
         "SELECT balance FROM accounts WHERE account_id = 'old'") == 150 - 15 - 5
+    assert await db.fetch("SELECT * FROM balance_reconcile()") == []
+
+
+async def test_upgrade_trims_a_lot_that_a_debt_had_absorbed(fresh_db: asyncpg.Connection) -> None:
+    """0.1.0 opened a lot for a whole credit even when a debt absorbed part of it: after the
+    upgrade, the lot's expiry takes nothing the account no longer has."""
+    db = fresh_db
+    await db.execute(RELEASE_0_1_0.read_text())
+    post = ("SELECT (balance_post('debtor', 0, $1, '\\x01'::bytea, $2, $3, 'r', NULL, $4,"
+            " $5)).status")
+    assert await db.fetchval(post, "rev", "reversal", -100, None, "debt") == 200
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    assert await db.fetchval(post, "promo", "grant", 50, soon, "available") == 200
+    assert await db.fetchval(
+        "SELECT sum(remaining) FROM credit_lots WHERE account_id = 'debtor'") == 50
+    await migrate(db)
+    assert await db.fetch("SELECT * FROM balance_reconcile()") == []
+    assert await db.fetchval("SELECT unsettled FROM accounts WHERE account_id = 'debtor'") == 50
+    await asyncio.sleep(1.1)
+    await db.fetch("SELECT * FROM balance_sweep(100)")
+    assert await db.fetchval("SELECT balance FROM accounts WHERE account_id = 'debtor'") == -50
+    assert await db.fetchval("SELECT count(*) FROM transactions WHERE account_id = 'debtor'"
+                             " AND kind = 'expiry'") == 0
     assert await db.fetch("SELECT * FROM balance_reconcile()") == []

@@ -67,11 +67,13 @@ class Fulfilment:
             try:
                 body = await self._purchase(action, credits)
             except asyncpg.UniqueViolationError:
-                # The app itself used our idempotency key shape on /credit for this account.
+                # The key was taken on /credit before the API reserved `webhook:` keys.
                 problem = f"idempotency key webhook:{provider}:{action.payment_id} already used"
                 return {**answer, **await self._unfulfilled(
                     provider, event_id, event_type, Unfulfilled(problem, action.payment_id),
                     payload)}
+            except asyncpg.PostgresError as exc:
+                raise _not_posted(exc, provider, event_id) from None
             if body["result"] == "fulfilled":
                 metrics.purchases.labels(provider).inc()
                 if "credits_reversed" in body:
@@ -83,12 +85,7 @@ class Fulfilment:
                 else:
                     body = await self._dispute(action)
             except asyncpg.PostgresError as exc:
-                if exc.sqlstate != NOT_POSTED:
-                    raise
-                log.error("%s event %s: %s", provider, event_id, exc)
-                raise errors.Problem(
-                    "internal_error", f"the reversal could not be posted ({exc}); nothing "
-                    "was written, and the provider will deliver the event again") from None
+                raise _not_posted(exc, provider, event_id) from None
             if body["result"] == "reversed":
                 metrics.reversals.labels(provider).inc()
             elif body["result"] in ("dispute_taken", "dispute_returned"):
@@ -155,3 +152,14 @@ class Fulfilment:
         if state == "recorded":
             log.warning("%s event %s not fulfilled: %s", provider, event_id, action.problem)
         return {"result": "needs_review", "problem": action.problem}
+
+
+def _not_posted(exc: asyncpg.PostgresError, provider: str, event_id: str) -> Exception:
+    """A reversal that cannot be posted (BL001) as a 500 the provider retries; any other
+    database error as itself."""
+    if exc.sqlstate != NOT_POSTED:
+        return exc
+    log.error("%s event %s: %s", provider, event_id, exc)
+    return errors.Problem(
+        "internal_error", f"a reversal could not be posted ({exc}); nothing was written, "
+        "and the provider will deliver the event again")

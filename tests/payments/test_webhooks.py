@@ -973,3 +973,39 @@ async def test_dodo_dispute_before_its_payment_waits_then_applies_once(
     assert await ledger(backend, account) == [
         ("purchase", 50), ("reversal", -50), ("reversal", 50)]
     await assert_reconciled(db, account)
+
+
+async def test_a_refund_during_an_open_dispute_takes_the_credits_back_once(
+    http: httpx.AsyncClient, backend: httpx.AsyncClient, db: asyncpg.Pool, account: str
+) -> None:
+    pi, dp = uid("pi"), uid("dp")
+    await post_stripe(http, stripe_event("checkout.session.completed",
+                                         session(account, "100", pi)))
+    await post_stripe(http, stripe_dispute("charge.dispute.created", pi, 1000,
+                                           "warning_needs_response", dp))
+    assert await balance(backend, account) == 0
+    # The merchant refunds during the inquiry: the refund takes the credits, the dispute
+    # gives back what it had taken, so they are taken back once.
+    r = await post_stripe(http, stripe_event("charge.refunded", charge(pi, 1000, 1000)))
+    assert r.json()["result"] == "reversed"
+    assert await balance(backend, account) == 0
+    r = await post_stripe(http, stripe_dispute("charge.dispute.closed", pi, 1000,
+                                               "warning_closed", dp))
+    assert await balance(backend, account) == 0
+    assert await ledger(backend, account) == [
+        ("purchase", 100), ("reversal", -100), ("reversal", 100), ("reversal", -100)]
+    await assert_reconciled(db, account)
+
+
+@pytest.mark.parametrize("refund_first", [True, False])
+async def test_a_dispute_and_a_refund_before_their_payment_take_it_back_once(
+    http: httpx.AsyncClient, backend: httpx.AsyncClient, account: str, refund_first: bool
+) -> None:
+    pay = uid("pay")
+    events = [dodo_refund(pay, 500, partial=True),
+              dodo_event("dispute.opened", {"dispute_id": uid("dsp"), "payment_id": pay})]
+    for event in events if refund_first else events[::-1]:
+        assert (await post_dodo(http, event)).json()["result"] == "pending"
+    r = await post_dodo(http, dodo_payment(account, "100", pay))
+    assert r.json()["result"] == "fulfilled"
+    assert await balance(backend, account) == 0  # 50 refunded + the other 50 disputed
