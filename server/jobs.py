@@ -1,4 +1,4 @@
-"""Periodic work, in every instance: expire due holds and credit lots, forget old keys.
+"""Periodic work, in every instance: expire due holds and grants, forget old keys.
 
 Several instances run the same jobs safely: the SQL claims due rows with SKIP LOCKED, and
 each change it commits leaves through the ledger's door like any other.

@@ -1,4 +1,4 @@
-"""Dodo Payments events (Standard Webhooks): payment.succeeded, refund.succeeded."""
+"""Dodo Payments events (Standard Webhooks): payments, refunds and disputes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stripe events: Checkout and PaymentIntent purchases, charge refunds."""
+"""Stripe events: Checkout and PaymentIntent purchases, charge refunds, disputes."""
 
 from __future__ import annotations
 
