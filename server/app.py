@@ -47,6 +47,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
         ledger.on_commit(publisher.publish)
         jobs = Jobs(ledger, settings)
         checkout = Checkout(pool, catalog, settings)
+        tokens = TokenVerifier(settings)
         app.state.resources = Resources(
             settings=settings,
             catalog=catalog,
@@ -56,10 +57,11 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
             history=History(ledger),
             fulfilment=Fulfilment(ledger, catalog, settings.refund_policy),
             checkout=checkout,
-            tokens=TokenVerifier(settings),
+            tokens=tokens,
             hub=hub,
             service_keys=tuple(k.encode() for k in settings.service_keys),
         )
+        await tokens.start()  # the app's JWKS, fetched before the first request
         await hub.start()  # connects the broker
         publisher.start()
         jobs.start()
@@ -73,6 +75,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
             await publisher.stop()
             await hub.stop()  # drains what is left, disconnects the broker
             await checkout.close()
+            await tokens.stop()
             await pool.close()
 
     app = Starlette(

@@ -11,6 +11,7 @@ import jwt
 
 from server import errors
 from server.config import Settings
+from server.jwks import KeySet
 from server.messages import ACCOUNT_ID_RULE, is_account_id
 
 TOKEN_ISSUER = "balance-server"
@@ -53,7 +54,11 @@ class Identity:
 
 
 class TokenVerifier:
-    """Mints our HS256 user tokens and verifies them, or the app's own JWTs when configured."""
+    """Mints our HS256 user tokens and verifies them, or the app's own JWTs when configured.
+
+    An app JWT must carry the configured audience and issuer (config refuses to start
+    without them): a JWKS like Firebase's or Auth0's signs tokens of other projects too.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._secret = settings.token_secret
@@ -61,20 +66,25 @@ class TokenVerifier:
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
         self._claim = settings.jwt_account_claim
-        self._jwks: jwt.PyJWKSet | None = None
-        self._jwks_client: jwt.PyJWKClient | None = None
-        if settings.jwks_file:
-            with open(settings.jwks_file) as f:
-                self._jwks = jwt.PyJWKSet.from_json(f.read())
-        if settings.jwks_url:
-            self._jwks_client = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300)
+        self._keys: KeySet | None = None
+        if settings.jwks_file or settings.jwks_url:
+            self._keys = KeySet(file=settings.jwks_file, url=settings.jwks_url)
+
+    async def start(self) -> None:
+        if self._keys is not None:
+            await self._keys.start()
+
+    async def stop(self) -> None:
+        if self._keys is not None:
+            await self._keys.stop()
 
     def mint(self, account_id: str, ttl_seconds: int) -> tuple[str, int]:
         """A browser token for one account: (token, expires_at unix seconds)."""
         return mint_token(self._secret, account_id, ttl_seconds)
 
     def verify(self, token: str) -> Identity:
-        """The token's account and expiry; 401 `unauthorized` for anything else."""
+        """The token's account and expiry; 401 `unauthorized` for anything else, whatever
+        the token holds (never a 5xx)."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -83,6 +93,8 @@ class TokenVerifier:
             claims = self._decode(token, header)
         except jwt.PyJWTError as exc:
             raise errors.unauthorized(f"invalid token: {exc}") from None
+        except (TypeError, ValueError, KeyError) as exc:  # a key of the wrong type, and such
+            raise errors.unauthorized(f"invalid token: {type(exc).__name__}") from None
         account = claims.get("sub") if claims.get("iss") == TOKEN_ISSUER else None
         if account is None:
             account = claims.get(self._claim)
@@ -107,24 +119,16 @@ class TokenVerifier:
                 if not self._app_secret:
                     raise
             return self._decode_app(token, self._app_secret, ["HS256"])
-        if alg in ("RS256", "ES256") and (self._jwks or self._jwks_client):
-            return self._decode_app(token, self._signing_key(header), [alg])
+        if alg in ("RS256", "ES256") and self._keys is not None:
+            kid = header.get("kid")
+            if kid is not None and not isinstance(kid, str):
+                raise jwt.InvalidKeyError("kid is not a string")
+            return self._decode_app(token, self._keys.key(kid), [alg])
         raise jwt.InvalidAlgorithmError(f"algorithm {alg!r} is not accepted")
 
     def _decode_app(self, token: str, key: Any, algorithms: list[str]) -> dict[str, Any]:
         claims: dict[str, Any] = jwt.decode(
             token, key, algorithms=algorithms, audience=self._audience, issuer=self._issuer,
-            options={"require": ["exp"], "verify_aud": self._audience is not None},
+            options={"require": ["exp", "aud", "iss"]},
         )
         return claims
-
-    def _signing_key(self, header: dict[str, Any]) -> Any:
-        kid = header.get("kid")
-        if self._jwks is not None:
-            for key in self._jwks.keys:
-                if kid is None or key.key_id == kid:
-                    return key.key
-            raise jwt.InvalidKeyError(f"no key {kid!r} in BALANCE_JWKS_FILE")
-        assert self._jwks_client is not None
-        # PyJWKClient fetches over blocking urllib; its cache makes that rare.
-        return self._jwks_client.get_signing_key(kid).key if kid else None

@@ -118,6 +118,15 @@ class Settings:
         dodo_secret = env.get("BALANCE_DODO_WEBHOOK_SECRET") or None
         dodo_key = None if dodo_secret is None else standard_webhooks_key(
             "BALANCE_DODO_WEBHOOK_SECRET", dodo_secret)
+        app_jwts = [name for name in ("BALANCE_JWT_SECRET", "BALANCE_JWKS_FILE",
+                                      "BALANCE_JWKS_URL") if env.get(name)]
+        if app_jwts:
+            for name in ("BALANCE_JWT_AUDIENCE", "BALANCE_JWT_ISSUER"):
+                if not env.get(name):
+                    raise ConfigError(
+                        f"{name} is required with {app_jwts[0]}: the app's JWTs are checked "
+                        "for their audience and issuer (a JWKS like Firebase's or Auth0's "
+                        "signs tokens of other projects too)")
         welcome = _int(env, "BALANCE_WELCOME_CREDITS", 0)
         if not 0 <= welcome <= 10**12:
             raise ConfigError("BALANCE_WELCOME_CREDITS must be between 0 and 10^12")

@@ -154,14 +154,44 @@ def decoder_for(kind: type[T]) -> msgspec.json.Decoder[T]:
     return dec
 
 
-def decode_body(kind: type[T], body: bytes) -> T:
-    """Decode and validate a request body, raising the contract's 400 / 422."""
+MAX_DEPTH = 32  # of nested objects and arrays in a body (metadata, in practice)
+
+
+def decode_body(kind: type[T], body: bytes, *, strict: bool = True) -> T:
+    """Decode and validate a request body, raising the contract's 400 / 422.
+
+    With `strict`, deep nesting (which would exhaust PostgreSQL's jsonb parser) and NUL
+    characters (which PostgreSQL's text and jsonb refuse, failing a whole group commit) are
+    refused up front. Provider events are read with strict off: their bodies never reach
+    the database as they are, and a 4xx would only make the provider send them for days.
+    """
     try:
-        return decoder_for(kind).decode(body or b"{}")
+        value = decoder_for(kind).decode(body or b"{}")
     except msgspec.ValidationError as exc:
         raise errors.invalid_request(str(exc)) from None
     except msgspec.DecodeError:
         raise errors.invalid_json() from None
+    except RecursionError:
+        raise errors.invalid_request(f"nested more than {MAX_DEPTH} levels deep") from None
+    # Only a body with many brackets or an escaped NUL needs the walk: never a plain debit.
+    if strict and (b"\\u0000" in body or body.count(b"[") + body.count(b"{") > MAX_DEPTH):
+        _check_tree(msgspec.to_builtins(value), 0)
+    return value
+
+
+def _check_tree(node: object, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise errors.invalid_request(f"nested more than {MAX_DEPTH} levels deep")
+    if isinstance(node, str):
+        if "\x00" in node:
+            raise errors.invalid_request("strings may not contain NUL (\\u0000)")
+    elif isinstance(node, dict):
+        for key, item in node.items():
+            _check_tree(key, depth + 1)
+            _check_tree(item, depth + 1)
+    elif isinstance(node, list):
+        for item in node:
+            _check_tree(item, depth + 1)
 
 
 encoder = msgspec.json.Encoder()

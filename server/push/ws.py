@@ -214,6 +214,9 @@ class Connection:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             await self._send_error("invalid_message", str(exc))
             return None
+        except RecursionError:  # deep nesting in a field msgspec skips
+            await self._send_error("invalid_message", "nested too deeply")
+            return None
 
     async def _handle(self, message: AuthMessage | SyncMessage | None) -> None:
         match message:
