@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -29,6 +30,8 @@ from server.push.publisher import Publisher
 from server.push.ws import WebSocketFirst
 from server.resources import Resources
 
+log = logging.getLogger("balance.app")
+
 
 def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) -> WebSocketFirst:
     """The ASGI application for these settings (`extra_routes`: the dev routes).
@@ -36,6 +39,9 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
     The catalog is read here, before anything is served: a bad file raises CatalogError.
     """
     catalog = load_catalog(settings.catalog_file, settings.prices_file)
+    if not settings.allowed_origins:
+        log.warning("BALANCE_ALLOWED_ORIGINS is empty: pages of any origin may open a "
+                    "WebSocket here (a user token is still required)")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

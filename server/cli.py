@@ -74,10 +74,24 @@ async def _reconcile(database_url: str) -> int:
     return 1 if rows else 0
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def _dev(args: argparse.Namespace) -> int:
-    """Throwaway PostgreSQL + Redis (unless DATABASE_URL / REDIS_URL are given), then serve."""
+    """Throwaway PostgreSQL + Redis (unless DATABASE_URL / REDIS_URL are given), then serve.
+
+    Its routes mint tokens for anyone, spend from any account and pay on a stand-in: so it
+    listens on loopback only, and refuses a database it did not start, unless --i-know.
+    """
     from server.dev import servers
 
+    host = args.host or "127.0.0.1"
+    if host not in LOOPBACK and not args.i_know:
+        raise ConfigError(f"dev listens on loopback only (not {host!r}): its routes spend from "
+                          "any account without a key. Use `serve`, or add --i-know")
+    if os.environ.get("DATABASE_URL") and not args.i_know:
+        raise ConfigError("dev starts its own throwaway PostgreSQL; DATABASE_URL is set, and "
+                          "dev's routes would write to that database. Unset it, or add --i-know")
     started: list[servers.PostgresServer | servers.RedisServer] = []
     env = dict(os.environ)
     try:
@@ -100,7 +114,7 @@ def _dev(args: argparse.Namespace) -> int:
             catalog = Path(tempfile.mkdtemp(prefix="balance-dev-")) / "catalog.json"
             catalog.write_text(json.dumps(DEV_CATALOG))
             env["BALANCE_CATALOG_FILE"] = str(catalog)
-        env["HOST"] = args.host or env.get("HOST", "127.0.0.1")
+        env["HOST"] = host
         env["PORT"] = str(args.port or env.get("PORT", "8000"))
         # Checkout against the Stripe stand-in this server mounts (server/dev/standin.py).
         base = f"http://{env['HOST']}:{env['PORT']}"
@@ -147,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--host")
     dev.add_argument("--port", type=int)
     dev.add_argument("--no-redis", action="store_true", help="in-memory fan-out only")
+    dev.add_argument("--i-know", action="store_true",
+                     help="allow a non-loopback --host or a DATABASE_URL that dev did not start")
     sub.add_parser("reconcile", help="check balance == sum(ledger) and held == active holds")
     token = sub.add_parser("token", help="print a user token for ACCOUNT")
     token.add_argument("account")

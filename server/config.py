@@ -96,6 +96,7 @@ class Settings:
     sweep_interval: float = 0.5
     idempotency_retention_days: int = 30
     channel_prefix: str = "balance"
+    metrics_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -165,6 +166,7 @@ class Settings:
             sweep_interval=_float(env, "BALANCE_SWEEP_INTERVAL", 0.5),
             idempotency_retention_days=_int(env, "BALANCE_IDEMPOTENCY_RETENTION_DAYS", 30),
             channel_prefix=env.get("BALANCE_CHANNEL_PREFIX", "balance"),
+            metrics_token=env.get("BALANCE_METRICS_TOKEN") or None,
         )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -119,3 +119,15 @@ def test_dev_starts_from_nothing_and_stops_cleanly() -> None:
         server_port = int(url.rsplit(":", 1)[1].split("/")[0])
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", server_port)) != 0, url
+
+
+def test_dev_stays_on_loopback_and_off_other_databases_unless_told() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    exposed = subprocess.run([sys.executable, "-m", "server.cli", "dev", "--host", "0.0.0.0"],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert exposed.returncode == 2 and "--i-know" in exposed.stderr
+    foreign = subprocess.run(
+        [sys.executable, "-m", "server.cli", "dev"], capture_output=True, text=True, timeout=60,
+        env={**env, "DATABASE_URL": "postgresql://app@prod.example/credits"})
+    assert foreign.returncode == 2 and "DATABASE_URL" in foreign.stderr
+    assert "--i-know" in foreign.stderr

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server import metrics
 from server.api import openapi
 from server.api.http import resources
+from server.auth import check_service_key
 from server.db import DB_DOWN
 
 _NOT_READY: tuple[type[Exception], ...] = (*DB_DOWN, asyncpg.PostgresError)
@@ -40,7 +41,10 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    """Prometheus text exposition of server.metrics."""
+    """Prometheus text exposition of server.metrics (behind BALANCE_METRICS_TOKEN if set)."""
+    token = resources(request).settings.metrics_token
+    if token is not None:
+        check_service_key(request.headers.get("authorization"), (token.encode(),))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import logging
 
 import asyncpg
 import httpx
+import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import RunningApp, key
+from server.app import create_app
+from tests.conftest import RunningApp, StartApp, key
 
 DEEP = "[" * 1500 + "]" * 1500
 
@@ -53,3 +57,27 @@ async def test_a_deep_first_frame_gets_an_error_frame_not_a_crash(app: RunningAp
             await ws.recv()
         except ConnectionClosed as closed:
             assert closed.rcvd is not None and closed.rcvd.code == 4401
+
+
+async def test_metrics_can_require_a_token(start_app: StartApp) -> None:
+    app = await start_app(metrics_token="metrics-" + "m" * 24)
+    async with httpx.AsyncClient(base_url=app.base_url) as scraper:
+        assert (await scraper.get("/metrics")).status_code == 401
+        r = await scraper.get("/metrics", headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401
+        r = await scraper.get("/metrics",
+                              headers={"Authorization": f"Bearer metrics-{'m' * 24}"})
+        assert r.status_code == 200 and "balance_http_requests_total" in r.text
+    await app.stop()
+
+
+def test_open_origins_are_said_at_start(
+    app: RunningApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="balance.app"):
+        create_app(app.settings)
+    assert "BALANCE_ALLOWED_ORIGINS is empty" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="balance.app"):
+        create_app(dataclasses.replace(app.settings, allowed_origins=("https://app.example",)))
+    assert "BALANCE_ALLOWED_ORIGINS" not in caplog.text

@@ -77,7 +77,8 @@ export async function startDatabases() {
 
 /** `balance-server dev` on `port`, resolved once GET /healthz answers 200. */
 export async function startServer({ port, env }) {
-  const child = spawn(PYTHON, ['-m', 'server.cli', 'dev', '--host', '127.0.0.1', '--port', String(port)], {
+  // --i-know: the throwaway databases come from `python -m server.dev.servers`, not from dev itself.
+  const child = spawn(PYTHON, ['-m', 'server.cli', 'dev', '--i-know', '--host', '127.0.0.1', '--port', String(port)], {
     cwd: REPO,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
