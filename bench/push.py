@@ -243,8 +243,11 @@ def ours_role(port: int, database_url: str, redis_url: str) -> None:
         "BALANCE_TOKEN_SECRET": TOKEN_SECRET,
         "BALANCE_WELCOME_CREDITS": str(WELCOME),
     }
+    # Scenario D has ~30 pollers per account: the per-account limit on /v1/me is for one
+    # person's tabs, not for a load generator.
     settings = Settings.from_env(
-        env, port=port, channel_prefix=PREFIX, ws_max_sockets_per_account=1000, db_pool_size=10
+        env, port=port, channel_prefix=PREFIX, ws_max_sockets_per_account=1000, db_pool_size=10,
+        rate_limits="me=",
     )
     pauses: list[float] = []
     started: list[float] = [0.0]

@@ -22,6 +22,7 @@ from server.db import open_pool
 from server.history import History
 from server.jobs import Jobs
 from server.ledger import Ledger
+from server.limiter import RateLimits
 from server.payments.checkout import Checkout
 from server.payments.fulfilment import Fulfilment
 from server.push.broker import make_broker
@@ -39,6 +40,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
     The catalog is read here, before anything is served: a bad file raises CatalogError.
     """
     catalog = load_catalog(settings.catalog_file, settings.prices_file)
+    rate_limits = RateLimits(settings.rate_limits, settings.redis_url, settings.channel_prefix)
     if not settings.allowed_origins:
         log.warning("BALANCE_ALLOWED_ORIGINS is empty: pages of any origin may open a "
                     "WebSocket here (a user token is still required)")
@@ -64,6 +66,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
             fulfilment=Fulfilment(ledger, catalog, settings.refund_policy),
             checkout=checkout,
             tokens=tokens,
+            limits=rate_limits,
             hub=hub,
             service_keys=tuple(k.encode() for k in settings.service_keys),
         )

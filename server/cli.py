@@ -16,6 +16,7 @@ import asyncpg
 
 from server.catalog import CatalogError
 from server.config import ConfigError, Settings
+from server.limiter import LimitsError
 
 log = logging.getLogger("balance.cli")
 
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides["port"] = args.port
         _serve(Settings.from_env(None, **overrides))
         return 0
-    except (ConfigError, CatalogError) as exc:
+    except (ConfigError, CatalogError, LimitsError) as exc:
         print(f"balance-server: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -97,6 +97,9 @@ class Settings:
     idempotency_retention_days: int = 30
     channel_prefix: str = "balance"
     metrics_token: str | None = field(default=None, repr=False)
+    # Rate limits (server/limiter.py reads them), and sockets not yet authenticated.
+    rate_limits: str = ""
+    ws_max_unauthenticated: int = 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -167,6 +170,8 @@ class Settings:
             idempotency_retention_days=_int(env, "BALANCE_IDEMPOTENCY_RETENTION_DAYS", 30),
             channel_prefix=env.get("BALANCE_CHANNEL_PREFIX", "balance"),
             metrics_token=env.get("BALANCE_METRICS_TOKEN") or None,
+            rate_limits=env.get("BALANCE_RATE_LIMITS", ""),
+            ws_max_unauthenticated=_int(env, "BALANCE_WS_MAX_UNAUTHENTICATED", 1000),
         )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

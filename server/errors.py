@@ -20,6 +20,7 @@ HTTP_STATUS: dict[str, int] = {
     "idempotency_conflict": 409,
     "hold_not_active": 409,
     "payload_too_large": 413,
+    "rate_limited": 429,
     "invalid_request": 422,
     "internal_error": 500,
     "provider_unavailable": 502,
@@ -79,6 +80,11 @@ def hold_not_active(status: str) -> Problem:
 
 def payload_too_large(limit: int) -> Problem:
     return Problem("payload_too_large", f"request body is over {limit} bytes", limit=limit)
+
+
+def rate_limited(retry_after: float) -> Problem:
+    return Problem("rate_limited", f"too many requests; retry in {retry_after:g} s",
+                   retry_after=retry_after)
 
 
 def invalid_request(detail: str) -> Problem:

@@ -11,6 +11,7 @@ from server.catalog import Catalog
 from server.config import Settings
 from server.history import History
 from server.ledger import Ledger
+from server.limiter import RateLimits
 from server.payments.checkout import Checkout
 from server.payments.fulfilment import Fulfilment
 from server.push.hub import Hub
@@ -29,5 +30,6 @@ class Resources:
     fulfilment: Fulfilment
     checkout: Checkout
     tokens: TokenVerifier
+    limits: RateLimits
     hub: Hub
     service_keys: tuple[bytes, ...]

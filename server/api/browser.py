@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from server.api.http import checkout_for, history_page, resources, user
+from server.api.http import checkout_for, history_page, limited_user, resources
 from server.ledger import Outcome
 
 
 async def me(request: Request) -> bytes:
     """The token's account and its latest 20 transactions."""
-    identity = user(request)
+    identity = await limited_user(request, "me")
     return await resources(request).history.latest(identity.account_id)
 
 
 async def my_transactions(request: Request) -> bytes:
     """History of the token's account."""
-    return await history_page(request, user(request).account_id)
+    return await history_page(request, (await limited_user(request, "me")).account_id)
 
 
 async def my_checkout(request: Request) -> Outcome:
     """A checkout session for the token's account."""
-    return await checkout_for(request, user(request).account_id)
+    return await checkout_for(request, (await limited_user(request, "checkout")).account_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -77,6 +78,15 @@ def user(request: Request) -> Identity:
     return resources(request).tokens.verify(bearer(request.headers.get("authorization")))
 
 
+async def limited_user(request: Request, limit: str) -> Identity:
+    """`user`, counted against the account's `limit` (429 past it)."""
+    identity = user(request)
+    retry = await resources(request).limits.hit(limit, identity.account_id)
+    if retry is not None:
+        raise errors.rate_limited(retry)
+    return identity
+
+
 def int_query(request: Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
     """An integer query parameter within [lo, hi], or 422."""
     raw = request.query_params.get(name)
@@ -120,7 +130,9 @@ async def history_page(request: Request, account_id: str) -> bytes:
 
 async def _problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.Problem)
-    return JSONResponse(exc.body(), status_code=exc.status)
+    retry = exc.details.get("retry_after")
+    headers = {"Retry-After": str(math.ceil(retry))} if retry is not None else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -7,6 +7,7 @@ the operation's status, after checking the service key where the table asks for 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -19,7 +20,7 @@ from starlette.routing import Route
 from server.api import backend, browser, webhooks
 from server.api.http import json_response, resources, user
 from server.auth import check_service_key
-from server.errors import Problem
+from server.errors import Problem, rate_limited
 from server.ledger import Outcome
 from server.messages import (
     AdjustRequest,
@@ -88,11 +89,18 @@ OPERATIONS: tuple[Operation, ...] = (
 )
 
 
-def _authenticate(request: Request, auth: Auth) -> None:
-    """Service-key routes check the key here; user routes verify their token themselves."""
+async def _authenticate(request: Request, auth: Auth) -> None:
+    """Service-key routes check the key here (and its rate limit, when one is set); user
+    routes verify their token themselves."""
     header = request.headers.get("authorization")
     if auth == "service":
-        check_service_key(header, resources(request).service_keys)
+        res = resources(request)
+        check_service_key(header, res.service_keys)
+        if res.limits.limits("service"):
+            key = hashlib.sha256((header or "").encode()).hexdigest()[:16]
+            retry = await res.limits.hit("service", key)
+            if retry is not None:
+                raise rate_limited(retry)
     elif auth == "service_or_user":
         try:
             check_service_key(header, resources(request).service_keys)
@@ -104,7 +112,7 @@ def _endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
     handler, status, auth = op.handler, op.status, op.auth
 
     async def endpoint(request: Request) -> Response:
-        _authenticate(request, auth)
+        await _authenticate(request, auth)
         result = await handler(request)
         if isinstance(result, Outcome):
             return json_response(result.body, status, result.replayed)

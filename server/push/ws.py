@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -18,10 +19,11 @@ from typing import Any
 import msgspec
 from starlette.applications import Starlette
 from starlette.datastructures import State
+from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from server import metrics
+from server import errors, metrics
 from server.auth import Identity, TokenVerifier
 from server.config import Settings
 from server.errors import (
@@ -36,6 +38,7 @@ from server.errors import (
     CloseCode,
     Problem,
 )
+from server.limiter import RateLimits
 from server.messages import AuthMessage, ErrorFrame, SyncMessage, client_decoder, encoder
 from server.push.frame import Frame, close_frame
 from server.push.hub import Hub, HubClosed, TooManySockets
@@ -46,6 +49,10 @@ log = logging.getLogger("balance.ws")
 PATH = "/v1/ws"
 MAX_FRAME = 4096  # bytes; a browser only ever sends auth and sync
 CLOSE_GRACE = 2.0  # seconds a too-slow socket gets to take its close frame before abort
+
+# Sockets of this process between handshake and auth (bounded by ws_max_unauthenticated,
+# and each by ws_auth_timeout). A one-item list: a module-level counter the tasks share.
+_unauthenticated = [0]
 
 
 class _Closed(Exception):
@@ -67,6 +74,16 @@ async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         # Refused at the handshake: the browser sees HTTP 403, no socket is opened.
         await websocket.close(CLOSE_FORBIDDEN.code, CLOSE_FORBIDDEN.name)
         return
+    limits: RateLimits = res.limits
+    retry = await limits.hit("ws_connect", websocket.client.host if websocket.client else "")
+    if retry is None and _unauthenticated[0] >= settings.ws_max_unauthenticated:
+        retry = 1.0  # this process holds as many sockets waiting to authenticate as it takes
+    if retry is not None:
+        problem = errors.rate_limited(retry)
+        await websocket.send_denial_response(JSONResponse(
+            problem.body(), status_code=problem.status,
+            headers={"Retry-After": str(math.ceil(retry))}))
+        return
     await websocket.accept()
     proto = scope.get("extensions", {}).get(EXTENSION)
     if not isinstance(proto, FramesProtocol):
@@ -77,7 +94,7 @@ async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
     if not hub.accepting:
         await websocket.close(CLOSE_SERVICE_RESTART.code, CLOSE_SERVICE_RESTART.name)
         return
-    await Connection(websocket, proto, hub, res.tokens, settings).run()
+    await Connection(websocket, proto, hub, res.tokens, limits, settings).run()
 
 
 class WebSocketFirst:
@@ -117,6 +134,7 @@ class Connection:
         "accounts",
         "expires_at",
         "hub",
+        "limits",
         "settings",
         "tokens",
         "ws",
@@ -124,11 +142,12 @@ class Connection:
 
     def __init__(
         self, ws: WebSocket, proto: FramesProtocol, hub: Hub, tokens: TokenVerifier,
-        settings: Settings,
+        limits: RateLimits, settings: Settings,
     ) -> None:
         self.ws = ws
         self.hub = hub
         self.tokens = tokens
+        self.limits = limits
         self.settings = settings
         self.accounts: tuple[str, ...] = ()
         self.expires_at = 0.0
@@ -147,7 +166,11 @@ class Connection:
         """Authenticate, register with the hub, then serve until the socket closes."""
         registered = False
         try:
-            identity = await self._authenticate()
+            _unauthenticated[0] += 1
+            try:
+                identity = await self._authenticate()
+            finally:
+                _unauthenticated[0] -= 1
             self.accounts = (identity.account_id,)
             self._set_expiry(identity.expires_at)
             try:
@@ -229,6 +252,10 @@ class Connection:
                     raise _Closed(CLOSE_UNAUTHORIZED)
                 self._set_expiry(max(self.expires_at, identity.expires_at))
             case SyncMessage(versions=versions):
+                retry = await self.limits.hit("ws_sync", str(id(self)), local=True)
+                if retry is not None:  # each costs a database read: an error, not a close
+                    await self._send_error("rate_limited", f"sync again in {retry:g} s")
+                    return
                 # Read from PostgreSQL even if we believe the client is current: a lost
                 # publish is exactly what sync exists to heal.
                 try:

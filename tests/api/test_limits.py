@@ -1,0 +1,92 @@
+"""Rate limits: 429 with Retry-After, shared by instances through Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import uuid
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from server.app import create_app
+from server.auth import mint_token
+from server.limiter import LimitsError
+from tests.conftest import RunningApp, StartApp
+
+
+def own_prefix() -> str:
+    """Counters of their own, so no other test's traffic counts against these limits."""
+    return f"limits-{uuid.uuid4().hex[:8]}"
+
+
+async def test_me_is_limited_per_account_across_two_instances(start_app: StartApp) -> None:
+    prefix = own_prefix()
+    a = await start_app(rate_limits="me=3/minute", channel_prefix=prefix)
+    b = await start_app(rate_limits="me=3/minute", channel_prefix=prefix)
+    account, other = f"lim-{uuid.uuid4().hex[:8]}", f"lim-{uuid.uuid4().hex[:8]}"
+
+    async def me(app: RunningApp, who: str) -> httpx.Response:
+        token = mint_token(app.settings.token_secret, who, 600)[0]
+        async with httpx.AsyncClient(base_url=app.base_url) as browser:
+            return await browser.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
+
+    codes = [(await me(app, account)).status_code for app in (a, b, a)]
+    assert codes == [200, 200, 200]
+    limited = await me(b, account)  # the 4th, on the other instance: the count is shared
+    assert limited.status_code == 429
+    body = limited.json()
+    assert body["error"] == "rate_limited" and 0 < body["retry_after"] <= 60
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    assert (await me(a, other)).status_code == 200  # per account
+    await a.stop()
+    await b.stop()
+
+
+async def test_service_keys_and_handshakes_and_syncs(start_app: StartApp, account: str) -> None:
+    app = await start_app(channel_prefix=own_prefix(),
+                          rate_limits="service=2/minute;ws_connect=2/minute;ws_sync=2/minute")
+    async with app.client() as backend:
+        codes = [(await backend.get(f"/v1/accounts/{account}")).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    token = mint_token(app.settings.token_secret, account, 600)[0]
+    async with connect(f"{app.ws_url}?token={token}") as ws:
+        assert json.loads(await ws.recv())["type"] == "balance"
+        for expected in ("balance", "balance", "error"):
+            await ws.send(json.dumps({"type": "sync", "versions": {}}))
+            frame = json.loads(await ws.recv())
+            assert frame["type"] == expected
+        assert frame["code"] == "rate_limited"  # an error frame; the socket stays open
+        await ws.send(json.dumps({"type": "sync", "versions": {}}))
+        assert json.loads(await ws.recv())["code"] == "rate_limited"
+        async with connect(f"{app.ws_url}?token={token}"):
+            pass  # the second handshake of the minute
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(f"{app.ws_url}?token={token}")
+        assert refused.value.response.status_code == 429
+    await app.stop()
+
+
+async def test_sockets_waiting_to_authenticate_are_bounded(start_app: StartApp) -> None:
+    app = await start_app(channel_prefix=own_prefix(), ws_max_unauthenticated=2,
+                          ws_auth_timeout=5.0)
+    waiting = [await connect(app.ws_url) for _ in range(2)]
+    await asyncio.sleep(0.1)
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(app.ws_url)
+    assert refused.value.response.status_code == 429
+    for ws in waiting:
+        await ws.close()
+    await asyncio.sleep(0.1)
+    async with connect(app.ws_url):  # room again
+        pass
+    await app.stop()
+
+
+@pytest.mark.parametrize("spec", ["me=lots", "everything=1/minute", "me"])
+def test_a_bad_limit_stops_the_start(app: RunningApp, spec: str) -> None:
+    with pytest.raises(LimitsError, match="BALANCE_RATE_LIMITS"):
+        create_app(dataclasses.replace(app.settings, rate_limits=spec))
