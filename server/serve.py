@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import uvicorn
 
 from server.config import Settings
@@ -36,8 +39,29 @@ def config(
     )
 
 
+_TOKEN = re.compile(r"(token=)[^&\s\"']+")
+
+
+class RedactTokens(logging.Filter):
+    """uvicorn logs a WebSocket's path with its query (`/v1/ws?token=…` at INFO): a user
+    token must never reach a log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _TOKEN.sub(r"\1[redacted]", arg) if isinstance(arg, str) else arg
+                for arg in record.args)
+        if isinstance(record.msg, str) and "token=" in record.msg:
+            record.msg = _TOKEN.sub(r"\1[redacted]", record.msg)
+        return True
+
+
 def server(
     app: WebSocketFirst, settings: Settings, *, log_level: str = "warning"
 ) -> uvicorn.Server:
     """A server for `app` (call `.run()`, or await `.serve()` inside a running loop)."""
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
     return uvicorn.Server(config(app, settings, log_level=log_level))

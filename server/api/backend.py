@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from starlette.requests import Request
 
@@ -30,6 +30,9 @@ from server.messages import (
 )
 
 MAX_COST = 10**12
+# A usage query reads every usage row in its range: the range is bounded (default: the
+# last MAX_USAGE_RANGE).
+MAX_USAGE_RANGE = timedelta(days=366)
 
 
 async def get_account(request: Request) -> bytes:
@@ -140,10 +143,16 @@ async def usage(request: Request) -> bytes:
     group_by = request.query_params.get("group_by", "reason")
     if group_by not in ("reason", "day"):
         raise errors.invalid_request("group_by: must be 'reason' or 'day'")
+    until = time_query(request, "until")
+    since = time_query(request, "since")
+    end = until or datetime.now(UTC)
+    if since is None:
+        since = end - MAX_USAGE_RANGE
+    elif end - since > MAX_USAGE_RANGE:
+        raise errors.invalid_request(
+            f"since: at most {MAX_USAGE_RANGE.days} days before until (or now)")
     return await resources(request).history.usage(
-        account_id, since=time_query(request, "since"), until=time_query(request, "until"),
-        group_by=group_by,
-    )
+        account_id, since=since, until=until, group_by=group_by)
 
 
 async def checkout(request: Request) -> Outcome:

@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from server.app import create_app
+from server.auth import mint_token
 from tests.conftest import RunningApp, StartApp, key
 
 DEEP = "[" * 1500 + "]" * 1500
@@ -81,3 +82,14 @@ def test_open_origins_are_said_at_start(
     with caplog.at_level(logging.WARNING, logger="balance.app"):
         create_app(dataclasses.replace(app.settings, allowed_origins=("https://app.example",)))
     assert "BALANCE_ALLOWED_ORIGINS" not in caplog.text
+
+
+async def test_no_token_reaches_a_log_line(
+    app: RunningApp, account: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = mint_token(app.settings.token_secret, account, 600)[0]
+    with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+        async with connect(f"{app.ws_url}?token={token}") as ws:
+            await ws.recv()
+    assert "/v1/ws?token=[redacted]" in caplog.text
+    assert token not in caplog.text and token.split(".")[2] not in caplog.text

@@ -243,6 +243,12 @@ async def test_usage_grouped(client: httpx.AsyncClient, account: str) -> None:
     assert empty == {"groups": []}
     assert (await client.get(f"/v1/accounts/{account}/usage?group_by=week")).status_code == 422
     assert (await client.get(f"/v1/accounts/{account}/usage?since=yesterday")).status_code == 422
+    # The range is bounded: a query reads every usage row in it.
+    long_ago = (datetime.now(UTC) - timedelta(days=400)).isoformat()
+    for params in ({"since": long_ago},
+                   {"since": long_ago, "until": datetime.now(UTC).isoformat()}):
+        r = await client.get(f"/v1/accounts/{account}/usage", params=params)
+        assert r.status_code == 422 and "366 days" in r.json()["detail"]
 
 
 @pytest.mark.parametrize("auth", [None, "Bearer nope-not-a-key", "Basic abc", "Bearer sk_test_x"])
