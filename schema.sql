@@ -6,6 +6,7 @@
 --                         indexes, types. Never edit one that has shipped; add a new step.
 --   -- definitions: NAME  functions and views, CREATE OR REPLACE: re-applied when their
 --                         text changes (or a step just ran), never touching table data.
+--   -- index: NAME        one CREATE INDEX CONCURRENTLY, built once after the rest commits.
 -- A re-run with nothing new takes no lock on any table.
 --
 -- Money is bigint everywhere. The ledger (transactions) is append-only; accounts carry the
@@ -1095,3 +1096,13 @@ BEGIN
     ON CONFLICT DO NOTHING;
     RETURN CASE WHEN FOUND THEN 'recorded' ELSE 'duplicate' END;
 END $$;
+
+-- ================================================================ indexes
+-- Built with CREATE INDEX CONCURRENTLY, after everything above commits: the ledger keeps
+-- taking writes while they build. Each section is named after its index.
+
+-- index: transactions_account_kind_idx
+-- History filtered by kind (GET /v1/me/transactions?kind=expiry, a browser can ask) and
+-- usage (kind = 'usage'), without walking the account's whole ledger.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS transactions_account_kind_idx
+    ON transactions (account_id, kind, id);

@@ -2,8 +2,9 @@
 
 schema.sql is read as sections (its header says how): a `step` runs once ever and is
 recorded with its checksum; `definitions` (CREATE OR REPLACE functions and views) run again
-only when their text changed or a step ran before them. So a re-run with nothing new only
-reads `schema_migrations`: no table of money is locked or rewritten by a deploy.
+only when their text changed or a step ran before them; an `index` is built once, with
+CREATE INDEX CONCURRENTLY after the rest commits. So a re-run with nothing new only reads
+`schema_migrations`: no table of money is locked or rewritten by a deploy.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import asyncpg
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
 # pg_advisory_xact_lock key: two instances running `migrate` at once take turns.
 _MIGRATE_LOCK = 0x62616C616E6365
-_MARKER = re.compile(r"^-- (step|definitions): (\S+)\s*$", re.MULTILINE)
+_MARKER = re.compile(r"^-- (step|definitions|index): (\S+)\s*$", re.MULTILINE)
 
 
 class MigrationError(Exception):
@@ -27,7 +28,7 @@ class MigrationError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Section:
-    kind: str  # "step" or "definitions"
+    kind: str  # "step", "definitions" or "index"
     name: str
     sql: str
 
@@ -52,8 +53,8 @@ def sections(text: str) -> list[Section]:
     if len(set(names)) != len(names):
         raise MigrationError("schema.sql names a section twice")
     kinds = [s.kind for s in found]
-    if "definitions" in kinds and "step" in kinds[kinds.index("definitions") :]:
-        raise MigrationError("schema.sql: every step must come before the definitions")
+    if kinds != sorted(kinds, key=("step", "definitions", "index").index):
+        raise MigrationError("schema.sql: steps, then definitions, then indexes")
     return found
 
 
@@ -81,6 +82,8 @@ async def migrate(conn: asyncpg.Connection, schema: str | None = None) -> list[s
         step_ran = False
         for section in plan:
             recorded = applied.get(section.name)
+            if section.kind == "index":
+                continue  # after the commit, below
             if section.kind == "step":
                 if recorded is not None:
                     if recorded != section.checksum:
@@ -101,4 +104,29 @@ async def migrate(conn: asyncpg.Connection, schema: str | None = None) -> list[s
                 section.name, section.kind, section.checksum,
             )
             ran.append(section.name)
+    for section in plan:
+        if section.kind == "index" and section.name not in applied:
+            await _build_index(conn, section)
+            ran.append(section.name)
     return ran
+
+
+async def _build_index(conn: asyncpg.Connection, section: Section) -> None:
+    """CREATE INDEX CONCURRENTLY, outside any transaction: a big ledger takes its writes
+    while the index builds. The section is named after its index; one a failed build left
+    invalid is dropped and built again."""
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATE_LOCK)
+    try:
+        if await conn.fetchval("SELECT 1 FROM schema_migrations WHERE name = $1", section.name):
+            return  # another migrator built it meanwhile
+        valid = await conn.fetchval(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE c.relname = $1", section.name)
+        if valid is False:
+            await conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{section.name}"')
+        await conn.execute(section.sql)
+        await conn.execute(
+            "INSERT INTO schema_migrations (name, kind, checksum) VALUES ($1, 'index', $2)",
+            section.name, section.checksum)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK)

@@ -32,12 +32,22 @@ async def fresh_db(postgres: devservers.PostgresServer) -> AsyncIterator[asyncpg
         await admin.close()
 
 
-def test_schema_sql_reads_as_steps_then_definitions() -> None:
+def test_schema_sql_reads_as_steps_then_definitions_then_indexes() -> None:
     found = sections(SCHEMA_PATH.read_text())
     kinds = [s.kind for s in found]
-    assert kinds == sorted(kinds, key=lambda k: k != "step")  # steps first
+    assert kinds == sorted(kinds, key=("step", "definitions", "index").index)
     assert [s.name for s in found if s.kind == "definitions"] == [
         "json_shapes", "movements", "jobs", "payments"]
+    assert all("CONCURRENTLY" in s.sql for s in found if s.kind == "index")
+
+
+async def test_history_by_kind_reads_an_index(fresh_db: asyncpg.Connection) -> None:
+    await migrate(fresh_db)
+    await fresh_db.execute("SET enable_seqscan = off")  # an empty table: ask for the plan
+    plan = "\n".join(r[0] for r in await fresh_db.fetch(
+        "EXPLAIN SELECT * FROM transactions WHERE account_id = 'a' AND kind = 'expiry'"
+        " ORDER BY id DESC LIMIT 51"))
+    assert "transactions_account_kind_idx" in plan, plan
 
 
 async def test_a_rerun_applies_nothing_and_waits_for_no_lock(
