@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -144,6 +145,9 @@ def _dev(args: argparse.Namespace) -> int:
             "-d '{\"amount\": 5, \"reason\": \"demo\", \"idempotency_key\": \"k1\"}'\n",
             flush=True,
         )
+        # uvicorn re-raises the signal that stopped it once it is done; SIGTERM's default
+        # action would end the process before the throwaway servers below are stopped.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         _serve(settings, dev=True)
         return 0
     finally:

@@ -27,7 +27,8 @@ def is_account_id(value: object) -> TypeGuard[str]:
 
 # msgspec searches with Python's `re`, where `$` also matches before a final newline;
 # `(?!\n)` closes that door and means the same in JSON Schema's ECMA regexes.
-AccountId = Annotated[str, msgspec.Meta(pattern=rf"^{_ACCOUNT_ID}$(?!\n)")]
+ACCOUNT_ID_PATTERN = rf"^{_ACCOUNT_ID}$(?!\n)"
+AccountId = Annotated[str, msgspec.Meta(pattern=ACCOUNT_ID_PATTERN)]
 Amount = Annotated[int, msgspec.Meta(ge=1, le=10**12)]
 SignedAmount = Annotated[int, msgspec.Meta(ge=-(10**12), le=10**12)]
 # Keys starting `webhook:` or `system:` are the server's own (payments, jobs): refused here.

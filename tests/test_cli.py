@@ -12,6 +12,7 @@ import time
 import asyncpg
 import httpx
 import jwt
+import pytest
 
 from server.dev.servers import free_port
 from tests.conftest import key
@@ -68,7 +69,8 @@ def test_token_command() -> None:
     assert run_cli("token", "x", env={"BALANCE_TOKEN_SECRET": ""}).returncode == 2
 
 
-def test_dev_starts_from_nothing_and_stops_cleanly() -> None:
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_dev_starts_from_nothing_and_stops_cleanly(stop: str) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     # A session of its own, so the Ctrl-C below reaches its whole process group as a
@@ -108,9 +110,12 @@ def test_dev_starts_from_nothing_and_stops_cleanly() -> None:
         assert r.status_code == 200 and r.json()["account"]["balance"] == 95
         assert httpx.get(f"{base}/v1/prices", headers=headers).json()["generate_image"] == 5
     finally:
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal
+        if stop == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)  # a terminal signals the whole group
+        else:
+            proc.send_signal(signal.SIGTERM)  # a process manager signals the process
         out, _ = proc.communicate(timeout=30)
-    assert proc.returncode in (0, 130), out
+    assert proc.returncode in (0, 130, 143), out
     # The server stopped before its Redis and PostgreSQL did, so it never saw them go.
     assert "broker connection lost" not in out, out
     assert "database unreachable" not in out, out

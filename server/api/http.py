@@ -139,7 +139,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     message = "no such route" if exc.status_code == 404 else str(exc.detail)
-    return JSONResponse({"error": code, "message": message}, status_code=exc.status_code)
+    # exc.headers carries a 405's Allow (RFC 9110 requires it).
+    return JSONResponse({"error": code, "message": message}, status_code=exc.status_code,
+                        headers=exc.headers)
 
 
 async def _database_down(request: Request, exc: Exception) -> Response:

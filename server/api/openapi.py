@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server.api.routes import OPERATIONS
-from server.messages import BalanceFrame
+from server.messages import ACCOUNT_ID_PATTERN, BalanceFrame
 
 _REF = "#/components/schemas/{name}"
 _ERROR = {
@@ -18,6 +18,10 @@ _ERROR = {
     "required": ["error", "message"],
     "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
     "additionalProperties": True,
+}
+_PATH_PARAMS: dict[str, dict[str, Any]] = {
+    "account_id": {"type": "string", "pattern": ACCOUNT_ID_PATTERN},
+    "hold_id": {"type": "string", "format": "uuid"},
 }
 _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "service": [{"serviceKey": []}],
@@ -42,7 +46,7 @@ def build() -> dict[str, Any]:
             "summary": op.summary,
             "operationId": op.handler.__name__,
             "parameters": [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                {"name": name, "in": "path", "required": True, "schema": _PATH_PARAMS[name]}
                 for name in re.findall(r"\{(\w+)\}", op.path)
             ],
             "responses": {

@@ -60,3 +60,16 @@ async def test_a_token_naming_a_bad_account_is_401(app: RunningApp) -> None:
     async with httpx.AsyncClient(base_url=app.base_url) as browser:
         r = await browser.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 401 and "account id" in r.json()["message"]
+
+
+async def test_a_405_says_what_is_allowed_and_paths_declare_their_rules(
+    client: httpx.AsyncClient,
+) -> None:
+    r = await client.request("TRACE", "/v1/me")
+    assert r.status_code == 405 and "GET" in r.headers["allow"].split(", ")
+    assert r.json()["error"] == "method_not_allowed"
+    spec = (await client.get("/openapi.json")).json()
+    (param,) = spec["paths"]["/v1/accounts/{account_id}"]["get"]["parameters"]
+    assert param["schema"]["pattern"].startswith("^[A-Za-z0-9_.:@|-]{1,128}$")
+    (hold,) = spec["paths"]["/v1/holds/{hold_id}/release"]["post"]["parameters"]
+    assert hold["schema"] == {"type": "string", "format": "uuid"}
