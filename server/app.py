@@ -16,7 +16,6 @@ from server.api.http import exception_handlers
 from server.api.routes import routes as api_routes
 from server.auth import TokenVerifier
 from server.catalog import load as load_catalog
-from server.catalog import to_json as catalog_json
 from server.config import Settings
 from server.db import open_pool
 from server.history import History
@@ -59,7 +58,6 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
         app.state.resources = Resources(
             settings=settings,
             catalog=catalog,
-            catalog_json=catalog_json(catalog),
             pool=pool,
             ledger=ledger,
             history=History(ledger),

@@ -23,7 +23,6 @@ class Resources:
 
     settings: Settings
     catalog: Catalog
-    catalog_json: bytes
     pool: asyncpg.Pool
     ledger: Ledger
     history: History

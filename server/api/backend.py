@@ -16,6 +16,7 @@ from server.api.http import (
     resources,
     time_query,
 )
+from server.catalog import to_json
 from server.ledger import Outcome, request_hash
 from server.messages import (
     AdjustRequest,
@@ -174,4 +175,4 @@ async def prices(request: Request) -> bytes:
 
 async def catalog(request: Request) -> bytes:
     """Prices, packages, pay-as-you-go rates, plans and alert defaults."""
-    return resources(request).catalog_json
+    return to_json(resources(request).catalog)

@@ -107,30 +107,30 @@ class Fulfilment:
         metadata = {"provider": p.provider, "payment_id": p.payment_id, "event_id": p.event_id,
                     "amount_paid": p.amount_paid, "currency": p.currency,
                     "package": p.package}
-        row = await self._ledger.move(
+        return await self._move(
             _PURCHASE_SQL, p.provider, p.payment_id, p.account_id, credits, p.amount_paid,
             p.currency, p.event_id, jsonb(metadata), self._ledger.welcome, self._refund_policy,
             reason=f"purchase via {p.provider}",
         )
-        body: dict[str, Any] = json.loads(row["body"] or "{}")
-        return body
 
     async def _refund(self, r: Refund) -> dict[str, Any]:
         """Store a refund once and reverse its share of the payment's credits (or wait)."""
-        row = await self._ledger.move(
+        return await self._move(
             _REFUND_SQL, r.provider, r.payment_id, r.refund_key, r.refunded, r.paid,
             r.cumulative, r.full, r.event_id, self._ledger.welcome, self._refund_policy,
             reason=f"refund via {r.provider}",
         )
-        body: dict[str, Any] = json.loads(row["body"] or "{}")
-        return body
 
     async def _dispute(self, d: Dispute) -> dict[str, Any]:
         """Store a dispute's news once and take back or give back its share (or wait)."""
-        row = await self._ledger.move(
+        return await self._move(
             _DISPUTE_SQL, d.provider, d.payment_id, d.dispute_id, d.amount, d.status,
             d.event_id, self._ledger.welcome, reason=f"dispute via {d.provider}",
         )
+
+    async def _move(self, sql: str, *args: Any, reason: str) -> dict[str, Any]:
+        """One payments movement through the ledger's door; its answer as a dict."""
+        row = await self._ledger.move(sql, *args, reason=reason)
         body: dict[str, Any] = json.loads(row["body"] or "{}")
         return body
 

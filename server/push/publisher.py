@@ -37,7 +37,8 @@ class Publisher:
     def __init__(self, broker: Broker, local: Local, channel_prefix: str) -> None:
         self._broker = broker
         self._local = local
-        self._prefix = channel_prefix
+        # The push path is hot: the account channel is this prefix + the account id.
+        self._channels = account_channel(channel_prefix, "")
         self._outbox: list[tuple[str, bytes]] = []
         self._wake = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
@@ -60,7 +61,7 @@ class Publisher:
             if len(self._outbox) >= OUTBOX_LIMIT:
                 del self._outbox[:PUBLISH_BATCH]
                 metrics.publish_failures.inc(PUBLISH_BATCH)
-            self._outbox.append((account_channel(self._prefix, frame.account_id), data))
+            self._outbox.append((self._channels + frame.account_id, data))
             self._wake.set()
         except Exception:  # the change is committed; a lost frame is healed by sync/resync
             log.exception("publish of %s v%s failed", frame.account_id, frame.version)

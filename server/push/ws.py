@@ -50,10 +50,6 @@ PATH = "/v1/ws"
 MAX_FRAME = 4096  # bytes; a browser only ever sends auth and sync
 CLOSE_GRACE = 2.0  # seconds a too-slow socket gets to take its close frame before abort
 
-# Sockets of this process between handshake and auth (bounded by ws_max_unauthenticated,
-# and each by ws_auth_timeout). A one-item list: a module-level counter the tasks share.
-_unauthenticated = [0]
-
 
 class _Closed(Exception):
     """The peer went away, or we closed the socket."""
@@ -76,7 +72,8 @@ async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         return
     limits: RateLimits = res.limits
     retry = await limits.hit("ws_connect", websocket.client.host if websocket.client else "")
-    if retry is None and _unauthenticated[0] >= settings.ws_max_unauthenticated:
+    hub: Hub = res.hub
+    if retry is None and hub.unauthenticated >= settings.ws_max_unauthenticated:
         retry = 1.0  # this process holds as many sockets waiting to authenticate as it takes
     if retry is not None:
         problem = errors.rate_limited(retry)
@@ -90,7 +87,6 @@ async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         log.error("/v1/ws needs serve.py's uvicorn configuration (FramesProtocol)")
         await websocket.close(CLOSE_INTERNAL.code, CLOSE_INTERNAL.name)
         return
-    hub: Hub = res.hub
     if not hub.accepting:
         await websocket.close(CLOSE_SERVICE_RESTART.code, CLOSE_SERVICE_RESTART.name)
         return
@@ -166,11 +162,11 @@ class Connection:
         """Authenticate, register with the hub, then serve until the socket closes."""
         registered = False
         try:
-            _unauthenticated[0] += 1
+            self.hub.unauthenticated += 1
             try:
                 identity = await self._authenticate()
             finally:
-                _unauthenticated[0] -= 1
+                self.hub.unauthenticated -= 1
             self.accounts = (identity.account_id,)
             self._set_expiry(identity.expires_at)
             try:
