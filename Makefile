@@ -5,6 +5,7 @@
 #   make dev        system packages and .venv with [dev], then `balance-server dev`
 #   make lint       ruff + mypy
 #   make bench      bench/debit.py and bench/push.py
+#   make fuzz       schemathesis (every check) against a real server, 500 examples per operation
 #
 # Python lives only in .venv/ (git-ignored): nothing is installed into the system's or the
 # user's site-packages, so Debian's PEP 668 Python works as well as a pyenv one. Choose the
@@ -68,7 +69,7 @@ if [ "$$(cat $$stamp 2>/dev/null)" != "$$hash" ]; then \
 fi
 endef
 
-.PHONY: setup system-test system-dev system-bench venv-test venv-dev test lint dev bench
+.PHONY: setup system-test system-dev system-bench venv-test venv-dev test lint dev bench fuzz
 
 setup: system-test venv-test $(STAMPS)/npm
 
@@ -122,6 +123,11 @@ dev: venv-dev
 # wrk drives bench/debit.py's HTTP load; pgbench ships with PostgreSQL.
 system-bench:
 	@missing=""; command -v wrk >/dev/null 2>&1 || missing=" wrk"; $(APT_INSTALL)
+
+# The OpenAPI fuzz of `make test` (tests/api/test_openapi.py), with 20x the examples.
+fuzz: setup
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} BALANCE_TEST_TIMEOUT=900 \
+		$(PY) -m pytest -q -s tests/api/test_openapi.py -k schemathesis
 
 bench: setup system-bench
 	@for b in bench/debit.py bench/push.py; do echo "== $$b"; $(PY) "$$b"; done

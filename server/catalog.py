@@ -23,7 +23,10 @@ import msgspec
 log = logging.getLogger("balance.catalog")
 
 Currency = Annotated[str, msgspec.Meta(pattern="^[a-z]{3}$")]  # ISO 4217, lower case
-Credits = Annotated[int, msgspec.Meta(ge=1, le=10**12)]
+MAX_CREDITS = 10**12  # the most one movement, grant or charge may carry
+MAX_QUANTITY = 10**9  # the most units of an operation one charge may ask for
+Credits = Annotated[int, msgspec.Meta(ge=1, le=MAX_CREDITS)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_CREDITS)]  # credits, where 0 means none
 Money = Annotated[int, msgspec.Meta(ge=1, le=10**15)]  # minor units
 Name = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9_.:-]{1,100}$")]
 
@@ -62,16 +65,16 @@ class PayAsYouGo(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Plan(msgspec.Struct, forbid_unknown_fields=True):
-    allowance: Annotated[int, msgspec.Meta(ge=0, le=10**12)]
+    allowance: Count
     period: Literal["month", "week", "day"] = "month"
-    rollover: Annotated[int, msgspec.Meta(ge=0, le=10**12)] = 0
+    rollover: Count = 0
     prices: dict[Name, Credits] = {}
-    limits: dict[Name, Annotated[int, msgspec.Meta(ge=1, le=10**12)]] = {}
-    low_balance: Annotated[int, msgspec.Meta(ge=0, le=10**12)] | None = None
+    limits: dict[Name, Credits] = {}
+    low_balance: Count | None = None
 
 
 class Alerts(msgspec.Struct, forbid_unknown_fields=True):
-    low_balance: Annotated[int, msgspec.Meta(ge=0, le=10**12)] | None = None
+    low_balance: Count | None = None
 
 
 class Catalog(msgspec.Struct, forbid_unknown_fields=True):
@@ -80,6 +83,14 @@ class Catalog(msgspec.Struct, forbid_unknown_fields=True):
     pay_as_you_go: PayAsYouGo | None = None
     plans: dict[Name, Plan] = {}
     alerts: Alerts = msgspec.field(default_factory=Alerts)
+
+    def max_quantity(self, operation: str) -> int:
+        """The largest quantity of `operation` one charge may ask for: its cost at the
+        operation's highest price under any plan stays within 10^12 credits. A catalog rule,
+        not an account's, so /openapi.json can state it."""
+        top = max([self.prices[operation]] + [
+            plan.prices[operation] for plan in self.plans.values() if operation in plan.prices])
+        return min(MAX_QUANTITY, MAX_CREDITS // top)
 
     def credits_for(self, package: str | None, amount: int | None, currency: str | None) -> int:
         """Credits for `amount` minor units of `currency` paid, or Unpriced saying why not.
@@ -109,9 +120,18 @@ class Catalog(msgspec.Struct, forbid_unknown_fields=True):
         if amount < minimum:
             raise Unpriced(f"paid {amount} {currency}, pay-as-you-go starts at {minimum}")
         credits: int = amount * rate // 10 ** exponent(currency)
-        if not 1 <= credits <= 10**12:
+        if not 1 <= credits <= MAX_CREDITS:
             raise Unpriced(f"{amount} {currency} buys {credits} credits, outside 1..10^12")
         return credits
+
+    def payg_amounts(self, currency: str) -> tuple[int, int]:
+        """The amounts (minor units) `credits_for` turns into 1..10^12 pay-as-you-go credits
+        in `currency`, which must have a rate: what a checkout may ask for."""
+        assert self.pay_as_you_go is not None
+        rate = self.pay_as_you_go.credits_per_unit[currency]
+        unit = 10 ** exponent(currency)
+        lo = max(self.pay_as_you_go.min_amount.get(currency, 1), -(-unit // rate))
+        return lo, ((MAX_CREDITS + 1) * unit - 1) // rate
 
 
 class Unpriced(Exception):

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, TypeGuard, TypeVar
 import msgspec
 
 from server import errors
+from server.catalog import MAX_CREDITS, MAX_QUANTITY
 
 # The account id rule (API.md "Words"): 1-128 of these characters, the whole string.
 ACCOUNT_ID_RULE = "1-128 characters of A-Za-z0-9_.:@|-"
@@ -29,14 +30,26 @@ def is_account_id(value: object) -> TypeGuard[str]:
 # `(?!\n)` closes that door and means the same in JSON Schema's ECMA regexes.
 ACCOUNT_ID_PATTERN = rf"^{_ACCOUNT_ID}$(?!\n)"
 AccountId = Annotated[str, msgspec.Meta(pattern=ACCOUNT_ID_PATTERN)]
-Amount = Annotated[int, msgspec.Meta(ge=1, le=10**12)]
-SignedAmount = Annotated[int, msgspec.Meta(ge=-(10**12), le=10**12)]
+Amount = Annotated[int, msgspec.Meta(ge=1, le=MAX_CREDITS)]
+# PostgreSQL's text and jsonb refuse NUL. `decode_body` refuses it with a clear message (one
+# walk, only when the body holds an escaped NUL), so the rule is stated to OpenAPI only.
+NO_NUL = r"^[^\u0000]*$"
+_no_nul: dict[str, Any] = {"pattern": NO_NUL}
 # Keys starting `webhook:` or `system:` are the server's own (payments, jobs): refused here.
-IdempotencyKey = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=200, pattern="^(?!webhook:|system:)")
-]
-Reason = Annotated[str, msgspec.Meta(max_length=500)]
-Metadata = dict[str, Any]
+IdempotencyKey = Annotated[str, msgspec.Meta(
+    min_length=1, max_length=200, pattern=r"^(?!webhook:|system:)[^\u0000]*$")]
+Reason = Annotated[str, msgspec.Meta(max_length=500, extra_json_schema=_no_nul)]
+Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]  # RFC 3339, with its offset
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, extra_json_schema=_no_nul)]
+# Any JSON object; "JsonValue" is defined beside it in /openapi.json (NUL-free strings).
+Metadata = Annotated[dict[str, Any], msgspec.Meta(extra_json_schema={
+    "propertyNames": _no_nul, "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}})]
+JSON_VALUE_SCHEMA: dict[str, Any] = {"anyOf": [
+    {"type": "string", **_no_nul}, {"type": ["number", "boolean", "null"]},
+    {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+    {"type": "object", "propertyNames": _no_nul,
+     "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+]}
 
 # ---------------------------------------------------------------- requests
 
@@ -53,22 +66,23 @@ class CreditRequest(msgspec.Struct, forbid_unknown_fields=True):
     kind: Literal["grant", "purchase", "refund"]
     idempotency_key: IdempotencyKey
     reason: Reason | None = None
-    expires_at: datetime | None = None
+    expires_at: Timestamp | None = None
     priority: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
     metadata: Metadata | None = None
 
 
 class AdjustRequest(msgspec.Struct, forbid_unknown_fields=True):
-    amount: SignedAmount
+    amount: Annotated[int, msgspec.Meta(ge=-MAX_CREDITS, le=MAX_CREDITS,
+                                        extra_json_schema={"not": {"const": 0}})]
     reason: Reason
-    actor: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    actor: Name
     idempotency_key: IdempotencyKey
 
 
 class ChargeRequest(msgspec.Struct, forbid_unknown_fields=True):
-    operation: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    operation: Name
     idempotency_key: IdempotencyKey
-    quantity: Annotated[int, msgspec.Meta(ge=1, le=10**9)] = 1
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUANTITY)] = 1
     metadata: Metadata | None = None
 
 
@@ -85,7 +99,7 @@ class CaptureRequest(msgspec.Struct, forbid_unknown_fields=True):
     metadata: Metadata | None = None
 
 
-Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2000, extra_json_schema=_no_nul)]
 
 
 class CheckoutRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -94,11 +108,12 @@ class CheckoutRequest(msgspec.Struct, forbid_unknown_fields=True):
     provider: Literal["stripe", "dodo"]
     success_url: Url
     idempotency_key: IdempotencyKey
-    package: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
+    package: Name | None = None
     amount: Annotated[int, msgspec.Meta(ge=1, le=10**15)] | None = None
     currency: Annotated[str, msgspec.Meta(pattern="^[A-Za-z]{3}$")] | None = None
     cancel_url: Url | None = None
-    customer_email: Annotated[str, msgspec.Meta(min_length=3, max_length=320)] | None = None
+    customer_email: Annotated[str, msgspec.Meta(
+        min_length=3, max_length=320, extra_json_schema=_no_nul)] | None = None
 
 
 class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -169,7 +184,9 @@ def decode_body(kind: type[T], body: bytes, *, strict: bool = True) -> T:
     try:
         value = decoder_for(kind).decode(body or b"{}")
     except msgspec.ValidationError as exc:
-        raise errors.invalid_request(str(exc)) from None
+        if "got `float`" not in str(exc):
+            raise errors.invalid_request(str(exc)) from None
+        value = _with_integral_floats(kind, body)
     except msgspec.DecodeError:
         raise errors.invalid_json() from None
     except RecursionError:
@@ -178,6 +195,32 @@ def decode_body(kind: type[T], body: bytes, *, strict: bool = True) -> T:
     if strict and (b"\\u0000" in body or body.count(b"[") + body.count(b"{") > MAX_DEPTH):
         _check_tree(msgspec.to_builtins(value), 0)
     return value
+
+
+def _with_integral_floats(kind: type[T], body: bytes) -> T:
+    """JSON has one number type: 5.0 is the integer 5 to JSON Schema and to JavaScript, so
+    an integral float is taken where the type wants an int. Only a body that failed on a
+    float comes here; any other error is reported as decoding it strictly would."""
+    wanted = {field.encode_name for field in msgspec.structs.fields(kind)  # type: ignore[arg-type]
+              if _wants_int(field.type)}
+    raw = msgspec.json.decode(body)
+    if isinstance(raw, dict):
+        for name, item in raw.items():
+            if name in wanted and isinstance(item, float) and item.is_integer():
+                raw[name] = int(item)
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as exc:
+        raise errors.invalid_request(str(exc)) from None
+
+
+def _wants_int(annotation: Any) -> bool:
+    info = msgspec.inspect.type_info(annotation)
+    if isinstance(info, msgspec.inspect.Metadata):
+        info = info.type
+    if isinstance(info, msgspec.inspect.UnionType):
+        return any(isinstance(t, msgspec.inspect.IntType) for t in info.types)
+    return isinstance(info, msgspec.inspect.IntType)
 
 
 def _check_tree(node: object, depth: int) -> None:

@@ -27,6 +27,9 @@ from server.dev import servers as devservers
 from server.push.ws import WebSocketFirst
 from server.schema import migrate
 
+# The checkout stand-in's fixture, for any test that needs a provider.
+pytest_plugins = ["tests.payments.standin"]
+
 PRICES = {"generate_image": 5, "upscale": 2, "generate_video": 40}
 # Seconds; no test comes near it, so reaching it means a hang.
 TEST_TIMEOUT = float(os.environ.get("BALANCE_TEST_TIMEOUT", "60"))

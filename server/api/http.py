@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -18,12 +19,14 @@ from server.auth import Identity, bearer
 from server.db import DB_DOWN
 from server.history import KINDS
 from server.ledger import Outcome, request_hash
-from server.messages import ACCOUNT_ID_RULE, CheckoutRequest, decode_body, is_account_id
+from server.messages import ACCOUNT_ID_RULE, CheckoutRequest, Timestamp, decode_body, is_account_id
 from server.resources import Resources
 
 log = logging.getLogger("balance.api")
 
 MAX_BODY = 64 * 1024
+PAGE_SIZE = (1, 200)  # history's `limit`: least and most
+CURSOR = (1, 2**63 - 1)  # history's `before`: a transaction id
 JSON = "application/json"
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}")
 
@@ -90,7 +93,7 @@ async def limited_user(request: Request, limit: str) -> Identity:
 def int_query(request: Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
     """An integer query parameter within [lo, hi], or 422."""
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -102,24 +105,23 @@ def int_query(request: Request, name: str, default: int | None, lo: int, hi: int
 
 
 def time_query(request: Request, name: str) -> datetime | None:
-    """An ISO 8601 timestamp with a timezone, or 422."""
+    """An RFC 3339 timestamp (with its offset, as OpenAPI's date-time), or 422."""
     raw = request.query_params.get(name)
-    if not raw:
+    if raw is None:
         return None
     try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise errors.invalid_request(f"{name}: must be an ISO 8601 timestamp") from None
-    if value.tzinfo is None:
-        raise errors.invalid_request(f"{name}: must include a timezone (e.g. Z)")
-    return value
+        return msgspec.convert(raw, Timestamp)
+    except msgspec.ValidationError:
+        raise errors.invalid_request(
+            f"{name}: must be an RFC 3339 timestamp with an offset, e.g. 2026-01-31T00:00:00Z"
+        ) from None
 
 
 async def history_page(request: Request, account_id: str) -> bytes:
     """A page of the account's transactions, newest first, from the query's parameters."""
-    limit = int_query(request, "limit", 50, 1, 200)
-    before = int_query(request, "before", None, 1, 2**63 - 1)
-    kind = request.query_params.get("kind") or None
+    limit = int_query(request, "limit", 50, *PAGE_SIZE)
+    before = int_query(request, "before", None, *CURSOR)
+    kind = request.query_params.get("kind")
     if kind is not None and kind not in KINDS:
         raise errors.invalid_request(f"kind: must be one of {', '.join(KINDS)}")
     assert limit is not None

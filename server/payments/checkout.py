@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from typing import Any
 
 import asyncpg
@@ -21,7 +22,7 @@ import stripe
 from server import errors
 from server.catalog import Catalog, Unpriced
 from server.config import Settings
-from server.messages import CheckoutRequest
+from server.messages import NO_NUL, CheckoutRequest
 
 log = logging.getLogger("balance.checkout")
 
@@ -49,6 +50,33 @@ class Checkout:
             self._dodo = dodopayments.AsyncDodoPayments(
                 bearer_token=settings.dodo_api_key, environment="live_mode",
                 timeout=TIMEOUT, max_retries=1)
+
+    def request_schema(self) -> dict[str, Any]:
+        """What `create` accepts, as JSON Schema for /openapi.json: one alternative per
+        provider and offer (a package in one of its currencies, or a pay-as-you-go amount
+        within the rate's bounds), and return URLs under BALANCE_CHECKOUT_RETURN_URLS."""
+        offers: list[dict[str, Any]] = []
+        providers = [p for p, client in (("stripe", self._stripe), ("dodo", self._dodo)) if client]
+        for provider in providers:
+            for name, package in self._catalog.packages.items():
+                if provider == "dodo" and not package.dodo_product:
+                    continue
+                offers.append({"required": ["package"], "properties": {
+                    "provider": {"const": provider}, "package": {"const": name},
+                    "amount": {"type": "null"},
+                    "currency": {"anyOf": [_any_case(sorted(package.price)), {"type": "null"}]}}})
+            payg = self._catalog.pay_as_you_go
+            if provider == "stripe" and payg is not None:
+                for currency in sorted(payg.credits_per_unit):
+                    lo, hi = self._catalog.payg_amounts(currency)
+                    offers.append({"required": ["amount", "currency"], "properties": {
+                        "provider": {"const": provider}, "package": {"type": "null"},
+                        "amount": {"type": "integer", "minimum": lo, "maximum": hi},
+                        "currency": _any_case([currency])}})
+        prefixes = "|".join(re.escape(url) for url in self._return_urls) or "(?!)"
+        url = {"type": "string", "pattern": f"^(?:{prefixes}){NO_NUL[1:]}"}
+        return {"anyOf": offers or [{"not": {}}], "properties": {
+            "success_url": url, "cancel_url": {"anyOf": [url, {"type": "null"}]}}}
 
     async def close(self) -> None:
         await self._stripe_http.close_async()  # type: ignore[no-untyped-call]
@@ -181,3 +209,9 @@ class Checkout:
         if not session.checkout_url:
             raise errors.provider_unavailable("dodo", "no checkout_url in the answer")
         return session.session_id, session.checkout_url
+
+
+def _any_case(currencies: list[str]) -> dict[str, Any]:
+    """A currency code in any letter case (the request's is lower-cased)."""
+    codes = "|".join("".join(f"[{c.lower()}{c.upper()}]" for c in code) for code in currencies)
+    return {"type": "string", "pattern": f"^(?:{codes})$"}

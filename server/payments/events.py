@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from server import errors
+from server.catalog import MAX_CREDITS
 from server.messages import ACCOUNT_ID_RULE, is_account_id
 
-MAX_CREDITS = 10**12
 ID_RE = re.compile(r"[\x21-\x7e]{1,200}")  # provider ids: printable ASCII, no spaces
 _CREDITS_RE = re.compile(r"[0-9]{1,13}")
 

@@ -1,0 +1,75 @@
+"""A local stand-in of Stripe's and Dodo's checkout APIs that records the exact requests
+the official SDKs send it (tests/payments/test_checkout.py, tests/api/test_openapi.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from server.dev.servers import free_port
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    form: dict[str, str] = field(default_factory=dict)
+    json: Any = None
+
+
+@dataclass
+class StandIn:
+    """Stripe's /v1/checkout/sessions and Dodo's /checkouts, as far as checkout uses them."""
+
+    url: str = ""
+    seen: list[Seen] = field(default_factory=list)
+    failing: bool = False
+
+    async def stripe(self, request: Request) -> Response:
+        form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+        self.seen.append(Seen(request.method, request.url.path, dict(request.headers), form))
+        if self.failing:
+            return JSONResponse({"error": {"type": "api_error", "message": "down"}}, 500)
+        session = f"cs_test_{uuid.uuid4().hex[:10]}"
+        return JSONResponse({"id": session, "object": "checkout.session", "mode": "payment",
+                             "url": f"https://checkout.stripe.test/c/pay/{session}",
+                             "metadata": {k[9:-1]: v for k, v in form.items()
+                                          if k.startswith("metadata[")}})
+
+    async def dodo(self, request: Request) -> Response:
+        self.seen.append(Seen(request.method, request.url.path, dict(request.headers),
+                              json=await request.json()))
+        if self.failing:
+            return JSONResponse({"code": "INTERNAL", "message": "down"}, 500)
+        session = f"cks_{uuid.uuid4().hex[:10]}"
+        return JSONResponse({"session_id": session,
+                             "checkout_url": f"https://test.checkout.dodopayments.com/{session}"})
+
+
+@pytest.fixture(scope="module")
+async def stand_in() -> AsyncIterator[StandIn]:
+    standin = StandIn()
+    app = Starlette(routes=[Route("/v1/checkout/sessions", standin.stripe, methods=["POST"]),
+                            Route("/checkouts", standin.dodo, methods=["POST"])])
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
+        await asyncio.sleep(0.01)
+    standin.url = f"http://127.0.0.1:{port}"
+    yield standin
+    server.should_exit = True
+    await task
