@@ -259,6 +259,59 @@ CREATE TABLE IF NOT EXISTS checkouts (
     PRIMARY KEY (account_id, key)
 );
 
+-- step: 007_plans
+-- Plans (API.md "Plans and allowances"). The catalog's plans are copied here at start, so
+-- a charge is priced and limited inside its own transaction. An account on a plan has its
+-- anchor and the bounds of its current period: period k runs from anchor + k periods to
+-- anchor + (k+1) periods, computed from the anchor each time so months stay calendar-true
+-- (Jan 31 -> Feb 28 -> Mar 31). One plan_periods row per account and period granted: the
+-- unique constraint that makes each renewal happen once, however many instances race.
+CREATE TABLE IF NOT EXISTS plans (
+    id          text PRIMARY KEY,
+    allowance   bigint NOT NULL CHECK (allowance >= 0),
+    period      text NOT NULL CHECK (period IN ('month', 'week', 'day')),
+    rollover    bigint NOT NULL DEFAULT 0 CHECK (rollover >= 0),
+    prices      jsonb NOT NULL DEFAULT '{}',
+    limits      jsonb NOT NULL DEFAULT '{}',
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS plan text REFERENCES plans (id);
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS plan_anchor timestamptz;
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS period_index int;
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS period_start timestamptz;
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS period_end timestamptz;
+-- The renewal job reads only the accounts that are due.
+CREATE INDEX IF NOT EXISTS accounts_period_end_idx ON accounts (period_end)
+    WHERE plan IS NOT NULL;
+CREATE TABLE IF NOT EXISTS plan_periods (
+    account_id      text NOT NULL REFERENCES accounts (account_id),
+    period_start    timestamptz NOT NULL,
+    period_end      timestamptz NOT NULL,
+    plan            text NOT NULL,
+    transaction_id  bigint,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (account_id, period_start)
+);
+-- Units of each limited operation charged in a period.
+CREATE TABLE IF NOT EXISTS plan_usage (
+    account_id    text NOT NULL,
+    operation     text NOT NULL,
+    period_start  timestamptz NOT NULL,
+    used          bigint NOT NULL CHECK (used >= 0),
+    PRIMARY KEY (account_id, operation, period_start)
+);
+-- `allowance` joins the transaction kinds. NOT VALID: the rows already there satisfy the
+-- old, narrower rule, and checking them would scan the ledger under a lock.
+ALTER TABLE transactions DROP CONSTRAINT IF EXISTS transactions_kind_check;
+ALTER TABLE transactions ADD CONSTRAINT transactions_kind_check CHECK (kind IN
+    ('grant', 'purchase', 'usage', 'refund', 'reversal', 'adjustment', 'expiry', 'allowance'))
+    NOT VALID;
+-- Charges are priced and limited in SQL now: the functions take the operation.
+DROP FUNCTION IF EXISTS balance_post(text, bigint, text, bytea, text, bigint, text, jsonb,
+                                     timestamptz, text, uuid, int);
+DROP FUNCTION IF EXISTS balance_post_many(text[], bigint, text[], bytea[], text[], bigint[],
+                                          text[], jsonb[], timestamptz[], text[], int[]);
+
 -- ================================================================ JSON shapes of API.md
 
 -- definitions: json_shapes
@@ -273,7 +326,8 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT jsonb_build_object(
         'account_id', a.account_id, 'balance', a.balance, 'held', a.held,
         'available', a.balance - a.held, 'version', a.version,
-        'purchased', a.purchased, 'used', a.used, 'updated_at', balance__ts(a.updated_at))
+        'purchased', a.purchased, 'used', a.used, 'updated_at', balance__ts(a.updated_at),
+        'plan', a.plan, 'period_end', balance__ts(a.period_end))
 $$;
 
 CREATE OR REPLACE FUNCTION balance__tx_json(t transactions) RETURNS jsonb
@@ -408,14 +462,42 @@ BEGIN
     RETURN v_res;
 END $$;
 
+-- 'limit_reached' when charging p_quantity more of p_operation would pass its plan's limit
+-- in the account's current period: writes nothing and gives the key back, as a refusal
+-- for insufficient credits does. NULL result when the charge fits.
+CREATE OR REPLACE FUNCTION balance__over_limit(
+    p_acc accounts, p_key text, p_operation text, p_quantity bigint, p_limit bigint
+) RETURNS balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_used bigint;
+    v_res balance_result;
+BEGIN
+    SELECT u.used INTO v_used FROM plan_usage u WHERE u.account_id = p_acc.account_id
+        AND u.operation = p_operation AND u.period_start = p_acc.period_start;
+    v_used := COALESCE(v_used, 0);
+    IF v_used + p_quantity > p_limit THEN
+        DELETE FROM idempotency_keys k WHERE k.account_id = p_acc.account_id AND k.key = p_key;
+        v_res.result := 'limit_reached';
+        v_res.replayed := false;
+        v_res.body := jsonb_build_object('operation', p_operation, 'limit', p_limit,
+            'used', v_used, 'resets_at', balance__ts(p_acc.period_end));
+    END IF;
+    RETURN v_res;
+END $$;
+
 -- One ledger row: debit ('usage', p_amount < 0), credits, adjustments, reversals.
 -- p_mode 'available': a negative amount needs balance - held >= |amount| (else
 -- 'insufficient'); 'debt': applied in full even below zero (reversals only);
 -- 'clamp': takes at most what the balance holds; the shortfall is reported in the body.
+-- A charge (p_operation set, p_amount = -(catalog price x p_quantity)) is priced at the
+-- account's plan's override when it has one, and refused with 'limit_reached' when it would
+-- take the plan's per-period limit of that operation over: both decided here, under the
+-- account's row lock, so concurrent charges cannot pass a limit together.
 CREATE OR REPLACE FUNCTION balance_post(
     p_account text, p_welcome bigint, p_key text, p_hash bytea, p_kind text,
     p_amount bigint, p_reason text, p_metadata jsonb, p_expires_at timestamptz,
-    p_mode text, p_hold uuid DEFAULT NULL, p_priority int DEFAULT NULL
+    p_mode text, p_hold uuid DEFAULT NULL, p_priority int DEFAULT NULL,
+    p_operation text DEFAULT NULL, p_quantity bigint DEFAULT NULL
 ) RETURNS balance_result LANGUAGE plpgsql AS $$
 DECLARE
     v_acc accounts;
@@ -424,10 +506,31 @@ DECLARE
     v_short bigint := 0;
     v_granted bigint;
     v_res balance_result;
+    v_limit bigint;
 BEGIN
     v_res := balance__claim(p_account, p_key, p_hash);
     IF v_res.result IS NOT NULL THEN
         RETURN v_res;
+    END IF;
+
+    IF p_operation IS NOT NULL THEN
+        PERFORM balance__ensure(p_account, p_welcome);
+        SELECT * INTO v_acc FROM accounts WHERE account_id = p_account FOR UPDATE;
+        IF v_acc.plan IS NOT NULL THEN
+            SELECT (p.prices ->> p_operation)::bigint, (p.limits ->> p_operation)::bigint
+            INTO v_amount, v_limit FROM plans p WHERE p.id = v_acc.plan;
+            IF v_amount IS NOT NULL THEN
+                p_metadata := p_metadata || jsonb_build_object('unit_cost', v_amount);
+                p_amount := -(v_amount * p_quantity);
+            END IF;
+            v_amount := p_amount;
+            IF v_limit IS NOT NULL THEN
+                v_res := balance__over_limit(v_acc, p_key, p_operation, p_quantity, v_limit);
+                IF v_res.result IS NOT NULL THEN
+                    RETURN v_res;
+                END IF;
+            END IF;
+        END IF;
     END IF;
 
     IF p_amount < 0 AND p_mode = 'available' THEN
@@ -465,6 +568,13 @@ BEGIN
             WHERE account_id = p_account
             RETURNING * INTO v_acc;
         END IF;
+    END IF;
+
+    IF v_limit IS NOT NULL THEN
+        INSERT INTO plan_usage AS u (account_id, operation, period_start, used)
+        VALUES (p_account, p_operation, v_acc.period_start, p_quantity)
+        ON CONFLICT (account_id, operation, period_start)
+        DO UPDATE SET used = u.used + EXCLUDED.used;
     END IF;
 
     IF v_amount <> 0 THEN
@@ -513,7 +623,7 @@ END $$;
 CREATE OR REPLACE FUNCTION balance_post_many(
     p_accounts text[], p_welcome bigint, p_keys text[], p_hashes bytea[], p_kinds text[],
     p_amounts bigint[], p_reasons text[], p_metadata jsonb[], p_expires timestamptz[],
-    p_modes text[], p_priorities int[]
+    p_modes text[], p_priorities int[], p_operations text[], p_quantities bigint[]
 ) RETURNS TABLE (idx int, result balance_result) LANGUAGE plpgsql AS $$
 DECLARE
     i int;
@@ -525,7 +635,8 @@ BEGIN
         idx := i;
         result := balance_post(p_accounts[i], p_welcome, p_keys[i], p_hashes[i], p_kinds[i],
                                p_amounts[i], p_reasons[i], p_metadata[i], p_expires[i],
-                               p_modes[i], NULL, p_priorities[i]);
+                               p_modes[i], NULL, p_priorities[i], p_operations[i],
+                               p_quantities[i]);
         RETURN NEXT;
     END LOOP;
 END $$;
@@ -670,6 +781,50 @@ BEGIN
     RETURN v_res;
 END $$;
 
+-- Expires p_amount of a grant's remaining credits (the caller holds its account and has
+-- settled it). Holds reserve credits in spending order, after those that already expired
+-- while held; the part of this grant they reserve cannot leave yet (it leaves when they
+-- resolve, or is spent by a capture), and the part kept (remaining - p_amount) is taken
+-- to be reserved first. The rest leaves now as an `expiry` transaction, whose change the
+-- result carries (account_id NULL when nothing left the balance).
+CREATE OR REPLACE FUNCTION balance__expire_lot(p_lot credit_lots, p_amount bigint, p_reason text)
+RETURNS balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_acc accounts;
+    v_ahead bigint;
+    v_reserved bigint;
+    v_take bigint;
+    v_tx transactions;
+    v_res balance_result;
+BEGIN
+    SELECT * INTO v_acc FROM accounts WHERE account_id = p_lot.account_id;
+    SELECT COALESCE(sum(o.remaining), 0) INTO v_ahead FROM credit_lots o
+    WHERE o.account_id = p_lot.account_id AND o.remaining > 0
+      AND (o.priority, COALESCE(o.expires_at, 'infinity'), o.id)
+          < (p_lot.priority, COALESCE(p_lot.expires_at, 'infinity'), p_lot.id);
+    v_reserved := LEAST(p_lot.remaining, GREATEST(v_acc.held - v_acc.expired_held - v_ahead, 0));
+    v_take := p_amount - GREATEST(v_reserved - (p_lot.remaining - p_amount), 0);
+    UPDATE credit_lots SET remaining = remaining - p_amount WHERE id = p_lot.id;
+    UPDATE accounts SET
+        expired_held = expired_held + (p_amount - v_take),
+        balance = balance - v_take,
+        version = version + CASE WHEN v_take > 0 THEN 1 ELSE 0 END,
+        updated_at = CASE WHEN v_take > 0 THEN now() ELSE updated_at END
+    WHERE account_id = p_lot.account_id RETURNING * INTO v_acc;
+    v_res.result := 'ok';
+    v_res.replayed := false;
+    IF v_take > 0 THEN
+        INSERT INTO transactions
+            (account_id, kind, amount, balance_after, version, reason, metadata)
+        VALUES (v_acc.account_id, 'expiry', -v_take, v_acc.balance, v_acc.version,
+                p_reason, jsonb_build_object('lot_id', p_lot.id))
+        RETURNING * INTO v_tx;
+        v_res := ('ok', false, NULL, v_acc.account_id, v_acc.balance, v_acc.held,
+                  v_acc.version, 'expiry', -v_take, v_tx.id, NULL);
+    END IF;
+    RETURN v_res;
+END $$;
+
 -- The account object, creating the account on first mention.
 CREATE OR REPLACE FUNCTION balance_account(p_account text, p_welcome bigint) RETURNS jsonb
 LANGUAGE plpgsql AS $$
@@ -701,10 +856,6 @@ DECLARE
     v_lots bigint[];
     v_id uuid;
     v_lot credit_lots;
-    v_acc accounts;
-    v_ahead bigint;
-    v_take bigint;
-    v_tx transactions;
     v_res balance_result;
 BEGIN
     SELECT COALESCE(array_agg(h.id), '{}') INTO v_holds FROM (
@@ -712,6 +863,7 @@ BEGIN
         ORDER BY expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED) h;
     SELECT COALESCE(array_agg(l.id), '{}') INTO v_lots FROM (
         SELECT id FROM credit_lots WHERE remaining > 0 AND expires_at <= now()
+            AND kind <> 'allowance'  -- a plan's renewal expires those (rollover)
         ORDER BY expires_at, id LIMIT p_limit) l;
     PERFORM 1 FROM accounts WHERE account_id IN (
         SELECT account_id FROM holds WHERE id = ANY(v_holds)
@@ -730,31 +882,8 @@ BEGIN
         SELECT * FROM credit_lots WHERE id = ANY(v_lots) AND remaining > 0
         ORDER BY expires_at, id FOR UPDATE
     LOOP
-        SELECT * INTO v_acc FROM accounts WHERE account_id = v_lot.account_id;
-        -- Holds reserve credits in spending order, after those that already expired while
-        -- held: the part of this grant they reserve cannot leave yet (it leaves when they
-        -- resolve, or is spent by a capture); the rest leaves now.
-        SELECT COALESCE(sum(o.remaining), 0) INTO v_ahead FROM credit_lots o
-        WHERE o.account_id = v_lot.account_id AND o.remaining > 0
-          AND (o.priority, COALESCE(o.expires_at, 'infinity'), o.id)
-              < (v_lot.priority, COALESCE(v_lot.expires_at, 'infinity'), v_lot.id);
-        v_take := v_lot.remaining - LEAST(v_lot.remaining,
-            GREATEST(v_acc.held - v_acc.expired_held - v_ahead, 0));
-        UPDATE credit_lots SET remaining = 0 WHERE id = v_lot.id;
-        UPDATE accounts SET
-            expired_held = expired_held + (v_lot.remaining - v_take),
-            balance = balance - v_take,
-            version = version + CASE WHEN v_take > 0 THEN 1 ELSE 0 END,
-            updated_at = CASE WHEN v_take > 0 THEN now() ELSE updated_at END
-        WHERE account_id = v_lot.account_id RETURNING * INTO v_acc;
-        IF v_take > 0 THEN
-            INSERT INTO transactions
-                (account_id, kind, amount, balance_after, version, reason, metadata)
-            VALUES (v_acc.account_id, 'expiry', -v_take, v_acc.balance, v_acc.version,
-                    'credits expired', jsonb_build_object('lot_id', v_lot.id))
-            RETURNING * INTO v_tx;
-            v_res := ('ok', false, NULL, v_acc.account_id, v_acc.balance, v_acc.held,
-                      v_acc.version, 'expiry', -v_take, v_tx.id, NULL);
+        v_res := balance__expire_lot(v_lot, v_lot.remaining, 'credits expired');
+        IF v_res.account_id IS NOT NULL THEN
             RETURN NEXT v_res;
         END IF;
     END LOOP;
@@ -780,6 +909,324 @@ CREATE OR REPLACE FUNCTION balance_reconcile() RETURNS TABLE (
        OR GREATEST(COALESCE(l.s, 0) - a.unsettled, 0) <> GREATEST(a.balance - a.expired_held, 0)
        OR a.expired_held > a.held
 $$;
+
+-- ================================================================ plans
+
+-- definitions: plans
+
+-- The start of period k of a plan anchored at p_anchor (k may be negative), in UTC, so a
+-- month is a calendar month: Jan 31 + 1 month = Feb 28 (29), + 2 months = Mar 31.
+CREATE OR REPLACE FUNCTION balance__period_edge(p_anchor timestamptz, p_period text, p_k int)
+RETURNS timestamptz LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT ((p_anchor AT TIME ZONE 'UTC') + p_k * CASE p_period
+        WHEN 'month' THEN interval '1 month' WHEN 'week' THEN interval '7 days'
+        ELSE interval '1 day' END) AT TIME ZONE 'UTC'
+$$;
+
+-- The k whose period [edge(k), edge(k+1)) holds p_at.
+CREATE OR REPLACE FUNCTION balance__period_index(p_anchor timestamptz, p_period text,
+                                                 p_at timestamptz)
+RETURNS int LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    v_a timestamp := p_anchor AT TIME ZONE 'UTC';
+    v_t timestamp := p_at AT TIME ZONE 'UTC';
+    v_k int;
+BEGIN
+    IF p_period = 'month' THEN
+        v_k := (extract(year FROM v_t) - extract(year FROM v_a)) * 12
+             + extract(month FROM v_t) - extract(month FROM v_a);
+    ELSE
+        v_k := floor(extract(epoch FROM v_t - v_a)
+                     / CASE p_period WHEN 'week' THEN 604800 ELSE 86400 END);
+    END IF;
+    WHILE balance__period_edge(p_anchor, p_period, v_k) > p_at LOOP
+        v_k := v_k - 1;
+    END LOOP;
+    WHILE balance__period_edge(p_anchor, p_period, v_k + 1) <= p_at LOOP
+        v_k := v_k + 1;
+    END LOOP;
+    RETURN v_k;
+END $$;
+
+-- The catalog's plans, written at start by each instance (never deleted: an account may
+-- still be on a plan a newer catalog dropped).
+CREATE OR REPLACE FUNCTION balance_sync_plans(p_plans jsonb) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO plans (id, allowance, period, rollover, prices, limits)
+    SELECT key, (value ->> 'allowance')::bigint, value ->> 'period',
+           (value ->> 'rollover')::bigint, value -> 'prices', value -> 'limits'
+    FROM jsonb_each(p_plans)
+    ON CONFLICT (id) DO UPDATE SET allowance = EXCLUDED.allowance, period = EXCLUDED.period,
+        rollover = EXCLUDED.rollover, prices = EXCLUDED.prices, limits = EXCLUDED.limits,
+        updated_at = now()
+    WHERE (plans.allowance, plans.period, plans.rollover, plans.prices, plans.limits)
+          IS DISTINCT FROM (EXCLUDED.allowance, EXCLUDED.period, EXCLUDED.rollover,
+                            EXCLUDED.prices, EXCLUDED.limits)
+$$;
+
+-- Expires the account's unused allowance beyond p_keep (the caller holds the account and
+-- has settled it); what is kept expires at p_until. Soonest-expiring allowance goes first.
+CREATE OR REPLACE FUNCTION balance__expire_allowance(
+    p_account text, p_keep bigint, p_until timestamptz, p_reason text
+) RETURNS SETOF balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_lot credit_lots;
+    v_excess bigint;
+    v_cut bigint;
+    v_res balance_result;
+BEGIN
+    SELECT GREATEST(COALESCE(sum(remaining), 0) - p_keep, 0) INTO v_excess
+    FROM credit_lots WHERE account_id = p_account AND kind = 'allowance' AND remaining > 0;
+    FOR v_lot IN
+        SELECT * FROM credit_lots WHERE account_id = p_account AND kind = 'allowance'
+          AND remaining > 0 ORDER BY priority, expires_at, id FOR UPDATE
+    LOOP
+        v_cut := LEAST(v_lot.remaining, v_excess);
+        IF v_cut > 0 THEN
+            v_excess := v_excess - v_cut;
+            v_res := balance__expire_lot(v_lot, v_cut, p_reason);
+            IF v_res.account_id IS NOT NULL THEN
+                RETURN NEXT v_res;
+            END IF;
+        END IF;
+        IF v_lot.remaining > v_cut THEN
+            UPDATE credit_lots SET expires_at = p_until WHERE id = v_lot.id;
+        END IF;
+    END LOOP;
+END $$;
+
+-- Grants the allowance of the account's current period, once (plan_periods' key), as an
+-- `allowance` transaction on a grant expiring at the period's end.
+CREATE OR REPLACE FUNCTION balance__grant_allowance(p_account text)
+RETURNS balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_acc accounts;
+    v_plan plans;
+    v_tx transactions;
+    v_res balance_result;
+BEGIN
+    SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
+    SELECT * INTO v_plan FROM plans WHERE id = v_acc.plan;
+    INSERT INTO plan_periods (account_id, period_start, period_end, plan)
+    VALUES (p_account, v_acc.period_start, v_acc.period_end, v_acc.plan)
+    ON CONFLICT DO NOTHING;
+    IF NOT FOUND OR v_plan.allowance = 0 THEN
+        RETURN v_res;
+    END IF;
+    IF v_acc.unsettled > 0 THEN
+        PERFORM balance__settle(p_account);
+    END IF;
+    UPDATE accounts SET balance = balance + v_plan.allowance, version = version + 1,
+        updated_at = now()
+    WHERE account_id = p_account RETURNING * INTO v_acc;
+    INSERT INTO transactions (account_id, kind, amount, balance_after, version, reason, metadata)
+    VALUES (p_account, 'allowance', v_plan.allowance, v_acc.balance, v_acc.version,
+            'plan ' || v_plan.id, jsonb_build_object('plan', v_plan.id,
+            'period_start', balance__ts(v_acc.period_start),
+            'period_end', balance__ts(v_acc.period_end)))
+    RETURNING * INTO v_tx;
+    -- As any credit: a grant for what it adds above a debt.
+    IF LEAST(v_plan.allowance, GREATEST(v_acc.balance - v_acc.expired_held, 0)) > 0 THEN
+        INSERT INTO credit_lots
+            (account_id, transaction_id, kind, amount, remaining, priority, expires_at)
+        VALUES (p_account, v_tx.id, 'allowance',
+                LEAST(v_plan.allowance, GREATEST(v_acc.balance - v_acc.expired_held, 0)),
+                LEAST(v_plan.allowance, GREATEST(v_acc.balance - v_acc.expired_held, 0)),
+                balance__priority('allowance'), v_acc.period_end);
+    END IF;
+    UPDATE plan_periods SET transaction_id = v_tx.id
+    WHERE account_id = p_account AND period_start = v_acc.period_start;
+    RETURN ('ok', false, NULL, p_account, v_acc.balance, v_acc.held, v_acc.version,
+            'allowance', v_plan.allowance, v_tx.id, NULL)::balance_result;
+END $$;
+
+-- Assigns, changes or (p_plan NULL) removes the account's plan: the unused allowance
+-- expires now, and a new plan's first allowance is granted for the period, anchored at
+-- p_anchor, that holds now. The same plan again without a new anchor changes nothing.
+-- Rows: each committed change, then one whose body is the response.
+CREATE OR REPLACE FUNCTION balance_set_plan(
+    p_account text, p_welcome bigint, p_key text, p_hash bytea, p_plan text,
+    p_anchor timestamptz
+) RETURNS SETOF balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_acc accounts;
+    v_plan plans;
+    v_k int;
+    v_res balance_result;
+BEGIN
+    v_res := balance__claim(p_account, p_key, p_hash);
+    IF v_res.result IS NOT NULL THEN
+        RETURN NEXT v_res;
+        RETURN;
+    END IF;
+    PERFORM balance__ensure(p_account, p_welcome);
+    SELECT * INTO v_acc FROM accounts WHERE account_id = p_account FOR UPDATE;
+    IF v_acc.plan IS NOT DISTINCT FROM p_plan AND p_anchor IS NULL THEN
+        v_res := ('ok', false, jsonb_build_object('account', balance__account_json(v_acc)),
+                  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+        PERFORM balance__remember(p_account, p_key, v_res.body);
+        RETURN NEXT v_res;
+        RETURN;
+    END IF;
+    IF p_plan IS NOT NULL THEN
+        SELECT * INTO v_plan FROM plans WHERE id = p_plan;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'BL001: plan % is not in the plans table', p_plan;
+        END IF;
+    END IF;
+    IF v_acc.unsettled > 0 THEN
+        PERFORM balance__settle(p_account);
+    END IF;
+    RETURN QUERY SELECT * FROM balance__expire_allowance(p_account, 0, NULL,
+        CASE WHEN p_plan IS NULL THEN 'plan removed' ELSE 'plan changed' END);
+    IF p_plan IS NULL THEN
+        UPDATE accounts SET plan = NULL, plan_anchor = NULL, period_index = NULL,
+            period_start = NULL, period_end = NULL, version = version + 1, updated_at = now()
+        WHERE account_id = p_account RETURNING * INTO v_acc;
+        v_res := ('ok', false, NULL, p_account, v_acc.balance, v_acc.held, v_acc.version,
+                  'plan', 0, NULL, NULL);
+    ELSE
+        p_anchor := COALESCE(p_anchor, now());
+        v_k := balance__period_index(p_anchor, v_plan.period, now());
+        UPDATE accounts SET plan = p_plan, plan_anchor = p_anchor, period_index = v_k,
+            period_start = balance__period_edge(p_anchor, v_plan.period, v_k),
+            period_end = balance__period_edge(p_anchor, v_plan.period, v_k + 1),
+            version = version + 1, updated_at = now()
+        WHERE account_id = p_account RETURNING * INTO v_acc;
+        v_res := ('ok', false, NULL, p_account, v_acc.balance, v_acc.held, v_acc.version,
+                  'plan', 0, NULL, NULL);
+        RETURN NEXT v_res;
+        v_res := balance__grant_allowance(p_account);
+        IF v_res.result IS NULL THEN  -- no allowance: the 'plan' row above was the change
+            v_res := ('ok', false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+        END IF;
+    END IF;
+    SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
+    v_res.body := jsonb_build_object('account', balance__account_json(v_acc));
+    PERFORM balance__remember(p_account, p_key, v_res.body);
+    RETURN NEXT v_res;
+END $$;
+
+-- Renews the plans whose period has ended, up to p_limit accounts: per account and per
+-- period missed, in order, the unused allowance beyond the plan's rollover expires (what
+-- rolls over now expires with the next period) and the next allowance is granted. Rows
+-- another instance holds are skipped (it is renewing them); plan_periods' key makes each
+-- period's grant happen once.
+CREATE OR REPLACE FUNCTION balance_renew(p_limit int) RETURNS SETOF balance_result
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_acc accounts;
+    v_plan plans;
+    v_res balance_result;
+BEGIN
+    FOR v_acc IN
+        SELECT * FROM accounts WHERE plan IS NOT NULL AND period_end <= now()
+        ORDER BY account_id LIMIT p_limit FOR UPDATE SKIP LOCKED
+    LOOP
+        SELECT * INTO v_plan FROM plans WHERE id = v_acc.plan;
+        IF v_acc.unsettled > 0 THEN
+            PERFORM balance__settle(v_acc.account_id);
+        END IF;
+        WHILE v_acc.period_end <= now() LOOP
+            RETURN QUERY SELECT * FROM balance__expire_allowance(v_acc.account_id,
+                v_plan.rollover,
+                balance__period_edge(v_acc.plan_anchor, v_plan.period, v_acc.period_index + 2),
+                'allowance expired at period end');
+            UPDATE accounts SET period_index = period_index + 1,
+                period_start = period_end,
+                period_end = balance__period_edge(plan_anchor, v_plan.period, period_index + 2)
+            WHERE account_id = v_acc.account_id RETURNING * INTO v_acc;
+            v_res := balance__grant_allowance(v_acc.account_id);
+            IF v_res.account_id IS NOT NULL THEN
+                v_res.body := jsonb_build_object('plan', v_plan.id);
+                RETURN NEXT v_res;
+            END IF;
+        END LOOP;
+    END LOOP;
+END $$;
+
+-- What a usage dashboard needs: the plan, its period, the allowance left (after the
+-- spending not yet settled into grants, taken in spending order) and each limit's use.
+CREATE OR REPLACE FUNCTION balance_plan_json(p_account text, p_welcome bigint)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    v_acc accounts;
+    v_plan plans;
+    v_left bigint;
+BEGIN
+    SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
+    IF NOT FOUND THEN
+        PERFORM balance__ensure(p_account, p_welcome);
+        SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
+    END IF;
+    IF v_acc.plan IS NULL THEN
+        RETURN jsonb_build_object('plan', NULL, 'period', NULL, 'period_start', NULL,
+            'period_end', NULL, 'allowance', 0, 'allowance_remaining', 0, 'rollover', 0,
+            'limits', '{}'::jsonb);
+    END IF;
+    SELECT * INTO v_plan FROM plans WHERE id = v_acc.plan;
+    SELECT COALESCE(sum(CASE WHEN kind = 'allowance' THEN
+               remaining - LEAST(GREATEST(v_acc.unsettled - (cum - remaining), 0), remaining)
+           END), 0)
+    INTO v_left FROM (
+        SELECT kind, remaining,
+               sum(remaining) OVER (ORDER BY priority, expires_at, id) AS cum
+        FROM credit_lots WHERE account_id = p_account AND remaining > 0) l;
+    RETURN jsonb_build_object(
+        'plan', v_plan.id, 'period', v_plan.period,
+        'period_start', balance__ts(v_acc.period_start),
+        'period_end', balance__ts(v_acc.period_end),
+        'allowance', v_plan.allowance, 'allowance_remaining', v_left,
+        'rollover', v_plan.rollover,
+        'limits', COALESCE((
+            SELECT jsonb_object_agg(l.key, jsonb_build_object(
+                'limit', l.value::bigint, 'used', COALESCE(u.used, 0)))
+            FROM jsonb_each_text(v_plan.limits) l
+            LEFT JOIN plan_usage u ON u.account_id = p_account AND u.operation = l.key
+                AND u.period_start = v_acc.period_start), '{}'::jsonb));
+END $$;
+
+-- What a charge (p_operation, p_quantity, p_base_price) or a debit (p_amount) would
+-- answer now, writing nothing; an account not yet created is checked as a new one.
+CREATE OR REPLACE FUNCTION balance_check(
+    p_account text, p_welcome bigint, p_operation text, p_quantity bigint,
+    p_base_price bigint, p_amount bigint
+) RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_acc accounts;
+    v_available bigint;
+    v_cost bigint := p_amount;
+    v_price bigint;
+    v_limit bigint;
+    v_used bigint;
+BEGIN
+    SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
+    v_available := CASE WHEN FOUND THEN v_acc.balance - v_acc.held ELSE p_welcome END;
+    IF p_operation IS NOT NULL THEN
+        v_cost := p_base_price * p_quantity;
+        IF v_acc.plan IS NOT NULL THEN
+            SELECT (p.prices ->> p_operation)::bigint, (p.limits ->> p_operation)::bigint
+            INTO v_price, v_limit FROM plans p WHERE p.id = v_acc.plan;
+            v_cost := COALESCE(v_price, p_base_price) * p_quantity;
+            IF v_limit IS NOT NULL THEN
+                SELECT u.used INTO v_used FROM plan_usage u WHERE u.account_id = p_account
+                    AND u.operation = p_operation AND u.period_start = v_acc.period_start;
+                v_used := COALESCE(v_used, 0);
+                IF v_used + p_quantity > v_limit THEN
+                    RETURN jsonb_build_object('allowed', false, 'cost', v_cost,
+                        'available', v_available, 'error', 'limit_reached',
+                        'operation', p_operation, 'limit', v_limit, 'used', v_used,
+                        'resets_at', balance__ts(v_acc.period_end));
+                END IF;
+            END IF;
+        END IF;
+    END IF;
+    IF v_available < v_cost THEN
+        RETURN jsonb_build_object('allowed', false, 'cost', v_cost, 'available', v_available,
+            'error', 'insufficient_credits', 'required', v_cost);
+    END IF;
+    RETURN jsonb_build_object('allowed', true, 'cost', v_cost, 'available', v_available);
+END $$;
 
 -- ================================================================ payments
 

@@ -24,6 +24,7 @@ from server.ledger import Ledger
 from server.limiter import RateLimits
 from server.payments.checkout import Checkout
 from server.payments.fulfilment import Fulfilment
+from server.plans import Plans
 from server.push.broker import make_broker
 from server.push.hub import Hub
 from server.push.publisher import Publisher
@@ -52,7 +53,9 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
         hub = Hub(broker, snapshot=ledger.snapshot, settings=settings)
         publisher = Publisher(broker, hub.deliver, settings.channel_prefix)
         ledger.on_commit(publisher.publish)
-        jobs = Jobs(ledger, settings)
+        plans = Plans(ledger, catalog)
+        await plans.sync()
+        jobs = Jobs(ledger, plans, settings)
         checkout = Checkout(pool, catalog, settings)
         tokens = TokenVerifier(settings)
         app.state.resources = Resources(
@@ -60,6 +63,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
             catalog=catalog,
             pool=pool,
             ledger=ledger,
+            plans=plans,
             history=History(ledger),
             fulfilment=Fulfilment(ledger, catalog, settings.refund_policy),
             checkout=checkout,

@@ -15,6 +15,7 @@ HTTP_STATUS: dict[str, int] = {
     "invalid_json": 400,
     "unauthorized": 401,
     "insufficient_credits": 402,
+    "limit_reached": 402,
     "not_found": 404,
     "method_not_allowed": 405,
     "idempotency_conflict": 409,
@@ -60,6 +61,14 @@ def insufficient_credits(required: int, available: int) -> Problem:
         f"{required} credits required, {available} available",
         required=required,
         available=available,
+    )
+
+
+def limit_reached(operation: str, limit: int, used: int, resets_at: str) -> Problem:
+    return Problem(
+        "limit_reached",
+        f"{operation}: the plan allows {limit} per period, {used} used; resets at {resets_at}",
+        operation=operation, limit=limit, used=used, resets_at=resets_at,
     )
 
 

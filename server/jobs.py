@@ -1,4 +1,5 @@
-"""Periodic work, in every instance: expire due holds and grants, forget old keys.
+"""Periodic work, in every instance: expire due holds and grants, renew plans whose period
+ended, forget old keys.
 
 Several instances run the same jobs safely: the SQL claims due rows with SKIP LOCKED, and
 each change it commits leaves through the ledger's door like any other.
@@ -13,6 +14,7 @@ import time
 from server import metrics
 from server.config import Settings
 from server.ledger import Ledger
+from server.plans import Plans
 
 log = logging.getLogger("balance.jobs")
 
@@ -22,8 +24,9 @@ KEY_CLEANUP_EVERY = 3600.0  # seconds
 class Jobs:
     """The background loop of one process."""
 
-    def __init__(self, ledger: Ledger, settings: Settings) -> None:
+    def __init__(self, ledger: Ledger, plans: Plans, settings: Settings) -> None:
         self._ledger = ledger
+        self._plans = plans
         self._interval = settings.sweep_interval
         self._retention_days = settings.idempotency_retention_days
         self._task: asyncio.Task[None] | None = None
@@ -45,10 +48,13 @@ class Jobs:
                 kinds = await self._ledger.sweep()
                 for kind in kinds:
                     metrics.sweeps.labels(kind).inc()
+                renewed = await self._plans.renew()
+                if renewed:
+                    metrics.sweeps.labels("renewal").inc(renewed)
                 if time.monotonic() - last_cleanup > KEY_CLEANUP_EVERY:
                     await self._ledger.forget_old_keys(self._retention_days)
                     last_cleanup = time.monotonic()
-                if kinds:
+                if kinds or renewed:
                     continue  # more may be due; sweep again at once
             except asyncio.CancelledError:
                 raise

@@ -64,6 +64,9 @@ def _refusal(row: asyncpg.Record) -> errors.Problem:
             return errors.not_found("no such hold")
         case "not_active":
             return errors.hold_not_active(details.get("status", "unknown"))
+        case "limit_reached":
+            return errors.limit_reached(details["operation"], details["limit"],
+                                        details["used"], details["resets_at"])
         case "over_held":
             return errors.invalid_request(
                 f"amount: must not exceed the held amount ({details.get('held')})")
@@ -136,12 +139,16 @@ class Ledger:
         expires_at: datetime | None = None,
         mode: str = "available",
         priority: int | None = None,
+        operation: str | None = None,
+        quantity: int | None = None,
     ) -> Outcome:
         """One signed ledger row (debit when negative), atomically with its idempotency key;
-        a credit opens a grant (`priority` None: its kind's default)."""
+        a credit opens a grant (`priority` None: its kind's default). A charge names its
+        `operation` and `quantity`: the account's plan may price it otherwise than `amount`
+        (the catalog's price) and refuse it at its limit."""
         row = await self._group.submit((
             account_id, idempotency_key, fingerprint, kind, amount, reason, jsonb(metadata),
-            expires_at, mode, priority,
+            expires_at, mode, priority, operation, quantity,
         ))
         outcome = self._outcome(row, reason)
         if not outcome.replayed:
@@ -187,6 +194,16 @@ class Ledger:
         if row["result"] == "ok":
             self._committed(row, reason)
         return row
+
+    async def move_many(self, sql: str, *args: Any, reason: str | None) -> list[asyncpg.Record]:
+        """As `move`, for a function answering one row per committed change (each leaves
+        through the door, in order) and, last, the one whose body is the response."""
+        rows = await movements(self.pool, sql, *args)
+        if rows and rows[-1]["result"] != "ok":
+            raise _refusal(rows[-1])
+        for row in rows:
+            self._committed(row, reason)
+        return rows
 
     async def sweep(self, limit: int = 500) -> list[str]:
         """Expire due holds and lots; the kind of each change committed."""

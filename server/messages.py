@@ -116,6 +116,22 @@ class CheckoutRequest(msgspec.Struct, forbid_unknown_fields=True):
         min_length=3, max_length=320, extra_json_schema=_no_nul)] | None = None
 
 
+class PlanRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A catalog plan, or null to remove the account's; `anchor`: where periods start."""
+
+    plan: Name | None
+    idempotency_key: IdempotencyKey
+    anchor: Timestamp | None = None
+
+
+class CheckRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A charge (`operation`, `quantity`) or a debit (`amount`) to check, not to make."""
+
+    operation: Name | None = None
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUANTITY)] = 1
+    amount: Amount | None = None
+
+
 class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
     account_id: AccountId
     ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=86400)] = 3600

@@ -14,6 +14,7 @@ from server.ledger import Ledger
 from server.limiter import RateLimits
 from server.payments.checkout import Checkout
 from server.payments.fulfilment import Fulfilment
+from server.plans import Plans
 from server.push.hub import Hub
 
 
@@ -25,6 +26,7 @@ class Resources:
     catalog: Catalog
     pool: asyncpg.Pool
     ledger: Ledger
+    plans: Plans
     history: History
     fulfilment: Fulfilment
     checkout: Checkout

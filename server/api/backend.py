@@ -16,15 +16,17 @@ from server.api.http import (
     resources,
     time_query,
 )
-from server.catalog import to_json
+from server.catalog import Catalog, to_json
 from server.ledger import Outcome, request_hash
 from server.messages import (
     AdjustRequest,
     CaptureRequest,
     ChargeRequest,
+    CheckRequest,
     CreditRequest,
     DebitRequest,
     HoldRequest,
+    PlanRequest,
     TokenRequest,
     decode_body,
     encoder,
@@ -77,24 +79,31 @@ async def adjust(request: Request) -> Outcome:
     )
 
 
+def _catalog_price(catalog: Catalog, operation: str, quantity: int) -> int:
+    """The catalog's price of `operation` (a plan may override it in SQL), or 422 for an
+    unknown operation or a quantity over its cap."""
+    price = catalog.prices.get(operation)
+    if price is None:
+        raise errors.invalid_request(f"operation: unknown operation {operation!r}")
+    most = catalog.max_quantity(operation)
+    if quantity > most:
+        raise errors.invalid_request(f"quantity: at most {most} of {operation!r} at once")
+    return price
+
+
 async def charge(request: Request) -> Outcome:
     """Debit the price-list cost of an operation times quantity."""
     account_id = account_param(request)
     body = decode_body(ChargeRequest, await read_body(request))
     res = resources(request)
-    price = res.catalog.prices.get(body.operation)
-    if price is None:
-        raise errors.invalid_request(f"operation: unknown operation {body.operation!r}")
-    most = res.catalog.max_quantity(body.operation)
-    if body.quantity > most:
-        raise errors.invalid_request(f"quantity: at most {most} of {body.operation!r} at once")
+    price = _catalog_price(res.catalog, body.operation, body.quantity)
     cost = price * body.quantity
     metadata = {**(body.metadata or {}), "operation": body.operation, "quantity": body.quantity,
                 "unit_cost": price}
     return await res.ledger.post(
         account_id, kind="usage", amount=-cost, reason=body.operation,
         idempotency_key=body.idempotency_key, fingerprint=request_hash("charge", body),
-        metadata=metadata,
+        metadata=metadata, operation=body.operation, quantity=body.quantity,
     )
 
 
@@ -173,3 +182,32 @@ async def prices(request: Request) -> bytes:
 async def catalog(request: Request) -> bytes:
     """Prices, packages, pay-as-you-go rates, plans and alert defaults."""
     return to_json(resources(request).catalog)
+
+
+async def set_plan(request: Request) -> Outcome:
+    """Assign, change or remove the account's plan."""
+    account_id = account_param(request)
+    body = decode_body(PlanRequest, await read_body(request))
+    res = resources(request)
+    if body.plan is not None and body.plan not in res.catalog.plans:
+        raise errors.invalid_request(f"plan: no plan {body.plan!r} in the catalog")
+    return await res.plans.assign(account_id, body.plan, body.anchor, body.idempotency_key,
+                                  request_hash("plan", body))
+
+
+async def get_plan(request: Request) -> bytes:
+    """The account's plan, period, allowance left and limits used."""
+    return await resources(request).plans.dashboard(account_param(request))
+
+
+async def check(request: Request) -> bytes:
+    """What a charge or debit would answer now; writes nothing."""
+    account_id = account_param(request)
+    body = decode_body(CheckRequest, await read_body(request))
+    res = resources(request)
+    if (body.operation is None) == (body.amount is None):
+        raise errors.invalid_request("operation: give an operation (and quantity) or an amount")
+    if body.operation is not None:
+        _catalog_price(res.catalog, body.operation, body.quantity)
+    return await res.plans.check(account_id, operation=body.operation,
+                                 quantity=body.quantity, amount=body.amount)

@@ -22,3 +22,9 @@ async def my_transactions(request: Request) -> bytes:
 async def my_checkout(request: Request) -> Outcome:
     """A checkout session for the token's account."""
     return await checkout_for(request, (await limited_user(request, "checkout")).account_id)
+
+
+async def my_plan(request: Request) -> bytes:
+    """The token's account's plan, period, allowance left and limits used."""
+    identity = await limited_user(request, "me")
+    return await resources(request).plans.dashboard(identity.account_id)

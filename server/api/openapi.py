@@ -98,6 +98,18 @@ def _charge_rules(catalog: Catalog) -> dict[str, Any]:
     return rules
 
 
+def _check_rules(catalog: Catalog) -> dict[str, Any]:
+    """A charge's rules with its operation, or an amount: one of the two."""
+    charge = _charge_rules(catalog)
+    operation = {"required": ["operation"], "properties": {
+        "amount": {"type": "null"}, **charge["properties"]}}
+    if "anyOf" in charge:
+        operation["anyOf"] = charge["anyOf"]
+    amount = {"required": ["amount"], "properties": {
+        "operation": {"type": "null"}, "amount": {"type": "integer"}}}
+    return {"anyOf": [operation, amount]}
+
+
 def _merge(schema: dict[str, Any], rules: dict[str, Any]) -> None:
     for key, value in rules.items():
         if key == "properties":
@@ -114,6 +126,10 @@ def build(catalog: Catalog, checkout: Checkout) -> dict[str, Any]:
     components["Error"] = _ERROR
     components["JsonValue"] = JSON_VALUE_SCHEMA
     _merge(components["ChargeRequest"], _charge_rules(catalog))
+    _merge(components["CheckRequest"], _check_rules(catalog))
+    components["PlanRequest"]["properties"]["plan"] = {
+        "anyOf": [{"enum": sorted(catalog.plans)}, {"type": "null"}] if catalog.plans
+        else [{"type": "null"}], "description": "a catalog plan, or null to remove the plan"}
     _merge(components["CheckoutRequest"], checkout.request_schema())
     components["CreditRequest"]["properties"]["expires_at"]["description"] = (
         "when the grant's unspent credits expire; must be in the future")
@@ -142,9 +158,7 @@ def build(catalog: Catalog, checkout: Checkout) -> dict[str, Any]:
         }
         if op.body is not None:
             doc["requestBody"] = {
-                # A body whose fields all have defaults may be left out (capture: all of it).
-                "required": bool(msgspec.structs.fields(op.body)) and any(
-                    f.required for f in msgspec.structs.fields(op.body)),
+                "required": op.body_required,
                 "content": {"application/json": {"schema": _ref(op.body.__name__)}},
             }
         paths.setdefault(op.path, {})[op.method.lower()] = doc

@@ -27,9 +27,11 @@ from server.messages import (
     CaptureRequest,
     ChargeRequest,
     CheckoutRequest,
+    CheckRequest,
     CreditRequest,
     DebitRequest,
     HoldRequest,
+    PlanRequest,
     TokenRequest,
 )
 
@@ -48,6 +50,7 @@ class Operation:
     status: int = 200
     refusals: tuple[int, ...] = ()  # what it answers beyond 400/401/413/422/429/503
     query: tuple[str, ...] = ()  # its query parameters, by name (openapi.py has their rules)
+    body_required: bool = True  # False: no body means an empty one (capture: all of it)
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -69,8 +72,15 @@ OPERATIONS: tuple[Operation, ...] = (
               "Spending grouped", "service", query=("group_by", "since", "until")),
     Operation("GET", "/v1/accounts/{account_id}/grants", backend.list_grants,
               "Open grants, in spending order", "service"),
+    Operation("PUT", "/v1/accounts/{account_id}/plan", backend.set_plan,
+              "Assign, change or remove the plan", "service", PlanRequest, refusals=(409,)),
+    Operation("GET", "/v1/accounts/{account_id}/plan", backend.get_plan,
+              "Plan, period, allowance left, limits used", "service"),
+    Operation("POST", "/v1/accounts/{account_id}/check", backend.check,
+              "What a charge or debit would answer (writes nothing)", "service", CheckRequest),
     Operation("POST", "/v1/holds/{hold_id}/capture", backend.capture_hold,
-              "Capture a hold", "service", CaptureRequest, refusals=(404, 409)),
+              "Capture a hold", "service", CaptureRequest, refusals=(404, 409),
+              body_required=False),
     Operation("POST", "/v1/holds/{hold_id}/release", backend.release_hold,
               "Release a hold", "service", refusals=(404, 409)),
     Operation("POST", "/v1/accounts/{account_id}/checkout", backend.checkout,
@@ -82,6 +92,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/v1/me", browser.me, "The token's account", "user"),
     Operation("GET", "/v1/me/transactions", browser.my_transactions,
               "The token's history", "user", query=("limit", "before", "kind")),
+    Operation("GET", "/v1/me/plan", browser.my_plan,
+              "The token's account's plan and allowance", "user"),
     Operation("POST", "/v1/me/checkout", browser.my_checkout,
               "Open a provider checkout for the token's account", "user", CheckoutRequest, 201,
               refusals=(409, 502)),
@@ -128,5 +140,23 @@ def _endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
 
 
 def routes() -> list[Route]:
-    """Starlette routes for every operation."""
-    return [Route(op.path, _endpoint(op), methods=[op.method]) for op in OPERATIONS]
+    """Starlette routes for every operation: one per path, so a 405 names (in Allow) every
+    method the path has."""
+    by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
+    for op in OPERATIONS:
+        by_path.setdefault(op.path, {})[op.method] = _endpoint(op)
+    return [Route(path, _by_method(endpoints), methods=list(endpoints))
+            for path, endpoints in by_path.items()]
+
+
+def _by_method(
+    endpoints: dict[str, Callable[[Request], Awaitable[Response]]],
+) -> Callable[[Request], Awaitable[Response]]:
+    if len(endpoints) == 1:
+        return next(iter(endpoints.values()))
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await endpoints[method](request)
+
+    return endpoint
