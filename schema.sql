@@ -798,11 +798,15 @@ DECLARE
     v_res balance_result;
 BEGIN
     SELECT * INTO v_acc FROM accounts WHERE account_id = p_lot.account_id;
-    SELECT COALESCE(sum(o.remaining), 0) INTO v_ahead FROM credit_lots o
-    WHERE o.account_id = p_lot.account_id AND o.remaining > 0
-      AND (o.priority, COALESCE(o.expires_at, 'infinity'), o.id)
-          < (p_lot.priority, COALESCE(p_lot.expires_at, 'infinity'), p_lot.id);
-    v_reserved := LEAST(p_lot.remaining, GREATEST(v_acc.held - v_acc.expired_held - v_ahead, 0));
+    v_reserved := 0;
+    IF v_acc.held > v_acc.expired_held THEN  -- only then can holds reserve any of it
+        SELECT COALESCE(sum(o.remaining), 0) INTO v_ahead FROM credit_lots o
+        WHERE o.account_id = p_lot.account_id AND o.remaining > 0
+          AND (o.priority, COALESCE(o.expires_at, 'infinity'), o.id)
+              < (p_lot.priority, COALESCE(p_lot.expires_at, 'infinity'), p_lot.id);
+        v_reserved := LEAST(p_lot.remaining,
+                            GREATEST(v_acc.held - v_acc.expired_held - v_ahead, 0));
+    END IF;
     v_take := p_amount - GREATEST(v_reserved - (p_lot.remaining - p_amount), 0);
     UPDATE credit_lots SET remaining = remaining - p_amount WHERE id = p_lot.id;
     UPDATE accounts SET
@@ -995,49 +999,52 @@ BEGIN
     END LOOP;
 END $$;
 
--- Grants the allowance of the account's current period, once (plan_periods' key), as an
--- `allowance` transaction on a grant expiring at the period's end.
-CREATE OR REPLACE FUNCTION balance__grant_allowance(p_account text)
+-- Grants the allowance of the account's current period (p_acc, held by the caller), once
+-- (plan_periods' key), as an `allowance` transaction on a grant expiring at the period's end.
+CREATE OR REPLACE FUNCTION balance__grant_allowance(p_acc accounts, p_plan plans)
 RETURNS balance_result LANGUAGE plpgsql AS $$
 DECLARE
     v_acc accounts;
-    v_plan plans;
     v_tx transactions;
+    v_granted bigint;
     v_res balance_result;
 BEGIN
-    SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
-    SELECT * INTO v_plan FROM plans WHERE id = v_acc.plan;
-    INSERT INTO plan_periods (account_id, period_start, period_end, plan)
-    VALUES (p_account, v_acc.period_start, v_acc.period_end, v_acc.plan)
-    ON CONFLICT DO NOTHING;
-    IF NOT FOUND OR v_plan.allowance = 0 THEN
+    IF p_plan.allowance = 0 THEN
+        INSERT INTO plan_periods (account_id, period_start, period_end, plan)
+        VALUES (p_acc.account_id, p_acc.period_start, p_acc.period_end, p_plan.id)
+        ON CONFLICT DO NOTHING;
         RETURN v_res;
     END IF;
-    IF v_acc.unsettled > 0 THEN
-        PERFORM balance__settle(p_account);
+    PERFORM 1 FROM plan_periods
+    WHERE account_id = p_acc.account_id AND period_start = p_acc.period_start;
+    IF FOUND THEN
+        RETURN v_res;
     END IF;
-    UPDATE accounts SET balance = balance + v_plan.allowance, version = version + 1,
+    IF p_acc.unsettled > 0 THEN
+        PERFORM balance__settle(p_acc.account_id);
+    END IF;
+    UPDATE accounts SET balance = balance + p_plan.allowance, version = version + 1,
         updated_at = now()
-    WHERE account_id = p_account RETURNING * INTO v_acc;
+    WHERE account_id = p_acc.account_id RETURNING * INTO v_acc;
     INSERT INTO transactions (account_id, kind, amount, balance_after, version, reason, metadata)
-    VALUES (p_account, 'allowance', v_plan.allowance, v_acc.balance, v_acc.version,
-            'plan ' || v_plan.id, jsonb_build_object('plan', v_plan.id,
+    VALUES (v_acc.account_id, 'allowance', p_plan.allowance, v_acc.balance, v_acc.version,
+            'plan ' || p_plan.id, jsonb_build_object('plan', p_plan.id,
             'period_start', balance__ts(v_acc.period_start),
             'period_end', balance__ts(v_acc.period_end)))
     RETURNING * INTO v_tx;
+    -- The period's one row: a second grant for it would fail here and roll back whole.
+    INSERT INTO plan_periods (account_id, period_start, period_end, plan, transaction_id)
+    VALUES (v_acc.account_id, v_acc.period_start, v_acc.period_end, p_plan.id, v_tx.id);
     -- As any credit: a grant for what it adds above a debt.
-    IF LEAST(v_plan.allowance, GREATEST(v_acc.balance - v_acc.expired_held, 0)) > 0 THEN
+    v_granted := LEAST(p_plan.allowance, GREATEST(v_acc.balance - v_acc.expired_held, 0));
+    IF v_granted > 0 THEN
         INSERT INTO credit_lots
             (account_id, transaction_id, kind, amount, remaining, priority, expires_at)
-        VALUES (p_account, v_tx.id, 'allowance',
-                LEAST(v_plan.allowance, GREATEST(v_acc.balance - v_acc.expired_held, 0)),
-                LEAST(v_plan.allowance, GREATEST(v_acc.balance - v_acc.expired_held, 0)),
+        VALUES (v_acc.account_id, v_tx.id, 'allowance', v_granted, v_granted,
                 balance__priority('allowance'), v_acc.period_end);
     END IF;
-    UPDATE plan_periods SET transaction_id = v_tx.id
-    WHERE account_id = p_account AND period_start = v_acc.period_start;
-    RETURN ('ok', false, NULL, p_account, v_acc.balance, v_acc.held, v_acc.version,
-            'allowance', v_plan.allowance, v_tx.id, NULL)::balance_result;
+    RETURN ('ok', false, NULL, v_acc.account_id, v_acc.balance, v_acc.held, v_acc.version,
+            'allowance', p_plan.allowance, v_tx.id, NULL)::balance_result;
 END $$;
 
 -- Assigns, changes or (p_plan NULL) removes the account's plan: the unused allowance
@@ -1096,7 +1103,7 @@ BEGIN
         v_res := ('ok', false, NULL, p_account, v_acc.balance, v_acc.held, v_acc.version,
                   'plan', 0, NULL, NULL);
         RETURN NEXT v_res;
-        v_res := balance__grant_allowance(p_account);
+        v_res := balance__grant_allowance(v_acc, v_plan);
         IF v_res.result IS NULL THEN  -- no allowance: the 'plan' row above was the change
             v_res := ('ok', false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
         END IF;
@@ -1120,8 +1127,11 @@ DECLARE
     v_res balance_result;
 BEGIN
     FOR v_acc IN
+        -- In period_end order, so each batch reads only the index entries it renews. It
+        -- waits for no lock (SKIP LOCKED), so this order cannot deadlock with the
+        -- account_id order of group commit.
         SELECT * FROM accounts WHERE plan IS NOT NULL AND period_end <= now()
-        ORDER BY account_id LIMIT p_limit FOR UPDATE SKIP LOCKED
+        ORDER BY period_end LIMIT p_limit FOR UPDATE SKIP LOCKED
     LOOP
         SELECT * INTO v_plan FROM plans WHERE id = v_acc.plan;
         IF v_acc.unsettled > 0 THEN
@@ -1136,7 +1146,7 @@ BEGIN
                 period_start = period_end,
                 period_end = balance__period_edge(plan_anchor, v_plan.period, period_index + 2)
             WHERE account_id = v_acc.account_id RETURNING * INTO v_acc;
-            v_res := balance__grant_allowance(v_acc.account_id);
+            v_res := balance__grant_allowance(v_acc, v_plan);
             IF v_res.account_id IS NOT NULL THEN
                 v_res.body := jsonb_build_object('plan', v_plan.id);
                 RETURN NEXT v_res;

@@ -29,6 +29,9 @@ DEV_CATALOG = {
                  "popular": {"credits": 500, "price": {"usd": 2000}},
                  "best_value": {"credits": 2000, "price": {"usd": 6000}}},
     "pay_as_you_go": {"credits_per_unit": {"usd": 100}, "min_amount": {"usd": 100}},
+    "plans": {"free": {"allowance": 50},
+              "pro": {"allowance": 300, "rollover": 100, "prices": {"generate_image": 4},
+                      "limits": {"generate_video": 5}}},
     "alerts": {"low_balance": 20},
 }
 

@@ -18,18 +18,21 @@ export function devApi(accountId) {
     return token;
   }
 
-  /** Newest first, as GET /v1/me/transactions answers. */
-  async function transactions(limit = 50) {
+  /** GET a browser route with the user token, minting a new one once on a 401. */
+  async function read(path) {
     for (const retry of [false, true]) {
       const bearer = token && !retry ? token : await freshToken();
-      const res = await fetch(`/v1/me/transactions?limit=${limit}`, { headers: { authorization: `Bearer ${bearer}` } });
+      const res = await fetch(path, { headers: { authorization: `Bearer ${bearer}` } });
       // A 401 means the token expired or a restarted dev server signs with a new secret.
       if (res.status === 401 && !retry) continue;
-      if (!res.ok) throw new Error(`/v1/me/transactions answered ${res.status}`);
-      return (await res.json()).transactions;
+      if (!res.ok) throw new Error(`${path} answered ${res.status}`);
+      return res.json();
     }
-    return [];
+    throw new Error(`${path}: unauthorized`);
   }
+
+  /** Newest first, as GET /v1/me/transactions answers. */
+  const transactions = async (limit = 50) => (await read(`/v1/me/transactions?limit=${limit}`)).transactions;
 
   /** A checkout session for a catalog package, as the browser may open one itself. */
   async function checkout(pack, successUrl, cancelUrl) {
@@ -50,6 +53,12 @@ export function devApi(accountId) {
     token: freshToken,
     transactions,
     checkout,
+    plan: () => read('/v1/me/plan'),
+    catalog: () => read('/v1/catalog'),
     spend: (amount, reason) => post('/dev/spend', { account_id: accountId, amount, reason }),
+    // What the app's backend does: charge by operation (the plan may price or limit it)...
+    charge: (operation) => post('/dev/charge', { account_id: accountId, operation }),
+    // ...and put the account on a plan when its subscription changes.
+    setPlan: (plan) => post('/dev/plan', { account_id: accountId, plan }),
   };
 }

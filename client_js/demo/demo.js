@@ -39,6 +39,7 @@ balance.addEventListener('balance-update', ({ detail }) => {
   if (detail.version > ledgerVersion) {
     ledgerVersion = detail.version;
     refreshLedger();
+    refreshPlan();
   }
 });
 balance.addEventListener('balance-change', ({ detail }) => toastChange(detail));
@@ -117,11 +118,11 @@ function failed(message) {
 for (const button of document.querySelectorAll('[data-action]')) button.addEventListener('click', () => run(button));
 
 async function run(button) {
-  const cost = Number(button.dataset.cost);
   button.disabled = true;
   button.classList.add('busy');
   try {
-    const res = await api.spend(cost, button.dataset.reason);
+    const res = await api.charge(button.dataset.action);
+    if (res.status === 402 && res.data.error === 'limit_reached') return limitReached(button, res.data);
     if (res.status === 402) return askToBuy(button, res.data);
     if (!res.ok) return toast(`Could not start: ${res.data.message ?? `error ${res.status}`}`, 'error');
     addCreation(button.dataset.action, button.dataset.reason);
@@ -142,6 +143,11 @@ function askToBuy(button, { required, available: have }) {
 dialog.addEventListener('close', () => {
   if (dialog.returnValue === 'cancel') pending = null;
 });
+
+function limitReached(button, { limit, resets_at: resets }) {
+  const when = new Date(resets).toLocaleDateString(undefined, { month: 'short', day: 'numeric' });
+  toast(`${button.dataset.reason}: your plan allows ${limit} per period`, 'error', `It resets on ${when}.`);
+}
 
 function markAffordable() {
   for (const button of document.querySelectorAll('[data-action]')) {
@@ -185,7 +191,7 @@ async function refreshLedger() {
   }
   ledgerBusy = true;
   try {
-    renderLedger($('#ledger'), await api.transactions(50));
+    renderLedger($('#ledger'), await api.transactions(50), { title: toolName });
   } catch (err) {
     console.warn('activity:', err);
   } finally {
@@ -197,16 +203,110 @@ async function refreshLedger() {
   }
 }
 
+// ---------------------------------------------------------------- plan
+
+// The catalog (prices, plans) is read once; the plan's state is read again whenever a pushed
+// frame moves the version, like the activity list: renewals and charges both arrive so.
+const catalog = api.catalog().catch(() => null);
+let planBusy = false;
+let planAgain = false;
+
+async function refreshPlan() {
+  if (planBusy) {
+    planAgain = true;
+    return;
+  }
+  planBusy = true;
+  try {
+    renderPlan(await api.plan(), await catalog);
+  } catch (err) {
+    console.warn('plan:', err);
+  } finally {
+    planBusy = false;
+    if (planAgain) {
+      planAgain = false;
+      refreshPlan();
+    }
+  }
+}
+
+function renderPlan(plan, cat) {
+  const badge = $('#plan-badge');
+  badge.dataset.plan = plan.plan ?? '';
+  badge.textContent = plan.plan ?? 'No plan';
+  const box = $('#allowance');
+  box.hidden = !plan.plan;
+  if (plan.plan) {
+    // Rolled-over credits can make what is left exceed one allowance: that is 0 % used.
+    const used = plan.allowance > 0 ? Math.min(1, Math.max(0, 1 - plan.allowance_remaining / plan.allowance)) : 0;
+    box.dataset.level = used >= 1 ? 'out' : used >= 0.8 ? 'warn' : 'ok';
+    box.style.setProperty('--used', `${Math.round(used * 100)}%`);
+    box.querySelector('[role=progressbar]').setAttribute('aria-valuenow', String(Math.round(used * 100)));
+    const renews = new Date(plan.period_end).toLocaleDateString(undefined, { month: 'short', day: 'numeric' });
+    $('#allowance-text').textContent = `${count.format(plan.allowance_remaining)} of ${count.format(plan.allowance)} allowance left · renews ${renews}`;
+    $('#plan-limits').replaceChildren(...Object.entries(plan.limits).map(([op, { limit, used: n }]) => {
+      const li = document.createElement('li');
+      li.textContent = `${toolName(op)}: ${n} of ${limit} this period`;
+      return li;
+    }));
+  }
+  // Tiered pricing: a plan's own prices replace the catalog's on the tools.
+  for (const button of document.querySelectorAll('[data-action]')) {
+    const base = cat?.prices?.[button.dataset.action];
+    if (base === undefined) continue;
+    const price = cat.plans?.[plan.plan]?.prices?.[button.dataset.action] ?? base;
+    button.dataset.cost = String(price);
+    button.closest('.tool').querySelector('.cost').textContent = `${price} credits`;
+  }
+  markAffordable();
+  const actions = $('#plan-actions');
+  actions.replaceChildren(...Object.entries(cat?.plans ?? {}).filter(([name]) => name !== plan.plan).map(([name, p]) => {
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.className = 'btn';
+    button.dataset.plan = name;
+    button.textContent = `${plan.plan ? 'Switch to' : 'Start'} ${name} · ${count.format(p.allowance)} / ${p.period}`;
+    button.addEventListener('click', () => choosePlan(name, button));
+    return button;
+  }));
+  if (plan.plan) {
+    const cancel = document.createElement('button');
+    cancel.type = 'button';
+    cancel.className = 'btn';
+    cancel.dataset.plan = '';
+    cancel.textContent = 'Cancel plan';
+    cancel.addEventListener('click', () => choosePlan(null, cancel));
+    actions.append(cancel);
+  }
+}
+
+async function choosePlan(name, button) {
+  button.disabled = true;
+  const res = await api.setPlan(name).catch(() => null);
+  if (!res?.ok) {
+    button.disabled = false;
+    toast('The plan did not change. Try again.', 'error');
+  }
+  // On success the pushed frame refreshes the plan panel.
+}
+
 // ---------------------------------------------------------------- toasts
+
+/** A charge's reason is its operation id: the tool's name reads better. */
+function toolName(reason) {
+  return document.querySelector(`[data-action="${CSS.escape(reason)}"]`)?.dataset.reason ?? reason;
+}
 
 function toastChange({ change, available: left }) {
   const amount = `${signed(change.amount)} credits`;
   const title = {
-    usage: `${amount} · ${change.reason ?? 'used'}`,
+    usage: `${amount} · ${change.reason ? toolName(change.reason) : 'used'}`,
     purchase: `${amount} added`,
     grant: `${amount} welcome credits`,
     refund: `${amount} refunded`,
     expiry: `${amount} expired`,
+    allowance: `${amount} plan allowance`,
+    plan: 'Plan changed',
   }[change.kind] ?? `${amount} · ${change.reason ?? change.kind}`;
   toast(title, change.amount < 0 ? 'down' : 'up', `${count.format(left)} credits left`);
 }
@@ -232,3 +332,4 @@ function toast(title, tone = 'info', detail = '') {
 }
 
 refreshLedger();
+refreshPlan();

@@ -8,6 +8,7 @@ const KINDS = {
   reversal: { label: 'Payment reversed', icon: '⤺' },
   adjustment: { label: 'Adjustment', icon: '±' },
   expiry: { label: 'Credits expired', icon: '⌛' },
+  allowance: { label: 'Plan allowance', icon: '↻' },
 };
 
 const dayKey = (d) => `${d.getFullYear()}-${d.getMonth() + 1}-${d.getDate()}`;
@@ -41,8 +42,9 @@ function h(tag, props = {}, ...children) {
   return el;
 }
 
-/** Replace the list in `container` (text only through textContent: reasons are user data). */
-export function renderLedger(container, transactions, { locale } = {}) {
+/** Replace the list in `container` (text only through textContent: reasons are user data).
+ * `title(reason)` may name a reason for people (a charge's reason is its operation id). */
+export function renderLedger(container, transactions, { locale, title = (reason) => reason } = {}) {
   const time = new Intl.DateTimeFormat(locale, { hour: 'numeric', minute: '2-digit' });
   const count = new Intl.NumberFormat(locale);
   if (!transactions.length) {
@@ -64,7 +66,7 @@ export function renderLedger(container, transactions, { locale } = {}) {
               'li',
               { className: `row kind-${t.kind}` },
               h('span', { className: 'row-icon', textContent: kind.icon, ariaHidden: 'true' }),
-              h('span', { className: 'row-main' }, h('span', { className: 'row-title', textContent: t.reason || kind.label }), h('span', { className: 'row-meta', textContent: `${time.format(new Date(t.created_at))} · ${kind.label}` })),
+              h('span', { className: 'row-main' }, h('span', { className: 'row-title', textContent: (t.reason && title(t.reason)) || kind.label }), h('span', { className: 'row-meta', textContent: `${time.format(new Date(t.created_at))} · ${kind.label}` })),
               h('span', { className: 'row-amounts' }, h('span', { className: `row-amount ${t.amount < 0 ? 'neg' : 'pos'}`, textContent: signed(t.amount, locale) }), h('span', { className: 'row-after', textContent: `${count.format(t.balance_after)} left` })),
             );
           }),

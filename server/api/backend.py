@@ -31,6 +31,7 @@ from server.messages import (
     decode_body,
     encoder,
 )
+from server.resources import Resources
 
 # A usage query reads every usage row in its range: the range is bounded (default: the
 # last MAX_USAGE_RANGE).
@@ -95,13 +96,16 @@ async def charge(request: Request) -> Outcome:
     """Debit the price-list cost of an operation times quantity."""
     account_id = account_param(request)
     body = decode_body(ChargeRequest, await read_body(request))
-    res = resources(request)
+    return await charge_operation(resources(request), account_id, body)
+
+
+async def charge_operation(res: Resources, account_id: str, body: ChargeRequest) -> Outcome:
+    """A charge: the catalog's price, which the account's plan may override (in SQL)."""
     price = _catalog_price(res.catalog, body.operation, body.quantity)
-    cost = price * body.quantity
     metadata = {**(body.metadata or {}), "operation": body.operation, "quantity": body.quantity,
                 "unit_cost": price}
     return await res.ledger.post(
-        account_id, kind="usage", amount=-cost, reason=body.operation,
+        account_id, kind="usage", amount=-price * body.quantity, reason=body.operation,
         idempotency_key=body.idempotency_key, fingerprint=request_hash("charge", body),
         metadata=metadata, operation=body.operation, quantity=body.quantity,
     )

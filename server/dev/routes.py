@@ -17,10 +17,19 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from server import errors
+from server.api import backend
 from server.api.http import json_response, read_body, resources
 from server.dev import standin
 from server.ledger import request_hash
-from server.messages import AccountId, Amount, DebitRequest, decode_body, encoder
+from server.messages import (
+    AccountId,
+    Amount,
+    ChargeRequest,
+    DebitRequest,
+    decode_body,
+    encoder,
+)
 
 CLIENT_JS = Path(__file__).resolve().parent.parent.parent / "client_js"
 
@@ -51,6 +60,36 @@ async def dev_spend(request: Request) -> Response:
     return json_response(outcome.body)
 
 
+class DevCharge(msgspec.Struct):
+    account_id: AccountId
+    operation: Annotated[str, msgspec.Meta(max_length=200)]
+
+
+class DevPlan(msgspec.Struct):
+    account_id: AccountId
+    plan: Annotated[str, msgspec.Meta(max_length=200)] | None
+
+
+async def dev_charge(request: Request) -> Response:
+    """A charge by operation, as the app's backend would make it (priced by plan)."""
+    body = decode_body(DevCharge, await read_body(request))
+    charge = ChargeRequest(body.operation, idempotency_key=f"dev-{uuid.uuid4()}")
+    outcome = await backend.charge_operation(resources(request), body.account_id, charge)
+    return json_response(outcome.body)
+
+
+async def dev_plan(request: Request) -> Response:
+    """Put the account on a plan (or none), as the app's backend would on a subscription."""
+    body = decode_body(DevPlan, await read_body(request))
+    res = resources(request)
+    if body.plan is not None and body.plan not in res.catalog.plans:
+        raise errors.invalid_request(f"plan: no plan {body.plan!r} in the catalog")
+    request_key = f"dev-{uuid.uuid4()}"
+    outcome = await res.plans.assign(body.account_id, body.plan, None, request_key,
+                                     request_key.encode())
+    return json_response(outcome.body)
+
+
 async def demo_page(request: Request) -> Response:
     return FileResponse(CLIENT_JS / "demo" / "index.html")
 
@@ -60,6 +99,8 @@ def routes() -> list[BaseRoute]:
         Route("/", demo_page, methods=["GET"]),
         Route("/dev/token", dev_token, methods=["POST"]),
         Route("/dev/spend", dev_spend, methods=["POST"]),
+        Route("/dev/charge", dev_charge, methods=["POST"]),
+        Route("/dev/plan", dev_plan, methods=["POST"]),
         Mount("/client", StaticFiles(directory=CLIENT_JS / "src", check_dir=False)),
         Mount("/demo", StaticFiles(directory=CLIENT_JS / "demo", check_dir=False)),
         *standin.routes(),

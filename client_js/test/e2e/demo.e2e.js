@@ -140,5 +140,19 @@ test('demo: live balance in two tabs, restart without reload, 402 dialog', { ski
     await shot(tab2, '6-bought-tab2');
   });
 
+  await t.test('a plan: badge, plan prices and an allowance bar that turns amber at 80 %', async () => {
+    await tab1.click('#plan-actions [data-plan=pro]');
+    // Both tabs hear of it through the push: the badge, the bar, the plan's own price.
+    await Promise.all(tabs.map((p) => p.waitForSelector('#plan-badge[data-plan=pro]', { timeout: 5000 })));
+    await tab2.waitForSelector('#allowance-text >> text=300 of 300 allowance left', { timeout: 5000 });
+    assert.equal(await tab2.locator('[data-action=generate_image]').getAttribute('data-cost'), '4');
+    await shot(tab2, '7-plan');
+    // Spending comes out of the allowance first: 250 of 300 used is past 80 %.
+    await api('POST', `/v1/accounts/${account}/debit`, { amount: 250, reason: 'Batch render' });
+    await Promise.all(tabs.map((p) => p.waitForSelector('#allowance[data-level=warn]', { timeout: 5000 })));
+    assert.match(await tab1.locator('#allowance-text').textContent(), /^50 of 300 allowance left/);
+    await shot(tab1, '8-allowance-amber');
+  });
+
   assert.deepEqual(pageErrors, [], 'no uncaught errors in the pages');
 });
