@@ -829,9 +829,9 @@ BEGIN
     RETURN v_res;
 END $$;
 
--- The account object, creating the account on first mention.
-CREATE OR REPLACE FUNCTION balance_account(p_account text, p_welcome bigint) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+-- The account's row, creating the account on first mention.
+CREATE OR REPLACE FUNCTION balance__account_row(p_account text, p_welcome bigint)
+RETURNS accounts LANGUAGE plpgsql AS $$
 DECLARE
     v_acc accounts;
 BEGIN
@@ -840,8 +840,14 @@ BEGIN
         PERFORM balance__ensure(p_account, p_welcome);
         SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
     END IF;
-    RETURN balance__account_json(v_acc);
+    RETURN v_acc;
 END $$;
+
+-- The account object, creating the account on first mention.
+CREATE OR REPLACE FUNCTION balance_account(p_account text, p_welcome bigint) RETURNS jsonb
+LANGUAGE sql AS $$
+    SELECT balance__account_json(balance__account_row(p_account, p_welcome))
+$$;
 
 -- ================================================================ jobs
 
@@ -1164,11 +1170,7 @@ DECLARE
     v_plan plans;
     v_left bigint;
 BEGIN
-    SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
-    IF NOT FOUND THEN
-        PERFORM balance__ensure(p_account, p_welcome);
-        SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
-    END IF;
+    v_acc := balance__account_row(p_account, p_welcome);
     IF v_acc.plan IS NULL THEN
         RETURN jsonb_build_object('plan', NULL, 'period', NULL, 'period_start', NULL,
             'period_end', NULL, 'allowance', 0, 'allowance_remaining', 0, 'rollover', 0,

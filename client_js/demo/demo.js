@@ -181,54 +181,40 @@ function addCreation(action, reason) {
 
 // ---------------------------------------------------------------- activity
 
-let ledgerBusy = false;
-let ledgerAgain = false;
-
-async function refreshLedger() {
-  if (ledgerBusy) {
-    ledgerAgain = true; // a burst of pushes costs one more fetch, not one each
-    return;
-  }
-  ledgerBusy = true;
-  try {
-    renderLedger($('#ledger'), await api.transactions(50), { title: toolName });
-  } catch (err) {
-    console.warn('activity:', err);
-  } finally {
-    ledgerBusy = false;
-    if (ledgerAgain) {
-      ledgerAgain = false;
-      refreshLedger();
+/** `load` run now, or (when a run is under way) once more after it: a burst of pushes
+ * costs one more fetch, not one each. */
+function coalesced(load, what) {
+  let busy = false;
+  let again = false;
+  const run = async () => {
+    if (busy) {
+      again = true;
+      return;
     }
-  }
+    busy = true;
+    try {
+      await load();
+    } catch (err) {
+      console.warn(`${what}:`, err);
+    } finally {
+      busy = false;
+      if (again) {
+        again = false;
+        run();
+      }
+    }
+  };
+  return run;
 }
+
+const refreshLedger = coalesced(async () => renderLedger($('#ledger'), await api.transactions(50), { title: toolName }), 'activity');
 
 // ---------------------------------------------------------------- plan
 
 // The catalog (prices, plans) is read once; the plan's state is read again whenever a pushed
 // frame moves the version, like the activity list: renewals and charges both arrive so.
 const catalog = api.catalog().catch(() => null);
-let planBusy = false;
-let planAgain = false;
-
-async function refreshPlan() {
-  if (planBusy) {
-    planAgain = true;
-    return;
-  }
-  planBusy = true;
-  try {
-    renderPlan(await api.plan(), await catalog);
-  } catch (err) {
-    console.warn('plan:', err);
-  } finally {
-    planBusy = false;
-    if (planAgain) {
-      planAgain = false;
-      refreshPlan();
-    }
-  }
-}
+const refreshPlan = coalesced(async () => renderPlan(await api.plan(), await catalog), 'plan');
 
 function renderPlan(plan, cat) {
   const badge = $('#plan-badge');
