@@ -312,6 +312,47 @@ DROP FUNCTION IF EXISTS balance_post(text, bigint, text, bytea, text, bigint, te
 DROP FUNCTION IF EXISTS balance_post_many(text[], bigint, text[], bytea[], text[], bigint[],
                                           text[], jsonb[], timestamptz[], text[], int[]);
 
+-- step: 008_alerts
+-- Alerts and the outbox (API.md "Alerts, app webhooks, auto top-up"). An account's own
+-- low_balance threshold (NULL: its plan's, else the catalog's), and where its `available`
+-- stands against it: 'ok', 'low' (below the threshold) or 'depleted' (0 or less). The
+-- trigger that moves alert_state is the one place crossings are decided.
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS low_balance bigint CHECK (low_balance >= 0);
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS alert_state text NOT NULL DEFAULT 'ok'
+    CHECK (alert_state IN ('ok', 'low', 'depleted'));
+ALTER TABLE plans ADD COLUMN IF NOT EXISTS low_balance bigint;
+-- Push frames carry `low`: each movement's result says it.
+ALTER TYPE balance_result ADD ATTRIBUTE low boolean;
+-- App webhooks, written in the transaction of the change they tell of (the outbox). Any
+-- instance claims due rows with SKIP LOCKED for a lease; one that dies mid-delivery loses
+-- the lease and another delivers. webhook_id is the Standard Webhooks id, the same on
+-- every attempt.
+CREATE TABLE IF NOT EXISTS events (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    webhook_id       text NOT NULL UNIQUE
+                     DEFAULT 'evt_' || replace(gen_random_uuid()::text, '-', ''),
+    type             text NOT NULL,
+    account_id       text,
+    data             jsonb NOT NULL,
+    status           text NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts         int NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    delivered_at     timestamptz
+);
+CREATE INDEX IF NOT EXISTS events_due_idx ON events (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS events_status_idx ON events (status, id);
+CREATE TABLE IF NOT EXISTS event_attempts (
+    event_id    bigint NOT NULL REFERENCES events (id),
+    attempt     int NOT NULL,
+    at          timestamptz NOT NULL DEFAULT now(),
+    status      int,            -- the receiver's HTTP status; NULL when none came
+    latency_ms  int,
+    error       text,
+    PRIMARY KEY (event_id, attempt)
+);
+
 -- ================================================================ JSON shapes of API.md
 
 -- definitions: json_shapes
@@ -327,7 +368,8 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         'account_id', a.account_id, 'balance', a.balance, 'held', a.held,
         'available', a.balance - a.held, 'version', a.version,
         'purchased', a.purchased, 'used', a.used, 'updated_at', balance__ts(a.updated_at),
-        'plan', a.plan, 'period_end', balance__ts(a.period_end))
+        'plan', a.plan, 'period_end', balance__ts(a.period_end),
+        'low', a.alert_state <> 'ok')
 $$;
 
 CREATE OR REPLACE FUNCTION balance__tx_json(t transactions) RETURNS jsonb
@@ -607,6 +649,7 @@ BEGIN
     IF v_amount <> 0 THEN
         v_res.account_id := p_account;
         v_res.balance := v_acc.balance;
+        v_res.low := v_acc.alert_state <> 'ok';
         v_res.held := v_acc.held;
         v_res.version := v_acc.version;
         v_res.kind := p_kind;
@@ -668,7 +711,8 @@ BEGIN
     v_res := ('ok', false,
               jsonb_build_object('hold', balance__hold_json(v_hold),
                                  'account', balance__account_json(v_acc)),
-              p_account, v_acc.balance, v_acc.held, v_acc.version, 'hold_placed', 0, NULL, v_hold.id);
+              p_account, v_acc.balance, v_acc.held, v_acc.version, 'hold_placed', 0, NULL, v_hold.id,
+              v_acc.alert_state <> 'ok');
     PERFORM balance__remember(p_account, p_key, v_res.body);
     RETURN v_res;
 END $$;
@@ -764,19 +808,23 @@ BEGIN
         END IF;
     END IF;
 
+    IF p_action = 'expire' THEN
+        PERFORM balance__emit('hold.expired', v_acc.account_id,
+                              jsonb_build_object('hold', balance__hold_json(v_hold)));
+    END IF;
     IF v_spend > 0 THEN
         v_res := ('ok', false,
                   jsonb_build_object('transaction', balance__tx_json(v_tx),
                                      'hold', balance__hold_json(v_hold),
                                      'account', balance__account_json(v_acc)),
                   v_acc.account_id, v_acc.balance, v_acc.held, v_acc.version,
-                  'usage', -v_spend, v_tx.id, v_hold.id);
+                  'usage', -v_spend, v_tx.id, v_hold.id, v_acc.alert_state <> 'ok');
     ELSE
         v_res := ('ok', false,
                   jsonb_build_object('hold', balance__hold_json(v_hold),
                                      'account', balance__account_json(v_acc)),
                   v_acc.account_id, v_acc.balance, v_acc.held, v_acc.version,
-                  'hold_' || v_hold.status, 0, NULL, v_hold.id);
+                  'hold_' || v_hold.status, 0, NULL, v_hold.id, v_acc.alert_state <> 'ok');
     END IF;
     RETURN v_res;
 END $$;
@@ -824,7 +872,7 @@ BEGIN
                 p_reason, jsonb_build_object('lot_id', p_lot.id))
         RETURNING * INTO v_tx;
         v_res := ('ok', false, NULL, v_acc.account_id, v_acc.balance, v_acc.held,
-                  v_acc.version, 'expiry', -v_take, v_tx.id, NULL);
+                  v_acc.version, 'expiry', -v_take, v_tx.id, NULL, v_acc.alert_state <> 'ok');
     END IF;
     RETURN v_res;
 END $$;
@@ -962,16 +1010,18 @@ END $$;
 -- still be on a plan a newer catalog dropped).
 CREATE OR REPLACE FUNCTION balance_sync_plans(p_plans jsonb) RETURNS void
 LANGUAGE sql AS $$
-    INSERT INTO plans (id, allowance, period, rollover, prices, limits)
+    INSERT INTO plans (id, allowance, period, rollover, prices, limits, low_balance)
     SELECT key, (value ->> 'allowance')::bigint, value ->> 'period',
-           (value ->> 'rollover')::bigint, value -> 'prices', value -> 'limits'
+           (value ->> 'rollover')::bigint, value -> 'prices', value -> 'limits',
+           (value ->> 'low_balance')::bigint
     FROM jsonb_each(p_plans)
     ON CONFLICT (id) DO UPDATE SET allowance = EXCLUDED.allowance, period = EXCLUDED.period,
         rollover = EXCLUDED.rollover, prices = EXCLUDED.prices, limits = EXCLUDED.limits,
-        updated_at = now()
-    WHERE (plans.allowance, plans.period, plans.rollover, plans.prices, plans.limits)
+        low_balance = EXCLUDED.low_balance, updated_at = now()
+    WHERE (plans.allowance, plans.period, plans.rollover, plans.prices, plans.limits,
+           plans.low_balance)
           IS DISTINCT FROM (EXCLUDED.allowance, EXCLUDED.period, EXCLUDED.rollover,
-                            EXCLUDED.prices, EXCLUDED.limits)
+                            EXCLUDED.prices, EXCLUDED.limits, EXCLUDED.low_balance)
 $$;
 
 -- Expires the account's unused allowance beyond p_keep (the caller holds the account and
@@ -1050,7 +1100,7 @@ BEGIN
                 balance__priority('allowance'), v_acc.period_end);
     END IF;
     RETURN ('ok', false, NULL, v_acc.account_id, v_acc.balance, v_acc.held, v_acc.version,
-            'allowance', p_plan.allowance, v_tx.id, NULL)::balance_result;
+            'allowance', p_plan.allowance, v_tx.id, NULL, v_acc.alert_state <> 'ok')::balance_result;
 END $$;
 
 -- Assigns, changes or (p_plan NULL) removes the account's plan: the unused allowance
@@ -1097,7 +1147,7 @@ BEGIN
             period_start = NULL, period_end = NULL, version = version + 1, updated_at = now()
         WHERE account_id = p_account RETURNING * INTO v_acc;
         v_res := ('ok', false, NULL, p_account, v_acc.balance, v_acc.held, v_acc.version,
-                  'plan', 0, NULL, NULL);
+                  'plan', 0, NULL, NULL, v_acc.alert_state <> 'ok');
     ELSE
         p_anchor := COALESCE(p_anchor, now());
         v_k := balance__period_index(p_anchor, v_plan.period, now());
@@ -1107,7 +1157,7 @@ BEGIN
             version = version + 1, updated_at = now()
         WHERE account_id = p_account RETURNING * INTO v_acc;
         v_res := ('ok', false, NULL, p_account, v_acc.balance, v_acc.held, v_acc.version,
-                  'plan', 0, NULL, NULL);
+                  'plan', 0, NULL, NULL, v_acc.alert_state <> 'ok');
         RETURN NEXT v_res;
         v_res := balance__grant_allowance(v_acc, v_plan);
         IF v_res.result IS NULL THEN  -- no allowance: the 'plan' row above was the change
@@ -1153,6 +1203,10 @@ BEGIN
                 period_end = balance__period_edge(plan_anchor, v_plan.period, period_index + 2)
             WHERE account_id = v_acc.account_id RETURNING * INTO v_acc;
             v_res := balance__grant_allowance(v_acc, v_plan);
+            PERFORM balance__emit('plan.renewed', v_acc.account_id, jsonb_build_object(
+                'account_id', v_acc.account_id, 'plan', v_plan.id,
+                'period_start', balance__ts(v_acc.period_start),
+                'period_end', balance__ts(v_acc.period_end), 'allowance', v_plan.allowance));
             IF v_res.account_id IS NOT NULL THEN
                 v_res.body := jsonb_build_object('plan', v_plan.id);
                 RETURN NEXT v_res;
@@ -1239,6 +1293,180 @@ BEGIN
     END IF;
     RETURN jsonb_build_object('allowed', true, 'cost', v_cost, 'available', v_available);
 END $$;
+
+-- ================================================================ alerts and app webhooks
+
+-- definitions: alerts
+-- Which event types the app subscribed to, and the catalog's default threshold, come from
+-- the server's session settings (balance.events, balance.low_balance; server/db.py sets
+-- them on every connection), so the debit path reads no table to know them and pays for
+-- an event only when one is subscribed and happens.
+
+-- Writes an app webhook into the outbox, in the caller's transaction, if subscribed.
+CREATE OR REPLACE FUNCTION balance__emit(p_type text, p_account text, p_data jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF position(',' || p_type || ',' IN
+                ',' || COALESCE(current_setting('balance.events', true), '') || ',') > 0 THEN
+        INSERT INTO events (type, account_id, data) VALUES (p_type, p_account, p_data);
+    END IF;
+END $$;
+
+-- Before an account row changes: where does `available` now stand against the account's
+-- threshold? A change of standing is a crossing, decided here, in the transaction that
+-- moved the balance, under its row lock: so each fires once whatever the concurrency.
+-- Below the threshold: balance.low; at 0 or less: balance.depleted; back to or above it
+-- after either: balance.recovered (a first credit is no recovery: accounts start 'ok').
+CREATE OR REPLACE FUNCTION balance__alert_state() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v_available bigint := NEW.balance - NEW.held;
+    v_threshold bigint := NEW.low_balance;
+    v_state text;
+    v_data jsonb;
+BEGIN
+    IF v_available = OLD.balance - OLD.held AND NEW.low_balance IS NOT DISTINCT FROM OLD.low_balance
+       AND NEW.plan IS NOT DISTINCT FROM OLD.plan THEN
+        RETURN NEW;
+    END IF;
+    IF v_threshold IS NULL AND NEW.plan IS NOT NULL THEN
+        SELECT p.low_balance INTO v_threshold FROM plans p WHERE p.id = NEW.plan;
+    END IF;
+    IF v_threshold IS NULL THEN
+        v_threshold := NULLIF(current_setting('balance.low_balance', true), '')::bigint;
+    END IF;
+    v_state := CASE WHEN v_available <= 0 THEN 'depleted'
+                    WHEN v_available < COALESCE(v_threshold, 0) THEN 'low' ELSE 'ok' END;
+    IF v_state = OLD.alert_state THEN
+        RETURN NEW;
+    END IF;
+    NEW.alert_state := v_state;
+    v_data := jsonb_build_object('account_id', NEW.account_id, 'balance', NEW.balance,
+        'held', NEW.held, 'available', v_available, 'version', NEW.version,
+        'threshold', v_threshold);
+    IF v_state = 'ok' THEN
+        PERFORM balance__emit('balance.recovered', NEW.account_id, v_data);
+    ELSE
+        IF OLD.alert_state = 'ok' AND v_threshold IS NOT NULL THEN
+            PERFORM balance__emit('balance.low', NEW.account_id, v_data);
+        END IF;
+        IF v_state = 'depleted' THEN
+            PERFORM balance__emit('balance.depleted', NEW.account_id, v_data);
+        END IF;
+    END IF;
+    RETURN NEW;
+END $$;
+
+-- After a ledger row: transaction.created for every row (when subscribed), and a
+-- purchase's or a reversal's own event.
+CREATE OR REPLACE FUNCTION balance__transaction_events() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_data jsonb;
+BEGIN
+    IF COALESCE(current_setting('balance.events', true), '') = '' THEN
+        RETURN NULL;
+    END IF;
+    v_data := balance__tx_json(NEW);
+    PERFORM balance__emit('transaction.created', NEW.account_id, v_data);
+    IF NEW.kind = 'purchase' THEN
+        PERFORM balance__emit('purchase.completed', NEW.account_id, v_data);
+    ELSIF NEW.kind = 'reversal' THEN
+        PERFORM balance__emit('purchase.reversed', NEW.account_id, v_data);
+    END IF;
+    RETURN NULL;
+END $$;
+
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgname = 'accounts_alert_state'
+                   AND tgrelid = 'accounts'::regclass) THEN
+        CREATE TRIGGER accounts_alert_state BEFORE UPDATE ON accounts
+            FOR EACH ROW EXECUTE FUNCTION balance__alert_state();
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgname = 'transactions_events'
+                   AND tgrelid = 'transactions'::regclass) THEN
+        CREATE TRIGGER transactions_events AFTER INSERT ON transactions
+            FOR EACH ROW EXECUTE FUNCTION balance__transaction_events();
+    END IF;
+END $$;
+
+-- PUT /v1/accounts/{id}/alerts: the account's own threshold (NULL: its plan's or the
+-- catalog's). Changing it may itself be a crossing; it bumps the version so the push
+-- carries the new `low`.
+CREATE OR REPLACE FUNCTION balance_set_alerts(p_account text, p_welcome bigint,
+                                              p_low_balance bigint)
+RETURNS balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_acc accounts;
+BEGIN
+    PERFORM balance__ensure(p_account, p_welcome);
+    UPDATE accounts SET low_balance = p_low_balance, version = version + 1, updated_at = now()
+    WHERE account_id = p_account RETURNING * INTO v_acc;
+    RETURN ('ok', false, jsonb_build_object('account', balance__account_json(v_acc),
+                                            'low_balance', v_acc.low_balance),
+            p_account, v_acc.balance, v_acc.held, v_acc.version, 'alerts', 0, NULL, NULL,
+            v_acc.alert_state <> 'ok')::balance_result;
+END $$;
+
+-- Claims up to p_limit due events for p_lease seconds (this instance delivers them; if it
+-- dies, the lease runs out and another does), counting the attempt.
+CREATE OR REPLACE FUNCTION balance_claim_events(p_limit int, p_lease float8)
+RETURNS SETOF events LANGUAGE sql AS $$
+    UPDATE events e SET attempts = e.attempts + 1,
+        next_attempt_at = now() + make_interval(secs => p_lease)
+    WHERE e.id IN (SELECT id FROM events WHERE status = 'pending' AND next_attempt_at <= now()
+                   ORDER BY next_attempt_at, id LIMIT p_limit FOR UPDATE SKIP LOCKED)
+    RETURNING e.*
+$$;
+
+-- Records one attempt: delivered (2xx), or due again after p_retry_in seconds, or failed
+-- (p_retry_in NULL: that was the last).
+CREATE OR REPLACE FUNCTION balance_record_attempt(
+    p_event bigint, p_attempt int, p_status int, p_latency_ms int, p_error text,
+    p_retry_in float8
+) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO event_attempts (event_id, attempt, status, latency_ms, error)
+    VALUES (p_event, p_attempt, p_status, p_latency_ms, p_error)
+    ON CONFLICT DO NOTHING;
+    IF p_status BETWEEN 200 AND 299 THEN
+        UPDATE events SET status = 'delivered', delivered_at = now()
+        WHERE id = p_event AND status = 'pending';
+    ELSIF p_retry_in IS NULL THEN
+        UPDATE events SET status = 'failed' WHERE id = p_event AND status = 'pending';
+    ELSE
+        UPDATE events SET next_attempt_at = now() + make_interval(secs => p_retry_in)
+        WHERE id = p_event AND status = 'pending' AND attempts = p_attempt;
+    END IF;
+END $$;
+
+-- The app's event list (GET /v1/events), newest first, with each event's attempts.
+CREATE OR REPLACE FUNCTION balance_events_json(p_status text, p_limit int, p_before bigint)
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('events', COALESCE(jsonb_agg(j ORDER BY id DESC), '[]'::jsonb),
+                              'next', CASE WHEN count(*) = p_limit THEN min(id) END)
+    FROM (SELECT e.id, jsonb_build_object(
+            'id', e.id, 'webhook_id', e.webhook_id, 'type', e.type, 'account_id', e.account_id,
+            'data', e.data, 'status', e.status, 'attempts', e.attempts,
+            'next_attempt_at', CASE WHEN e.status = 'pending'
+                                    THEN balance__ts(e.next_attempt_at) END,
+            'created_at', balance__ts(e.created_at),
+            'delivered_at', balance__ts(e.delivered_at),
+            'attempt_log', COALESCE((SELECT jsonb_agg(jsonb_build_object(
+                'attempt', a.attempt, 'at', balance__ts(a.at), 'status', a.status,
+                'latency_ms', a.latency_ms, 'error', a.error) ORDER BY a.attempt)
+                FROM event_attempts a WHERE a.event_id = e.id), '[]'::jsonb)) AS j
+          FROM events e
+          WHERE (p_status IS NULL OR e.status = p_status)
+            AND (p_before IS NULL OR e.id < p_before)
+          ORDER BY e.id DESC LIMIT p_limit) page
+$$;
+
+-- POST /v1/events/{id}/retry: due now again, whatever its status; NULL when unknown.
+CREATE OR REPLACE FUNCTION balance_retry_event(p_event bigint) RETURNS text
+LANGUAGE sql AS $$
+    UPDATE events SET status = 'pending', next_attempt_at = now(), delivered_at = NULL
+    WHERE id = p_event RETURNING webhook_id
+$$;
 
 -- ================================================================ payments
 
@@ -1489,7 +1717,8 @@ BEGIN
         IF v_rev.account_id IS NOT NULL THEN
             -- The frame carries the newest state; the purchase before it is in the ledger.
             v_res := (v_res.result, false, v_res.body, v_rev.account_id, v_rev.balance,
-                      v_rev.held, v_rev.version, v_rev.kind, v_rev.amount, v_rev.tx_id, NULL);
+                      v_rev.held, v_rev.version, v_rev.kind, v_rev.amount, v_rev.tx_id, NULL,
+                      v_rev.low);
         END IF;
     END IF;
     -- Then disputes that arrived first, in the room the refunds left.
@@ -1498,7 +1727,8 @@ BEGIN
         v_res.body := v_res.body || jsonb_build_object(
             'account', v_rev.body -> 'account', 'dispute', v_rev.body -> 'transaction');
         v_res := (v_res.result, false, v_res.body, v_rev.account_id, v_rev.balance,
-                  v_rev.held, v_rev.version, v_rev.kind, v_rev.amount, v_rev.tx_id, NULL);
+                  v_rev.held, v_rev.version, v_rev.kind, v_rev.amount, v_rev.tx_id, NULL,
+                      v_rev.low);
     END IF;
     RETURN v_res;
 END $$;
@@ -1553,7 +1783,13 @@ BEGIN
         (provider, event_id, event_type, payment_id, problem, payload)
     VALUES (p_provider, p_event_id, p_event_type, p_payment, p_problem, p_payload)
     ON CONFLICT DO NOTHING;
-    RETURN CASE WHEN FOUND THEN 'recorded' ELSE 'duplicate' END;
+    IF NOT FOUND THEN
+        RETURN 'duplicate';
+    END IF;
+    PERFORM balance__emit('payment.needs_review', NULL, jsonb_build_object(
+        'provider', p_provider, 'event_id', p_event_id, 'event_type', p_event_type,
+        'payment_id', p_payment, 'problem', p_problem));
+    RETURN 'recorded';
 END $$;
 
 -- ================================================================ indexes

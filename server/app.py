@@ -22,6 +22,7 @@ from server.history import History
 from server.jobs import Jobs
 from server.ledger import Ledger
 from server.limiter import RateLimits
+from server.outbox import Outbox
 from server.payments.checkout import Checkout
 from server.payments.fulfilment import Fulfilment
 from server.plans import Plans
@@ -47,12 +48,13 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = await open_pool(settings)
+        pool = await open_pool(settings, catalog.alerts.low_balance)
         ledger = Ledger(pool, settings.welcome_credits, settings.db_batch_inflight)
         broker = make_broker(settings.redis_url)
         hub = Hub(broker, snapshot=ledger.snapshot, settings=settings)
         publisher = Publisher(broker, hub.deliver, settings.channel_prefix)
         ledger.on_commit(publisher.publish)
+        outbox = Outbox(pool, settings) if settings.app_webhook_url else None
         plans = Plans(ledger, catalog)
         await plans.sync()
         jobs = Jobs(ledger, plans, settings)
@@ -64,6 +66,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
             pool=pool,
             ledger=ledger,
             plans=plans,
+            outbox=outbox,
             history=History(ledger),
             fulfilment=Fulfilment(ledger, catalog, settings.refund_policy),
             checkout=checkout,
@@ -76,6 +79,8 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
         await hub.start()  # connects the broker
         publisher.start()
         jobs.start()
+        if outbox is not None:
+            outbox.start()
         # Everything allocated so far lives as long as the process: keep it out of the
         # collector's generations so full collections (pauses) stay short under many sockets.
         gc.freeze()
@@ -83,6 +88,8 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
             yield
         finally:
             await jobs.stop()
+            if outbox is not None:
+                await outbox.stop()
             await publisher.stop()
             await hub.stop()  # drains what is left, disconnects the broker
             await checkout.close()

@@ -33,6 +33,15 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+# App webhook types (API.md "Alerts, app webhooks"); transaction.created only on request.
+EVENT_TYPES = (
+    "transaction.created", "balance.low", "balance.depleted", "balance.recovered",
+    "purchase.completed", "purchase.reversed", "payment.needs_review", "hold.expired",
+    "plan.renewed", "top_up.requested", "top_up.failed",
+)
+DEFAULT_EVENTS = tuple(t for t in EVENT_TYPES if t != "transaction.created")
+
+
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
 
@@ -100,6 +109,17 @@ class Settings:
     # Rate limits (server/limiter.py reads them), and sockets not yet authenticated.
     rate_limits: str = ""
     ws_max_unauthenticated: int = 1000
+    # App webhooks (server/outbox.py): where, signed with what, which types; each attempt's
+    # timeout, and how long a claimed event is this instance's before another may take it.
+    app_webhook_url: str | None = None
+    app_webhook_secret: str | None = field(default=None, repr=False)
+    app_webhook_events: tuple[str, ...] = ()
+    app_webhook_timeout: float = 10.0
+    # Seconds before attempt 2, 3, ... (API.md: about 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
+    # 10 h); after the last, the event is failed.
+    app_webhook_retry: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0,
+                                            36000.0)
+    outbox_lease: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -131,6 +151,20 @@ class Settings:
                         f"{name} is required with {app_jwts[0]}: the app's JWTs are checked "
                         "for their audience and issuer (a JWKS like Firebase's or Auth0's "
                         "signs tokens of other projects too)")
+        webhook_url = env.get("BALANCE_APP_WEBHOOK_URL") or None
+        webhook_secret = env.get("BALANCE_APP_WEBHOOK_SECRET") or None
+        events = _list(env, "BALANCE_APP_WEBHOOK_EVENTS") or DEFAULT_EVENTS
+        if webhook_url is not None:
+            if not webhook_url.startswith(("https://", "http://")):
+                raise ConfigError("BALANCE_APP_WEBHOOK_URL must be an http(s) URL")
+            if webhook_secret is None:
+                raise ConfigError("BALANCE_APP_WEBHOOK_SECRET (whsec_...) is required with "
+                                  "BALANCE_APP_WEBHOOK_URL: app webhooks are always signed")
+            standard_webhooks_key("BALANCE_APP_WEBHOOK_SECRET", webhook_secret)
+            unknown = sorted(set(events) - set(EVENT_TYPES))
+            if unknown:
+                raise ConfigError(f"BALANCE_APP_WEBHOOK_EVENTS: unknown {', '.join(unknown)} "
+                                  f"(known: {', '.join(EVENT_TYPES)})")
         welcome = _int(env, "BALANCE_WELCOME_CREDITS", 0)
         if not 0 <= welcome <= 10**12:
             raise ConfigError("BALANCE_WELCOME_CREDITS must be between 0 and 10^12")
@@ -172,6 +206,11 @@ class Settings:
             metrics_token=env.get("BALANCE_METRICS_TOKEN") or None,
             rate_limits=env.get("BALANCE_RATE_LIMITS", ""),
             ws_max_unauthenticated=_int(env, "BALANCE_WS_MAX_UNAUTHENTICATED", 1000),
+            app_webhook_url=webhook_url,
+            app_webhook_secret=webhook_secret,
+            app_webhook_events=events if webhook_url else (),
+            app_webhook_timeout=_float(env, "BALANCE_APP_WEBHOOK_TIMEOUT", 10.0),
+            outbox_lease=_float(env, "BALANCE_OUTBOX_LEASE", 30.0),
         )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -69,15 +69,24 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     was a full extra round trip on every request (about a fifth of the debit path)."""
 
 
-async def open_pool(settings: Settings) -> asyncpg.Pool:
-    """The server's pool, with a few connections opened ahead of traffic if PostgreSQL is up."""
+async def open_pool(settings: Settings, low_balance: int | None) -> asyncpg.Pool:
+    """The server's pool, with a few connections opened ahead of traffic if PostgreSQL is up.
+
+    Every session carries what the alert trigger needs (schema.sql "alerts"): the app
+    webhook types subscribed (none without BALANCE_APP_WEBHOOK_URL) and the catalog's
+    default low_balance threshold.
+    """
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=0,
         max_size=settings.db_pool_size,
         timeout=5,
         command_timeout=30,
-        server_settings={"application_name": "balance-server", "jit": "off"},
+        server_settings={
+            "application_name": "balance-server", "jit": "off",
+            "balance.events": ",".join(settings.app_webhook_events),
+            "balance.low_balance": "" if low_balance is None else str(low_balance),
+        },
         reset=_keep_session,
     )
     assert pool is not None

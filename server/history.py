@@ -6,7 +6,7 @@ from datetime import datetime
 
 from server.ledger import Ledger
 
-KINDS = ("grant", "purchase", "usage", "refund", "reversal", "adjustment", "expiry")
+KINDS = ("grant", "purchase", "usage", "refund", "reversal", "adjustment", "expiry", "allowance")
 
 
 class History:

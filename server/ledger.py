@@ -82,6 +82,7 @@ def frame_from_row(row: asyncpg.Record, reason: str | None) -> BalanceFrame:
         held=row["held"],
         available=row["balance"] - row["held"],
         version=row["version"],
+        low=bool(row["low"]),
         change=ChangeInfo(
             kind=row["kind"],
             amount=row["amount"],
@@ -187,6 +188,14 @@ class Ledger:
             metrics.debits.inc()
         return outcome
 
+    async def set_alerts(self, account_id: str, low_balance: int | None) -> Outcome:
+        """The account's own low_balance threshold (None: its plan's or the catalog's); the
+        change is pushed, as it may turn `low` on or off."""
+        row = await movement(
+            self.pool, "SELECT (r).* FROM balance_set_alerts($1, $2, $3) r", account_id,
+            self.welcome, low_balance)
+        return self._outcome(row, None)
+
     async def move(self, sql: str, *args: Any, reason: str) -> asyncpg.Record:
         """Run one movement function of another domain (payments): its committed change
         leaves through the same door. `sql` selects one balance_result row."""
@@ -233,7 +242,7 @@ class Ledger:
         for row in rows:
             a = json.loads(row["j"])
             frames.append(BalanceFrame(a["account_id"], a["balance"], a["held"], a["available"],
-                                       a["version"]))
+                                       a["version"], a["low"]))
         return frames
 
     async def forget_old_keys(self, days: int) -> int:

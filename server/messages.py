@@ -132,6 +132,14 @@ class CheckRequest(msgspec.Struct, forbid_unknown_fields=True):
     amount: Amount | None = None
 
 
+class AlertsRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The account's own low_balance threshold, or null for its plan's or the catalog's.
+    A setting, idempotent by nature: an idempotency_key is accepted and ignored."""
+
+    low_balance: Annotated[int, msgspec.Meta(ge=0, le=MAX_CREDITS)] | None
+    idempotency_key: IdempotencyKey | None = None
+
+
 class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
     account_id: AccountId
     ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=86400)] = 3600
@@ -154,6 +162,7 @@ class BalanceFrame(msgspec.Struct, tag="balance", tag_field="type"):
     held: int
     available: int
     version: int
+    low: bool = False  # available is below the account's low_balance threshold (or <= 0)
     change: ChangeInfo | None = None
 
 

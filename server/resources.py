@@ -12,6 +12,7 @@ from server.config import Settings
 from server.history import History
 from server.ledger import Ledger
 from server.limiter import RateLimits
+from server.outbox import Outbox
 from server.payments.checkout import Checkout
 from server.payments.fulfilment import Fulfilment
 from server.plans import Plans
@@ -27,6 +28,7 @@ class Resources:
     pool: asyncpg.Pool
     ledger: Ledger
     plans: Plans
+    outbox: Outbox | None  # None without BALANCE_APP_WEBHOOK_URL
     history: History
     fulfilment: Fulfilment
     checkout: Checkout

@@ -11,6 +11,9 @@ export interface BalanceState {
   readonly available: number;
   /** Per-account counter, +1 per committed change; only ever moves forward here. */
   readonly version: number;
+  /** available is below the account's low_balance threshold (its own, its plan's or the
+   * catalog's), or at 0 or less. */
+  readonly low?: boolean;
 }
 
 /** What caused a pushed update; null on snapshots and sync answers. */

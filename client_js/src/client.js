@@ -279,6 +279,6 @@ function reportError(err) {
   });
 }
 
-function pickState({ account_id, balance, held, available, version }) {
-  return Object.freeze({ account_id, balance, held, available, version });
+function pickState({ account_id, balance, held, available, version, low }) {
+  return Object.freeze({ account_id, balance, held, available, version, low: low === true });
 }

@@ -4,7 +4,8 @@
 //
 // Attributes: ws-url (default ws(s)://<this host>/v1/ws), token-url (POSTed with
 // credentials, answers {"token": "..."}), account (default: the first one the server
-// sends), low (below this many available credits the element turns `low-balance`),
+// sends), low (below this many available credits the element turns `low-balance`;
+// without it, the server's `low`: the account's own, plan's or catalog's threshold),
 // label (default "credits"), locale (default the page's).
 // Property `token` (string or async function) takes the place of token-url.
 // Reflected on the host for styling: state="connecting|open|reconnecting|closed",
@@ -47,7 +48,7 @@ export function balanceView(account, state, { low = null, locale, label = 'credi
     text: known ? formatCredits(account.available, locale) : '—',
     label,
     status,
-    low: known && low !== null && account.available < low,
+    low: known && (low !== null ? account.available < low : account.low === true),
     title: known ? `${formatCredits(account.balance, locale)} ${label}${account.held ? `, ${formatCredits(account.held, locale)} on hold` : ''}` : '',
   };
 }

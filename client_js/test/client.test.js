@@ -40,7 +40,7 @@ test('balance frames update the state; change events only for frames with a chan
   ws.last().push(balanceFrame('u1', 1, 100));
   const change = { kind: 'usage', amount: -5, reason: 'image', transaction_id: 7, hold_id: null };
   ws.last().push(balanceFrame('u1', 2, 95, change));
-  assert.deepEqual(client.balance('u1'), { account_id: 'u1', balance: 95, held: 0, available: 95, version: 2 });
+  assert.deepEqual(client.balance('u1'), { account_id: 'u1', balance: 95, held: 0, available: 95, version: 2, low: false });
   assert.deepEqual(events.balance.map((b) => b.balance), [100, 95]);
   assert.equal(events.change.length, 1);
   assert.deepEqual(events.change[0].change, change);
@@ -176,7 +176,7 @@ test('accounts given up front are known at once and synced on the first connect'
   const seed = { account_id: 'u1', balance: 10, held: 0, available: 10, version: 6, purchased: 10, used: 0 };
   const { client, ws } = await connected(t, { accounts: [seed] });
   assert.deepEqual(ws.last().sent[1], { type: 'sync', versions: { u1: 6 } });
-  assert.deepEqual(client.balance('u1'), { account_id: 'u1', balance: 10, held: 0, available: 10, version: 6 });
+  assert.deepEqual(client.balance('u1'), { account_id: 'u1', balance: 10, held: 0, available: 10, version: 6, low: false });
 });
 
 test('a token function is called again on every reconnect', async (t) => {

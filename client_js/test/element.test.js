@@ -28,6 +28,11 @@ test('reconnecting and offline hints keep the last number', () => {
 test('low below the threshold, not at it', () => {
   assert.equal(balanceView(acct(19), 'open', { low: 20 }).low, true);
   assert.equal(balanceView(acct(20), 'open', { low: 20 }).low, false);
+  // Without a `low` attribute, the server's own `low` decides (its thresholds).
+  assert.equal(balanceView({ ...acct(500), low: true }, 'open').low, true);
+  assert.equal(balanceView({ ...acct(5), low: false }, 'open').low, false);
+  // An attribute, when given, is the page's own rule.
+  assert.equal(balanceView({ ...acct(500), low: true }, 'open', { low: 20 }).low, false);
   assert.equal(balanceView(acct(0), 'open').low, false, 'no threshold, never low');
 });
 

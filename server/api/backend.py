@@ -8,10 +8,14 @@ from starlette.requests import Request
 
 from server import errors
 from server.api.http import (
+    CURSOR,
+    PAGE_SIZE,
     account_param,
     checkout_for,
+    event_param,
     history_page,
     hold_param,
+    int_query,
     read_body,
     resources,
     time_query,
@@ -20,6 +24,7 @@ from server.catalog import Catalog, to_json
 from server.ledger import Outcome, request_hash
 from server.messages import (
     AdjustRequest,
+    AlertsRequest,
     CaptureRequest,
     ChargeRequest,
     CheckRequest,
@@ -215,3 +220,37 @@ async def check(request: Request) -> bytes:
         _catalog_price(res.catalog, body.operation, body.quantity)
     return await res.plans.check(account_id, operation=body.operation,
                                  quantity=body.quantity, amount=body.amount)
+
+
+async def set_alerts(request: Request) -> Outcome:
+    """Set (or clear) the account's own low_balance threshold."""
+    account_id = account_param(request)
+    body = decode_body(AlertsRequest, await read_body(request))
+    return await resources(request).ledger.set_alerts(account_id, body.low_balance)
+
+
+EVENT_STATUSES = ("pending", "delivered", "failed")
+
+
+async def list_events(request: Request) -> bytes:
+    """App webhooks, newest first, with their attempts."""
+    status = request.query_params.get("status")
+    if status is not None and status not in EVENT_STATUSES:
+        raise errors.invalid_request(f"status: must be one of {', '.join(EVENT_STATUSES)}")
+    limit = int_query(request, "limit", 50, *PAGE_SIZE)
+    before = int_query(request, "before", None, *CURSOR)
+    text: str = await resources(request).pool.fetchval(
+        "SELECT balance_events_json($1, $2, $3)::text", status, limit, before)
+    return text.encode()
+
+
+async def retry_event(request: Request) -> bytes:
+    """Deliver an event again now, whatever its status."""
+    event_id = event_param(request)
+    res = resources(request)
+    webhook_id = await res.pool.fetchval("SELECT balance_retry_event($1)", event_id)
+    if webhook_id is None:
+        raise errors.not_found("no such event")
+    if res.outbox is not None:
+        res.outbox.wake()
+    return encoder.encode({"id": event_id, "webhook_id": webhook_id, "status": "pending"})

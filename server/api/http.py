@@ -76,6 +76,14 @@ def hold_param(request: Request) -> str:
     return hold_id
 
 
+def event_param(request: Request) -> int:
+    """The `{event_id}` of the path; anything but an event id names no event (404)."""
+    raw: str = request.path_params["event_id"]
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= CURSOR[1]:
+        raise errors.not_found("no such event")
+    return int(raw)
+
+
 def user(request: Request) -> Identity:
     """The account a browser's user token speaks for, or 401."""
     return resources(request).tokens.verify(bearer(request.headers.get("authorization")))

@@ -17,7 +17,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server.api.backend import MAX_USAGE_RANGE
+from server.api.backend import EVENT_STATUSES, MAX_USAGE_RANGE
 from server.api.http import CURSOR, PAGE_SIZE, resources
 from server.api.routes import OPERATIONS, Operation
 from server.catalog import MAX_QUANTITY, Catalog
@@ -35,6 +35,7 @@ _ERROR = {
 _PATH_PARAMS: dict[str, dict[str, Any]] = {
     "account_id": {"type": "string", "pattern": ACCOUNT_ID_PATTERN},
     "hold_id": {"type": "string", "format": "uuid"},
+    "event_id": {"type": "integer", "minimum": CURSOR[0], "maximum": CURSOR[1]},
 }
 _DATE_TIME = {"type": "string", "format": "date-time"}
 _QUERY_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
@@ -43,6 +44,7 @@ _QUERY_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
     "before": ({"type": "integer", "minimum": CURSOR[0], "maximum": CURSOR[1]},
                "the previous page's next_cursor"),
     "kind": ({"type": "string", "enum": list(KINDS)}, "only transactions of this kind"),
+    "status": ({"type": "string", "enum": list(EVENT_STATUSES)}, "only events in this state"),
     "group_by": ({"type": "string", "enum": ["reason", "day"], "default": "reason"},
                  "group spending by reason or by UTC day"),
     "since": (_DATE_TIME, f"from (inclusive); at most {MAX_USAGE_RANGE.days} days before "
@@ -59,7 +61,7 @@ _STATUS = {
     400: "the body is not JSON",
     401: "missing or invalid credentials (or webhook signature)",
     402: "insufficient_credits: `required` and `available` say by how much",
-    404: "no such hold",
+    404: "no such hold or event",
     409: "idempotency_conflict (the key was used with another body), or hold_not_active",
     413: "the body is over 64 KiB",
     422: "invalid_request: `detail` names the field and the rule",

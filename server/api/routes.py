@@ -24,6 +24,7 @@ from server.errors import Problem, rate_limited
 from server.ledger import Outcome
 from server.messages import (
     AdjustRequest,
+    AlertsRequest,
     CaptureRequest,
     ChargeRequest,
     CheckoutRequest,
@@ -78,6 +79,13 @@ OPERATIONS: tuple[Operation, ...] = (
               "Plan, period, allowance left, limits used", "service"),
     Operation("POST", "/v1/accounts/{account_id}/check", backend.check,
               "What a charge or debit would answer (writes nothing)", "service", CheckRequest),
+    Operation("PUT", "/v1/accounts/{account_id}/alerts", backend.set_alerts,
+              "Set the account's low_balance threshold", "service", AlertsRequest),
+    Operation("GET", "/v1/events", backend.list_events,
+              "App webhooks and their attempts, newest first", "service",
+              query=("status", "limit", "before")),
+    Operation("POST", "/v1/events/{event_id}/retry", backend.retry_event,
+              "Deliver an app webhook again now", "service", refusals=(404,)),
     Operation("POST", "/v1/holds/{hold_id}/capture", backend.capture_hold,
               "Capture a hold", "service", CaptureRequest, refusals=(404, 409),
               body_required=False),

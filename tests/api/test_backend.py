@@ -26,8 +26,8 @@ async def test_new_account_springs_into_being(client: httpx.AsyncClient, account
     assert body["account_id"] == account
     assert (body["balance"], body["held"], body["available"], body["version"]) == (0, 0, 0, 0)
     assert set(body) == {"account_id", "balance", "held", "available", "version", "purchased",
-                         "used", "updated_at", "plan", "period_end"}
-    assert (body["plan"], body["period_end"]) == (None, None)
+                         "used", "updated_at", "plan", "period_end", "low"}
+    assert (body["plan"], body["period_end"], body["low"]) == (None, None, False)
 
 
 async def test_welcome_credits_granted_once(start_app: StartApp, account: str) -> None:

@@ -122,7 +122,7 @@ async def test_a_debit_reaches_every_socket_of_the_account_on_every_instance(
             a1, snap = await open_socket(app, account)
             assert snap == {
                 "type": "balance", "account_id": account, "balance": 100, "held": 0,
-                "available": 100, "version": 1, "change": None,
+                "available": 100, "version": 1, "low": False, "change": None,
             }  # fmt: skip
             a2, _ = await open_socket(app, account)
             b1, _ = await open_socket(b, account)
@@ -292,7 +292,7 @@ async def test_a_stalled_reader_is_conflated_then_closed_4509(
         for version in range(1000, 6000):  # ~10 MB of frames for one socket
             change = ChangeInfo("usage", -1, reason, version, None)
             hub.deliver(account, version, encoder.encode(
-                BalanceFrame(account, 0, 0, 0, version, change)))
+                BalanceFrame(account, 0, 0, 0, version, change=change)))
             if version % 100 == 0:
                 await asyncio.sleep(0)
                 # Bounded: one pending frame per account, and the transport's high-water mark.
