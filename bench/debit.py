@@ -128,7 +128,8 @@ SERVICE_KEY = "sk_bench_" + secrets.token_urlsafe(16)
 
 
 def start_server(pg: devservers.PostgresServer, redis: devservers.RedisServer,
-                 port: int, batch_inflight: int | None = None) -> subprocess.Popen[bytes]:
+                 port: int, batch_inflight: int | None = None,
+                 extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DATABASE_URL": pg.url,
@@ -140,6 +141,7 @@ def start_server(pg: devservers.PostgresServer, redis: devservers.RedisServer,
     }
     if batch_inflight is not None:
         env["BALANCE_DB_BATCH_INFLIGHT"] = str(batch_inflight)
+    env.update(extra_env or {})
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=env)
     for _ in range(200):
         try:

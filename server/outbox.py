@@ -25,10 +25,16 @@ from standardwebhooks.webhooks import Webhook
 from server.config import Settings, standard_webhooks_key
 
 log = logging.getLogger("balance.outbox")
+# httpx logs every request at INFO: one line per delivery is the outbox's to write, on failure.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
-BATCH = 50  # events claimed at once
-CONCURRENCY = 16  # deliveries in flight per instance
-IDLE = 0.2  # seconds between polls when nothing is due
+# Deliveries claimed at once, and claimed and unrecorded in all: while one batch's attempts
+# are being recorded the next batch is on the wire. Four connections to the app: httpx's pool
+# gets slower per request as it grows (measured: 4 connections send twice what 64 do).
+BATCH = 4
+CONCURRENCY = 8
+CONNECTIONS = 4
+IDLE = 0.05  # seconds between polls when nothing is due (an indexed, empty read)
 
 
 class Outbox:
@@ -43,9 +49,11 @@ class Outbox:
         self._timeout = settings.app_webhook_timeout
         self._retry = settings.app_webhook_retry
         self._lease = max(settings.outbox_lease, settings.app_webhook_timeout + 1)
-        self._client = httpx.AsyncClient(timeout=settings.app_webhook_timeout,
-                                         follow_redirects=False)
-        self._slots = asyncio.Semaphore(CONCURRENCY)
+        self._client = httpx.AsyncClient(
+            timeout=settings.app_webhook_timeout, follow_redirects=False,
+            limits=httpx.Limits(max_connections=CONNECTIONS,
+                                max_keepalive_connections=CONNECTIONS))
+        self._busy = 0  # events claimed and not yet recorded
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
@@ -71,32 +79,57 @@ class Outbox:
     async def _run(self) -> None:
         while True:
             try:
-                claimed = await self._claim()
+                drained = await self._claim()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the dispatcher must outlive a database outage
                 log.warning("outbox claim failed: %s", type(exc).__name__)
-                claimed = 0
-            if claimed < BATCH:
+                drained = True
+            if drained:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), IDLE)
 
-    async def _claim(self) -> int:
-        free = CONCURRENCY - len(self._inflight)
-        if free <= 0:
+    async def _claim(self) -> bool:
+        """Claim what this instance has room for; whether that emptied the due queue."""
+        while self._busy >= CONCURRENCY:
             await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
-            free = CONCURRENCY - len(self._inflight)
+        room = min(BATCH, CONCURRENCY - self._busy)
         rows = await self._pool.fetch(
             "SELECT id, webhook_id, type, data::text AS data, attempts, created_at"
-            " FROM balance_claim_events($1, $2)", min(BATCH, free), self._lease)
-        for row in rows:
-            task = asyncio.create_task(self._deliver(row))
+            " FROM balance_claim_events($1, $2)", room, self._lease)
+        if rows:
+            self._busy += len(rows)
+            task = asyncio.create_task(self._deliver(rows))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
-        return len(rows)
+        return len(rows) < room
 
-    async def _deliver(self, row: asyncpg.Record) -> None:
+    async def _deliver(self, rows: list[asyncpg.Record]) -> None:
+        """POST each claimed event at once, then record every attempt in one statement."""
+        try:
+            results = await asyncio.gather(*(self._post(row) for row in rows))
+        finally:
+            self._busy -= len(rows)
+        attempts = [row["attempts"] for row in rows]
+        try:
+            await self._pool.execute(
+                "SELECT balance_record_attempt(e, a, s, l, x, r) FROM unnest("
+                "$1::bigint[], $2::int[], $3::int[], $4::int[], $5::text[], $6::float8[])"
+                " AS t(e, a, s, l, x, r)",
+                [row["id"] for row in rows], attempts, [r[0] for r in results],
+                [r[1] for r in results], [r[2] for r in results],
+                [self._retry[a - 1] if a <= len(self._retry) else None for a in attempts])
+        except Exception as exc:  # their leases run out and they go again: at least once
+            log.warning("outbox could not record %d attempts: %s", len(rows),
+                        type(exc).__name__)
+        for row, (_, _, error) in zip(rows, results, strict=True):
+            if error is not None:
+                log.info("app webhook %s (%s) attempt %d: %s", row["webhook_id"], row["type"],
+                         row["attempts"], error)
+
+    async def _post(self, row: asyncpg.Record) -> tuple[int | None, int, str | None]:
+        """(the receiver's status, milliseconds, what went wrong) of one signed POST."""
         payload = json.dumps({
             "type": row["type"],
             "timestamp": row["created_at"].astimezone(UTC).isoformat().replace("+00:00", "Z"),
@@ -112,23 +145,11 @@ class Outbox:
         status: int | None = None
         error: str | None = None
         started = time.perf_counter()
-        async with self._slots:
-            try:
-                response = await self._client.post(self._url, content=payload, headers=headers)
-                status = response.status_code
-                if not 200 <= status < 300:
-                    error = f"HTTP {status}"
-            except httpx.HTTPError as exc:
-                error = type(exc).__name__
-        latency = int((time.perf_counter() - started) * 1000)
-        attempt: int = row["attempts"]
-        retry_in = self._retry[attempt - 1] if attempt <= len(self._retry) else None
         try:
-            await self._pool.execute(
-                "SELECT balance_record_attempt($1, $2, $3, $4, $5, $6)",
-                row["id"], attempt, status, latency, error, retry_in)
-        except Exception as exc:  # its lease runs out and it is delivered again: at least once
-            log.warning("outbox could not record event %s: %s", row["id"], type(exc).__name__)
-        if error is not None:
-            log.info("app webhook %s (%s) attempt %d: %s", row["webhook_id"], row["type"],
-                     attempt, error)
+            response = await self._client.post(self._url, content=payload, headers=headers)
+            status = response.status_code
+            if not 200 <= status < 300:
+                error = f"HTTP {status}"
+        except httpx.HTTPError as exc:
+            error = type(exc).__name__
+        return status, int((time.perf_counter() - started) * 1000), error
