@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -127,6 +128,11 @@ def _dev(args: argparse.Namespace) -> int:
             env["BALANCE_STRIPE_API_KEY"] = "sk_dev_standin"
             env["BALANCE_STRIPE_API_BASE"] = f"{base}/dev/stripe"
         env.setdefault("BALANCE_CHECKOUT_RETURN_URLS", f"{base}/")
+        # App webhooks go to dev's own inbox page (server/dev/inbox.py), signed as for real.
+        if not env.get("BALANCE_APP_WEBHOOK_URL"):
+            env["BALANCE_APP_WEBHOOK_URL"] = f"{base}/dev/webhooks"
+            env["BALANCE_APP_WEBHOOK_SECRET"] = "whsec_" + base64.b64encode(
+                secrets.token_bytes(24)).decode()
         settings = Settings.from_env(env)
         key = settings.service_keys[0]
         from server.auth import mint_token
@@ -136,6 +142,7 @@ def _dev(args: argparse.Namespace) -> int:
         print(
             "\nbalance-server dev is up (throwaway data, gone on Ctrl-C)\n"
             f"  demo page     {base}/?account=demo-user\n"
+            f"  app webhooks  {settings.app_webhook_url}   (what your backend would receive)\n"
             f"  API           {base}/v1   (OpenAPI: {base}/openapi.json)\n"
             f"  WebSocket     ws://{settings.host}:{settings.port}/v1/ws\n"
             f"  DATABASE_URL  {env['DATABASE_URL']}\n"

@@ -34,6 +34,8 @@ $('#avatar').title = accountId;
 
 balance.addEventListener('balance-update', ({ detail }) => {
   available = detail.available;
+  // `low` is the server's: below the account's, its plan's or the catalog's threshold.
+  $('#low-banner').hidden = !detail.low;
   markAffordable();
   // Pushed changes and post-reconnect syncs both move the version; either way the list is stale.
   if (detail.version > ledgerVersion) {
@@ -57,6 +59,11 @@ const setMenu = (open) => {
   buyToggle.setAttribute('aria-expanded', String(open));
 };
 buyToggle.addEventListener('click', () => setMenu(buyMenu.hidden));
+$('#low-topup').addEventListener('click', (e) => {
+  e.stopPropagation(); // the document's click handler would close the menu again
+  setMenu(true);
+  buyMenu.querySelector('.pack')?.focus();
+});
 document.addEventListener('click', (e) => {
   if (!e.target.closest('.buy')) setMenu(false);
 });

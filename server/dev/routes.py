@@ -8,7 +8,6 @@ the real checkout, against the Stripe stand-in (standin.py).
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from typing import Annotated
 
 import msgspec
@@ -20,7 +19,7 @@ from starlette.staticfiles import StaticFiles
 from server import errors
 from server.api import backend
 from server.api.http import json_response, read_body, resources
-from server.dev import standin
+from server.dev import CLIENT_JS, inbox, standin
 from server.ledger import request_hash
 from server.messages import (
     AccountId,
@@ -30,8 +29,6 @@ from server.messages import (
     decode_body,
     encoder,
 )
-
-CLIENT_JS = Path(__file__).resolve().parent.parent.parent / "client_js"
 
 
 class DevToken(msgspec.Struct):
@@ -104,4 +101,5 @@ def routes() -> list[BaseRoute]:
         Mount("/client", StaticFiles(directory=CLIENT_JS / "src", check_dir=False)),
         Mount("/demo", StaticFiles(directory=CLIENT_JS / "demo", check_dir=False)),
         *standin.routes(),
+        *inbox.routes(),
     ]

@@ -121,6 +121,8 @@ test('demo: live balance in two tabs, restart without reload, 402 dialog', { ski
     available = low.available;
     await allShow(tabs, '12', 5000);
     await tab1.waitForSelector('credit-balance[low-balance]');
+    // The server says `low` (the dev catalog's threshold is 20): the banner shows in both tabs.
+    await Promise.all(tabs.map((p) => p.waitForSelector('#low-banner:not([hidden])', { timeout: 5000 })));
     await tab1.click('[data-action=generate_video]');
     const dialog = tab1.locator('dialog#insufficient');
     await dialog.waitFor({ state: 'visible', timeout: 5000 });
@@ -135,6 +137,7 @@ test('demo: live balance in two tabs, restart without reload, 402 dialog', { ski
     await tab1.click('#pay');
     await tab1.waitForURL((url) => url.pathname === '/' && !url.search.includes('bought'), { timeout: 10_000 });
     await allShow(tabs, fmt.format(12 + 2000 - 40), 10_000);
+    await tab2.waitForSelector('#low-banner[hidden]', { state: 'attached', timeout: 5000 });
     await tab2.waitForSelector('#ledger >> text=Generate video', { timeout: 5000 });
     await shot(tab1, '6-bought');
     await shot(tab2, '6-bought-tab2');
@@ -152,6 +155,15 @@ test('demo: live balance in two tabs, restart without reload, 402 dialog', { ski
     await Promise.all(tabs.map((p) => p.waitForSelector('#allowance[data-level=warn]', { timeout: 5000 })));
     assert.match(await tab1.locator('#allowance-text').textContent(), /^50 of 300 allowance left/);
     await shot(tab1, '8-allowance-amber');
+  });
+
+  await t.test("dev's inbox page shows the app webhooks it was sent", async () => {
+    const page = await context.newPage();
+    await page.goto(`${server.base}/dev/webhooks`);
+    await page.waitForSelector('#list code >> text=balance.low', { timeout: 5000 });
+    await page.waitForSelector('#list code >> text=purchase.completed', { timeout: 5000 });
+    await shot(page, '9-webhooks');
+    await page.close();
   });
 
   assert.deepEqual(pageErrors, [], 'no uncaught errors in the pages');
