@@ -4,7 +4,7 @@
 #                   client_js node_modules; then ruff, mypy, pytest and the JS tests
 #   make dev        system packages and .venv with [dev], then `balance-server dev`
 #   make lint       ruff + mypy
-#   make bench      bench/debit.py, bench/push.py and bench/renewal.py
+#   make bench      bench/debit.py, push.py, renewal.py and outbox.py
 #   make fuzz       schemathesis (every check) against a real server, 500 examples per operation
 #
 # Python lives only in .venv/ (git-ignored): nothing is installed into the system's or the
@@ -130,4 +130,5 @@ fuzz: setup
 		$(PY) -m pytest -q -s tests/api/test_openapi.py -k schemathesis
 
 bench: setup system-bench
-	@for b in bench/debit.py bench/push.py bench/renewal.py; do echo "== $$b"; $(PY) "$$b"; done
+	@for b in bench/debit.py bench/push.py bench/renewal.py bench/outbox.py; do \
+		echo "== $$b"; $(PY) "$$b"; done

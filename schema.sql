@@ -353,6 +353,40 @@ CREATE TABLE IF NOT EXISTS event_attempts (
     PRIMARY KEY (event_id, attempt)
 );
 
+-- step: 009_auto_top_up
+-- Auto top-up (Stripe): when `available` falls below an account's top_up_below, the alert
+-- trigger writes one top_ups request and clears top_up_below (disarmed: no second request
+-- while one is in flight); a worker in any instance turns the request into an off-session
+-- PaymentIntent. Success (the ordinary payment webhook) or a decline arms it again; three
+-- declines in a row turn it off.
+CREATE TABLE IF NOT EXISTS auto_top_ups (
+    account_id             text PRIMARY KEY REFERENCES accounts (account_id),
+    package                text NOT NULL,
+    threshold              bigint NOT NULL CHECK (threshold >= 0),
+    stripe_customer        text NOT NULL,
+    stripe_payment_method  text NOT NULL,
+    enabled                boolean NOT NULL DEFAULT true,
+    declines               int NOT NULL DEFAULT 0,
+    updated_at             timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS top_up_below bigint;
+CREATE TABLE IF NOT EXISTS top_ups (
+    id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    account_id       text NOT NULL REFERENCES accounts (account_id),
+    package          text NOT NULL,
+    status           text NOT NULL DEFAULT 'requested'
+                     CHECK (status IN ('requested', 'created', 'succeeded', 'failed')),
+    payment_intent   text,
+    error            text,
+    attempts         int NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    resolved_at      timestamptz
+);
+CREATE INDEX IF NOT EXISTS top_ups_due_idx ON top_ups (next_attempt_at)
+    WHERE status = 'requested';
+CREATE INDEX IF NOT EXISTS top_ups_intent_idx ON top_ups (payment_intent);
+
 -- ================================================================ JSON shapes of API.md
 
 -- definitions: json_shapes
@@ -1328,6 +1362,13 @@ BEGIN
        AND NEW.plan IS NOT DISTINCT FROM OLD.plan THEN
         RETURN NEW;
     END IF;
+    IF v_available < NEW.top_up_below THEN
+        -- One request, and disarmed until it succeeds or fails.
+        INSERT INTO top_ups (account_id, package)
+        SELECT NEW.account_id, t.package FROM auto_top_ups t
+        WHERE t.account_id = NEW.account_id AND t.enabled;
+        NEW.top_up_below := NULL;
+    END IF;
     IF v_threshold IS NULL AND NEW.plan IS NOT NULL THEN
         SELECT p.low_balance INTO v_threshold FROM plans p WHERE p.id = NEW.plan;
     END IF;
@@ -1466,6 +1507,133 @@ CREATE OR REPLACE FUNCTION balance_retry_event(p_event bigint) RETURNS text
 LANGUAGE sql AS $$
     UPDATE events SET status = 'pending', next_attempt_at = now(), delivered_at = NULL
     WHERE id = p_event RETURNING webhook_id
+$$;
+
+-- ================================================================ auto top-up
+
+-- definitions: top_ups
+
+-- PUT /v1/accounts/{id}/auto-top-up: configure (armed at once) or, p_package NULL, turn off.
+CREATE OR REPLACE FUNCTION balance_set_auto_top_up(
+    p_account text, p_welcome bigint, p_package text, p_threshold bigint, p_customer text,
+    p_method text
+) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    v_row auto_top_ups;
+BEGIN
+    PERFORM balance__ensure(p_account, p_welcome);
+    PERFORM 1 FROM accounts WHERE account_id = p_account FOR UPDATE;
+    IF p_package IS NULL THEN
+        DELETE FROM auto_top_ups WHERE account_id = p_account;
+        UPDATE accounts SET top_up_below = NULL WHERE account_id = p_account;
+        RETURN jsonb_build_object('auto_top_up', NULL);
+    END IF;
+    INSERT INTO auto_top_ups (account_id, package, threshold, stripe_customer,
+                              stripe_payment_method)
+    VALUES (p_account, p_package, p_threshold, p_customer, p_method)
+    ON CONFLICT (account_id) DO UPDATE SET package = EXCLUDED.package,
+        threshold = EXCLUDED.threshold, stripe_customer = EXCLUDED.stripe_customer,
+        stripe_payment_method = EXCLUDED.stripe_payment_method, enabled = true, declines = 0,
+        updated_at = now()
+    RETURNING * INTO v_row;
+    -- Armed unless a request is in flight.
+    UPDATE accounts SET top_up_below = p_threshold WHERE account_id = p_account
+        AND NOT EXISTS (SELECT FROM top_ups t WHERE t.account_id = p_account
+                        AND t.status IN ('requested', 'created'));
+    RETURN jsonb_build_object('auto_top_up', jsonb_build_object(
+        'package', v_row.package, 'threshold', v_row.threshold,
+        'stripe_customer', v_row.stripe_customer,
+        'stripe_payment_method', v_row.stripe_payment_method, 'enabled', v_row.enabled));
+END $$;
+
+-- Claims due requests for p_lease seconds (a worker that dies loses them to another; the
+-- PaymentIntent's idempotency key is the request's id, so a second try creates nothing new).
+CREATE OR REPLACE FUNCTION balance_claim_top_ups(p_limit int, p_lease float8)
+RETURNS TABLE (id uuid, account_id text, package text, stripe_customer text,
+               stripe_payment_method text, attempts int)
+LANGUAGE sql AS $$
+    UPDATE top_ups u SET attempts = u.attempts + 1,
+        next_attempt_at = now() + make_interval(secs => p_lease)
+    FROM auto_top_ups a
+    WHERE u.id IN (SELECT t.id FROM top_ups t WHERE t.status = 'requested'
+                   AND t.next_attempt_at <= now() ORDER BY t.next_attempt_at
+                   LIMIT p_limit FOR UPDATE SKIP LOCKED)
+      AND a.account_id = u.account_id
+    RETURNING u.id, u.account_id, u.package, a.stripe_customer, a.stripe_payment_method,
+              u.attempts
+$$;
+
+-- Arms the account's auto top-up again (after a success or a decline) if it is on.
+CREATE OR REPLACE FUNCTION balance__rearm_top_up(p_account text) RETURNS void
+LANGUAGE sql AS $$
+    UPDATE accounts a SET top_up_below = t.threshold FROM auto_top_ups t
+    WHERE a.account_id = p_account AND t.account_id = p_account AND t.enabled
+$$;
+
+-- The PaymentIntent exists: top_up.requested. If its payment webhook came first, it is
+-- already paid.
+CREATE OR REPLACE FUNCTION balance_top_up_created(p_id uuid, p_intent text, p_data jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_account text;
+BEGIN
+    UPDATE top_ups SET status = 'created', payment_intent = p_intent
+    WHERE id = p_id AND status = 'requested' RETURNING account_id INTO v_account;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM balance__emit('top_up.requested', v_account, p_data);
+    PERFORM 1 FROM payments WHERE provider = 'stripe' AND payment_id = p_intent;
+    IF FOUND THEN
+        PERFORM balance__top_up_paid(p_intent);
+    END IF;
+END $$;
+
+-- The payment of a top-up's PaymentIntent was credited (balance_purchase calls this).
+CREATE OR REPLACE FUNCTION balance__top_up_paid(p_intent text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_account text;
+BEGIN
+    UPDATE top_ups SET status = 'succeeded', resolved_at = now()
+    WHERE payment_intent = p_intent AND status = 'created' RETURNING account_id INTO v_account;
+    IF FOUND THEN
+        UPDATE auto_top_ups SET declines = 0 WHERE account_id = v_account;
+        PERFORM balance__rearm_top_up(v_account);
+    END IF;
+END $$;
+
+-- A decline (at creation, p_id; or later by webhook, p_intent): top_up.failed, armed again,
+-- or off after the third decline in a row.
+CREATE OR REPLACE FUNCTION balance_top_up_failed(p_id uuid, p_intent text, p_error text,
+                                                 p_data jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_top top_ups;
+    v_declines int;
+BEGIN
+    UPDATE top_ups SET status = 'failed', error = p_error, resolved_at = now()
+    WHERE ((p_id IS NOT NULL AND id = p_id) OR (p_intent IS NOT NULL AND payment_intent = p_intent))
+      AND status IN ('requested', 'created')
+    RETURNING * INTO v_top;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    UPDATE auto_top_ups SET declines = declines + 1,
+        enabled = declines + 1 < 3, updated_at = now()
+    WHERE account_id = v_top.account_id RETURNING declines INTO v_declines;
+    PERFORM balance__rearm_top_up(v_top.account_id);
+    PERFORM balance__emit('top_up.failed', v_top.account_id, p_data || jsonb_build_object(
+        'account_id', v_top.account_id, 'package', v_top.package, 'error', p_error,
+        'declines', v_declines, 'disabled', v_declines >= 3));
+END $$;
+
+-- A request that could not reach Stripe: due again after p_retry_in seconds.
+CREATE OR REPLACE FUNCTION balance_top_up_later(p_id uuid, p_retry_in float8, p_error text)
+RETURNS void LANGUAGE sql AS $$
+    UPDATE top_ups SET next_attempt_at = now() + make_interval(secs => p_retry_in),
+        error = p_error
+    WHERE id = p_id AND status = 'requested'
 $$;
 
 -- ================================================================ payments
@@ -1703,6 +1871,9 @@ BEGIN
             v_res.tx_id, p_event_id);
     UPDATE webhook_events_unfulfilled SET resolved_at = now()
     WHERE provider = p_provider AND payment_id = p_payment AND resolved_at IS NULL;
+    IF p_provider = 'stripe' THEN  -- an auto top-up's payment: armed again
+        PERFORM balance__top_up_paid(p_payment);
+    END IF;
     v_res.body := v_res.body || jsonb_build_object('result', 'fulfilled', 'account_id', p_account);
 
     v_rev := balance__apply_refunds(p_provider, p_payment, p_welcome, p_mode);

@@ -25,6 +25,7 @@ from server.limiter import RateLimits
 from server.outbox import Outbox
 from server.payments.checkout import Checkout
 from server.payments.fulfilment import Fulfilment
+from server.payments.topup import TopUps
 from server.plans import Plans
 from server.push.broker import make_broker
 from server.push.hub import Hub
@@ -57,8 +58,10 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
         outbox = Outbox(pool, settings) if settings.app_webhook_url else None
         plans = Plans(ledger, catalog)
         await plans.sync()
-        jobs = Jobs(ledger, plans, settings)
         checkout = Checkout(pool, catalog, settings)
+        client = checkout.stripe_client
+        top_ups = TopUps(pool, catalog, client) if client is not None else None
+        jobs = Jobs(ledger, plans, top_ups, settings)
         tokens = TokenVerifier(settings)
         app.state.resources = Resources(
             settings=settings,

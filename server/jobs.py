@@ -1,5 +1,5 @@
 """Periodic work, in every instance: expire due holds and grants, renew plans whose period
-ended, forget old keys.
+ended, create the PaymentIntents of due auto top-ups, forget old keys.
 
 Several instances run the same jobs safely: the SQL claims due rows with SKIP LOCKED, and
 each change it commits leaves through the ledger's door like any other.
@@ -14,6 +14,7 @@ import time
 from server import metrics
 from server.config import Settings
 from server.ledger import Ledger
+from server.payments.topup import TopUps
 from server.plans import Plans
 
 log = logging.getLogger("balance.jobs")
@@ -24,9 +25,11 @@ KEY_CLEANUP_EVERY = 3600.0  # seconds
 class Jobs:
     """The background loop of one process."""
 
-    def __init__(self, ledger: Ledger, plans: Plans, settings: Settings) -> None:
+    def __init__(self, ledger: Ledger, plans: Plans, top_ups: TopUps | None,
+                 settings: Settings) -> None:
         self._ledger = ledger
         self._plans = plans
+        self._top_ups = top_ups
         self._interval = settings.sweep_interval
         self._retention_days = settings.idempotency_retention_days
         self._task: asyncio.Task[None] | None = None
@@ -51,10 +54,11 @@ class Jobs:
                 renewed = await self._plans.renew()
                 if renewed:
                     metrics.sweeps.labels("renewal").inc(renewed)
+                topped = await self._top_ups.run_due() if self._top_ups is not None else 0
                 if time.monotonic() - last_cleanup > KEY_CLEANUP_EVERY:
                     await self._ledger.forget_old_keys(self._retention_days)
                     last_cleanup = time.monotonic()
-                if kinds or renewed:
+                if kinds or renewed or topped:
                     continue  # more may be due; sweep again at once
             except asyncio.CancelledError:
                 raise

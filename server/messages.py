@@ -140,6 +140,20 @@ class AlertsRequest(msgspec.Struct, forbid_unknown_fields=True):
     idempotency_key: IdempotencyKey | None = None
 
 
+StripeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_]{3,255}$")]
+
+
+class AutoTopUpRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Buy `package` off session when `available` falls below `threshold` (a body of `null`
+    turns it off). A setting: an idempotency_key is accepted and ignored."""
+
+    package: Name
+    threshold: Annotated[int, msgspec.Meta(ge=1, le=MAX_CREDITS)]
+    stripe_customer: StripeId
+    stripe_payment_method: StripeId
+    idempotency_key: IdempotencyKey | None = None
+
+
 class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
     account_id: AccountId
     ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=86400)] = 3600

@@ -27,8 +27,8 @@ from server.dev import servers as devservers
 from server.push.ws import WebSocketFirst
 from server.schema import migrate
 
-# The checkout stand-in's fixture, for any test that needs a provider.
-pytest_plugins = ["tests.payments.standin"]
+# The checkout stand-in's and the app webhook receiver's fixtures, for any test.
+pytest_plugins = ["tests.payments.standin", "tests.receiver"]
 
 PRICES = {"generate_image": 5, "upscale": 2, "generate_video": 40}
 # Seconds; no test comes near it, so reaching it means a hang.

@@ -6,92 +6,28 @@ decided once under any concurrency."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-import uvicorn
-from standardwebhooks.webhooks import Webhook
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 from websockets.asyncio.client import connect
 
 from server.auth import mint_token
 from server.dev.servers import free_port
 from tests.conftest import RunningApp, StartApp, key
+from tests.receiver import SECRET, Receiver
 
-SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 REPO = Path(__file__).resolve().parent.parent
 CATALOG = {"prices": {"generate_image": 5}, "alerts": {"low_balance": 50}}
-
-
-@dataclass
-class Received:
-    webhook_id: str
-    type: str
-    data: dict[str, Any]
-    at: float
-
-
-@dataclass
-class Receiver:
-    """The app's endpoint: verifies each delivery with the standardwebhooks library, then
-    answers what `answers` says (popped per request; 200 when empty) or hangs."""
-
-    url: str = ""
-    got: list[Received] = field(default_factory=list)
-    answers: list[int | str] = field(default_factory=list)
-    forged: int = 0
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def endpoint(self, request: Request) -> Response:
-        body = await request.body()
-        try:
-            Webhook(SECRET).verify(body, dict(request.headers))
-        except Exception:
-            self.forged += 1
-            return Response(status_code=400)
-        payload = json.loads(body)
-        self.got.append(Received(request.headers["webhook-id"], payload["type"],
-                                 payload["data"], time.monotonic()))
-        self.arrived.set()
-        answer = self.answers.pop(0) if self.answers else 200
-        if answer == "hang":
-            await asyncio.sleep(3600)
-        return Response(status_code=int(answer))
-
-    def of(self, account: str, kind: str | None = None) -> list[Received]:
-        return [r for r in self.got if r.data.get("account_id") == account
-                and (kind is None or r.type == kind)]
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    server = uvicorn.Server(uvicorn.Config(
-        Starlette(routes=[Route("/hooks", rec.endpoint, methods=["POST"])]),
-        host="127.0.0.1", port=free_port(), log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
-        await asyncio.sleep(0.01)
-    rec.url = f"http://127.0.0.1:{server.config.port}/hooks"
-    yield rec
-    server.should_exit = True
-    server.force_exit = True
-    await task
 
 
 @pytest.fixture(scope="module")
@@ -200,9 +136,14 @@ async def test_a_failing_receiver_gets_every_attempt_with_one_webhook_id(
         await wait_for(lambda: len(receiver.of(account)) >= 4)
         got = receiver.of(account)
         assert len(got) == 4 and len({g.webhook_id for g in got}) == 1
+        # The 4th attempt is recorded once its answer is back: poll the list until it is.
         async with app.client() as c:
-            events = (await c.get("/v1/events", params={"limit": 200})).json()["events"]
-        event = next(e for e in events if e["webhook_id"] == got[0].webhook_id)
+            for _ in range(100):
+                events = (await c.get("/v1/events", params={"limit": 200})).json()["events"]
+                event = next(e for e in events if e["webhook_id"] == got[0].webhook_id)
+                if event["status"] == "delivered":
+                    break
+                await asyncio.sleep(0.05)
         assert (event["status"], event["attempts"]) == ("delivered", 4)
         assert [a["status"] for a in event["attempt_log"]] == [500, 500, 500, 200]
         # Asked again, it is sent again, with the same id.

@@ -37,7 +37,7 @@ def test_schema_sql_reads_as_steps_then_definitions_then_indexes() -> None:
     kinds = [s.kind for s in found]
     assert kinds == sorted(kinds, key=("step", "definitions", "index").index)
     assert [s.name for s in found if s.kind == "definitions"] == [
-        "json_shapes", "movements", "jobs", "plans", "alerts", "payments"]
+        "json_shapes", "movements", "jobs", "plans", "alerts", "top_ups", "payments"]
     assert all("CONCURRENTLY" in s.sql for s in found if s.kind == "index")
 
 
@@ -96,7 +96,7 @@ async def test_changed_definitions_rerun_and_a_changed_step_is_refused(
         "-- ================================================================ JSON shapes")
     # A new step runs once, and the definitions after it are applied again.
     assert await migrate(fresh_db, added) == [
-        "003_note", "json_shapes", "movements", "jobs", "plans", "alerts", "payments"]
+        "003_note", "json_shapes", "movements", "jobs", "plans", "alerts", "top_ups", "payments"]
     assert await fresh_db.fetchval(
         "SELECT count(*) FROM information_schema.columns"
         " WHERE table_name = 'accounts' AND column_name = 'note'") == 1
@@ -141,7 +141,8 @@ async def test_upgrade_from_release_0_1_0_keeps_every_row(fresh_db: asyncpg.Conn
     assert dict(after or {}) == {**expected, "expired_held": 0, "unsettled": 0, "plan": None,
                                  "plan_anchor": None, "period_index": None,
                                  "period_start": None, "period_end": None,
-                                 "low_balance": None, "alert_state": "ok"}
+                                 "low_balance": None, "alert_state": "ok",
+                                 "top_up_below": None}
     lots_before = rows_before[2]
     assert tuple(await db.fetchrow(counts) or ()) == (
         *rows_before[:2], lots_before + 1, *rows_before[3:])  # one grant for the rest

@@ -25,6 +25,7 @@ from server.ledger import Outcome, request_hash
 from server.messages import (
     AdjustRequest,
     AlertsRequest,
+    AutoTopUpRequest,
     CaptureRequest,
     ChargeRequest,
     CheckRequest,
@@ -254,3 +255,19 @@ async def retry_event(request: Request) -> bytes:
     if res.outbox is not None:
         res.outbox.wake()
     return encoder.encode({"id": event_id, "webhook_id": webhook_id, "status": "pending"})
+
+
+async def set_auto_top_up(request: Request) -> bytes:
+    """Configure the account's auto top-up, or turn it off with a body of `null`."""
+    account_id = account_param(request)
+    raw = await read_body(request)
+    res = resources(request)
+    if raw.strip() == b"null":
+        return await res.ledger.set_auto_top_up(account_id, None)
+    body = decode_body(AutoTopUpRequest, raw)
+    if res.checkout.stripe_client is None:
+        raise errors.invalid_request("BALANCE_STRIPE_API_KEY is not set: auto top-up is Stripe")
+    found = res.catalog.packages.get(body.package)
+    if found is None or not found.price:
+        raise errors.invalid_request(f"package: no priced package {body.package!r} in the catalog")
+    return await res.ledger.set_auto_top_up(account_id, body)

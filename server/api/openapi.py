@@ -133,6 +133,11 @@ def build(catalog: Catalog, checkout: Checkout) -> dict[str, Any]:
         "anyOf": [{"enum": sorted(catalog.plans)}, {"type": "null"}] if catalog.plans
         else [{"type": "null"}], "description": "a catalog plan, or null to remove the plan"}
     _merge(components["CheckoutRequest"], checkout.request_schema())
+    # Auto top-up sells a priced package, with Stripe.
+    priced = sorted(name for name, p in catalog.packages.items() if p.price)
+    top_up = components["AutoTopUpRequest"]["properties"]
+    sellable: dict[str, Any] = {"enum": priced} if priced else {"not": {}}
+    top_up["package"] = sellable if checkout.stripe_client else {"not": {}}
     components["CreditRequest"]["properties"]["expires_at"]["description"] = (
         "when the grant's unspent credits expire; must be in the future")
     paths: dict[str, dict[str, Any]] = {}
@@ -159,9 +164,12 @@ def build(catalog: Catalog, checkout: Checkout) -> dict[str, Any]:
             "security": _SECURITY[op.auth],
         }
         if op.body is not None:
+            schema: dict[str, Any] = _ref(op.body.__name__)
+            if op.body_nullable:
+                schema = {"anyOf": [schema, {"type": "null"}]}
             doc["requestBody"] = {
                 "required": op.body_required,
-                "content": {"application/json": {"schema": _ref(op.body.__name__)}},
+                "content": {"application/json": {"schema": schema}},
             }
         paths.setdefault(op.path, {})[op.method.lower()] = doc
     return {

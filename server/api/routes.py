@@ -25,6 +25,7 @@ from server.ledger import Outcome
 from server.messages import (
     AdjustRequest,
     AlertsRequest,
+    AutoTopUpRequest,
     CaptureRequest,
     ChargeRequest,
     CheckoutRequest,
@@ -52,6 +53,7 @@ class Operation:
     refusals: tuple[int, ...] = ()  # what it answers beyond 400/401/413/422/429/503
     query: tuple[str, ...] = ()  # its query parameters, by name (openapi.py has their rules)
     body_required: bool = True  # False: no body means an empty one (capture: all of it)
+    body_nullable: bool = False  # a body of `null` means "none" (turn the setting off)
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -81,6 +83,9 @@ OPERATIONS: tuple[Operation, ...] = (
               "What a charge or debit would answer (writes nothing)", "service", CheckRequest),
     Operation("PUT", "/v1/accounts/{account_id}/alerts", backend.set_alerts,
               "Set the account's low_balance threshold", "service", AlertsRequest),
+    Operation("PUT", "/v1/accounts/{account_id}/auto-top-up", backend.set_auto_top_up,
+              "Configure auto top-up (Stripe), or turn it off with null", "service",
+              AutoTopUpRequest, body_nullable=True),
     Operation("GET", "/v1/events", backend.list_events,
               "App webhooks and their attempts, newest first", "service",
               query=("status", "limit", "before")),

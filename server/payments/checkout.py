@@ -78,6 +78,11 @@ class Checkout:
         return {"anyOf": offers or [{"not": {}}], "properties": {
             "success_url": url, "cancel_url": {"anyOf": [url, {"type": "null"}]}}}
 
+    @property
+    def stripe_client(self) -> stripe.StripeClient | None:
+        """The Stripe client (None without BALANCE_STRIPE_API_KEY), for auto top-up too."""
+        return self._stripe
+
     async def close(self) -> None:
         await self._stripe_http.close_async()  # type: ignore[no-untyped-call]
         if self._dodo is not None:

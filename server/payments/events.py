@@ -68,6 +68,15 @@ class Dispute:
 
 
 @dataclass(frozen=True, slots=True)
+class PaymentFailed:
+    """A payment that will not arrive (Stripe's payment_intent.payment_failed): if it was an
+    auto top-up's, that top-up failed."""
+
+    payment_id: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class Ignore:
     reason: str
 
@@ -80,7 +89,7 @@ class Unfulfilled:
     payment_id: str | None
 
 
-Action = Purchase | Refund | Dispute | Ignore | Unfulfilled
+Action = Purchase | Refund | Dispute | PaymentFailed | Ignore | Unfulfilled
 
 
 def object_id(obj: dict[str, Any], field: str, where: str) -> str:

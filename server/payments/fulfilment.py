@@ -20,7 +20,15 @@ import asyncpg
 from server import errors, metrics
 from server.catalog import Catalog, Unpriced
 from server.ledger import Ledger, jsonb
-from server.payments.events import Action, Dispute, Ignore, Purchase, Refund, Unfulfilled
+from server.payments.events import (
+    Action,
+    Dispute,
+    Ignore,
+    PaymentFailed,
+    Purchase,
+    Refund,
+    Unfulfilled,
+)
 
 log = logging.getLogger("balance.payments")
 
@@ -57,6 +65,11 @@ class Fulfilment:
         if isinstance(action, Unfulfilled):
             return {**answer, **await self._unfulfilled(provider, event_id, event_type, action,
                                                         payload)}
+        if isinstance(action, PaymentFailed):
+            await self._ledger.pool.execute(
+                "SELECT balance_top_up_failed(NULL, $1, $2, $3::jsonb)", action.payment_id,
+                action.error, jsonb({"payment_intent": action.payment_id}))
+            return {**answer, "result": "payment_failed"}
         if isinstance(action, Purchase):
             try:
                 credits = self._credits(action)

@@ -10,6 +10,7 @@ from server.payments.events import (
     Action,
     Dispute,
     Ignore,
+    PaymentFailed,
     Refund,
     Unfulfilled,
     currency_code,
@@ -60,6 +61,10 @@ def parse_stripe(event: StripeEvent) -> Action:
             account_keys=("account_id",), credit_keys=("credits",),
             amount=amount, currency=currency_code(obj.get("currency")),
         )
+    if event.type == "payment_intent.payment_failed":
+        error = obj.get("last_payment_error") or {}
+        code = error.get("decline_code") or error.get("code") if isinstance(error, dict) else None
+        return PaymentFailed(object_id(obj, "id", "data.object"), str(code or "payment_failed"))
     if event.type == "charge.refunded":
         charge_id = object_id(obj, "id", "data.object")
         payment_id = optional_id(obj, "payment_intent", "data.object") or charge_id

@@ -36,6 +36,8 @@ class StandIn:
     url: str = ""
     seen: list[Seen] = field(default_factory=list)
     failing: bool = False
+    declines: int = 0  # PaymentIntents to decline before succeeding again
+    answered: dict[str, Response] = field(default_factory=dict)
 
     async def stripe(self, request: Request) -> Response:
         form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
@@ -47,6 +49,28 @@ class StandIn:
                              "url": f"https://checkout.stripe.test/c/pay/{session}",
                              "metadata": {k[9:-1]: v for k, v in form.items()
                                           if k.startswith("metadata[")}})
+
+    async def payment_intent(self, request: Request) -> Response:
+        """Stripe's POST /v1/payment_intents: succeeds, or declines while `declines` > 0.
+        A repeated Idempotency-Key answers the first answer again, as Stripe does."""
+        form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+        self.seen.append(Seen(request.method, request.url.path, dict(request.headers), form))
+        key = request.headers.get("idempotency-key", "")
+        if key in self.answered:
+            return self.answered[key]
+        if self.declines > 0:
+            self.declines -= 1
+            answer: Response = JSONResponse({"error": {
+                "type": "card_error", "code": "card_declined", "decline_code": "insufficient_funds",
+                "message": "Your card has insufficient funds."}}, 402)
+        else:
+            answer = JSONResponse({
+                "id": f"pi_test_{uuid.uuid4().hex[:14]}", "object": "payment_intent",
+                "status": "succeeded", "amount": int(form["amount"]),
+                "currency": form["currency"],
+                "metadata": {k[9:-1]: v for k, v in form.items() if k.startswith("metadata[")}})
+        self.answered[key] = answer
+        return answer
 
     async def dodo(self, request: Request) -> Response:
         self.seen.append(Seen(request.method, request.url.path, dict(request.headers),
@@ -62,6 +86,8 @@ class StandIn:
 async def stand_in() -> AsyncIterator[StandIn]:
     standin = StandIn()
     app = Starlette(routes=[Route("/v1/checkout/sessions", standin.stripe, methods=["POST"]),
+                            Route("/v1/payment_intents", standin.payment_intent,
+                                  methods=["POST"]),
                             Route("/checkouts", standin.dodo, methods=["POST"])])
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -28,14 +29,17 @@ CATALOG = {
 
 @pytest.fixture(scope="module")
 async def shop(start_app: StartApp, stand_in: StandIn,
-               tmp_path_factory: pytest.TempPathFactory) -> RunningApp:
+               tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningApp]:
     catalog = tmp_path_factory.mktemp("shop") / "catalog.json"
     catalog.write_text(json.dumps(CATALOG))
-    return await start_app(
+    app = await start_app(
         catalog_file=str(catalog), stripe_api_key="sk_test_standin",
         stripe_api_base=stand_in.url, dodo_api_key="dodo_test_standin",
         dodo_api_base=stand_in.url, checkout_return_urls=(RETURN,),
         stripe_webhook_secret="whsec_" + "c" * 32)
+    yield app
+    # Stopped with its module: its jobs (auto top-up) would work other tests' rows.
+    await app.stop()
 
 
 @pytest.fixture

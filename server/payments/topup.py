@@ -1,0 +1,93 @@
+"""Auto top-up: requests the alert trigger wrote become off-session Stripe PaymentIntents.
+
+PostgreSQL decides when (schema.sql "top_ups": one request when `available` falls below the
+account's threshold, none more until it succeeds or fails). This worker, in every instance,
+claims due requests and creates the PaymentIntent with the official SDK, keyed by the
+request's id so a retry never charges twice. The credits arrive through the ordinary
+`payment_intent.succeeded` webhook, like any purchase; a decline is `top_up.failed`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import asyncpg
+import httpx
+import stripe
+
+from server.catalog import Catalog
+
+log = logging.getLogger("balance.topup")
+
+LEASE = 60.0  # seconds a claimed request is this instance's
+RETRY_IN = 30.0  # seconds before a request Stripe did not answer is tried again
+
+
+class TopUps:
+    """Turns due top-up requests into PaymentIntents."""
+
+    def __init__(self, pool: asyncpg.Pool, catalog: Catalog, client: stripe.StripeClient) -> None:
+        self._pool = pool
+        self._catalog = catalog
+        self._stripe = client
+
+    async def run_due(self, limit: int = 20) -> int:
+        """Create the PaymentIntents of up to `limit` due requests; how many were handled."""
+        rows = await self._pool.fetch("SELECT * FROM balance_claim_top_ups($1, $2)", limit, LEASE)
+        for row in rows:
+            await self._create(row)
+        return len(rows)
+
+    def price(self, package: str) -> tuple[int, str] | None:
+        """(amount in minor units, currency) of a package: its USD price when it has one."""
+        found = self._catalog.packages.get(package)
+        if found is None or not found.price:
+            return None
+        currency = "usd" if "usd" in found.price else next(iter(found.price))
+        return found.price[currency], currency
+
+    async def _create(self, row: asyncpg.Record) -> None:
+        request = str(row["id"])
+        priced = self.price(row["package"])
+        data: dict[str, Any] = {"top_up_id": request, "account_id": row["account_id"],
+                                "package": row["package"]}
+        if priced is None:  # the catalog dropped the package since it was configured
+            await self._failed(request, "package_not_in_catalog", data)
+            return
+        amount, currency = priced
+        data.update(amount=amount, currency=currency)
+        try:
+            intent = await self._stripe.v1.payment_intents.create_async(
+                {
+                    "amount": amount, "currency": currency,
+                    "customer": row["stripe_customer"],
+                    "payment_method": row["stripe_payment_method"],
+                    "off_session": True, "confirm": True,
+                    "metadata": {"account_id": row["account_id"], "package": row["package"],
+                                 "auto_top_up": request},
+                },
+                {"idempotency_key": f"top-up-{request}"},
+            )
+        except stripe.CardError as exc:
+            await self._failed(request, exc.code or "card_declined",
+                               {**data, "decline_code": getattr(exc.error, "decline_code", None)
+                                if exc.error else None})
+            return
+        except (stripe.StripeError, httpx.HTTPError) as exc:
+            log.warning("auto top-up %s: stripe unavailable: %s", request, type(exc).__name__)
+            await self._pool.execute("SELECT balance_top_up_later($1, $2, $3)", row["id"],
+                                     RETRY_IN, type(exc).__name__)
+            return
+        data["payment_intent"] = intent.id
+        if intent.status in ("requires_action", "requires_payment_method", "canceled"):
+            # Off session nobody can authenticate: as good as a decline.
+            await self._failed(request, f"payment_intent_{intent.status}", data)
+            return
+        await self._pool.execute("SELECT balance_top_up_created($1, $2, $3::jsonb)", row["id"],
+                                 intent.id, json.dumps(data))
+
+    async def _failed(self, request: str, error: str, data: dict[str, Any]) -> None:
+        await self._pool.execute("SELECT balance_top_up_failed($1::uuid, NULL, $2, $3::jsonb)",
+                                 request, error, json.dumps(data))
