@@ -395,7 +395,7 @@ CREATE INDEX IF NOT EXISTS top_ups_intent_idx ON top_ups (payment_intent);
 -- definitions: json_shapes
 
 CREATE OR REPLACE FUNCTION balance__ts(t timestamptz) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
 $$;
 
