@@ -377,6 +377,9 @@ CREATE TABLE IF NOT EXISTS top_ups (
     id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     account_id       text NOT NULL,
     package          text NOT NULL,
+    -- As configured when requested: a retry sends exactly what the first try sent.
+    stripe_customer        text NOT NULL,
+    stripe_payment_method  text NOT NULL,
     status           text NOT NULL DEFAULT 'requested'
                      CHECK (status IN ('requested', 'created', 'succeeded', 'failed')),
     payment_intent   text,
@@ -553,7 +556,9 @@ DECLARE
 BEGIN
     SELECT u.used INTO v_used FROM plan_usage u WHERE u.account_id = p_acc.account_id
         AND u.operation = p_operation AND u.period_start = p_acc.period_start;
-    v_used := COALESCE(v_used, 0);
+    -- Past the period's end but not renewed yet (at most a couple of seconds): the limit
+    -- has reset.
+    v_used := CASE WHEN p_acc.period_end <= now() THEN 0 ELSE COALESCE(v_used, 0) END;
     IF v_used + p_quantity > p_limit THEN
         DELETE FROM idempotency_keys k WHERE k.account_id = p_acc.account_id AND k.key = p_key;
         v_res.result := 'limit_reached';
@@ -1094,7 +1099,10 @@ END $$;
 
 -- Grants the allowance of the account's current period (p_acc, held by the caller), once
 -- (plan_periods' key), as an `allowance` transaction on a grant expiring at the period's end.
-CREATE OR REPLACE FUNCTION balance__grant_allowance(p_acc accounts, p_plan plans)
+-- p_change: a plan change, whose new allowance replaces the period's (its old allowance has
+-- just expired), even when the period is the same.
+CREATE OR REPLACE FUNCTION balance__grant_allowance(p_acc accounts, p_plan plans,
+                                                    p_change boolean)
 RETURNS balance_result LANGUAGE plpgsql AS $$
 DECLARE
     v_acc accounts;
@@ -1102,6 +1110,10 @@ DECLARE
     v_granted bigint;
     v_res balance_result;
 BEGIN
+    IF p_change THEN  -- a plan change: the period starts over under the new plan
+        DELETE FROM plan_periods
+        WHERE account_id = p_acc.account_id AND period_start = p_acc.period_start;
+    END IF;
     IF p_plan.allowance = 0 THEN
         INSERT INTO plan_periods (account_id, period_start, period_end, plan)
         VALUES (p_acc.account_id, p_acc.period_start, p_acc.period_end, p_plan.id)
@@ -1161,7 +1173,10 @@ BEGIN
     END IF;
     PERFORM balance__ensure(p_account, p_welcome);
     SELECT * INTO v_acc FROM accounts WHERE account_id = p_account FOR UPDATE;
-    IF v_acc.plan IS NOT DISTINCT FROM p_plan AND p_anchor IS NULL THEN
+    -- The same plan again (without an anchor, or with the one it has) changes nothing: a
+    -- repeated call must not refill the allowance.
+    IF v_acc.plan IS NOT DISTINCT FROM p_plan
+       AND (p_anchor IS NULL OR p_anchor = v_acc.plan_anchor) THEN
         v_res := ('ok', false, jsonb_build_object('account', balance__account_json(v_acc)),
                   NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
         PERFORM balance__remember(p_account, p_key, v_res.body);
@@ -1196,7 +1211,7 @@ BEGIN
         v_res := ('ok', false, NULL, p_account, v_acc.balance, v_acc.held, v_acc.version,
                   'plan', 0, NULL, NULL, v_acc.alert_state <> 'ok');
         RETURN NEXT v_res;
-        v_res := balance__grant_allowance(v_acc, v_plan);
+        v_res := balance__grant_allowance(v_acc, v_plan, true);
         IF v_res.result IS NULL THEN  -- no allowance: the 'plan' row above was the change
             v_res := ('ok', false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
         END IF;
@@ -1239,7 +1254,7 @@ BEGIN
                 period_start = period_end,
                 period_end = balance__period_edge(plan_anchor, v_plan.period, period_index + 2)
             WHERE account_id = v_acc.account_id RETURNING * INTO v_acc;
-            v_res := balance__grant_allowance(v_acc, v_plan);
+            v_res := balance__grant_allowance(v_acc, v_plan, false);
             PERFORM balance__emit('plan.renewed', v_acc.account_id, jsonb_build_object(
                 'account_id', v_acc.account_id, 'plan', v_plan.id,
                 'period_start', balance__ts(v_acc.period_start),
@@ -1364,9 +1379,9 @@ BEGIN
     -- A top-up starts on a movement below the threshold, not on being armed again.
     IF v_available < NEW.top_up_below AND v_available <> OLD.balance - OLD.held THEN
         -- One request, and disarmed until it succeeds or fails.
-        INSERT INTO top_ups (account_id, package)
-        SELECT NEW.account_id, t.package FROM auto_top_ups t
-        WHERE t.account_id = NEW.account_id AND t.enabled;
+        INSERT INTO top_ups (account_id, package, stripe_customer, stripe_payment_method)
+        SELECT NEW.account_id, t.package, t.stripe_customer, t.stripe_payment_method
+        FROM auto_top_ups t WHERE t.account_id = NEW.account_id AND t.enabled;
         NEW.top_up_below := NULL;
     END IF;
     IF v_threshold IS NULL AND NEW.plan IS NOT NULL THEN
@@ -1474,9 +1489,10 @@ BEGIN
     ON CONFLICT DO NOTHING;
     IF p_status BETWEEN 200 AND 299 THEN
         UPDATE events SET status = 'delivered', delivered_at = now()
-        WHERE id = p_event AND status = 'pending';
+        WHERE id = p_event AND status <> 'delivered';
     ELSIF p_retry_in IS NULL THEN
-        UPDATE events SET status = 'failed' WHERE id = p_event AND status = 'pending';
+        UPDATE events SET status = 'failed'
+        WHERE id = p_event AND status = 'pending' AND attempts = p_attempt;
     ELSE
         UPDATE events SET next_attempt_at = now() + make_interval(secs => p_retry_in)
         WHERE id = p_event AND status = 'pending' AND attempts = p_attempt;
@@ -1529,6 +1545,9 @@ BEGIN
     IF p_package IS NULL THEN
         DELETE FROM auto_top_ups WHERE account_id = p_account;
         UPDATE accounts SET top_up_below = NULL WHERE account_id = p_account;
+        -- A request not sent yet is dropped with the setting.
+        UPDATE top_ups SET status = 'failed', error = 'turned_off', resolved_at = now()
+        WHERE account_id = p_account AND status = 'requested';
         RETURN jsonb_build_object('auto_top_up', NULL);
     END IF;
     INSERT INTO auto_top_ups (account_id, package, threshold, stripe_customer,
@@ -1553,17 +1572,15 @@ END $$;
 -- PaymentIntent's idempotency key is the request's id, so a second try creates nothing new).
 CREATE OR REPLACE FUNCTION balance_claim_top_ups(p_limit int, p_lease float8)
 RETURNS TABLE (id uuid, account_id text, package text, stripe_customer text,
-               stripe_payment_method text, attempts int)
+               stripe_payment_method text, attempts int, created_at timestamptz)
 LANGUAGE sql AS $$
     UPDATE top_ups u SET attempts = u.attempts + 1,
         next_attempt_at = now() + make_interval(secs => p_lease)
-    FROM auto_top_ups a
     WHERE u.id IN (SELECT t.id FROM top_ups t WHERE t.status = 'requested'
                    AND t.next_attempt_at <= now() ORDER BY t.next_attempt_at
                    LIMIT p_limit FOR UPDATE SKIP LOCKED)
-      AND a.account_id = u.account_id
-    RETURNING u.id, u.account_id, u.package, a.stripe_customer, a.stripe_payment_method,
-              u.attempts
+    RETURNING u.id, u.account_id, u.package, u.stripe_customer, u.stripe_payment_method,
+              u.attempts, u.created_at
 $$;
 
 -- Arms the account's auto top-up again (after a success or a decline) if it is on.
@@ -1580,6 +1597,11 @@ RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_account text;
 BEGIN
+    -- The payment's lock, as balance_purchase takes it: its webhook cannot slip between
+    -- this and the check below. Then the account, first, as everywhere.
+    PERFORM balance__payment_lock('stripe', p_intent);
+    PERFORM 1 FROM accounts a JOIN top_ups t ON t.account_id = a.account_id
+    WHERE t.id = p_id FOR UPDATE OF a;
     UPDATE top_ups SET status = 'created', payment_intent = p_intent
     WHERE id = p_id AND status = 'requested' RETURNING account_id INTO v_account;
     IF NOT FOUND THEN
@@ -1615,6 +1637,9 @@ DECLARE
     v_top top_ups;
     v_declines int;
 BEGIN
+    -- The account first, as everywhere (balance_set_auto_top_up locks it too).
+    PERFORM 1 FROM accounts a JOIN top_ups t ON t.account_id = a.account_id
+    WHERE (t.id = p_id OR t.payment_intent = p_intent) FOR UPDATE OF a;
     UPDATE top_ups SET status = 'failed', error = p_error, resolved_at = now()
     WHERE ((p_id IS NOT NULL AND id = p_id) OR (p_intent IS NOT NULL AND payment_intent = p_intent))
       AND status IN ('requested', 'created')

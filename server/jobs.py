@@ -32,17 +32,33 @@ class Jobs:
         self._top_ups = top_ups
         self._interval = settings.sweep_interval
         self._retention_days = settings.idempotency_retention_days
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="jobs")
+        self._tasks.append(asyncio.create_task(self._run(), name="jobs"))
+        if self._top_ups is not None:
+            # Apart: a slow Stripe must not hold up expiries and renewals.
+            self._tasks.append(asyncio.create_task(self._run_top_ups(self._top_ups),
+                                                   name="top-ups"))
 
     async def stop(self) -> None:
-        """Stop the loop; bounded, and a cancellation of stop() itself still propagates."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=3.0)
-            self._task = None
+        """Stop the loops; bounded, and a cancellation of stop() itself still propagates."""
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=3.0)
+        self._tasks = []
+
+    async def _run_top_ups(self, top_ups: TopUps) -> None:
+        while True:
+            try:
+                if await top_ups.run_due():
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # must outlive a database outage
+                log.warning("auto top-up failed: %s", type(exc).__name__)
+            await asyncio.sleep(self._interval)
 
     async def _run(self) -> None:
         last_cleanup = 0.0
@@ -54,11 +70,10 @@ class Jobs:
                 renewed = await self._plans.renew()
                 if renewed:
                     metrics.sweeps.labels("renewal").inc(renewed)
-                topped = await self._top_ups.run_due() if self._top_ups is not None else 0
                 if time.monotonic() - last_cleanup > KEY_CLEANUP_EVERY:
                     await self._ledger.forget_old_keys(self._retention_days)
                     last_cleanup = time.monotonic()
-                if kinds or renewed or topped:
+                if kinds or renewed:
                     continue  # more may be due; sweep again at once
             except asyncio.CancelledError:
                 raise

@@ -146,10 +146,13 @@ class Outbox:
         error: str | None = None
         started = time.perf_counter()
         try:
-            response = await self._client.post(self._url, content=payload, headers=headers)
+            # One deadline for the whole attempt, waiting for a connection included: httpx's
+            # timeout applies to each phase apart, and the lease must outlast the attempt.
+            async with asyncio.timeout(self._timeout):
+                response = await self._client.post(self._url, content=payload, headers=headers)
             status = response.status_code
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, TimeoutError) as exc:
             error = type(exc).__name__
         return status, int((time.perf_counter() - started) * 1000), error

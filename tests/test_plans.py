@@ -360,3 +360,16 @@ async def test_a_plan_without_allowance_still_has_periods(
     acc = await put_plan(api, account, "nothing")
     assert (acc["plan"], acc["balance"]) == ("nothing", 0)
     assert acc["period_end"] is not None
+
+
+async def test_a_change_within_the_same_period_grants_the_new_allowance(
+    api: httpx.AsyncClient, account: str
+) -> None:
+    anchor = datetime.now(UTC) - timedelta(hours=1)
+    await put_plan(api, account, "daily", anchor)
+    acc = await put_plan(api, account, "weekly", anchor)  # the same period start
+    assert (acc["plan"], acc["balance"]) == ("weekly", 500)
+    again = await put_plan(api, account, "weekly", anchor)  # the same plan and anchor
+    assert again["balance"] == 500 and again["version"] == acc["version"]
+    assert [(t["kind"], t["amount"]) for t in await history(api, account)] == [
+        ("allowance", 100), ("expiry", -100), ("allowance", 500)]

@@ -9,8 +9,10 @@ request's id so a retry never charges twice. The credits arrive through the ordi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -22,7 +24,14 @@ from server.catalog import Catalog
 log = logging.getLogger("balance.topup")
 
 LEASE = 60.0  # seconds a claimed request is this instance's
+DEADLINE = 30.0  # seconds one request may take, well inside the lease
 RETRY_IN = 30.0  # seconds before a request Stripe did not answer is tried again
+# Stripe keeps an idempotency key 24 hours: past that a retry could charge twice, so a
+# request that has not gone through by then is given up well before.
+GIVE_UP_AFTER = timedelta(hours=12)
+# What may succeed if tried again; any other Stripe error fails the request at once.
+_TRANSIENT = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError,
+              httpx.HTTPError, TimeoutError)
 
 
 class TopUps:
@@ -33,11 +42,11 @@ class TopUps:
         self._catalog = catalog
         self._stripe = client
 
-    async def run_due(self, limit: int = 20) -> int:
-        """Create the PaymentIntents of up to `limit` due requests; how many were handled."""
+    async def run_due(self, limit: int = 8) -> int:
+        """Create the PaymentIntents of up to `limit` due requests, at once, each within
+        DEADLINE (so the jobs loop around this is never held longer); how many."""
         rows = await self._pool.fetch("SELECT * FROM balance_claim_top_ups($1, $2)", limit, LEASE)
-        for row in rows:
-            await self._create(row)
+        await asyncio.gather(*(self._create(row) for row in rows))
         return len(rows)
 
     def price(self, package: str) -> tuple[int, str] | None:
@@ -58,27 +67,35 @@ class TopUps:
             return
         amount, currency = priced
         data.update(amount=amount, currency=currency)
+        if datetime.now(UTC) - row["created_at"] > GIVE_UP_AFTER:
+            await self._failed(request, "stripe_unreachable", data)
+            return
         try:
-            intent = await self._stripe.v1.payment_intents.create_async(
-                {
-                    "amount": amount, "currency": currency,
-                    "customer": row["stripe_customer"],
-                    "payment_method": row["stripe_payment_method"],
-                    "off_session": True, "confirm": True,
-                    "metadata": {"account_id": row["account_id"], "package": row["package"],
-                                 "auto_top_up": request},
-                },
-                {"idempotency_key": f"top-up-{request}"},
-            )
+            async with asyncio.timeout(DEADLINE):
+                intent = await self._stripe.v1.payment_intents.create_async(
+                    {
+                        "amount": amount, "currency": currency,
+                        "customer": row["stripe_customer"],
+                        "payment_method": row["stripe_payment_method"],
+                        "off_session": True, "confirm": True,
+                        "metadata": {"account_id": row["account_id"],
+                                     "package": row["package"], "auto_top_up": request},
+                    },
+                    {"idempotency_key": f"top-up-{request}"},
+                )
         except stripe.CardError as exc:
             await self._failed(request, exc.code or "card_declined",
                                {**data, "decline_code": getattr(exc.error, "decline_code", None)
                                 if exc.error else None})
             return
-        except (stripe.StripeError, httpx.HTTPError) as exc:
+        except _TRANSIENT as exc:
             log.warning("auto top-up %s: stripe unavailable: %s", request, type(exc).__name__)
             await self._pool.execute("SELECT balance_top_up_later($1, $2, $3)", row["id"],
                                      RETRY_IN, type(exc).__name__)
+            return
+        except stripe.StripeError as exc:  # refused for good (bad customer, key, ...)
+            log.warning("auto top-up %s: stripe refused: %s", request, type(exc).__name__)
+            await self._failed(request, exc.code or type(exc).__name__, data)
             return
         data["payment_intent"] = intent.id
         if intent.status in ("requires_action", "requires_payment_method", "canceled"):
