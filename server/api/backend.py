@@ -164,7 +164,8 @@ async def usage(request: Request) -> bytes:
     since = time_query(request, "since")
     end = until or datetime.now(UTC)
     if since is None:
-        since = end - MAX_USAGE_RANGE
+        # An `until` in year 1 has no date 366 days before it: the range starts at year 1.
+        since = max(end, datetime.min.replace(tzinfo=UTC) + MAX_USAGE_RANGE) - MAX_USAGE_RANGE
     elif end - since > MAX_USAGE_RANGE:
         raise errors.invalid_request(
             f"since: at most {MAX_USAGE_RANGE.days} days before until (or now)")

@@ -93,3 +93,13 @@ async def test_no_token_reaches_a_log_line(
             await ws.recv()
     assert "/v1/ws?token=[redacted]" in caplog.text
     assert token not in caplog.text and token.split(".")[2] not in caplog.text
+
+
+async def test_a_usage_range_ending_in_year_one_is_not_a_500(
+    client: httpx.AsyncClient, account: str
+) -> None:
+    """Found by schemathesis: `until` early in year 1 made `until - 366 days` overflow."""
+    r = await client.get(f"/v1/accounts/{account}/usage",
+                         params={"until": "0001-08-06T09:44:44.77Z"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"groups": []}
