@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import uvicorn
 from standardwebhooks.webhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server.dev.servers import free_port
+from tests.local_server import local_server
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
@@ -68,14 +67,7 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
-    server = uvicorn.Server(uvicorn.Config(
-        Starlette(routes=[Route("/hooks", rec.endpoint, methods=["POST"])]),
-        host="127.0.0.1", port=free_port(), log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
-        await asyncio.sleep(0.01)
-    rec.url = f"http://127.0.0.1:{server.config.port}/hooks"
-    yield rec
-    server.should_exit = True
-    server.force_exit = True
-    await task
+    async with local_server(Starlette(routes=[Route("/hooks", rec.endpoint,
+                                                    methods=["POST"])])) as url:
+        rec.url = f"{url}/hooks"
+        yield rec

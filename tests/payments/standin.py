@@ -3,7 +3,6 @@ the official SDKs send it (tests/payments/test_checkout.py, tests/api/test_opena
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -11,13 +10,12 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from server.dev.servers import free_port
+from tests.local_server import local_server
 
 
 @dataclass
@@ -89,13 +87,6 @@ async def stand_in() -> AsyncIterator[StandIn]:
                             Route("/v1/payment_intents", standin.payment_intent,
                                   methods=["POST"]),
                             Route("/checkouts", standin.dodo, methods=["POST"])])
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
-        await asyncio.sleep(0.01)
-    standin.url = f"http://127.0.0.1:{port}"
-    yield standin
-    server.should_exit = True
-    await task
+    async with local_server(app) as url:
+        standin.url = url
+        yield standin
