@@ -56,6 +56,10 @@ class Package(msgspec.Struct, forbid_unknown_fields=True):
     stripe_price: str | None = None
     dodo_product: str | None = None
 
+    def default_currency(self) -> str:
+        """The currency a checkout or top-up charges when none is asked: USD if priced in it."""
+        return "usd" if "usd" in self.price else next(iter(self.price))
+
 
 class PayAsYouGo(msgspec.Struct, forbid_unknown_fields=True):
     """Any amount buys credits at a rate per major unit of its currency."""

@@ -25,7 +25,7 @@ import msgspec
 from server import errors, metrics
 from server.db import movement, movements
 from server.group_commit import GroupCommit
-from server.messages import AutoTopUpRequest, BalanceFrame, ChangeInfo
+from server.messages import BalanceFrame, ChangeInfo
 
 OnCommit = Callable[[BalanceFrame], None]
 """Called once per committed change with the account's new state; must not block or raise."""
@@ -195,14 +195,6 @@ class Ledger:
             self.pool, "SELECT (r).* FROM balance_set_alerts($1, $2, $3) r", account_id,
             self.welcome, low_balance)
         return self._outcome(row, None)
-
-    async def set_auto_top_up(self, account_id: str, config: AutoTopUpRequest | None) -> bytes:
-        """Configure (armed at once unless a top-up is in flight) or turn off auto top-up."""
-        text: str = await self.pool.fetchval(
-            "SELECT balance_set_auto_top_up($1, $2, $3, $4, $5, $6)::text", account_id,
-            self.welcome, *((config.package, config.threshold, config.stripe_customer,
-                             config.stripe_payment_method) if config else (None,) * 4))
-        return text.encode()
 
     async def move(self, sql: str, *args: Any, reason: str) -> asyncpg.Record:
         """Run one movement function of another domain (payments): its committed change

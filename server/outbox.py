@@ -37,6 +37,23 @@ CONNECTIONS = 4
 IDLE = 0.05  # seconds between polls when nothing is due (an indexed, empty read)
 
 
+STATUSES = ("pending", "delivered", "failed")
+
+
+async def events_page(pool: asyncpg.Pool, status: str | None, limit: int,
+                      before: int | None) -> bytes:
+    """GET /v1/events: `{"events": [...], "next"}`, newest first, with every attempt."""
+    text: str = await pool.fetchval("SELECT balance_events_json($1, $2, $3)::text",
+                                    status, limit, before)
+    return text.encode()
+
+
+async def retry(pool: asyncpg.Pool, event_id: int) -> str | None:
+    """Make an event due now again, whatever its status; its webhook-id, or None."""
+    webhook_id: str | None = await pool.fetchval("SELECT balance_retry_event($1)", event_id)
+    return webhook_id
+
+
 class Outbox:
     """Delivers due events to BALANCE_APP_WEBHOOK_URL until stopped."""
 

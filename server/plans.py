@@ -12,6 +12,7 @@ from datetime import datetime
 
 import msgspec
 
+from server import errors
 from server.catalog import Catalog
 from server.ledger import Ledger, Outcome, jsonb
 
@@ -36,7 +37,10 @@ class Plans:
         self, account_id: str, plan: str | None, anchor: datetime | None,
         idempotency_key: str, fingerprint: bytes,
     ) -> Outcome:
-        """Assign, change or (None) remove the account's plan: `{"account"}`."""
+        """Assign, change or (None) remove the account's plan: `{"account"}`; 422 for a plan
+        the catalog does not have."""
+        if plan is not None and plan not in self._catalog.plans:
+            raise errors.invalid_request(f"plan: no plan {plan!r} in the catalog")
         rows = await self._ledger.move_many(
             _SET_SQL, account_id, self._ledger.welcome, idempotency_key, fingerprint, plan,
             anchor, reason=None)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from starlette.requests import Request
 
-from server import errors
+from server import errors, outbox
 from server.api.http import (
     CURSOR,
     PAGE_SIZE,
@@ -37,6 +37,7 @@ from server.messages import (
     decode_body,
     encoder,
 )
+from server.payments import topup
 from server.resources import Resources
 
 # A usage query reads every usage row in its range: the range is bounded (default: the
@@ -200,8 +201,6 @@ async def set_plan(request: Request) -> Outcome:
     account_id = account_param(request)
     body = decode_body(PlanRequest, await read_body(request))
     res = resources(request)
-    if body.plan is not None and body.plan not in res.catalog.plans:
-        raise errors.invalid_request(f"plan: no plan {body.plan!r} in the catalog")
     return await res.plans.assign(account_id, body.plan, body.anchor, body.idempotency_key,
                                   request_hash("plan", body))
 
@@ -231,26 +230,22 @@ async def set_alerts(request: Request) -> Outcome:
     return await resources(request).ledger.set_alerts(account_id, body.low_balance)
 
 
-EVENT_STATUSES = ("pending", "delivered", "failed")
-
-
 async def list_events(request: Request) -> bytes:
     """App webhooks, newest first, with their attempts."""
     status = request.query_params.get("status")
-    if status is not None and status not in EVENT_STATUSES:
-        raise errors.invalid_request(f"status: must be one of {', '.join(EVENT_STATUSES)}")
+    if status is not None and status not in outbox.STATUSES:
+        raise errors.invalid_request(f"status: must be one of {', '.join(outbox.STATUSES)}")
     limit = int_query(request, "limit", 50, *PAGE_SIZE)
+    assert limit is not None
     before = int_query(request, "before", None, *CURSOR)
-    text: str = await resources(request).pool.fetchval(
-        "SELECT balance_events_json($1, $2, $3)::text", status, limit, before)
-    return text.encode()
+    return await outbox.events_page(resources(request).pool, status, limit, before)
 
 
 async def retry_event(request: Request) -> bytes:
     """Deliver an event again now, whatever its status."""
     event_id = event_param(request)
     res = resources(request)
-    webhook_id = await res.pool.fetchval("SELECT balance_retry_event($1)", event_id)
+    webhook_id = await outbox.retry(res.pool, event_id)
     if webhook_id is None:
         raise errors.not_found("no such event")
     if res.outbox is not None:
@@ -264,11 +259,11 @@ async def set_auto_top_up(request: Request) -> bytes:
     raw = await read_body(request)
     res = resources(request)
     if raw.strip() == b"null":
-        return await res.ledger.set_auto_top_up(account_id, None)
+        return await topup.configure(res.pool, res.ledger.welcome, account_id, None)
     body = decode_body(AutoTopUpRequest, raw)
     if res.checkout.stripe_client is None:
         raise errors.invalid_request("BALANCE_STRIPE_API_KEY is not set: auto top-up is Stripe")
     found = res.catalog.packages.get(body.package)
     if found is None or not found.price:
         raise errors.invalid_request(f"package: no priced package {body.package!r} in the catalog")
-    return await res.ledger.set_auto_top_up(account_id, body)
+    return await topup.configure(res.pool, res.ledger.welcome, account_id, body)

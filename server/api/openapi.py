@@ -17,7 +17,8 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server.api.backend import EVENT_STATUSES, MAX_USAGE_RANGE
+from server import outbox
+from server.api.backend import MAX_USAGE_RANGE
 from server.api.http import CURSOR, PAGE_SIZE, resources
 from server.api.routes import OPERATIONS, Operation
 from server.catalog import MAX_QUANTITY, Catalog
@@ -44,7 +45,7 @@ _QUERY_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
     "before": ({"type": "integer", "minimum": CURSOR[0], "maximum": CURSOR[1]},
                "the previous page's next_cursor"),
     "kind": ({"type": "string", "enum": list(KINDS)}, "only transactions of this kind"),
-    "status": ({"type": "string", "enum": list(EVENT_STATUSES)}, "only events in this state"),
+    "status": ({"type": "string", "enum": list(outbox.STATUSES)}, "only events in this state"),
     "group_by": ({"type": "string", "enum": ["reason", "day"], "default": "reason"},
                  "group spending by reason or by UTC day"),
     "since": (_DATE_TIME, f"from (inclusive); at most {MAX_USAGE_RANGE.days} days before "

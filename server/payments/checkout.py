@@ -139,7 +139,7 @@ class Checkout:
             if found is None:
                 raise errors.invalid_request(f"package: no package {req.package!r} in the catalog")
             if currency is None:
-                currency = "usd" if "usd" in found.price else next(iter(found.price))
+                currency = found.default_currency()
             price = found.price.get(currency)
             if price is None:
                 raise errors.invalid_request(f"currency: package {req.package!r} has no price "

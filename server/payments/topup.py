@@ -20,6 +20,7 @@ import httpx
 import stripe
 
 from server.catalog import Catalog
+from server.messages import AutoTopUpRequest
 
 log = logging.getLogger("balance.topup")
 
@@ -32,6 +33,17 @@ GIVE_UP_AFTER = timedelta(hours=12)
 # What may succeed if tried again; any other Stripe error fails the request at once.
 _TRANSIENT = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError,
               httpx.HTTPError, TimeoutError)
+
+
+async def configure(pool: asyncpg.Pool, welcome: int, account_id: str,
+                    config: AutoTopUpRequest | None) -> bytes:
+    """Configure (armed at once unless a top-up is in flight) or turn off (None) the
+    account's auto top-up: `{"auto_top_up": ... or null}`."""
+    text: str = await pool.fetchval(
+        "SELECT balance_set_auto_top_up($1, $2, $3, $4, $5, $6)::text", account_id, welcome,
+        *((config.package, config.threshold, config.stripe_customer,
+           config.stripe_payment_method) if config else (None,) * 4))
+    return text.encode()
 
 
 class TopUps:
@@ -49,17 +61,17 @@ class TopUps:
         await asyncio.gather(*(self._create(row) for row in rows))
         return len(rows)
 
-    def price(self, package: str) -> tuple[int, str] | None:
+    def _price(self, package: str) -> tuple[int, str] | None:
         """(amount in minor units, currency) of a package: its USD price when it has one."""
         found = self._catalog.packages.get(package)
         if found is None or not found.price:
             return None
-        currency = "usd" if "usd" in found.price else next(iter(found.price))
+        currency = found.default_currency()
         return found.price[currency], currency
 
     async def _create(self, row: asyncpg.Record) -> None:
         request = str(row["id"])
-        priced = self.price(row["package"])
+        priced = self._price(row["package"])
         data: dict[str, Any] = {"top_up_id": request, "account_id": row["account_id"],
                                 "package": row["package"]}
         if priced is None:  # the catalog dropped the package since it was configured
