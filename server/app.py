@@ -53,7 +53,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
         ledger = Ledger(pool, settings.welcome_credits, settings.db_batch_inflight)
         broker = make_broker(settings.redis_url)
         hub = Hub(broker, snapshot=ledger.snapshot, settings=settings)
-        publisher = Publisher(broker, hub.deliver, settings.channel_prefix)
+        publisher = Publisher(broker, hub.deliver, settings.channel_prefix, ledger.snapshot)
         ledger.on_commit(publisher.publish)
         outbox = Outbox(pool, settings) if settings.app_webhook_url else None
         plans = Plans(ledger, catalog)

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from server import errors
@@ -28,6 +28,7 @@ MAX_BODY = 64 * 1024
 PAGE_SIZE = (1, 200)  # history's `limit`: least and most
 CURSOR = (1, 2**63 - 1)  # history's `before`: a transaction id
 JSON = "application/json"
+CLIENT_CLOSED = 499  # the status a request whose client left mid-body is counted under
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}")
 
 
@@ -160,12 +161,19 @@ async def _database_down(request: Request, exc: Exception) -> Response:
     return JSONResponse(problem.body(), status_code=problem.status)
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client hung up before its body arrived: nothing was read, so nothing was written.
+    # Not our error (no 500, no traceback); 499 is nginx's "client closed request".
+    return Response(status_code=CLIENT_CLOSED)
+
+
 def exception_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
     """Problems and starlette's own errors as the contract's JSON; an unreachable database
     as 503 (its transaction never committed, so nothing was written)."""
     return {
         errors.Problem: _problem,
         HTTPException: _http_error,
+        ClientDisconnect: _client_gone,
         **{exc: _database_down for exc in DB_DOWN},
     }
 

@@ -120,11 +120,12 @@ class RedisServer(Throwaway):
             f"{START_TIMEOUT:.0f} s. Log tail ({self.log_path}):\n{log_tail(self.log_path)}"
         )
 
-    def stop(self) -> None:
-        """Terminate the server by its PID and wait for it; safe to call twice."""
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """End the server by its PID (SIGKILL: as a crash would) and wait for it; safe to
+        call twice."""
         proc, self.process = self.process, None
         if proc is not None:
-            terminate(proc, signal.SIGTERM, STOP_TIMEOUT)
+            terminate(proc, sig, STOP_TIMEOUT)
 
     def close(self) -> None:
         """stop() and remove the temp dir if we made it (no restart after this)."""

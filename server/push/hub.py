@@ -2,7 +2,9 @@
 
 The hub only consumes: frames reach it from the broker (other instances, and the memory
 broker) and from this process's publisher (`deliver`), and it writes them to the sockets
-of their account. After a broker outage every local socket is resynced from PostgreSQL.
+of their account. After a broker outage every local socket is resynced from PostgreSQL, and
+so is every socket when another instance asks for it (it lost track of what it could not
+publish: publisher.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from server.errors import CLOSE_SERVICE_RESTART, CloseCode
 from server.messages import encoder
 from server.push.broker.base import Broker
 from server.push.frame import Frame
-from server.push.publisher import account_channel
+from server.push.publisher import account_channel, resync_channel
 from server.push.snapshots import Snapshot, SnapshotReader
 
 log = logging.getLogger("balance.hub")
@@ -96,6 +98,9 @@ class Hub:
         # Channels: one per account (publisher.account_channel), and one canary per hub.
         self._prefix = account_channel(settings.channel_prefix, "")
         self._canary_channel = f"{settings.channel_prefix}:canary:{uuid.uuid4().hex}"
+        self._resync_channel = resync_channel(settings.channel_prefix)
+        self._resyncing: asyncio.Task[None] | None = None
+        self._resync_again = False
         self._canary_interval = canary_interval
         self._canary_sent_at = 0.0  # monotonic send time of the newest canary seen
         self._accounts: dict[str, _Account] = {}
@@ -113,6 +118,7 @@ class Hub:
         """Connect the broker (retrying in the background if it is down) and start the canary."""
         await self.broker.connect(self._on_message, self._resync)
         await self.broker.subscribe(self._canary_channel)
+        await self.broker.subscribe(self._resync_channel)
         self._tasks = [asyncio.create_task(self._canary(), name="hub-canary")]
         metrics.pubsub_lag.set_function(self.lag)
         self.accepting = True
@@ -125,6 +131,9 @@ class Hub:
             task.cancel()
         # asyncio.wait: bounded, and a cancellation of stop() itself still propagates
         # (suppressing CancelledError around `await task` would swallow it).
+        if self._resyncing is not None:
+            self._resyncing.cancel()
+            self._tasks.append(self._resyncing)
         pending = {*self._tasks, *self._unsubscribing.values()}
         if pending:
             await asyncio.wait(pending, timeout=3.0)
@@ -181,6 +190,26 @@ class Hub:
         elif channel == self._canary_channel:
             with contextlib.suppress(ValueError):
                 self._canary_sent_at = max(self._canary_sent_at, float(data))
+        elif channel == self._resync_channel:
+            self._request_resync()
+
+    def _request_resync(self) -> None:
+        """Resync every socket; one run at a time, and one more if asked meanwhile."""
+        if self._resyncing is not None:
+            self._resync_again = True
+            return
+
+        async def run() -> None:
+            try:
+                while True:
+                    self._resync_again = False
+                    await self._resync()
+                    if not self._resync_again:
+                        return
+            finally:
+                self._resyncing = None
+
+        self._resyncing = asyncio.create_task(run(), name="hub-resync")
 
     def deliver(self, account_id: str, version: int, data: bytes) -> None:
         """Write a frame to the account's local sockets, unless it is not newer than the last."""

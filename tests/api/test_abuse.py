@@ -10,6 +10,7 @@ import logging
 import asyncpg
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -103,3 +104,28 @@ async def test_a_usage_range_ending_in_year_one_is_not_a_500(
                          params={"until": "0001-08-06T09:44:44.77Z"})
     assert r.status_code == 200, r.text
     assert r.json() == {"groups": []}
+
+
+async def test_a_client_that_leaves_mid_body_is_no_error(
+    app: RunningApp, account: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def count(status: str) -> float:
+        return REGISTRY.get_sample_value("balance_http_requests_total", {
+            "method": "POST", "route": "/v1/accounts/{account_id}/debit", "status": status,
+        }) or 0.0
+
+    before = count("500"), count("499")
+    _reader, writer = await asyncio.open_connection("127.0.0.1", app.settings.port)
+    writer.write(
+        f"POST /v1/accounts/{account}/debit HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {app.service_key}\r\nContent-Type: application/json\r\n"
+        'Content-Length: 200\r\n\r\n{"amount": 1, '.encode())
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the route is waiting for the rest of the body
+    writer.transport.abort()
+    async with asyncio.timeout(5):
+        while count("499") == before[1]:  # noqa: ASYNC110 - a counter has no event
+            await asyncio.sleep(0.02)
+    assert count("500") == before[0]
+    assert "Exception in ASGI application" not in caplog.text
+    assert "Traceback" not in caplog.text

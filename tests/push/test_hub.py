@@ -104,7 +104,7 @@ async def start_node(
 ) -> Node:
     ledger = Ledger(db, 0)
     hub = Hub(broker, snapshot or ledger.snapshot, settings, **hub_options)
-    publisher = Publisher(broker, hub.deliver, settings.channel_prefix)
+    publisher = Publisher(broker, hub.deliver, settings.channel_prefix, ledger.snapshot)
     ledger.on_commit(publisher.publish)
     await hub.start()
     publisher.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import signal
 import socket
 import time
 import uuid
@@ -27,6 +28,7 @@ from server.messages import BalanceFrame, ChangeInfo, encoder
 from server.push.hub import Hub
 from server.push.ws import Connection
 from tests.conftest import RunningApp, StartApp, key
+from tests.gate import Gate
 
 Json = dict[str, Any]
 
@@ -269,6 +271,41 @@ async def test_redis_outage_loses_no_debit_and_heals_every_socket(
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_a_change_made_between_two_instances_reconnects_reaches_both(
+    start_app: StartApp, own_redis: devservers.RedisServer, account: str
+) -> None:
+    """Redis killed and restarted; instance B gets back a while after A; a debit on B in
+    that gap reaches A's sockets once B is back, with no client sync."""
+    async with Gate(own_redis.port) as gate:
+        a = await start_app(redis_url=own_redis.url)
+        b = await start_app(redis_url=gate.url)  # B reaches Redis only through the gate
+        try:
+            async with a.client() as ca, b.client() as cb:
+                await move(ca, account, 100)
+                sockets = [(await open_socket(x, account))[0] for x in (a, a, b, b)]
+                gate.shut()
+                await asyncio.to_thread(own_redis.stop, signal.SIGKILL)
+                await eventually(lambda: not hub_of(a).broker.connected)
+                await eventually(lambda: not hub_of(b).broker.connected)
+                await asyncio.to_thread(own_redis.start)
+                await eventually(lambda: hub_of(a).broker.connected)
+                await asyncio.sleep(0.3)  # A's own resync is over: it read PostgreSQL before
+
+                after = await move(cb, account, -7)  # committed on B, which cannot publish
+                assert not hub_of(b).broker.connected, "the debit must land in the gap"
+                gate.open()
+                back = time.monotonic()
+                for ws in sockets:
+                    frames = await until_version(ws, after["version"], within=2.0)
+                    assert frames[-1]["balance"] == 93
+                assert time.monotonic() - back < 2.0
+                for ws in sockets:
+                    await ws.close()
+        finally:
+            await a.stop()
+            await b.stop()
 
 
 async def test_a_stalled_reader_is_conflated_then_closed_4509(
