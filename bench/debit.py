@@ -6,7 +6,7 @@ The HTTP side is driven by wrk (C, so the load generator costs little CPU on thi
 machine); pgbench uses prepared statements like asyncpg does. Prints a table of debits/s and
 the ratio HTTP / pgbench.
 
-    python bench/debit.py [--seconds 8]
+    python bench/debit.py [--seconds 8] [--repeat 3] [--profile]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -154,25 +155,76 @@ def start_server(pg: devservers.PostgresServer, redis: devservers.RedisServer,
     sys.exit("server did not become ready")
 
 
+GOALS = {  # (workload, clients): the least ratio HTTP / pgbench we aim for
+    ("distinct accounts", 8): 0.6,
+    ("distinct accounts", 32): 1.0,
+    ("hot account", 8): 2.0,
+    ("hot account", 32): 2.0,
+}
+
+
+def profile(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling the server (every thread, native frames off) for `seconds`."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
+         "--duration", str(seconds), "--rate", "250", "--format", "raw", "--nonblocking",
+         "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def top_functions(raw: Path, n: int = 15) -> str:
+    """Where the samples were: each function's own share and its share with callees."""
+    own: dict[str, int] = {}
+    within: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        frames = [re.sub(r" \((.*/)?([^/]+)\)", r" (\2)", f) for f in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + samples
+        for frame in set(frames):
+            within[frame] = within.get(frame, 0) + samples
+    lines = [f"# py-spy: {total} samples of the server process"]
+    for title, table in (("own time", own), ("with callees", within)):
+        lines.append(f"# top {n} by {title}:")
+        for frame, samples in sorted(table.items(), key=lambda kv: -kv[1])[:n]:
+            lines.append(f"#   {samples / max(total, 1):6.1%}  {frame[:110]}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure every cell this many times; print median and worst")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample the server with py-spy during the first distinct x32 cell")
     parser.add_argument("--batch-inflight", type=int, default=None,
                         help="BALANCE_DB_BATCH_INFLIGHT for the server (default: its own)")
     args = parser.parse_args()
+    cells = [(hot, clients) for hot in (False, True) for clients in (8, 32)]
+    runs: dict[tuple[bool, int], list[tuple[float, float]]] = {cell: [] for cell in cells}
+    spied = Path(tempfile.mkdtemp()) / "debit.pyspy"
     with devservers.start_postgres() as pg, devservers.start_redis() as redis:
         asyncio.run(seed(pg.url))
         port = devservers.free_port()
         server = start_server(pg, redis, port, args.batch_inflight)
-        rows = []
         try:
             wrk(port, 8, False, 2, "warmup")
-            for hot in (False, True):
-                for clients in (8, 32):
+            for run in range(args.repeat):
+                for hot, clients in cells:
                     base = pgbench(pg, clients, hot, args.seconds)
-                    ours = wrk(port, clients, hot, args.seconds, f"{int(hot)}{clients}")
-                    rows.append((("hot account" if hot else "distinct accounts"), clients,
-                                 ours, base))
+                    spy = None
+                    if args.profile and run == 0 and (hot, clients) == (False, 32):
+                        spy = profile(server.pid, args.seconds, spied)
+                    ours = wrk(port, clients, hot, args.seconds, f"{run}{int(hot)}{clients}")
+                    if spy is not None:
+                        spy.wait(timeout=60)
+                    runs[hot, clients].append((ours, base))
+                    print(f"# run {run + 1}: {'hot' if hot else 'distinct'} x{clients}: "
+                          f"{ours:.0f} vs {base:.0f} ({ours / base:.2f})", flush=True)
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -180,10 +232,23 @@ def main() -> None:
     inflight = args.batch_inflight or "default"
     print(f"debit throughput, {os.cpu_count()} cores, {args.seconds} s per cell, "
           "one `balance-server serve` process (uvicorn, REDIS_URL set, "
-          f"batch in-flight {inflight}) vs pgbench")
-    print(f"{'workload':<20}{'clients':>8}{'HTTP debits/s':>16}{'pgbench tps':>14}{'ratio':>8}")
-    for name, clients, ours, base in rows:
-        print(f"{name:<20}{clients:>8}{ours:>16.0f}{base:>14.0f}{ours / base:>8.2f}")
+          f"batch in-flight {inflight}) vs pgbench, {args.repeat} run(s): median (worst)")
+    print(f"{'workload':<20}{'clients':>8}{'HTTP debits/s':>22}{'pgbench tps':>16}"
+          f"{'ratio':>16}{'goal':>8}  worst run")
+    for hot, clients in cells:
+        name = "hot account" if hot else "distinct accounts"
+        cell = runs[hot, clients]
+        debits = [o for o, _ in cell]
+        ratios = [o / b for o, b in cell]
+        goal = GOALS[name, clients]
+        print(f"{name:<20}{clients:>8}"
+              f"{f'{statistics.median(debits):.0f} ({min(debits):.0f})':>22}"
+              f"{statistics.median(b for _, b in cell):>16.0f}"
+              f"{f'{statistics.median(ratios):.2f} ({min(ratios):.2f})':>16}"
+              f"{f'>= {goal:g}':>8}  {'met' if min(ratios) >= goal else 'MISSED'}")
+    if args.profile:
+        print()
+        print(top_functions(spied) if spied.exists() else "# py-spy wrote nothing")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, WebSocketRoute
 
 from server.api import ops
 from server.api.http import exception_handlers
@@ -30,13 +30,14 @@ from server.plans import Plans
 from server.push.broker import make_broker
 from server.push.hub import Hub
 from server.push.publisher import Publisher
-from server.push.ws import WebSocketFirst
+from server.push.ws import PATH as WS_PATH
+from server.push.ws import RESOURCES, misconfigured
 from server.resources import Resources
 
 log = logging.getLogger("balance.app")
 
 
-def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) -> WebSocketFirst:
+def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) -> Starlette:
     """The ASGI application for these settings (`extra_routes`: the dev routes).
 
     The catalog is read here, before anything is served: a bad file raises CatalogError.
@@ -48,7 +49,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
                     "WebSocket here (a user token is still required)")
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Resources]]:
         pool = await open_pool(settings, catalog.alerts.low_balance)
         ledger = Ledger(pool, settings.welcome_credits, settings.db_batch_inflight)
         broker = make_broker(settings.redis_url)
@@ -63,7 +64,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
         top_ups = TopUps(pool, catalog, client) if client is not None else None
         jobs = Jobs(ledger, plans, top_ups, settings)
         tokens = TokenVerifier(settings)
-        app.state.resources = Resources(
+        app.state.resources = resources = Resources(
             settings=settings,
             catalog=catalog,
             pool=pool,
@@ -88,7 +89,9 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
         # collector's generations so full collections (pauses) stay short under many sockets.
         gc.freeze()
         try:
-            yield
+            # The lifespan state reaches every connection uvicorn opens: the WebSocket
+            # protocol (push/ws.py) finds the resources there, outside any request.
+            yield {RESOURCES: resources}
         finally:
             await jobs.stop()
             if outbox is not None:
@@ -100,9 +103,10 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
             await pool.close()
 
     app = Starlette(
-        routes=[*api_routes(), *ops.routes(), *(extra_routes or [])],
+        routes=[*api_routes(), *ops.routes(), WebSocketRoute(WS_PATH, misconfigured),
+                *(extra_routes or [])],
         middleware=[Middleware(ops.MetricsMiddleware)],
         lifespan=lifespan,
         exception_handlers=exception_handlers(),
     )
-    return WebSocketFirst(app)
+    return app

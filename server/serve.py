@@ -6,14 +6,15 @@ import logging
 import re
 
 import uvicorn
+from starlette.applications import Starlette
 
 from server.config import Settings
-from server.push.transport import FramesProtocol
-from server.push.ws import MAX_FRAME, WebSocketFirst
+from server.push.protocol import WIRE_LOG
+from server.push.ws import MAX_FRAME, Connection
 
 
 def config(
-    app: WebSocketFirst, settings: Settings, *, log_level: str = "warning"
+    app: Starlette, settings: Settings, *, log_level: str = "warning"
 ) -> uvicorn.Config:
     """How balance-server is served, whoever runs it."""
     return uvicorn.Config(
@@ -22,8 +23,9 @@ def config(
         port=settings.port,
         log_level=log_level,
         lifespan="on",
-        # Pre-framed writes, and a shutdown that closes sockets over drain_seconds.
-        ws=FramesProtocol.with_drain(settings.drain_seconds),
+        # Our WebSocket protocol (push/ws.py): one object per socket, pre-framed writes, a
+        # shutdown that closes sockets over drain_seconds. It never negotiates compression.
+        ws=Connection,
         # A hard cap on what a socket can make us buffer; ws.py answers anything over
         # MAX_FRAME (4 KiB) with an error frame and 4400 before that.
         ws_max_size=16 * MAX_FRAME,
@@ -43,8 +45,8 @@ _TOKEN = re.compile(r"(token=)[^&\s\"']+")
 
 
 class RedactTokens(logging.Filter):
-    """uvicorn logs a WebSocket's path with its query (`/v1/ws?token=…` at INFO): a user
-    token must never reach a log line."""
+    """uvicorn and websockets log a path with its query (`/v1/ws?token=…`): a user token
+    must never reach a log line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
@@ -57,10 +59,11 @@ class RedactTokens(logging.Filter):
 
 
 def server(
-    app: WebSocketFirst, settings: Settings, *, log_level: str = "warning"
+    app: Starlette, settings: Settings, *, log_level: str = "warning"
 ) -> uvicorn.Server:
     """A server for `app` (call `.run()`, or await `.serve()` inside a running loop)."""
-    for name in ("uvicorn.error", "uvicorn.access"):
+    # websockets' parser logs the request line (with its query) at DEBUG.
+    for name in ("uvicorn.error", "uvicorn.access", WIRE_LOG.name):
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactTokens) for f in logger.filters):
             logger.addFilter(RedactTokens())

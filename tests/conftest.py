@@ -19,12 +19,12 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
+from starlette.applications import Starlette
 
 from server import serve
 from server.app import create_app
 from server.config import Settings
 from server.dev import servers as devservers
-from server.push.ws import WebSocketFirst
 from server.schema import migrate
 
 # The checkout stand-in's and the app webhook receiver's fixtures, for any test.
@@ -108,7 +108,7 @@ class RunningApp:
     settings: Settings
     server: uvicorn.Server
     task: asyncio.Task[None]
-    asgi: WebSocketFirst
+    asgi: Starlette
 
     @property
     def base_url(self) -> str:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import struct
 
-from server.errors import CloseCode
-
 
 class Frame:
     """A balance frame's JSON and its unmasked WebSocket text frame (identical per socket)."""
@@ -28,8 +26,3 @@ def text_frame(payload: bytes) -> bytes:
         return struct.pack("!BBH", 0x81, 126, n) + payload
     return struct.pack("!BBQ", 0x81, 127, n) + payload
 
-
-def close_frame(code: CloseCode) -> bytes:
-    """A close frame carrying `code` and its name as the reason."""
-    reason = code.name.encode()
-    return struct.pack("!BBH", 0x88, 2 + len(reason), code.code) + reason

@@ -21,6 +21,7 @@ import msgspec
 
 from server import metrics
 from server.errors import CLOSE_SERVICE_RESTART, CloseCode
+from server.heap import Heap
 from server.messages import encoder
 from server.push.broker.base import Broker
 from server.push.frame import Frame
@@ -106,6 +107,7 @@ class Hub:
         self._accounts: dict[str, _Account] = {}
         self._unsubscribing: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._heap = Heap()  # sockets outlive requests: freeze them out of full GC passes
         self._idle = asyncio.Event()  # set while no socket is registered
         self._idle.set()
         self.accepting = False
@@ -138,6 +140,7 @@ class Hub:
         if pending:
             await asyncio.wait(pending, timeout=3.0)
         self._tasks = []
+        self._heap.close()
         await self.broker.disconnect()
 
     async def drain(self) -> None:
@@ -250,6 +253,7 @@ class Hub:
         except BaseException:
             self.unregister(listener, account_ids)
             raise
+        self._heap.grew()
 
     async def send_snapshot(
         self,

@@ -89,10 +89,10 @@ async def test_no_token_reaches_a_log_line(
     app: RunningApp, account: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     token = mint_token(app.settings.token_secret, account, 600)[0]
-    with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+    with caplog.at_level(logging.DEBUG, logger="balance.ws.wire"):
         async with connect(f"{app.ws_url}?token={token}") as ws:
             await ws.recv()
-    assert "/v1/ws?token=[redacted]" in caplog.text
+    assert "/v1/ws?token=[redacted]" in caplog.text  # websockets' request line, at DEBUG
     assert token not in caplog.text and token.split(".")[2] not in caplog.text
 
 

@@ -19,7 +19,7 @@ async def test_openapi_is_the_route_table(app: RunningApp, client: httpx.AsyncCl
     asgi: Any = app.server.config.app
     served = {
         (method, route.path)
-        for route in asgi.app.routes
+        for route in asgi.routes
         if isinstance(route, Route) and route.path.startswith("/v1/")
         for method in (route.methods or set()) - {"HEAD"}
     }

@@ -333,11 +333,11 @@ async def test_a_stalled_reader_is_conflated_then_closed_4509(
             if version % 100 == 0:
                 await asyncio.sleep(0)
                 # Bounded: one pending frame per account, and the transport's high-water mark.
-                assert len(conn._pending) <= 1
+                assert conn.pending() <= 1
                 assert conn.buffered() < 64 * 1024 + 4096
         assert (REGISTRY.get_sample_value("balance_ws_frames_conflated_total") or 0) > conflated
 
-        await eventually(lambda: conn._closing, within=3.0)  # stalled past ws_send_timeout
+        await eventually(lambda: not conn.open, within=3.0)  # stalled past ws_send_timeout
         versions: list[int] = []
         with pytest.raises(ConnectionClosed) as closed:
             async with asyncio.timeout(5):

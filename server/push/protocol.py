@@ -1,0 +1,293 @@
+"""A server WebSocket as one asyncio protocol object, on websockets' sans-I/O `ServerProtocol`.
+
+uvicorn takes a WebSocket protocol class of our own through `Config(ws=...)` (serve.py): it
+hands each upgraded connection to that class as (config, server_state, app_state). Ours
+parses with websockets' `ServerProtocol` (handshake, frames, ping/pong, the closing
+handshake, protocol errors and their close codes) and writes server frames straight to
+the transport: no task, no stream reader and no ASGI queue per socket, which is what keeps
+an idle socket small and lets one process keep up with a bare `websockets` broadcast.
+
+Subclasses decide what a handshake may open (`on_request`) and what a message means
+(`on_message`); `connection_lost` is theirs to extend. Nothing here keeps a reference cycle
+once the connection is lost, so a closed socket is freed by reference counting alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import struct
+from http import HTTPStatus
+from typing import Any, cast
+
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+from websockets.datastructures import Headers
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+
+from server.push.frame import text_frame
+
+CLOSE_TIMEOUT = 2.0  # seconds the peer has to answer our close frame before TCP is cut
+
+WIRE_LOG = logging.getLogger("balance.ws.wire")
+"""websockets' own log lines: one per socket opened and closed at INFO, frames at DEBUG."""
+WIRE_LOG.setLevel(logging.WARNING)  # a line per socket costs more than the socket
+
+
+class WebSocketProtocol(asyncio.Protocol):
+    """One WebSocket connection: the wire, keepalive, flow control and uvicorn's shutdown."""
+
+    __slots__ = (
+        "_close_timer",
+        "_config",
+        "_connections",
+        "_ended",
+        "_fragments",
+        "_ping",
+        "_ping_payload",
+        "conn",
+        "open",
+        "paused",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._config = config
+        self._connections: set[Any] = server_state.connections
+        # No extensions: frames are framed once for every socket, so none is compressed.
+        self.conn = ServerProtocol(max_size=config.ws_max_size, logger=WIRE_LOG)
+        self.transport: asyncio.Transport | None = None
+        self.open = False  # the 101 went out and no close frame has been sent
+        self.paused = False  # the transport's buffer is over its high-water mark
+        self._fragments: list[bytes] | None = None  # a fragmented message being received
+        self._ping: asyncio.TimerHandle | None = None  # next ping, or the pong's deadline
+        self._ping_payload: bytes | None = None  # the ping awaiting its pong
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._ended = False
+        self.setup(app_state)
+
+    # ------------------------------------------------------------ for subclasses
+
+    def setup(self, app_state: dict[str, Any]) -> None:
+        """The subclass's own state; `app_state` is the lifespan's (what the app yielded)."""
+
+    def on_request(self, request: Request, response: Response) -> None:
+        """A valid upgrade request arrived: call `accept` or `reject` (now or later)."""
+        raise NotImplementedError
+
+    def on_message(self, data: bytes, text: bool) -> None:
+        """A whole message (fragments joined), at most `ws_max_size` bytes."""
+        raise NotImplementedError
+
+    def on_close(self) -> None:
+        """The WebSocket is closing or closed (once): stop sending, let go of resources."""
+
+    # ------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._connections.add(self)  # uvicorn's shutdown calls shutdown() on each
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        conn.receive_data(data)
+        for event in conn.events_received():
+            if isinstance(event, Frame):
+                self._on_frame(event)
+            elif isinstance(event, Request):  # the opening handshake's
+                response = conn.accept(event)
+                if response.status_code == 101:
+                    self.on_request(event, response)
+                else:  # not a valid WebSocket upgrade: websockets' 400/426 answer
+                    self.reject_with(response)
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        self._end()
+        for timer in (self._ping, self._close_timer):
+            if timer is not None:
+                timer.cancel()
+        self._ping = self._close_timer = None
+        self.transport = None  # the transport points at us: no cycle left behind
+        # websockets' parser is a generator suspended inside a method of the protocol, so
+        # the two point at each other until it ends: close it, or every socket would wait
+        # for the cyclic collector (and leak past gc.freeze()).
+        self.conn.parser.close()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.on_writable()
+
+    def on_writable(self) -> None:
+        """The buffer drained below its low-water mark (subclasses send what waited)."""
+
+    # ------------------------------------------------------------ uvicorn's shutdown
+
+    def shutdown(self) -> None:
+        """uvicorn is stopping: close with 1012 (subclasses may spread it over time)."""
+        if self.open:
+            self.close_socket(1012, "service_restart")
+        elif self.transport is not None:
+            self.transport.close()
+
+    # ------------------------------------------------------------ handshake
+
+    def accept(self, response: Response) -> None:
+        """Send the 101 and start the keepalive."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.conn.send_response(response)
+        self._flush()
+        self.open = True
+        self._schedule_ping()
+
+    def reject(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        """Answer the upgrade with an HTTP error and close."""
+        self.reject_with(Response(status, HTTPStatus(status).phrase, Headers({
+            "Date": email.utils.formatdate(usegmt=True),
+            "Connection": "close",
+            "Content-Type": "application/json",
+            "Content-Length": str(len(body)),
+            **(headers or {}),
+        }), body))
+
+    def reject_with(self, response: Response) -> None:
+        self.conn.send_response(response)  # for a non-101, websockets then sends EOF
+        self._flush()
+
+    # ------------------------------------------------------------ sending
+
+    def write(self, wire: bytes) -> None:
+        """Write already-framed server frames (unmasked, so the same bytes for every socket)."""
+        if self.transport is not None:
+            self.transport.write(wire)
+
+    def send_text(self, data: bytes) -> None:
+        """One text message, if the socket is open."""
+        if self.open:
+            self.write(text_frame(data))
+
+    def can_write(self) -> bool:
+        """True while a frame written now goes out without queueing behind a full buffer."""
+        return self.open and not self.paused
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the peer."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def close_socket(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake; TCP is cut if the peer does not answer in time."""
+        if not self.open or self.transport is None:
+            return
+        self.open = False
+        self.conn.send_close(code, reason)
+        self._flush()
+        self._end()
+        if self.transport is not None and not self.transport.is_closing():
+            self._close_timer = asyncio.get_running_loop().call_later(
+                CLOSE_TIMEOUT, self._cut)
+
+    def _cut(self) -> None:
+        self._close_timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size():
+            transport.abort()  # the peer never took its close frame
+        else:
+            transport.close()
+
+    def _end(self) -> None:
+        """The socket stops being usable (closing handshake begun, or TCP gone)."""
+        self.open = False
+        self._fragments = None
+        if not self._ended:
+            self._ended = True
+            self.on_close()
+
+    def _flush(self) -> None:
+        """Write what the sans-I/O protocol has queued; its EOF means: close the TCP side."""
+        transport = self.transport
+        if transport is None:
+            return
+        for chunk in self.conn.data_to_send():
+            if chunk:
+                transport.write(chunk)
+            else:
+                transport.close()  # after what was written: the close frame goes out first
+
+    # ------------------------------------------------------------ receiving
+
+    def _on_frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if frame.fin:
+                self._message(bytes(frame.data), opcode is Opcode.TEXT)
+            else:
+                self._fragments = [bytes((opcode is Opcode.TEXT,)), bytes(frame.data)]
+        elif opcode is Opcode.CONT:
+            fragments = self._fragments
+            if fragments is None:
+                return  # websockets has already failed the connection for this
+            fragments.append(bytes(frame.data))
+            if frame.fin:
+                self._fragments = None
+                self._message(b"".join(fragments[1:]), fragments[0] == b"\x01")
+        elif opcode is Opcode.PONG:
+            if self._ping_payload is not None and frame.data == self._ping_payload:
+                self._ping_payload = None
+                if self._ping is not None:
+                    self._ping.cancel()
+                self._schedule_ping()
+        elif opcode is Opcode.CLOSE:
+            # websockets queued the echo and the EOF (flushed by data_received).
+            self._end()
+        # PING: websockets queued the pong.
+
+    def _message(self, data: bytes, text: bool) -> None:
+        if self.open:  # after our close frame, messages are dropped unread
+            self.on_message(data, text)
+
+    # ------------------------------------------------------------ keepalive
+
+    def _schedule_ping(self) -> None:
+        interval = self._config.ws_ping_interval
+        self._ping = None
+        if interval and self.open:
+            self._ping = asyncio.get_running_loop().call_later(interval, self._send_ping)
+
+    def _send_ping(self) -> None:
+        self._ping = None
+        if not self.open:
+            return
+        # A random payload: a stale or unsolicited pong does not count as an answer.
+        self._ping_payload = struct.pack("!I", random.getrandbits(32))
+        self.conn.send_ping(self._ping_payload)
+        self._flush()
+        timeout = self._config.ws_ping_timeout
+        if timeout:
+            self._ping = asyncio.get_running_loop().call_later(timeout, self._no_pong)
+        else:
+            self._schedule_ping()
+
+    def _no_pong(self) -> None:
+        self._ping = None
+        if self.open:
+            self.open = False
+            self.conn.fail(1011, "keepalive ping timeout")  # queues close and EOF
+            self._flush()
+            self._end()
