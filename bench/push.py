@@ -265,8 +265,10 @@ def ours_role(port: int, database_url: str, redis_url: str) -> None:
 
     gc.callbacks.append(on_gc)
     # The production configuration (serve.py): uvloop, httptools, our WebSocket protocol.
-    serve.server(create_app(settings), settings).run()
-    print(json.dumps({"gc": pauses}), flush=True)  # read by Proc.stop()
+    try:
+        serve.server(create_app(settings), settings).run()
+    finally:  # uvicorn re-raises the SIGINT it stopped on
+        print(json.dumps({"gc": pauses}), flush=True)  # read by Proc.stop()
 
 
 async def bare_role(port: int, redis_url: str) -> None:

@@ -20,7 +20,7 @@ import logging
 import random
 import struct
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from uvicorn.config import Config
 from uvicorn.server import ServerState
@@ -47,7 +47,6 @@ class WebSocketProtocol(asyncio.Protocol):
         "_connections",
         "_ended",
         "_fragments",
-        "_ping",
         "_ping_payload",
         "conn",
         "open",
@@ -70,7 +69,6 @@ class WebSocketProtocol(asyncio.Protocol):
         self.open = False  # the 101 went out and no close frame has been sent
         self.paused = False  # the transport's buffer is over its high-water mark
         self._fragments: list[bytes] | None = None  # a fragmented message being received
-        self._ping: asyncio.TimerHandle | None = None  # next ping, or the pong's deadline
         self._ping_payload: bytes | None = None  # the ping awaiting its pong
         self._close_timer: asyncio.TimerHandle | None = None
         self._ended = False
@@ -115,10 +113,9 @@ class WebSocketProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
         self._end()
-        for timer in (self._ping, self._close_timer):
-            if timer is not None:
-                timer.cancel()
-        self._ping = self._close_timer = None
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
         self.transport = None  # the transport points at us: no cycle left behind
         # websockets' parser is a generator suspended inside a method of the protocol, so
         # the two point at each other until it ends: close it, or every socket would wait
@@ -153,7 +150,9 @@ class WebSocketProtocol(asyncio.Protocol):
         self.conn.send_response(response)
         self._flush()
         self.open = True
-        self._schedule_ping()
+        interval = self._config.ws_ping_interval
+        if interval:
+            Keepalive.of(interval).add(self)
 
     def reject(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         """Answer the upgrade with an HTTP error and close."""
@@ -215,6 +214,9 @@ class WebSocketProtocol(asyncio.Protocol):
         """The socket stops being usable (closing handshake begun, or TCP gone)."""
         self.open = False
         self._fragments = None
+        interval = self._config.ws_ping_interval
+        if interval:
+            Keepalive.of(interval).discard(self)
         if not self._ended:
             self._ended = True
             self.on_close()
@@ -250,9 +252,6 @@ class WebSocketProtocol(asyncio.Protocol):
         elif opcode is Opcode.PONG:
             if self._ping_payload is not None and frame.data == self._ping_payload:
                 self._ping_payload = None
-                if self._ping is not None:
-                    self._ping.cancel()
-                self._schedule_ping()
         elif opcode is Opcode.CLOSE:
             # websockets queued the echo and the EOF (flushed by data_received).
             self._end()
@@ -264,30 +263,71 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------ keepalive
 
-    def _schedule_ping(self) -> None:
-        interval = self._config.ws_ping_interval
-        self._ping = None
-        if interval and self.open:
-            self._ping = asyncio.get_running_loop().call_later(interval, self._send_ping)
-
-    def _send_ping(self) -> None:
-        self._ping = None
+    def keepalive(self) -> None:
+        """Once per ping interval (Keepalive): drop the socket if the last ping went
+        unanswered, else ping it again."""
         if not self.open:
+            return
+        if self._ping_payload is not None:
+            self.open = False
+            self.conn.fail(1011, "keepalive ping timeout")  # queues close and EOF
+            self._flush()
+            self._end()
             return
         # A random payload: a stale or unsolicited pong does not count as an answer.
         self._ping_payload = struct.pack("!I", random.getrandbits(32))
         self.conn.send_ping(self._ping_payload)
         self._flush()
-        timeout = self._config.ws_ping_timeout
-        if timeout:
-            self._ping = asyncio.get_running_loop().call_later(timeout, self._no_pong)
-        else:
-            self._schedule_ping()
 
-    def _no_pong(self) -> None:
-        self._ping = None
-        if self.open:
-            self.open = False
-            self.conn.fail(1011, "keepalive ping timeout")  # queues close and EOF
-            self._flush()
-            self._end()
+
+class Keepalive:
+    """Pings every socket once per interval from one timer per process, not one per socket.
+
+    A timer per socket would be thousands of objects, each re-created every interval and
+    living through it: the cyclic collector's full passes would walk them all. Here sockets
+    sit in TICKS buckets; each tick visits one bucket, so each socket is visited once per
+    interval (a pong must come back before the next visit: the ping timeout is the interval).
+    """
+
+    TICKS = 20
+    _wheels: ClassVar[dict[tuple[asyncio.AbstractEventLoop, float], Keepalive]] = {}
+
+    def __init__(self, interval: float) -> None:
+        self._buckets: list[set[WebSocketProtocol]] = [set() for _ in range(self.TICKS)]
+        self._tick = interval / self.TICKS
+        self._at = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._count = 0
+
+    @classmethod
+    def of(cls, interval: float) -> Keepalive:
+        """The wheel of this event loop for this interval."""
+        key = (asyncio.get_running_loop(), interval)
+        wheel = cls._wheels.get(key)
+        if wheel is None:
+            wheel = cls._wheels[key] = cls(interval)
+        return wheel
+
+    def add(self, socket: WebSocketProtocol) -> None:
+        # In the bucket visited last: its first ping comes one whole interval from now.
+        self._buckets[(self._at - 1) % self.TICKS].add(socket)
+        self._count += 1
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._tick, self._visit)
+
+    def discard(self, socket: WebSocketProtocol) -> None:
+        for bucket in self._buckets:
+            if socket in bucket:
+                bucket.discard(socket)
+                self._count -= 1
+                return
+
+    def _visit(self) -> None:
+        bucket = self._buckets[self._at]
+        self._at = (self._at + 1) % self.TICKS
+        for socket in list(bucket):
+            socket.keepalive()
+        if self._count:
+            self._timer = asyncio.get_running_loop().call_later(self._tick, self._visit)
+        else:
+            self._timer = None
