@@ -765,7 +765,8 @@ def summary(runs: list[list[Figure]]) -> str:
         same = [run[i] for run in runs]
         ours = [f.ours for f in same]
         ratios = [r for f in same if (r := f.ratio) is not None]
-        ours_worst = worst(ours, first.value_goal)
+        # Without a goal of its own, our figure is worst in the ratio goal's direction.
+        ours_worst = worst(ours, first.value_goal or first.ratio_goal)
         ratio_worst = worst(ratios, first.ratio_goal) if ratios else None
         verdicts = [v for v in (met(ours_worst, first.value_goal),
                                 met(ratio_worst, first.ratio_goal) if ratio_worst is not None

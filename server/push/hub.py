@@ -118,7 +118,7 @@ class Hub:
 
     async def start(self) -> None:
         """Connect the broker (retrying in the background if it is down) and start the canary."""
-        await self.broker.connect(self._on_message, self._resync)
+        await self.broker.connect(self._on_message, self._on_reconnect)
         await self.broker.subscribe(self._canary_channel)
         await self.broker.subscribe(self._resync_channel)
         self._tasks = [asyncio.create_task(self._canary(), name="hub-canary")]
@@ -195,6 +195,9 @@ class Hub:
                 self._canary_sent_at = max(self._canary_sent_at, float(data))
         elif channel == self._resync_channel:
             self._request_resync()
+
+    async def _on_reconnect(self) -> None:
+        self._request_resync()  # what was published while we were away is gone
 
     def _request_resync(self) -> None:
         """Resync every socket; one run at a time, and one more if asked meanwhile."""

@@ -83,8 +83,8 @@ class WebSocketProtocol(asyncio.Protocol):
         """A valid upgrade request arrived: call `accept` or `reject` (now or later)."""
         raise NotImplementedError
 
-    def on_message(self, data: bytes, text: bool) -> None:
-        """A whole message (fragments joined), at most `ws_max_size` bytes."""
+    def on_message(self, data: bytes) -> None:
+        """A whole message, text or binary (fragments joined), at most `ws_max_size` bytes."""
         raise NotImplementedError
 
     def on_close(self) -> None:
@@ -180,10 +180,6 @@ class WebSocketProtocol(asyncio.Protocol):
         if self.open:
             self.write(text_frame(data))
 
-    def can_write(self) -> bool:
-        """True while a frame written now goes out without queueing behind a full buffer."""
-        return self.open and not self.paused
-
     def buffered(self) -> int:
         """Bytes written but not yet taken by the peer."""
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
@@ -238,9 +234,9 @@ class WebSocketProtocol(asyncio.Protocol):
         opcode = frame.opcode
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
             if frame.fin:
-                self._message(bytes(frame.data), opcode is Opcode.TEXT)
+                self._message(bytes(frame.data))
             else:
-                self._fragments = [bytes((opcode is Opcode.TEXT,)), bytes(frame.data)]
+                self._fragments = [bytes(frame.data)]
         elif opcode is Opcode.CONT:
             fragments = self._fragments
             if fragments is None:
@@ -248,7 +244,7 @@ class WebSocketProtocol(asyncio.Protocol):
             fragments.append(bytes(frame.data))
             if frame.fin:
                 self._fragments = None
-                self._message(b"".join(fragments[1:]), fragments[0] == b"\x01")
+                self._message(b"".join(fragments))
         elif opcode is Opcode.PONG:
             if self._ping_payload is not None and frame.data == self._ping_payload:
                 self._ping_payload = None
@@ -257,9 +253,9 @@ class WebSocketProtocol(asyncio.Protocol):
             self._end()
         # PING: websockets queued the pong.
 
-    def _message(self, data: bytes, text: bool) -> None:
+    def _message(self, data: bytes) -> None:
         if self.open:  # after our close frame, messages are dropped unread
-            self.on_message(data, text)
+            self.on_message(data)
 
     # ------------------------------------------------------------ keepalive
 

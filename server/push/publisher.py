@@ -86,11 +86,6 @@ class Publisher:
             log.exception("publish of %s v%s failed", frame.account_id, frame.version)
             metrics.publish_failures.inc()
 
-    @property
-    def missed(self) -> int:
-        """Accounts waiting to be republished (for tests and logs)."""
-        return len(self._missed)
-
     async def _run(self) -> None:
         while True:
             if self._missed or self._missed_all:

@@ -85,10 +85,6 @@ class Connection(WebSocketProtocol):
         self._timer: asyncio.TimerHandle | None = None  # auth deadline, then token expiry
         self._step: asyncio.Task[None] | None = None  # the async work under way, if any
 
-    @property
-    def accounts(self) -> tuple[str, ...]:
-        return (self.account_id,) if self.account_id else ()
-
     # ------------------------------------------------------------ admission
 
     def on_request(self, request: Request, response: Response) -> None:
@@ -183,7 +179,7 @@ class Connection(WebSocketProtocol):
 
     # ------------------------------------------------------------ messages
 
-    def on_message(self, data: bytes, text: bool) -> None:
+    def on_message(self, data: bytes) -> None:
         if len(data) > MAX_FRAME:
             self._send_error("frame_too_large", f"frames are limited to {MAX_FRAME} bytes")
             self._close(CLOSE_BAD_REQUEST)
@@ -240,7 +236,7 @@ class Connection(WebSocketProtocol):
         # Read from PostgreSQL even if we believe the client is current: a lost publish is
         # exactly what sync exists to heal.
         try:
-            await res.hub.send_snapshot(self, self.accounts, known=versions)
+            await res.hub.send_snapshot(self, (self.account_id,), known=versions)
         except Exception as exc:  # the database is down: keep the socket, say so
             log.warning("sync failed: %r", exc)
             self._send_error("unavailable", "could not read the balance; retry")
@@ -270,10 +266,7 @@ class Connection(WebSocketProtocol):
             return False
         self._version = version
         if self._pending is None and not self.paused:
-            self.write(frame.wire)
-            if self._stall is not None:  # caught up since the last backlog
-                self._stall.cancel()
-                self._stall = None
+            self.write(frame.wire)  # (a backlog's stall timer ended in on_writable)
             return True
         if self._pending is not None:
             metrics.frames_conflated.inc()
@@ -354,7 +347,8 @@ class Connection(WebSocketProtocol):
         # _JOINING: _join sees the stage change and unregisters when register() returns.
 
     def _run(self, step: Coroutine[Any, Any, None]) -> None:
-        """Run async work for this socket; one at a time, ended when the socket closes."""
+        """Run async work for this socket (one at a time). A step that outlives its socket
+        finds it closed and writes nothing; _join unregisters what it registered."""
         task = asyncio.get_running_loop().create_task(step)
         self._step = task
         task.add_done_callback(self._step_done)
