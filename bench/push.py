@@ -18,7 +18,12 @@ Load generators are raw asyncio clients (handshake and frame parsing by hand, uv
 several processes, on the same 2 cores as the servers, PostgreSQL and Redis: they compete
 for CPU, which the table says.
 
+  --redis cluster: scenario A only, twice: on one Redis, then on a three-master Redis Cluster
+     (sharded pub/sub), side by side, with what each debit costs the servers, PostgreSQL and
+     Redis in CPU (the inputs of docs/scaling.md).
+
     python bench/push.py [--sockets 10000] [--rate 1000] [--seconds 8] [--clients 4]
+                         [--redis single|cluster] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -562,10 +567,19 @@ async def drive_debits(
 async def inject_redis(
     redis_url: str, accounts: list[str], rate: float, seconds: float, versions: dict[str, int]
 ) -> int:
-    """Balance frames straight into the account channels, as a committed change would be."""
+    """Balance frames straight into the account channels, as a committed change would be
+    (SPUBLISH on a Redis Cluster, as the cluster broker does)."""
     import redis.asyncio as aioredis
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-    client = aioredis.Redis.from_url(redis_url)
+    from server.push.broker.cluster import seeds
+
+    client: Any
+    if redis_url.startswith("redis+cluster://"):
+        client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in seeds(redis_url)[0]])
+    else:
+        client = aioredis.Redis.from_url(redis_url)
+    sharded = isinstance(client, RedisCluster)
     loop = asyncio.get_running_loop()
     start = loop.time()
     sent = 0
@@ -586,7 +600,11 @@ async def inject_redis(
                         b'"reason":"t=%d","transaction_id":%d,"hold_id":null}}'
                         % (account.encode(), v, time.time_ns(), v)
                     )
-                    pipe.publish(f"{PREFIX}:acct:{account}", frame)
+                    channel = f"{PREFIX}:acct:{account}"
+                    if sharded:
+                        pipe.spublish(channel, frame)
+                    else:
+                        pipe.publish(channel, frame)
                     sent += 1
                 await pipe.execute()
     finally:
@@ -759,8 +777,8 @@ def met(value: float, goal: tuple[str, float] | None) -> str:
 
 def summary(runs: list[list[Figure]]) -> str:
     """Each figure's median and worst over the runs, and whether the worst meets its goal."""
-    rows: list[tuple[str, ...]] = [("figure", "ours median", "ours worst", "ratio median",
-                                    "ratio worst", "goal", "worst run")]
+    rows: list[tuple[str, ...]] = [("figure", "ours median", "ours worst", "baseline median",
+                                    "ratio median", "ratio worst", "goal", "worst run")]
     for i, first in enumerate(runs[0]):
         same = [run[i] for run in runs]
         ours = [f.ours for f in same]
@@ -771,8 +789,10 @@ def summary(runs: list[list[Figure]]) -> str:
         verdicts = [v for v in (met(ours_worst, first.value_goal),
                                 met(ratio_worst, first.ratio_goal) if ratio_worst is not None
                                 else "") if v]
+        bases = [f.base for f in same if f.base is not None]
         rows.append((
             first.name, fmt(statistics.median(ours), first.unit), fmt(ours_worst, first.unit),
+            fmt(statistics.median(bases), first.unit) if bases else "-",
             f"{statistics.median(ratios):.3f}" if ratios else "-",
             f"{ratio_worst:.3f}" if ratio_worst is not None else "-", first.goals(),
             " and ".join(verdicts) or "-"))
@@ -805,7 +825,9 @@ def main() -> int:
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
-    parser.add_argument("--redis", help=argparse.SUPPRESS)
+    parser.add_argument("--redis", choices=("single", "cluster"), default="single",
+                        help="cluster: scenario A on one Redis and on a Redis Cluster")
+    parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.role:
@@ -815,18 +837,19 @@ def main() -> int:
             if args.role == "clients":
                 uvloop.run(clients_role(json.loads(args.spec)))
             elif args.role == "ours":
-                ours_role(args.port, args.db, args.redis)
+                ours_role(args.port, args.db, args.redis_url)
             elif args.role == "bare":
-                uvloop.run(bare_role(args.port, args.redis))
+                uvloop.run(bare_role(args.port, args.redis_url))
             elif args.role == "sio":
                 asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-                sio_role(args.port, args.redis)
+                sio_role(args.port, args.redis_url)
         return 0
 
     import uvloop
 
     started = time.monotonic()
-    runs = [uvloop.run(orchestrate(args, run + 1)) for run in range(args.repeat)]
+    scenario = orchestrate if args.redis == "single" else compare_brokers
+    runs = [uvloop.run(scenario(args, run + 1)) for run in range(args.repeat)]
     if args.repeat > 1:
         print(f"\n# {args.repeat} runs: each figure's median and worst run")
         print(summary(runs))
@@ -849,7 +872,7 @@ async def orchestrate(args: argparse.Namespace, run: int) -> list[Figure]:
 
     def server(role: str) -> tuple[Proc, int]:
         port = devservers.free_port()
-        proc = Proc("--role", role, "--port", str(port), "--db", pg.url, "--redis", rd.url)
+        proc = Proc("--role", role, "--port", str(port), "--db", pg.url, "--redis-url", rd.url)
         procs.append(proc)
         wait_port(port)
         return proc, port
@@ -1068,6 +1091,159 @@ async def orchestrate(args: argparse.Namespace, run: int) -> list[Figure]:
             proc.stop()
         rd.close()
         pg.close()
+
+
+# ================================================================ --redis cluster
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of a process and its children (PostgreSQL: the postmaster and backends)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid = int(stat.parent.name)
+            if pid == root or int(fields[1]) == root:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+async def wal_bytes(database_url: str) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        n: int = await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+        return int(n)
+    finally:
+        await conn.close()
+
+
+async def broker_run(
+    args: argparse.Namespace,
+    database_url: str,
+    postmaster: int,
+    backend: Any,
+    accounts: list[str],
+) -> dict[str, Any]:
+    """Two instances of ours on this Redis (or cluster): debits, then injected frames."""
+    from server.dev import servers as devservers
+
+    nodes = [backend] if isinstance(backend, devservers.RedisServer) else backend.nodes
+    procs: list[Proc] = []
+    try:
+        ports = []
+        for _ in range(2):
+            port = devservers.free_port()
+            procs.append(Proc("--role", "ours", "--port", str(port), "--db", database_url,
+                              "--redis-url", backend.url))
+            wait_port(port)
+            ports.append(port)
+        await asyncio.sleep(1.0)
+        n = args.sockets
+        clients = Clients("ours", [(ports[i % 2], accounts[i % len(accounts)]) for i in range(n)],
+                          args.clients)
+        await asyncio.to_thread(lambda: asyncio.run(
+            drive_debits(ports, accounts, args.rate, 3.0, DebitLog())))  # warm-up
+        log = DebitLog()
+
+        def run_debits() -> None:
+            asyncio.run(drive_debits(ports, accounts, args.rate, args.seconds, log))
+
+        def redis_cpu() -> float:
+            return sum(cpu_seconds(node.pid) for node in nodes if node.pid)
+
+        async def costs() -> tuple[float, float, float, int]:
+            return (sum(cpu_seconds(pr.pid) for pr in procs), tree_cpu_seconds(postmaster),
+                    redis_cpu(), await wal_bytes(database_url))
+
+        before = await costs()
+        e2e = await asyncio.to_thread(clients.measure, args.seconds, run_debits)
+        after = await costs()
+        sent: list[int] = []
+
+        def run_inject() -> None:
+            sent.append(asyncio.run(
+                inject_redis(backend.url, accounts, args.rate, args.seconds, {})))
+
+        r0 = redis_cpu()
+        injected = await asyncio.to_thread(clients.measure, args.seconds, run_inject)
+        r1 = redis_cpu()
+        clients.close()
+    finally:
+        for proc in procs:
+            proc.stop()
+    ok = max(1, sum(1 for st in log.statuses if st == 200))
+    print(f"# {backend.url.partition(':')[0]}: {ok}/{len(log.statuses)} debits ok, "
+          f"{e2e.frames} frames (~{ok * args.per_account} expected), {e2e.lost} sockets lost; "
+          f"{injected.frames} frames of {sum(sent)} injected", flush=True)
+    return {
+        "e2e": e2e, "injected": injected,
+        "server_us": 1e6 * (after[0] - before[0]) / ok,
+        "pg_us": 1e6 * (after[1] - before[1]) / ok,
+        "redis_us": 1e6 * (after[2] - before[2]) / ok,
+        "wal": (after[3] - before[3]) / ok,
+        "inject_redis_us": 1e6 * (r1 - r0) / max(1, sum(sent)),
+    }
+
+
+async def compare_brokers(args: argparse.Namespace, run: int) -> list[Figure]:
+    """Scenario A on one Redis, then on a three-master Redis Cluster: latency side by side,
+    and each debit's CPU cost in our servers, PostgreSQL and Redis (all nodes)."""
+    import asyncpg
+
+    from server.dev import servers as devservers
+    from server.schema import migrate
+
+    n, per = args.sockets, args.per_account
+    accounts = [f"b{i:05d}" for i in range(max(1, n // per))]
+    print(f"# run {run}: scenario A, {n} sockets over {len(accounts)} accounts, "
+          f"{args.rate:.0f} debits/s, {args.seconds:.0f} s windows, on one Redis then on a "
+          f"3-master Redis Cluster; {os.cpu_count()} CPUs shared by all", flush=True)
+    t_run = time.monotonic()
+    pg = devservers.start_postgres()
+    found: dict[str, dict[str, Any]] = {}
+    try:
+        conn = await asyncpg.connect(pg.url)
+        await migrate(conn)
+        await conn.close()
+        postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+        for kind in ("single", "cluster"):
+            backend: devservers.RedisServer | devservers.RedisCluster = (
+                devservers.start_redis() if kind == "single" else devservers.start_redis_cluster()
+            )
+            try:
+                found[kind] = await broker_run(args, pg.url, postmaster, backend, accounts)
+            finally:
+                backend.close()
+    finally:
+        pg.close()
+    one, many = found["single"], found["cluster"]
+    rate = f"{args.rate:.0f}/s"
+    figures = [
+        Figure(f"A debit->frame p50 ({n} sockets, 2 instances, {rate}): cluster vs one Redis",
+               many["e2e"].pct(50), one["e2e"].pct(50), "ms"),
+        Figure("A debit->frame p99 (incl. HTTP + commit): cluster vs one Redis",
+               many["e2e"].pct(99), one["e2e"].pct(99), "ms"),
+        Figure(f"A publish->frame p50 ({rate} injected): cluster vs one Redis",
+               many["injected"].pct(50), one["injected"].pct(50), "ms"),
+        Figure("A publish->frame p99 (same): cluster vs one Redis",
+               many["injected"].pct(99), one["injected"].pct(99), "ms"),
+        Figure("A server CPU-us per debit, both instances (HTTP, commit, publish, fan-out)",
+               many["server_us"], one["server_us"], ""),
+        Figure("A PostgreSQL CPU-us per debit (postmaster and backends)",
+               many["pg_us"], one["pg_us"], ""),
+        Figure("A PostgreSQL WAL bytes per debit", many["wal"], one["wal"], ""),
+        Figure("A Redis CPU-us per debit (publish + 5-socket fan-in to 2 subscribers, "
+               "all nodes)", many["redis_us"], one["redis_us"], ""),
+        Figure("A Redis CPU-us per injected frame (all nodes)",
+               many["inject_redis_us"], one["inject_redis_us"], ""),
+    ]
+    print()
+    print(table([("figure", "cluster", "one Redis", "ratio", "goal"),
+                 *(f.cells() for f in figures)]))
+    print(f"# run {run} took {time.monotonic() - t_run:.0f} s", flush=True)
+    return figures
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 `BALANCE_RATE_LIMITS` sets them by name, e.g. `me=120/minute;checkout=10/minute;
 ws_connect=30/minute;ws_sync=12/minute;service=` (an empty value: no limit). With
-REDIS_URL the counters live in Redis, so every instance counts against the same limit;
+REDIS_URL the counters live in Redis (or a Redis Cluster: `limits` puts each counter's keys
+in one hash slot), so every instance counts against the same limit;
 without it, in this process's memory. A limiter that cannot reach Redis lets requests
 through (and says so in the log): limits protect the service, they must not stop it.
 """
@@ -14,7 +15,7 @@ import math
 import time
 
 import limits
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import MemoryStorage, RedisClusterStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 log = logging.getLogger("balance.limits")
@@ -60,9 +61,13 @@ class RateLimits:
     def __init__(self, spec: str, redis_url: str | None, prefix: str) -> None:
         self._items = parse(spec)
         storage: Storage = MemoryStorage()
-        if redis_url and redis_url.startswith(("redis://", "rediss://")):
-            storage = RedisStorage(f"async+{redis_url}", implementation="redispy",
-                                   key_prefix=f"{prefix}:limits", wrap_exceptions=True)
+        # Bounded: a counter that cannot be reached must not hold a request for long.
+        timeouts = {"socket_connect_timeout": 1.0, "socket_timeout": 1.0}
+        kind = {"redis": RedisStorage, "rediss": RedisStorage,
+                "redis+cluster": RedisClusterStorage}.get((redis_url or "").partition(":")[0])
+        if kind is not None:
+            storage = kind(f"async+{redis_url}", implementation="redispy",
+                           key_prefix=f"{prefix}:limits", wrap_exceptions=True, **timeouts)
         self._limiter = SlidingWindowCounterRateLimiter(storage)
         self._local = SlidingWindowCounterRateLimiter(MemoryStorage())
 

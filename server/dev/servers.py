@@ -16,16 +16,18 @@ import threading
 
 from server.dev.postgres import PostgresServer, start_postgres
 from server.dev.process import FORCE_EMBEDDED_ENV, DevServerError, free_port
-from server.dev.redis import RedisServer, start_redis
+from server.dev.redis import RedisCluster, RedisServer, start_redis, start_redis_cluster
 
 __all__ = [
     "FORCE_EMBEDDED_ENV",
     "DevServerError",
     "PostgresServer",
+    "RedisCluster",
     "RedisServer",
     "free_port",
     "start_postgres",
     "start_redis",
+    "start_redis_cluster",
 ]
 
 

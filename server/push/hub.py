@@ -101,7 +101,7 @@ class Hub:
         self._canary_channel = f"{settings.channel_prefix}:canary:{uuid.uuid4().hex}"
         self._resync_channel = resync_channel(settings.channel_prefix)
         self._resyncing: asyncio.Task[None] | None = None
-        self._resync_again = False
+        self._resync_next: set[str] | None = set()  # accounts to resync next; None: all
         self._canary_interval = canary_interval
         self._canary_sent_at = 0.0  # monotonic send time of the newest canary seen
         self._accounts: dict[str, _Account] = {}
@@ -194,24 +194,29 @@ class Hub:
             with contextlib.suppress(ValueError):
                 self._canary_sent_at = max(self._canary_sent_at, float(data))
         elif channel == self._resync_channel:
-            self._request_resync()
+            self._request_resync(None)
 
-    async def _on_reconnect(self) -> None:
-        self._request_resync()  # what was published while we were away is gone
+    async def _on_reconnect(self, channels: frozenset[str]) -> None:
+        # What was published on these channels while we were away is gone.
+        start = len(self._prefix)
+        self._request_resync({c[start:] for c in channels if c.startswith(self._prefix)})
 
-    def _request_resync(self) -> None:
-        """Resync every socket; one run at a time, and one more if asked meanwhile."""
+    def _request_resync(self, accounts: set[str] | None) -> None:
+        """Resync the sockets of these accounts (None: all); one run at a time, and the
+        accounts asked for meanwhile in one more."""
+        if self._resync_next is not None:
+            if accounts is None:
+                self._resync_next = None
+            else:
+                self._resync_next |= accounts
         if self._resyncing is not None:
-            self._resync_again = True
             return
 
         async def run() -> None:
             try:
-                while True:
-                    self._resync_again = False
-                    await self._resync()
-                    if not self._resync_again:
-                        return
+                while self._resync_next is None or self._resync_next:
+                    wanted, self._resync_next = self._resync_next, set()
+                    await self._resync(wanted)
             finally:
                 self._resyncing = None
 
@@ -313,9 +318,13 @@ class Hub:
             if self._unsubscribing.get(account_id) is asyncio.current_task():
                 del self._unsubscribing[account_id]
 
-    async def _resync(self) -> None:
-        """After a broker reconnect: every local socket gets its accounts' current state."""
-        account_ids = list(self._accounts)
+    async def _resync(self, wanted: set[str] | None) -> None:
+        """After a broker reconnect: the local sockets of these accounts (None: of every
+        account) get their current state."""
+        if wanted is None:
+            account_ids = list(self._accounts)
+        else:
+            account_ids = [a for a in wanted if a in self._accounts]
         log.info("resyncing %d accounts after broker reconnect", len(account_ids))
         for start in range(0, len(account_ids), 500):
             chunk = [a for a in account_ids[start : start + 500] if a in self._accounts]

@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from server import metrics
 from server.messages import BalanceFrame, encoder
-from server.push.broker.base import Broker
+from server.push.broker.base import Broker, Unpublished
 from server.push.snapshots import Snapshot
 
 log = logging.getLogger("balance.publisher")
@@ -97,18 +97,18 @@ class Publisher:
             while self._outbox:
                 batch = self._outbox[:PUBLISH_BATCH]
                 del self._outbox[:PUBLISH_BATCH]
-                if not self._broker.connected:
-                    self._miss(batch)  # fail fast: republished from PostgreSQL on its return
-                    continue
                 try:
                     await self._broker.publish(batch)
+                except Unpublished as exc:  # a cluster master is down; the rest went out
+                    self._miss(exc.messages)
                 except Exception as exc:
-                    log.warning("publish of %d frames failed: %r", len(batch), exc)
+                    if self._broker.connected:  # (known down: said once, by the broker)
+                        log.warning("publish of %d frames failed: %r", len(batch), exc)
                     self._miss(batch)
             if (self._missed or self._missed_all) and self._broker.connected:
                 await self._republish()
 
-    def _miss(self, batch: list[tuple[str, bytes]]) -> None:
+    def _miss(self, batch: Sequence[tuple[str, bytes]]) -> None:
         metrics.publish_failures.inc(len(batch))
         if self._missed_all:
             return

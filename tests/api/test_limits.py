@@ -1,4 +1,4 @@
-"""Rate limits: 429 with Retry-After, shared by instances through Redis."""
+"""Rate limits: 429 with Retry-After, shared by instances through Redis (or a Redis Cluster)."""
 
 from __future__ import annotations
 
@@ -23,10 +23,12 @@ def own_prefix() -> str:
     return f"limits-{uuid.uuid4().hex[:8]}"
 
 
-async def test_me_is_limited_per_account_across_two_instances(start_app: StartApp) -> None:
+async def test_me_is_limited_per_account_across_two_instances(
+    start_app: StartApp, redis_url: str
+) -> None:
     prefix = own_prefix()
-    a = await start_app(rate_limits="me=3/minute", channel_prefix=prefix)
-    b = await start_app(rate_limits="me=3/minute", channel_prefix=prefix)
+    a = await start_app(rate_limits="me=3/minute", channel_prefix=prefix, redis_url=redis_url)
+    b = await start_app(rate_limits="me=3/minute", channel_prefix=prefix, redis_url=redis_url)
     account, other = f"lim-{uuid.uuid4().hex[:8]}", f"lim-{uuid.uuid4().hex[:8]}"
 
     async def me(app: RunningApp, who: str) -> httpx.Response:

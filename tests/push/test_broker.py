@@ -1,18 +1,23 @@
-"""The brokers against a real Redis: interest-only delivery, one subscription, reconnects."""
+"""The brokers against a real Redis and a real three-master Redis Cluster: interest-only
+delivery, one subscription, reconnects, a master's crash, a slot that moves."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
+import redis as redis_sync
 import redis.asyncio as aioredis
 
 from server.dev import servers as devservers
 from server.push.broker import MemoryBroker, make_broker
-from server.push.broker.base import Broker
+from server.push.broker.base import Broker, Unpublished
+from server.push.broker.cluster import ClusterBroker, seeds
 from server.push.broker.redis import RedisBroker
+from server.push.broker.subscriber import Timing
 
 
 class Inbox:
@@ -21,14 +26,16 @@ class Inbox:
     def __init__(self) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self.reconnects = 0
+        self.resynced: list[frozenset[str]] = []
         self.changed = asyncio.Event()
 
     def on_message(self, channel: str, data: bytes) -> None:
         self.messages.append((channel, data))
         self.changed.set()
 
-    async def on_reconnect(self) -> None:
+    async def on_reconnect(self, channels: frozenset[str]) -> None:
         self.reconnects += 1
+        self.resynced.append(channels)
         self.changed.set()
 
     async def wait_for(self, predicate: object, within: float = 5.0) -> None:
@@ -37,6 +44,12 @@ class Inbox:
             while not predicate():
                 self.changed.clear()
                 await self.changed.wait()
+
+
+async def until(check: Callable[[], bool], within: float = 5.0) -> None:
+    async with asyncio.timeout(within):
+        while not check():  # noqa: ASYNC110 - polling state that has no event
+            await asyncio.sleep(0.02)
 
 
 def channel() -> str:
@@ -51,21 +64,44 @@ def own_redis() -> Iterator[devservers.RedisServer]:
 
 
 @pytest.fixture
-async def connected(redis: devservers.RedisServer) -> AsyncIterator[tuple[Broker, Inbox]]:
-    broker = make_broker(redis.url)
+def own_cluster() -> Iterator[devservers.RedisCluster]:
+    """A Redis Cluster of this test's own, whose masters it may kill and restart."""
+    with devservers.start_redis_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+async def connected(redis_url: str) -> AsyncIterator[tuple[Broker, Inbox]]:
+    broker = make_broker(redis_url)
     inbox = Inbox()
     await broker.connect(inbox.on_message, inbox.on_reconnect)
     yield broker, inbox
     await broker.disconnect()
 
 
+async def subscriptions(url: str, name: str) -> dict[int, int]:
+    """Subscribers of a channel by node port: classic ones on one Redis, shard ones on each
+    cluster node (a node reports only its own)."""
+    if not url.startswith("redis+cluster://"):
+        client = aioredis.Redis.from_url(url)
+        try:
+            return {client.connection_pool.connection_kwargs["port"]:
+                    int((await client.pubsub_numsub(name))[0][1])}
+        finally:
+            await client.aclose()
+    counts = {}
+    for host, port in seeds(url)[0]:
+        client = aioredis.Redis(host=host, port=port)
+        try:
+            counts[port] = int((await client.pubsub_shardnumsub(name))[0][1])
+            assert int((await client.pubsub_numsub(name))[0][1]) == 0, "never classic"
+        finally:
+            await client.aclose()
+    return counts
+
+
 async def numsub(url: str, name: str) -> int:
-    client = aioredis.Redis.from_url(url)
-    try:
-        counts = await client.pubsub_numsub(name)
-        return int(counts[0][1])
-    finally:
-        await client.aclose()
+    return sum((await subscriptions(url, name)).values())
 
 
 def test_make_broker_picks_by_scheme() -> None:
@@ -73,8 +109,13 @@ def test_make_broker_picks_by_scheme() -> None:
     assert isinstance(make_broker(""), MemoryBroker)
     assert isinstance(make_broker("memory://"), MemoryBroker)
     assert isinstance(make_broker("redis://127.0.0.1:1/0"), RedisBroker)
+    assert isinstance(make_broker("redis+cluster://127.0.0.1:1,127.0.0.1:2"), ClusterBroker)
     with pytest.raises(ValueError, match="REDIS_URL"):
         make_broker("http://127.0.0.1:6379")
+    with pytest.raises(ValueError, match="REDIS_URL"):
+        make_broker("redis+cluster://127.0.0.1")
+    assert seeds("redis+cluster://u:p%40ss@h1:7000,[::1]:7001") == (
+        [("h1", 7000), ("::1", 7001)], "u", "p@ss")
 
 
 async def test_memory_broker_delivers_only_what_is_subscribed() -> None:
@@ -93,10 +134,10 @@ async def test_memory_broker_delivers_only_what_is_subscribed() -> None:
 
 
 async def test_redis_delivers_between_brokers_by_interest(
-    redis: devservers.RedisServer, connected: tuple[Broker, Inbox]
+    redis_url: str, connected: tuple[Broker, Inbox]
 ) -> None:
     subscriber, inbox = connected
-    publisher = make_broker(redis.url)
+    publisher = make_broker(redis_url)
     await publisher.connect(Inbox().on_message, Inbox().on_reconnect)
     wanted, other = channel(), channel()
     try:
@@ -105,32 +146,28 @@ async def test_redis_delivers_between_brokers_by_interest(
         await publisher.publish([(other, b"not for us"), (wanted, b"two"), (wanted, b"three")])
         await inbox.wait_for(lambda: len(inbox.messages) >= 3)
         assert inbox.messages == [(wanted, b"one"), (wanted, b"two"), (wanted, b"three")]
-        assert await numsub(redis.url, wanted) == 1
+        assert await numsub(redis_url, wanted) == 1
         await subscriber.unsubscribe(wanted)
         await publisher.publish([(wanted, b"after")])
         await asyncio.sleep(0.2)
         assert len(inbox.messages) == 3
-        assert await numsub(redis.url, wanted) == 0
+        assert await numsub(redis_url, wanted) == 0
     finally:
         await publisher.disconnect()
 
 
 async def test_subscribe_returns_once_redis_confirmed(
-    redis: devservers.RedisServer, connected: tuple[Broker, Inbox]
+    redis_url: str, connected: tuple[Broker, Inbox]
 ) -> None:
     broker, _ = connected
     names = [channel() for _ in range(50)]
     await asyncio.gather(*(broker.subscribe(n) for n in names))
-    client = aioredis.Redis.from_url(redis.url)
-    try:
-        counts = dict(await client.pubsub_numsub(*names))
-    finally:
-        await client.aclose()
-    assert set(counts.values()) == {1}
+    counts = [await numsub(redis_url, n) for n in names]
+    assert set(counts) == {1}
 
 
 async def test_reconnects_resubscribes_and_calls_back(own_redis: devservers.RedisServer) -> None:
-    broker = RedisBroker(own_redis.url, ping_interval=0.2, dead_after=1.0)
+    broker = RedisBroker(own_redis.url, Timing(ping_interval=0.2, dead_after=1.0))
     inbox = Inbox()
     await broker.connect(inbox.on_message, inbox.on_reconnect)
     name = channel()
@@ -166,5 +203,92 @@ async def test_starts_while_redis_is_down(own_redis: devservers.RedisServer) -> 
         await inbox.wait_for(lambda: inbox.reconnects == 1 and broker.connected)
         await broker.publish([(name, b"hello")])
         await inbox.wait_for(lambda: inbox.messages == [(name, b"hello")])
+    finally:
+        await broker.disconnect()
+
+
+async def test_cluster_channels_live_on_their_slots_master_only(
+    redis_cluster: devservers.RedisCluster,
+) -> None:
+    broker = make_broker(redis_cluster.url)
+    inbox = Inbox()
+    await broker.connect(inbox.on_message, inbox.on_reconnect)
+    names = [channel() for _ in range(30)]
+    try:
+        for name in names:
+            await broker.subscribe(name)
+        masters = set()
+        for name in names:
+            home = redis_cluster.master_of(name)
+            masters.add(home.port)
+            counts = await subscriptions(redis_cluster.url, name)
+            assert counts == {n.port: int(n is home) for n in redis_cluster.nodes}
+        assert masters == {n.port for n in redis_cluster.nodes}, "30 channels span 3 masters"
+        await broker.publish([(n, n.encode()) for n in names])
+        await inbox.wait_for(lambda: len(inbox.messages) == len(names))
+        assert sorted(inbox.messages) == sorted((n, n.encode()) for n in names)
+    finally:
+        await broker.disconnect()
+
+
+async def test_cluster_master_killed_and_restarted_resubscribes_its_channels(
+    own_cluster: devservers.RedisCluster,
+) -> None:
+    broker = ClusterBroker(own_cluster.url, Timing(ping_interval=0.2, dead_after=1.0))
+    inbox = Inbox()
+    await broker.connect(inbox.on_message, inbox.on_reconnect)
+    names = [channel() for _ in range(30)]
+    victim = own_cluster.master_of(names[0])
+    on_victim = {n for n in names if own_cluster.master_of(n) is victim}
+    elsewhere = next(n for n in names if n not in on_victim)
+    try:
+        for name in names:
+            await broker.subscribe(name)
+        assert broker.connected
+        victim.stop(signal.SIGKILL)
+        await until(lambda: not broker.connected)
+        # The other masters still carry their channels; the victim's fail fast, and only those.
+        with pytest.raises(Unpublished) as failed:
+            await broker.publish([(names[0], b"lost"), (elsewhere, b"still here")])
+        assert failed.value.messages == [(names[0], b"lost")]
+        await inbox.wait_for(lambda: (elsewhere, b"still here") in inbox.messages)
+
+        victim.start()
+        await until(lambda: broker.connected and inbox.reconnects >= 1)
+        assert set().union(*inbox.resynced) == on_victim, "resync only what may have missed"
+        await broker.publish([(names[0], b"back")])
+        await inbox.wait_for(lambda: (names[0], b"back") in inbox.messages)
+        assert (names[0], b"lost") not in inbox.messages
+        assert await numsub(own_cluster.url, names[0]) == 1
+    finally:
+        await broker.disconnect()
+
+
+async def test_cluster_a_slot_moved_to_another_master_takes_its_channel_along(
+    own_cluster: devservers.RedisCluster,
+) -> None:
+    broker = make_broker(own_cluster.url)
+    inbox = Inbox()
+    await broker.connect(inbox.on_message, inbox.on_reconnect)
+    name = channel()
+    source = own_cluster.master_of(name)
+    target = next(n for n in own_cluster.nodes if n is not source)
+    try:
+        await broker.subscribe(name)
+        assert await subscriptions(own_cluster.url, name) == {
+            n.port: int(n is source) for n in own_cluster.nodes}
+        # Move the (keyless) slot: the new owner first, then the others, as redis-cli does.
+        with redis_sync.Redis(port=target.port) as client:
+            slot = int(client.execute_command("CLUSTER", "KEYSLOT", name))
+            target_id = client.execute_command("CLUSTER", "MYID").decode()
+        for node in [target, *(n for n in own_cluster.nodes if n is not target)]:
+            with redis_sync.Redis(port=node.port) as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        # The old owner drops the channel; the broker re-homes and reports it.
+        await inbox.wait_for(lambda: any(name in r for r in inbox.resynced))
+        assert await subscriptions(own_cluster.url, name) == {
+            n.port: int(n is target) for n in own_cluster.nodes}
+        await broker.publish([(name, b"moved")])  # MOVED on the way is followed by redis-py
+        await inbox.wait_for(lambda: (name, b"moved") in inbox.messages)
     finally:
         await broker.disconnect()

@@ -21,6 +21,7 @@ from server.ledger import Ledger
 from server.messages import BalanceFrame
 from server.push.broker import Broker, make_broker
 from server.push.broker.redis import RedisBroker
+from server.push.broker.subscriber import Timing
 from server.push.frame import Frame
 from server.push.hub import Hub, HubClosed, TooManySockets
 from server.push.publisher import Publisher
@@ -269,7 +270,7 @@ async def test_canary_and_resync_across_a_redis_outage(
     migrated: str, db: asyncpg.Pool, own_redis: devservers.RedisServer, prefix: str
 ) -> None:
     node = await start_node(
-        db, RedisBroker(own_redis.url, ping_interval=0.2, dead_after=1.0),
+        db, RedisBroker(own_redis.url, Timing(ping_interval=0.2, dead_after=1.0)),
         settings(migrated, prefix), canary_interval=0.2,
     )
     hub = node.hub

@@ -1,4 +1,5 @@
-"""Pick a broker by URL scheme: redis:// or rediss:// for many processes, none for one."""
+"""Pick a broker by URL scheme: redis://, rediss:// or redis+cluster:// for many processes,
+none for one."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ __all__ = ["Broker", "MemoryBroker", "make_broker"]
 
 
 def make_broker(url: str | None) -> Broker:
-    """The Redis broker for a redis:// URL, the in-memory one for None, "" or memory://."""
+    """The Redis broker for a redis:// URL, the cluster one for redis+cluster://, the
+    in-memory one for None, "" or memory://."""
     scheme = urlsplit(url).scheme if url else "memory"
     if scheme == "memory":
         return MemoryBroker()
@@ -19,6 +21,11 @@ def make_broker(url: str | None) -> Broker:
         from server.push.broker.redis import RedisBroker
 
         return RedisBroker(url or "")
+    if scheme == "redis+cluster":
+        from server.push.broker.cluster import ClusterBroker
+
+        return ClusterBroker(url or "")
     raise ValueError(
-        f"REDIS_URL has an unknown scheme {scheme!r}: use redis://, rediss:// or unix://"
+        f"REDIS_URL has an unknown scheme {scheme!r}: use redis://, rediss://, unix:// "
+        "or redis+cluster://"
     )

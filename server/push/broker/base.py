@@ -2,8 +2,9 @@
 
 Channels are plain strings; the hub names them. A broker subscribes upstream once per
 channel however many local sockets want it (the hub counts them), and keeps itself
-connected: after any reconnect it resubscribes, then calls `on_reconnect` so the hub can
-resync every local socket from PostgreSQL (messages published while it was away are lost).
+connected: after any reconnect it resubscribes, then calls `on_reconnect` with the channels
+that may have missed messages (all of them after a single Redis's outage, one shard's after a
+cluster node's), so the hub can resync their sockets from PostgreSQL.
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 OnMessage = Callable[[str, bytes], None]
-OnReconnect = Callable[[], Coroutine[Any, Any, None]]
+OnReconnect = Callable[[frozenset[str]], Coroutine[Any, Any, None]]
+
+
+class Unpublished(ConnectionError):
+    """Part of a publish did not reach the backend (a cluster master is down); the rest did."""
+
+    def __init__(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        super().__init__(f"{len(messages)} messages not published")
+        self.messages = messages
 
 
 class Broker(Protocol):
@@ -20,7 +29,7 @@ class Broker(Protocol):
 
     @property
     def connected(self) -> bool:
-        """True while the subscriber connection is up and subscribed."""
+        """True while every subscriber connection is up and subscribed."""
         ...
 
     async def connect(self, on_message: OnMessage, on_reconnect: OnReconnect) -> None:
@@ -40,5 +49,6 @@ class Broker(Protocol):
         ...
 
     async def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
-        """Publish (channel, data) pairs in order; raises if the backend is unreachable."""
+        """Publish (channel, data) pairs in order; raises if the backend is unreachable
+        (at once when it is known to be down), Unpublished if only part of it is."""
         ...
