@@ -258,22 +258,38 @@ def _cluster_ok(port: int, expected_nodes: int) -> bool:
     )
 
 
-def start_redis_cluster(masters: int = 3, node_timeout_ms: int = 2000) -> RedisCluster:
+def start_redis_cluster(
+    masters: int = 3, node_timeout_ms: int = 2000, *, replicas: bool = False
+) -> RedisCluster:
     """`masters` cluster nodes on free ports, each given an even share of the 16384 slots
-    (what `redis-cli --cluster create --cluster-replicas 0` does), met, and waited for."""
+    (what `redis-cli --cluster create` does), met, and waited for; with `replicas`, one more
+    node per master replicating it (`nodes[masters + i]` replicates `nodes[i]`)."""
     base = Path(tempfile.mkdtemp(prefix="balance-redis-cluster-")).resolve()
     cluster = RedisCluster(nodes=[], _owned_root=base)
     try:
-        for i in range(masters):
+        for i in range(masters * (2 if replicas else 1)):
             cluster.nodes.append(
                 start_redis(base / f"node{i}", cluster_node_timeout_ms=node_timeout_ms)
             )
         bounds = [16384 * i // masters for i in range(masters + 1)]
-        for i, node in enumerate(cluster.nodes):
+        for i, node in enumerate(cluster.nodes[:masters]):
             _command(node.port, "CLUSTER", "ADDSLOTSRANGE", str(bounds[i]), str(bounds[i + 1] - 1))
         for node in cluster.nodes[1:]:
             _command(cluster.nodes[0].port, "CLUSTER", "MEET", HOST, str(node.port),
                      str(node.cluster_bus_port))
+        if replicas:
+            deadline = time.monotonic() + START_TIMEOUT
+            for master, replica in zip(cluster.nodes[:masters], cluster.nodes[masters:],
+                                       strict=True):
+                master_id = _command(master.port, "CLUSTER", "MYID").split(b"\r\n")[1].decode()
+                while True:  # the replica must have heard of its master by gossip first
+                    try:
+                        _command(replica.port, "CLUSTER", "REPLICATE", master_id)
+                        break
+                    except DevServerError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.05)
         cluster.wait_ok()
         track(cluster)
         return cluster

@@ -197,7 +197,11 @@ class Hub:
             self._request_resync(None)
 
     async def _on_reconnect(self, channels: frozenset[str]) -> None:
-        # What was published on these channels while we were away is gone.
+        # What was published on these channels while we were away is gone; that may have
+        # been a request to resync everything.
+        if self._resync_channel in channels:
+            self._request_resync(None)
+            return
         start = len(self._prefix)
         self._request_resync({c[start:] for c in channels if c.startswith(self._prefix)})
 

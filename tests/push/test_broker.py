@@ -292,3 +292,38 @@ async def test_cluster_a_slot_moved_to_another_master_takes_its_channel_along(
         await inbox.wait_for(lambda: (name, b"moved") in inbox.messages)
     finally:
         await broker.disconnect()
+
+
+async def test_cluster_failover_moves_channels_to_the_promoted_replica() -> None:
+    """A replica takes over its master (CLUSTER FAILOVER): the old master drops the shard
+    channels, the broker finds the new master in the slot map and moves them there."""
+    with devservers.start_redis_cluster(replicas=True) as cluster:
+        broker = ClusterBroker(cluster.url, Timing(ping_interval=0.2, dead_after=1.0))
+        inbox = Inbox()
+        await broker.connect(inbox.on_message, inbox.on_reconnect)
+        names = [channel() for _ in range(12)]
+        old = cluster.master_of(names[0])
+        promoted = cluster.nodes[cluster.nodes.index(old) + 3]
+        moving = {n for n in names if cluster.master_of(n) is old}
+        try:
+            for name in names:
+                await broker.subscribe(name)
+            with redis_sync.Redis(port=promoted.port) as client:
+                client.execute_command("CLUSTER", "FAILOVER")
+            await until(lambda: cluster.master_of(names[0]) is promoted, within=10)
+
+            async def on_promoted_only() -> bool:
+                for name in moving:
+                    counts = await subscriptions(cluster.url, name)
+                    if (counts[promoted.port], counts[old.port]) != (1, 0):
+                        return False
+                return True
+
+            async with asyncio.timeout(10):
+                while not await on_promoted_only():  # noqa: ASYNC110 - polling Redis
+                    await asyncio.sleep(0.05)
+            await until(lambda: moving <= set().union(*inbox.resynced) and broker.connected)
+            await broker.publish([(n, b"after") for n in names])
+            await inbox.wait_for(lambda: sum(d == b"after" for _, d in inbox.messages) == 12)
+        finally:
+            await broker.disconnect()

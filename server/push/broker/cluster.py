@@ -1,18 +1,24 @@
 """Redis Cluster broker: sharded pub/sub (SPUBLISH / SSUBSCRIBE), so fan-out grows with shards.
 
 Classic PUBLISH in a cluster is broadcast to every node; a shard channel lives on its hash
-slot's master only, so each master carries the traffic of its own accounts. Publishing goes
-through redis-py's cluster client, which routes by slot and follows MOVED/ASK. Subscribing
-is one connection per master (subscriber.py), each read by its own loop. redis-py's
-ClusterPubSub is not used: it polls its per-node connections in turn (a frame waits out the
-others' read timeouts) and reconnects silently, where we must know which channels may have
-missed messages.
+slot's master only, so each master carries the traffic of its own accounts.
 
-Healing: when a master's connection fails, or the master drops a channel (its slot moved),
-the slot map is read again; channels whose slot now lives elsewhere move to that master's
-subscriber, and every channel that may have missed messages is reported to the hub
-(`on_reconnect`), which resyncs those accounts' sockets from PostgreSQL. A master that only
-restarted keeps its channels: its subscriber reconnects and reports them itself.
+We hold the slot map ourselves (CLUSTER SLOTS, read again whenever a master's connection
+fails or a master drops a channel) and talk to each master with a plain client: one
+connection pool for SPUBLISH pipelines and one subscriber connection (subscriber.py), read by
+its own loop. redis-py's cluster clients are not used. Its ClusterPubSub polls its per-node
+connections in turn (a frame waits out the others' read timeouts) and reconnects silently,
+where we must know which channels may have missed messages. Its RedisCluster recovers from
+a dead master by closing every node's connections and rereading the map, which made the
+publishes to the healthy masters fail with it. With a plain client per master, a master
+that is down costs exactly its own channels.
+
+Healing: channels whose slot now lives on another master move to that master's subscriber,
+and every channel that may have missed messages is reported to the hub (`on_reconnect`),
+which resyncs those accounts' sockets from PostgreSQL. Publishes to a master that is down
+fail at once as `Unpublished`, and the publisher republishes those accounts' state later. A
+master that only restarted keeps its channels: its subscriber reconnects and reports them
+itself.
 """
 
 from __future__ import annotations
@@ -26,9 +32,9 @@ from collections.abc import Sequence
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from server.push.broker.base import OnMessage, OnReconnect, Unpublished
 from server.push.broker.subscriber import (
@@ -36,12 +42,18 @@ from server.push.broker.subscriber import (
     FAILURES,
     SHUTDOWN_STEP,
     Subscriber,
+    SubscriptionLost,
     Timing,
 )
 
 log = logging.getLogger("balance.broker")
 
 SCHEME = "redis+cluster"
+
+Address = tuple[str, int]
+
+MAP_REFRESH = 5.0  # seconds between slot-map reads when nothing failed (a missed change heals)
+LOST_RECHECK = 0.5  # a master dropped a channel: read the map again this much later too
 
 
 def seeds(url: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
@@ -66,38 +78,35 @@ class ClusterBroker:
     """Pub/sub over a Redis Cluster's shard channels; follows failovers and slot moves."""
 
     def __init__(self, url: str, timing: Timing = DEFAULT_TIMING) -> None:
-        hosts, self._username, self._password = seeds(url)
-        # One retry: a failover or slot move is met by reloading the slot map once.
-        self._cluster = RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in hosts],
-            username=self._username,
-            password=self._password,
-            socket_connect_timeout=1.0,
-            socket_timeout=1.0,
-            retry=Retry(NoBackoff(), 1),
-        )
+        self._seeds, self._username, self._password = seeds(url)
         self._timing = timing
         self._wanted: set[str] = set()
-        self._home: dict[str, str] = {}  # channel -> the master (node name) subscribed to it
-        self._shards: dict[str, Subscriber] = {}  # master node name -> its subscriber
-        self._mapped = False  # the slot map has been read once
+        self._home: dict[str, str] = {}  # channel -> the master (host:port) subscribed to it
+        self._slots: list[str] = []  # slot -> its master's host:port; empty until read
+        self._masters: dict[str, Address] = {}
+        self._shards: dict[str, Subscriber] = {}  # master -> its subscriber
+        self._pubs: dict[str, Redis] = {}  # master -> its client for SPUBLISH
+        self._closing = False  # disconnect() began: no heal, shard or report starts after it
         self._healing: asyncio.Task[None] | None = None
         self._heal_again = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watch: asyncio.Task[None] | None = None
         self._on_message: OnMessage | None = None
         self._on_reconnect: OnReconnect | None = None
 
     @property
     def connected(self) -> bool:
         """The slot map is known and every master's subscriber is up (a cluster with a
-        master down refuses commands anyway, unless configured not to)."""
+        master down refuses keyed commands anyway, unless configured not to)."""
         shards = self._shards
-        return self._mapped and bool(shards) and all(s.ready.is_set() for s in shards.values())
+        return bool(self._slots) and bool(shards) and all(
+            s.ready.is_set() for s in shards.values())
 
     async def connect(self, on_message: OnMessage, on_reconnect: OnReconnect) -> None:
         self._on_message = on_message
         self._on_reconnect = on_reconnect
         self._heal()
+        self._watch = asyncio.create_task(self._refresh(), name="cluster-broker-map")
         # Give the first connections a moment so early sockets need no resync; never fail.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
@@ -105,25 +114,28 @@ class ClusterBroker:
                     await asyncio.sleep(0.02)
 
     async def disconnect(self) -> None:
-        # Every step is bounded: a shutdown must finish even if redis-py is stuck.
-        pending = {t for t in (self._healing, *self._tasks) if t is not None}
+        # Every step is bounded: a shutdown must finish even if a node is stuck.
+        self._closing = True
+        pending = {t for t in (self._healing, self._watch, *self._tasks) if t is not None}
         for task in pending:
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=SHUTDOWN_STEP)
         await asyncio.gather(*(s.stop() for s in self._shards.values()))
         self._shards.clear()
-        with contextlib.suppress(*FAILURES):
-            await asyncio.wait_for(self._cluster.aclose(), SHUTDOWN_STEP)
+        for client in self._pubs.values():
+            with contextlib.suppress(*FAILURES):
+                await asyncio.wait_for(client.aclose(), SHUTDOWN_STEP)
+        self._pubs.clear()
 
     async def subscribe(self, channel: str) -> None:
         self._wanted.add(channel)
-        if not self._mapped:
+        if not self._slots:
             return  # placed when the slot map is read, and reported then
         home = self._route(channel)
-        shard = self._shards.get(home) if home is not None else None
-        if home is None or shard is None:
-            self._heal()  # the slot map changed under us: placed and reported by the heal
+        shard = self._shards.get(home)
+        if shard is None:
+            self._heal()  # the map names a master we have no subscriber for yet
             return
         self._home[channel] = home
         await shard.add((channel,))
@@ -136,35 +148,68 @@ class ClusterBroker:
             await shard.discard((channel,))
 
     async def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
-        # Messages for a master known to be down fail fast; the others go out.
-        up: list[tuple[str, bytes]] = []
+        """SPUBLISH each message on its slot's master, the masters concurrently; what could
+        not reach its master (down, unreachable, or the slot moved) raises `Unpublished`."""
+        by_master: defaultdict[str, list[tuple[str, bytes]]] = defaultdict(list)
         down: list[tuple[str, bytes]] = []
         for message in messages:
-            shard = self._shards.get(self._route(message[0]) or "")
-            (up if shard is not None and shard.ready.is_set() else down).append(message)
-        if len(up) == 1:
-            await self._cluster.spublish(*up[0])
-        elif up:
-            # Non-transactional: redis-py splits it by master and sends the parts concurrently.
-            async with self._cluster.pipeline() as pipe:
-                for channel, data in up:
-                    pipe.spublish(channel, data)
-                await pipe.execute()
+            home = self._route(message[0]) if self._slots else ""
+            shard = self._shards.get(home)
+            if shard is not None and shard.ready.is_set():
+                by_master[home].append(message)
+            else:
+                down.append(message)  # fail fast: the publisher republishes them later
+        if by_master:
+            failed = await asyncio.gather(
+                *(self._publish_on(home, batch) for home, batch in by_master.items()))
+            for batch in failed:
+                down.extend(batch)
         if down:
             raise Unpublished(down)
 
+    async def _publish_on(
+        self, home: str, batch: list[tuple[str, bytes]]
+    ) -> list[tuple[str, bytes]]:
+        """Publish on one master; the messages that did not get there."""
+        try:
+            async with self._pubs[home].pipeline(transaction=False) as pipe:
+                for channel, data in batch:
+                    pipe.spublish(channel, data)
+                replies = await pipe.execute(raise_on_error=False)
+        except FAILURES:
+            return batch
+        lost = [m for m, r in zip(batch, replies, strict=True) if isinstance(r, Exception)]
+        if lost:  # MOVED (a slot moved) or CLUSTERDOWN: read the map again
+            self._heal()
+        return lost
+
     # ------------------------------------------------------------ healing
 
-    def _route(self, channel: str) -> str | None:
+    def _route(self, channel: str) -> str:
         """The master that owns the channel's slot, by the slot map we hold."""
-        with contextlib.suppress(*FAILURES):
-            node = self._cluster.get_node_from_key(channel)
-            return node.name if node is not None else None
-        return None
+        return self._slots[key_slot(channel.encode())]
+
+    async def _refresh(self) -> None:
+        """Read the slot map now and then even when nothing failed. A node's view can lag
+        the cluster's by a gossip round, and a channel left on a demoted master's
+        connection still gets messages (replicas serve shard channels), so no failure
+        would ever tell us."""
+        while True:
+            await asyncio.sleep(MAP_REFRESH)
+            self._heal()
+
+    def _lost(self, exc: BaseException) -> None:
+        """A subscriber's connection failed, or its master dropped a channel."""
+        self._heal()
+        if isinstance(exc, SubscriptionLost):
+            # The failover may not have reached the node we read the map from yet.
+            asyncio.get_running_loop().call_later(LOST_RECHECK, self._heal)
 
     def _heal(self) -> None:
         """Read the slot map again and re-home channels; one run at a time, one more if
         asked meanwhile."""
+        if self._closing:
+            return
         if self._healing is not None:
             self._heal_again = True
             return
@@ -181,37 +226,56 @@ class ClusterBroker:
 
         self._healing = asyncio.create_task(run(), name="cluster-broker-heal")
 
+    async def _read_map(self) -> tuple[list[str], dict[str, Address]] | None:
+        """CLUSTER SLOTS from the first node that answers with every slot covered."""
+        known = [*self._masters.values(), *self._seeds]
+        for host, port in dict.fromkeys(known):
+            client = self._client(host, port, socket_timeout=1.0)
+            try:
+                reply = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+            except FAILURES:
+                continue
+            finally:
+                with contextlib.suppress(*FAILURES):
+                    await client.aclose()
+            slots: list[str | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+            masters: dict[str, Address] = {}
+            for start, end, primary, *_ in reply:
+                address = (primary[0].decode() or host, int(primary[1]))
+                name = f"{address[0]}:{address[1]}"
+                masters[name] = address
+                slots[int(start) : int(end) + 1] = [name] * (int(end) - int(start) + 1)
+            if all(slots):
+                return [name or "" for name in slots], masters
+        return None
+
     async def _rehome(self) -> None:
         failures = 0
-        while True:
-            try:
-                if self._mapped:
-                    await self._cluster.nodes_manager.initialize()
-                else:
-                    await self._cluster.initialize()
-                break
-            except FAILURES as exc:
-                if failures == 0:
-                    log.warning("cannot read the cluster's slot map: %r", exc)
-                failures += 1
-                t = self._timing
-                delay = min(t.backoff_max, t.backoff_min * 2 ** min(failures - 1, 10))
-                await asyncio.sleep(random.uniform(delay / 2, delay))
-        primaries = {node.name: node for node in self._cluster.get_primaries()}
+        while (found := await self._read_map()) is None:
+            if failures == 0:
+                log.warning("cannot read the cluster's slot map from any node")
+            failures += 1
+            t = self._timing
+            delay = min(t.backoff_max, t.backoff_min * 2 ** min(failures - 1, 10))
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+        if self._closing or found == (self._slots, self._masters):
+            return  # (a master that only restarted: its subscriber resubscribes by itself)
+        self._slots, self._masters = found
         # Masters that are gone (failed over, removed): their subscribers stop.
-        for name in [n for n in self._shards if n not in primaries]:
+        for name in [n for n in self._shards if n not in self._masters]:
             log.warning("cluster master %s is gone; moving its channels", name)
             await self._shards.pop(name).stop()
-        for name, node in primaries.items():
+            with contextlib.suppress(*FAILURES):
+                await self._pubs.pop(name).aclose()
+        for name, (host, port) in self._masters.items():
             if name not in self._shards:
-                self._start_shard(name, node)
-        self._mapped = True
+                self._start_shard(name, host, port)
         # Every channel to the master of its slot now.
         leaving: defaultdict[str, list[str]] = defaultdict(list)
         arriving: defaultdict[str, list[str]] = defaultdict(list)
         for channel in self._wanted:
             home, now = self._home.get(channel), self._route(channel)
-            if now is not None and now != home:
+            if now != home:
                 if home is not None and home in self._shards:
                     leaving[home].append(channel)
                 arriving[now].append(channel)
@@ -229,23 +293,32 @@ class ClusterBroker:
         if moved:
             self._report(frozenset(moved))
 
-    def _start_shard(self, name: str, node: ClusterNode) -> None:
-        client = Redis(
-            host=node.host,
-            port=int(node.port),
+    def _client(self, host: str, port: int, *, socket_timeout: float, retries: int = 0) -> Redis:
+        # A failure must surface in our code (the subscriber's loop, Unpublished), not be
+        # papered over by retries.
+        return Redis(
+            host=host,
+            port=port,
             username=self._username,
             password=self._password,
             socket_connect_timeout=1.0,
-            socket_timeout=5.0,
-            retry=Retry(NoBackoff(), 0),  # a failure must surface in the subscriber's loop
+            socket_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), retries),
         )
+
+    def _start_shard(self, name: str, host: str, port: int) -> None:
         assert self._on_message is not None
+        # One retry covers the first command on a pooled connection that died with a
+        # restarted master (publishes go only to masters whose subscriber is up).
+        self._pubs[name] = self._client(host, port, socket_timeout=1.0, retries=1)
         shard = Subscriber(
-            client,
+            self._client(host, port, socket_timeout=5.0),
             self._on_message,
             sharded=True,
             on_up=self._report,
-            on_down=lambda exc: self._heal(),
+            # Every failed attempt reads the slot map again (at most once a second, with the
+            # backoff): that is how a replica promoted in the dead master's place is found.
+            on_down=self._lost,
             timing=self._timing,
         )
         self._shards[name] = shard
@@ -253,7 +326,7 @@ class ClusterBroker:
 
     def _report(self, channels: frozenset[str]) -> None:
         """These channels may have missed messages: the hub resyncs their sockets."""
-        if self._on_reconnect is None or not channels:
+        if self._on_reconnect is None or not channels or self._closing:
             return
         task = asyncio.create_task(self._on_reconnect(channels), name="broker-on-reconnect")
         self._tasks.add(task)

@@ -125,7 +125,10 @@ class Subscriber:
                 await self._send(pubsub, channels, subscribe=True)
                 await asyncio.gather(*(asyncio.shield(w) for w in waits))
         except FAILURES:
-            return False  # the loop sees the failure too, reconnects and reports them
+            # Part of them may never have been sent: a new connection subscribes them all
+            # and reports them.
+            await self._reconnect(pubsub)
+            return False
         return self.ready.is_set()
 
     async def discard(self, channels: Collection[str]) -> None:
@@ -134,9 +137,23 @@ class Subscriber:
         pubsub = self._pubsub
         if pubsub is None or not channels:
             return
-        with contextlib.suppress(*FAILURES):
+        try:
             async with asyncio.timeout(self._confirm_timeout):
                 await self._send(pubsub, channels, subscribe=False)
+        except FAILURES:
+            await self._reconnect(pubsub)  # which forgets every channel not wanted
+
+    async def _reconnect(self, pubsub: PubSub) -> None:
+        """Make the loop drop this connection and start a new one (unless it already did).
+
+        Closing the PubSub is not enough: redis-py would open a fresh connection with no
+        subscriptions on its next command. The loop sees the swap and raises instead."""
+        if self._pubsub is pubsub:
+            self._pubsub = None
+            connection = pubsub.connection
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.disconnect()  # wakes the loop's read at once
 
     async def _send(self, pubsub: PubSub, channels: Collection[str], *, subscribe: bool) -> None:
         if not channels:
@@ -208,6 +225,8 @@ class Subscriber:
         last_heard = loop.time()
         while True:
             msg: dict[str, Any] | None = await pubsub.get_message(timeout=ping_interval)
+            if self._pubsub is not pubsub:
+                raise ConnectionError("resubscribing every channel on a new connection")
             now = loop.time()
             if msg is None:
                 if now - last_heard > dead_after:
