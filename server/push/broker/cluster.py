@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from server.push.broker.base import OnMessage, OnReconnect, Unpublished
 from server.push.broker.subscriber import (
@@ -54,6 +55,7 @@ Address = tuple[str, int]
 
 MAP_REFRESH = 5.0  # seconds between slot-map reads when nothing failed (a missed change heals)
 LOST_RECHECK = 0.5  # a master dropped a channel: read the map again this much later too
+HEAL_GAP = 0.25  # the least time between two map reads asked for back to back
 
 
 def seeds(url: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
@@ -221,6 +223,7 @@ class ClusterBroker:
                     await self._rehome()
                     if not self._heal_again:
                         return
+                    await asyncio.sleep(HEAL_GAP)  # a lasting MOVED must not spin map reads
             finally:
                 self._healing = None
 
@@ -241,7 +244,9 @@ class ClusterBroker:
             slots: list[str | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
             masters: dict[str, Address] = {}
             for start, end, primary, *_ in reply:
-                address = (primary[0].decode() or host, int(primary[1]))
+                # An empty, null or "?" endpoint means: the address we asked.
+                ip = primary[0]
+                address = (ip.decode() if ip and ip != b"?" else host, int(primary[1]))
                 name = f"{address[0]}:{address[1]}"
                 masters[name] = address
                 slots[int(start) : int(end) + 1] = [name] * (int(end) - int(start) + 1)
@@ -295,7 +300,8 @@ class ClusterBroker:
 
     def _client(self, host: str, port: int, *, socket_timeout: float, retries: int = 0) -> Redis:
         # A failure must surface in our code (the subscriber's loop, Unpublished), not be
-        # papered over by retries.
+        # papered over by retries; and never a retry after a timeout (a hung master would
+        # hold every shard's publishes twice as long).
         return Redis(
             host=host,
             port=port,
@@ -303,7 +309,7 @@ class ClusterBroker:
             password=self._password,
             socket_connect_timeout=1.0,
             socket_timeout=socket_timeout,
-            retry=Retry(NoBackoff(), retries),
+            retry=Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
         )
 
     def _start_shard(self, name: str, host: str, port: int) -> None:

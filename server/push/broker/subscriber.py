@@ -22,6 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from server.push.broker.base import OnMessage
@@ -155,16 +156,24 @@ class Subscriber:
                 with contextlib.suppress(Exception):
                     await connection.disconnect()  # wakes the loop's read at once
 
-    async def _send(self, pubsub: PubSub, channels: Collection[str], *, subscribe: bool) -> None:
+    async def _send(
+        self, pubsub: PubSub, channels: Collection[str], *, subscribe: bool, live: bool = True
+    ) -> None:
+        """SUBSCRIBE/SSUBSCRIBE (or the UNSUBSCRIBEs) on this connection. `live`: only while
+        it is still the loop's, since redis-py would open a new, never-read connection for
+        a command on a PubSub the loop closed."""
         if not channels:
             return
-        if not self._sharded:
-            await (pubsub.subscribe if subscribe else pubsub.unsubscribe)(*channels)
-            return
-        if not subscribe:
+        groups = [list(channels)] if not self._sharded else _by_slot(channels)
+        if self._sharded and not subscribe:
             self._leaving.update(channels)
-        for group in _by_slot(channels):
-            await (pubsub.ssubscribe if subscribe else pubsub.sunsubscribe)(*group)
+        for group in groups:
+            if live and self._pubsub is not pubsub:
+                raise RedisConnectionError("the connection was replaced")
+            if self._sharded:
+                await (pubsub.ssubscribe if subscribe else pubsub.sunsubscribe)(*group)
+            else:
+                await (pubsub.subscribe if subscribe else pubsub.unsubscribe)(*group)
 
     # ------------------------------------------------------------ the loop
 
@@ -177,13 +186,13 @@ class Subscriber:
             try:
                 initial = set(self.channels)
                 await pubsub.subscribe(self._own)
-                await self._send(pubsub, initial, subscribe=True)
+                await self._send(pubsub, initial, subscribe=True, live=False)
                 self._pubsub = pubsub
                 # Subscriptions that changed while the commands above were on their way.
                 if added := self.channels - initial:
-                    await self._send(pubsub, added, subscribe=True)
+                    await self._send(pubsub, added, subscribe=True, live=False)
                 if removed := initial - self.channels:
-                    await self._send(pubsub, removed, subscribe=False)
+                    await self._send(pubsub, removed, subscribe=False, live=False)
                 # Redis answers in order: the PONG proves every subscription above took effect.
                 await pubsub.ping(b"ready")
                 await self._read(pubsub, until_pong=True)
