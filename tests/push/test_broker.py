@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 import redis as redis_sync
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from server.dev import servers as devservers
 from server.push.broker import MemoryBroker, make_broker
@@ -273,8 +274,13 @@ async def test_cluster_a_slot_moved_to_another_master_takes_its_channel_along(
     name = channel()
     source = own_cluster.master_of(name)
     target = next(n for n in own_cluster.nodes if n is not source)
+    # Another channel of the same master, in another slot: it stays, and is not resynced.
+    neighbour = next(c for c in (channel() for _ in range(100))
+                     if own_cluster.master_of(c) is source and key_slot(c.encode())
+                     != key_slot(name.encode()))
     try:
         await broker.subscribe(name)
+        await broker.subscribe(neighbour)
         assert await subscriptions(own_cluster.url, name) == {
             n.port: int(n is source) for n in own_cluster.nodes}
         # Move the (keyless) slot: the new owner first, then the others, as redis-cli does.
@@ -284,10 +290,14 @@ async def test_cluster_a_slot_moved_to_another_master_takes_its_channel_along(
         for node in [target, *(n for n in own_cluster.nodes if n is not target)]:
             with redis_sync.Redis(port=node.port) as client:
                 client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
-        # The old owner drops the channel; the broker re-homes and reports it.
+        # The old owner drops the channel; the broker re-homes and reports it, and only it.
         await inbox.wait_for(lambda: any(name in r for r in inbox.resynced))
         assert await subscriptions(own_cluster.url, name) == {
             n.port: int(n is target) for n in own_cluster.nodes}
+        await asyncio.sleep(0.6)  # past the broker's second look at the map
+        assert set().union(*inbox.resynced) == {name}, "the neighbour's shard kept its socket"
+        assert await subscriptions(own_cluster.url, neighbour) == {
+            n.port: int(n is source) for n in own_cluster.nodes}
         await broker.publish([(name, b"moved")])  # MOVED on the way is followed by redis-py
         await inbox.wait_for(lambda: (name, b"moved") in inbox.messages)
     finally:

@@ -43,7 +43,6 @@ from server.push.broker.subscriber import (
     FAILURES,
     SHUTDOWN_STEP,
     Subscriber,
-    SubscriptionLost,
     Timing,
 )
 
@@ -200,12 +199,15 @@ class ClusterBroker:
             await asyncio.sleep(MAP_REFRESH)
             self._heal()
 
-    def _lost(self, exc: BaseException) -> None:
-        """A subscriber's connection failed, or its master dropped a channel."""
+    def _dropped(self, name: str, channels: frozenset[str]) -> None:
+        """A master dropped these channels (their slot moved, or it was demoted): place them
+        again by a fresh map. Now, and a moment later, since the move may not have reached
+        the node we read the map from yet."""
+        for channel in channels:
+            if self._home.get(channel) == name:
+                del self._home[channel]
         self._heal()
-        if isinstance(exc, SubscriptionLost):
-            # The failover may not have reached the node we read the map from yet.
-            asyncio.get_running_loop().call_later(LOST_RECHECK, self._heal)
+        asyncio.get_running_loop().call_later(LOST_RECHECK, self._heal)
 
     def _heal(self) -> None:
         """Read the slot map again and re-home channels; one run at a time, one more if
@@ -263,7 +265,9 @@ class ClusterBroker:
             t = self._timing
             delay = min(t.backoff_max, t.backoff_min * 2 ** min(failures - 1, 10))
             await asyncio.sleep(random.uniform(delay / 2, delay))
-        if self._closing or found == (self._slots, self._masters):
+        if self._closing:
+            return
+        if found == (self._slots, self._masters) and len(self._home) == len(self._wanted):
             return  # (a master that only restarted: its subscriber resubscribes by itself)
         self._slots, self._masters = found
         # Masters that are gone (failed over, removed): their subscribers stop.
@@ -324,7 +328,8 @@ class ClusterBroker:
             on_up=self._report,
             # Every failed attempt reads the slot map again (at most once a second, with the
             # backoff): that is how a replica promoted in the dead master's place is found.
-            on_down=self._lost,
+            on_down=lambda exc: self._heal(),
+            on_lost=lambda channels: self._dropped(name, channels),
             timing=self._timing,
         )
         self._shards[name] = shard

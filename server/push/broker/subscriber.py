@@ -22,8 +22,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.crc import key_slot
+from redis.exceptions import AskError, MovedError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from server.push.broker.base import OnMessage
 
@@ -38,6 +38,9 @@ OnUp = Callable[[frozenset[str]], None]
 """Called with the channels that may have missed messages, once they are subscribed (again)."""
 
 OnDown = Callable[[BaseException], None]
+
+OnLost = Callable[[frozenset[str]], None]
+"""Called with channels the node dropped (their slot moved away): no longer subscribed here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +57,6 @@ class Timing:
 DEFAULT_TIMING = Timing()
 
 
-class SubscriptionLost(ConnectionError):
-    """The node dropped a channel we still want: its slot moved to another node."""
-
-
 class Subscriber:
     """Channels on one node's connection; reconnects by itself with jittered backoff."""
 
@@ -69,6 +68,7 @@ class Subscriber:
         sharded: bool = False,
         on_up: OnUp | None = None,
         on_down: OnDown | None = None,
+        on_lost: OnLost | None = None,
         timing: Timing = DEFAULT_TIMING,
     ) -> None:
         self._client = client
@@ -76,6 +76,7 @@ class Subscriber:
         self._sharded = sharded
         self._on_up = on_up
         self._on_down = on_down
+        self._on_lost = on_lost
         self._timing = timing
         self._confirm_timeout = timing.confirm_timeout
         self._confirm_kind = "ssubscribe" if sharded else "subscribe"
@@ -85,7 +86,7 @@ class Subscriber:
         self._own = f"__balance_broker__:{uuid.uuid4().hex}"
         self.channels: set[str] = set()
         self._leaving: Counter[str] = Counter()  # our SUNSUBSCRIBEs not yet confirmed
-        self._confirms: dict[str, asyncio.Future[None]] = {}
+        self._confirms: dict[str, asyncio.Future[bool]] = {}  # True: confirmed
         self._pubsub: PubSub | None = None
         self._connecting = False
         self.ready = asyncio.Event()
@@ -124,13 +125,13 @@ class Subscriber:
         try:
             async with asyncio.timeout(self._confirm_timeout):
                 await self._send(pubsub, channels, subscribe=True)
-                await asyncio.gather(*(asyncio.shield(w) for w in waits))
+                confirmed = await asyncio.gather(*(asyncio.shield(w) for w in waits))
         except FAILURES:
             # Part of them may never have been sent: a new connection subscribes them all
             # and reports them.
             await self._reconnect(pubsub)
             return False
-        return self.ready.is_set()
+        return all(confirmed) and self.ready.is_set()
 
     async def discard(self, channels: Collection[str]) -> None:
         """Unsubscribe (best effort: a connection that fails forgets them anyway)."""
@@ -233,7 +234,12 @@ class Subscriber:
         ping_interval, dead_after = self._timing.ping_interval, self._timing.dead_after
         last_heard = loop.time()
         while True:
-            msg: dict[str, Any] | None = await pubsub.get_message(timeout=ping_interval)
+            try:
+                msg: dict[str, Any] | None = await pubsub.get_message(timeout=ping_interval)
+            except (MovedError, AskError) as exc:
+                # An SSUBSCRIBE sent on a stale slot map: that slot lives elsewhere now.
+                self._drop({c for c in self.channels if key_slot(c.encode()) == exc.slot_id})
+                continue
             if self._pubsub is not pubsub:
                 raise ConnectionError("resubscribing every channel on a new connection")
             now = loop.time()
@@ -249,7 +255,7 @@ class Subscriber:
             elif kind == self._confirm_kind:
                 confirm = self._confirms.pop(msg["channel"].decode(), None)
                 if confirm is not None and not confirm.done():
-                    confirm.set_result(None)
+                    confirm.set_result(True)
             elif kind == "sunsubscribe":
                 channel = msg["channel"].decode()
                 if self._leaving[channel] > 0:
@@ -258,15 +264,27 @@ class Subscriber:
                         del self._leaving[channel]
                 elif channel in self.channels:
                     # Not ours: the node no longer owns the channel's slot (it moved, or
-                    # the node became a replica). Reconnecting re-routes and resyncs it.
-                    raise SubscriptionLost(f"the node dropped {channel}: its slot moved")
+                    # the node became a replica). Only this channel moves, and is resynced.
+                    self._drop({channel})
             elif kind == "pong" and until_pong and msg["data"] == b"ready":
                 return
+
+    def _drop(self, channels: set[str]) -> None:
+        """The node no longer holds these channels: forget them and say so."""
+        if not channels:
+            return
+        self.channels.difference_update(channels)
+        for channel in channels:
+            confirm = self._confirms.pop(channel, None)
+            if confirm is not None and not confirm.done():
+                confirm.set_result(False)
+        if self._on_lost is not None:
+            self._on_lost(frozenset(channels))
 
     def _release_confirms(self) -> None:
         for confirm in self._confirms.values():
             if not confirm.done():
-                confirm.set_result(None)
+                confirm.set_result(False)
         self._confirms.clear()
 
 
