@@ -29,6 +29,7 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
@@ -232,29 +233,29 @@ class ClusterBroker:
         self._healing = asyncio.create_task(run(), name="cluster-broker-heal")
 
     async def _read_map(self) -> tuple[list[str], dict[str, Address]] | None:
-        """CLUSTER SLOTS from the first node that answers with every slot covered."""
+        """CLUSTER SLOTS from the first node that answers with every slot covered and is in
+        a working cluster (`cluster_state:ok`). A node cut off from the others keeps an old
+        map, with itself still master of slots a replica took over. Failing that (the whole
+        cluster is down), the first full map any node gives."""
         known = [*self._masters.values(), *self._seeds]
+        fallback = None
         for host, port in dict.fromkeys(known):
             client = self._client(host, port, socket_timeout=1.0)
             try:
                 reply = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+                info = await client.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
             except FAILURES:
                 continue
             finally:
                 with contextlib.suppress(*FAILURES):
                     await client.aclose()
-            slots: list[str | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
-            masters: dict[str, Address] = {}
-            for start, end, primary, *_ in reply:
-                # An empty, null or "?" endpoint means: the address we asked.
-                ip = primary[0]
-                address = (ip.decode() if ip and ip != b"?" else host, int(primary[1]))
-                name = f"{address[0]}:{address[1]}"
-                masters[name] = address
-                slots[int(start) : int(end) + 1] = [name] * (int(end) - int(start) + 1)
-            if all(slots):
-                return [name or "" for name in slots], masters
-        return None
+            found = _slot_map(reply, host)
+            if found is None:
+                continue
+            if b"cluster_state:ok" in bytes(info).splitlines():
+                return found
+            fallback = fallback or found
+        return fallback
 
     async def _rehome(self) -> None:
         failures = 0
@@ -342,3 +343,19 @@ class ClusterBroker:
         task = asyncio.create_task(self._on_reconnect(channels), name="broker-on-reconnect")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _slot_map(reply: list[Any], host: str) -> tuple[list[str], dict[str, Address]] | None:
+    """CLUSTER SLOTS as slot -> master name, and the masters; None unless every slot is
+    covered. `host` is the node asked: an empty, null or "?" endpoint means that one."""
+    slots: list[str | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+    masters: dict[str, Address] = {}
+    for start, end, primary, *_ in reply:
+        ip = primary[0]
+        address = (ip.decode() if ip and ip != b"?" else host, int(primary[1]))
+        name = f"{address[0]}:{address[1]}"
+        masters[name] = address
+        slots[int(start) : int(end) + 1] = [name] * (int(end) - int(start) + 1)
+    if not all(slots):
+        return None
+    return [name or "" for name in slots], masters
