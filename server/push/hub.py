@@ -196,7 +196,7 @@ class Hub:
         elif channel == self._resync_channel:
             self._request_resync(None)
 
-    async def _on_reconnect(self, channels: frozenset[str]) -> None:
+    def _on_reconnect(self, channels: frozenset[str]) -> None:
         # What was published on these channels while we were away is gone; that may have
         # been a request to resync everything.
         if self._resync_channel in channels:

@@ -4,6 +4,7 @@ delivery, one subscription, reconnects, a master's crash, a slot that moves."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -34,7 +35,7 @@ class Inbox:
         self.messages.append((channel, data))
         self.changed.set()
 
-    async def on_reconnect(self, channels: frozenset[str]) -> None:
+    def on_reconnect(self, channels: frozenset[str]) -> None:
         self.reconnects += 1
         self.resynced.append(channels)
         self.changed.set()
@@ -51,6 +52,17 @@ async def until(check: Callable[[], bool], within: float = 5.0) -> None:
     async with asyncio.timeout(within):
         while not check():  # noqa: ASYNC110 - polling state that has no event
             await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running(broker: Broker) -> AsyncIterator[Inbox]:
+    """The broker connected to a fresh Inbox for the block, and disconnected after it."""
+    inbox = Inbox()
+    await broker.connect(inbox.on_message, inbox.on_reconnect)
+    try:
+        yield inbox
+    finally:
+        await broker.disconnect()
 
 
 def channel() -> str:
@@ -74,10 +86,8 @@ def own_cluster() -> Iterator[devservers.RedisCluster]:
 @pytest.fixture
 async def connected(redis_url: str) -> AsyncIterator[tuple[Broker, Inbox]]:
     broker = make_broker(redis_url)
-    inbox = Inbox()
-    await broker.connect(inbox.on_message, inbox.on_reconnect)
-    yield broker, inbox
-    await broker.disconnect()
+    async with running(broker) as inbox:
+        yield broker, inbox
 
 
 async def subscriptions(url: str, name: str) -> dict[int, int]:
@@ -169,10 +179,8 @@ async def test_subscribe_returns_once_redis_confirmed(
 
 async def test_reconnects_resubscribes_and_calls_back(own_redis: devservers.RedisServer) -> None:
     broker = RedisBroker(own_redis.url, Timing(ping_interval=0.2, dead_after=1.0))
-    inbox = Inbox()
-    await broker.connect(inbox.on_message, inbox.on_reconnect)
     name = channel()
-    try:
+    async with running(broker) as inbox:
         await broker.subscribe(name)
         assert broker.connected
         own_redis.stop()
@@ -186,8 +194,6 @@ async def test_reconnects_resubscribes_and_calls_back(own_redis: devservers.Redi
         await broker.publish([(name, b"back")])
         await inbox.wait_for(lambda: inbox.messages == [(name, b"back")])
         assert await numsub(own_redis.url, name) == 1
-    finally:
-        await broker.disconnect()
 
 
 async def test_starts_while_redis_is_down(own_redis: devservers.RedisServer) -> None:
@@ -212,10 +218,8 @@ async def test_cluster_channels_live_on_their_slots_master_only(
     redis_cluster: devservers.RedisCluster,
 ) -> None:
     broker = make_broker(redis_cluster.url)
-    inbox = Inbox()
-    await broker.connect(inbox.on_message, inbox.on_reconnect)
     names = [channel() for _ in range(30)]
-    try:
+    async with running(broker) as inbox:
         for name in names:
             await broker.subscribe(name)
         masters = set()
@@ -228,21 +232,17 @@ async def test_cluster_channels_live_on_their_slots_master_only(
         await broker.publish([(n, n.encode()) for n in names])
         await inbox.wait_for(lambda: len(inbox.messages) == len(names))
         assert sorted(inbox.messages) == sorted((n, n.encode()) for n in names)
-    finally:
-        await broker.disconnect()
 
 
 async def test_cluster_master_killed_and_restarted_resubscribes_its_channels(
     own_cluster: devservers.RedisCluster,
 ) -> None:
     broker = ClusterBroker(own_cluster.url, Timing(ping_interval=0.2, dead_after=1.0))
-    inbox = Inbox()
-    await broker.connect(inbox.on_message, inbox.on_reconnect)
     names = [channel() for _ in range(30)]
     victim = own_cluster.master_of(names[0])
     on_victim = {n for n in names if own_cluster.master_of(n) is victim}
     elsewhere = next(n for n in names if n not in on_victim)
-    try:
+    async with running(broker) as inbox:
         for name in names:
             await broker.subscribe(name)
         assert broker.connected
@@ -261,16 +261,12 @@ async def test_cluster_master_killed_and_restarted_resubscribes_its_channels(
         await inbox.wait_for(lambda: (names[0], b"back") in inbox.messages)
         assert (names[0], b"lost") not in inbox.messages
         assert await numsub(own_cluster.url, names[0]) == 1
-    finally:
-        await broker.disconnect()
 
 
 async def test_cluster_a_slot_moved_to_another_master_takes_its_channel_along(
     own_cluster: devservers.RedisCluster,
 ) -> None:
     broker = make_broker(own_cluster.url)
-    inbox = Inbox()
-    await broker.connect(inbox.on_message, inbox.on_reconnect)
     name = channel()
     source = own_cluster.master_of(name)
     target = next(n for n in own_cluster.nodes if n is not source)
@@ -278,7 +274,7 @@ async def test_cluster_a_slot_moved_to_another_master_takes_its_channel_along(
     neighbour = next(c for c in (channel() for _ in range(100))
                      if own_cluster.master_of(c) is source and key_slot(c.encode())
                      != key_slot(name.encode()))
-    try:
+    async with running(broker) as inbox:
         await broker.subscribe(name)
         await broker.subscribe(neighbour)
         assert await subscriptions(own_cluster.url, name) == {
@@ -298,10 +294,8 @@ async def test_cluster_a_slot_moved_to_another_master_takes_its_channel_along(
         assert set().union(*inbox.resynced) == {name}, "the neighbour's shard kept its socket"
         assert await subscriptions(own_cluster.url, neighbour) == {
             n.port: int(n is source) for n in own_cluster.nodes}
-        await broker.publish([(name, b"moved")])  # MOVED on the way is followed by redis-py
+        await broker.publish([(name, b"moved")])  # to the new master, by the new map
         await inbox.wait_for(lambda: (name, b"moved") in inbox.messages)
-    finally:
-        await broker.disconnect()
 
 
 async def test_cluster_failover_moves_channels_to_the_promoted_replica() -> None:
@@ -309,13 +303,11 @@ async def test_cluster_failover_moves_channels_to_the_promoted_replica() -> None
     channels, the broker finds the new master in the slot map and moves them there."""
     with devservers.start_redis_cluster(replicas=True) as cluster:
         broker = ClusterBroker(cluster.url, Timing(ping_interval=0.2, dead_after=1.0))
-        inbox = Inbox()
-        await broker.connect(inbox.on_message, inbox.on_reconnect)
         names = [channel() for _ in range(12)]
         old = cluster.master_of(names[0])
         promoted = cluster.nodes[cluster.nodes.index(old) + 3]
         moving = {n for n in names if cluster.master_of(n) is old}
-        try:
+        async with running(broker) as inbox:
             for name in names:
                 await broker.subscribe(name)
             with redis_sync.Redis(port=promoted.port) as client:
@@ -335,5 +327,3 @@ async def test_cluster_failover_moves_channels_to_the_promoted_replica() -> None
             await until(lambda: moving <= set().union(*inbox.resynced) and broker.connected)
             await broker.publish([(n, b"after") for n in names])
             await inbox.wait_for(lambda: sum(d == b"after" for _, d in inbox.messages) == 12)
-        finally:
-            await broker.disconnect()

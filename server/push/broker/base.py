@@ -9,11 +9,13 @@ cluster node's), so the hub can resync their sockets from PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 OnMessage = Callable[[str, bytes], None]
-OnReconnect = Callable[[frozenset[str]], Coroutine[Any, Any, None]]
+OnReconnect = Callable[[frozenset[str]], None]
+"""Called with channels that may have missed messages, once they are subscribed (again);
+it must not block (the hub only schedules their resync)."""
 
 
 class Unpublished(ConnectionError):

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -91,7 +90,6 @@ class ClusterBroker:
         self._closing = False  # disconnect() began: no heal, shard or report starts after it
         self._healing: asyncio.Task[None] | None = None
         self._heal_again = False
-        self._tasks: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
         self._on_message: OnMessage | None = None
         self._on_reconnect: OnReconnect | None = None
@@ -118,7 +116,7 @@ class ClusterBroker:
     async def disconnect(self) -> None:
         # Every step is bounded: a shutdown must finish even if a node is stuck.
         self._closing = True
-        pending = {t for t in (self._healing, self._watch, *self._tasks) if t is not None}
+        pending = {t for t in (self._healing, self._watch) if t is not None}
         for task in pending:
             task.cancel()
         if pending:
@@ -263,9 +261,7 @@ class ClusterBroker:
             if failures == 0:
                 log.warning("cannot read the cluster's slot map from any node")
             failures += 1
-            t = self._timing
-            delay = min(t.backoff_max, t.backoff_min * 2 ** min(failures - 1, 10))
-            await asyncio.sleep(random.uniform(delay / 2, delay))
+            await asyncio.sleep(self._timing.backoff(failures))
         if self._closing:
             return
         if found == (self._slots, self._masters) and len(self._home) == len(self._wanted):
@@ -338,11 +334,8 @@ class ClusterBroker:
 
     def _report(self, channels: frozenset[str]) -> None:
         """These channels may have missed messages: the hub resyncs their sockets."""
-        if self._on_reconnect is None or not channels or self._closing:
-            return
-        task = asyncio.create_task(self._on_reconnect(channels), name="broker-on-reconnect")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if self._on_reconnect is not None and channels and not self._closing:
+            self._on_reconnect(channels)
 
 
 def _slot_map(reply: list[Any], host: str) -> tuple[list[str], dict[str, Address]] | None:

@@ -42,19 +42,14 @@ class RedisBroker:
         )
         self._timing = timing
         self._sub: Subscriber | None = None
-        self._resyncs: set[asyncio.Task[None]] = set()
 
     @property
     def connected(self) -> bool:
         return self._sub is not None and self._sub.ready.is_set()
 
     async def connect(self, on_message: OnMessage, on_reconnect: OnReconnect) -> None:
-        def on_up(channels: frozenset[str]) -> None:
-            task = asyncio.create_task(on_reconnect(channels), name="broker-on-reconnect")
-            self._resyncs.add(task)
-            task.add_done_callback(self._resyncs.discard)
-
-        self._sub = Subscriber(self._sub_client, on_message, on_up=on_up, timing=self._timing)
+        self._sub = Subscriber(
+            self._sub_client, on_message, on_up=on_reconnect, timing=self._timing)
         self._sub.start(name="redis-broker-subscriber")
         # Give the first connection a moment so early sockets need no resync; never fail.
         with contextlib.suppress(TimeoutError):
@@ -64,8 +59,6 @@ class RedisBroker:
         # Every step is bounded: a shutdown must finish even if redis-py is stuck mid-reconnect.
         if self._sub is not None:
             await self._sub.stop()
-        for task in list(self._resyncs):
-            task.cancel()
         with contextlib.suppress(*FAILURES):
             await asyncio.wait_for(self._pub.aclose(), SHUTDOWN_STEP)
 

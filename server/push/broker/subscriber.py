@@ -25,7 +25,7 @@ from redis.crc import key_slot
 from redis.exceptions import AskError, MovedError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from server.push.broker.base import OnMessage
+from server.push.broker.base import OnMessage, OnReconnect
 
 log = logging.getLogger("balance.broker")
 
@@ -33,9 +33,6 @@ FAILURES = (RedisError, OSError, TimeoutError)
 """What a Redis call raises when the node is unreachable, or answers with an error."""
 
 SHUTDOWN_STEP = 3.0  # seconds: a shutdown must finish even if redis-py is stuck
-
-OnUp = Callable[[frozenset[str]], None]
-"""Called with the channels that may have missed messages, once they are subscribed (again)."""
 
 OnDown = Callable[[BaseException], None]
 
@@ -53,6 +50,11 @@ class Timing:
     backoff_min: float = 0.05
     backoff_max: float = 1.0
 
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait after this many failures in a row: exponential, jittered."""
+        delay = min(self.backoff_max, self.backoff_min * 2 ** min(failures - 1, 10))
+        return random.uniform(delay / 2, delay)
+
 
 DEFAULT_TIMING = Timing()
 
@@ -66,7 +68,7 @@ class Subscriber:
         on_message: OnMessage,
         *,
         sharded: bool = False,
-        on_up: OnUp | None = None,
+        on_up: OnReconnect | None = None,
         on_down: OnDown | None = None,
         on_lost: OnLost | None = None,
         timing: Timing = DEFAULT_TIMING,
@@ -78,7 +80,6 @@ class Subscriber:
         self._on_down = on_down
         self._on_lost = on_lost
         self._timing = timing
-        self._confirm_timeout = timing.confirm_timeout
         self._confirm_kind = "ssubscribe" if sharded else "subscribe"
         self._message = "smessage" if sharded else "message"
         # Always subscribed (classic SUBSCRIBE, never published), so the connection is read
@@ -113,7 +114,7 @@ class Subscriber:
         if pubsub is None:
             if self._connecting:  # the connect sequence subscribes them: wait for that
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.ready.wait(), self._confirm_timeout)
+                    await asyncio.wait_for(self.ready.wait(), self._timing.confirm_timeout)
             return self.ready.is_set()
         loop = asyncio.get_running_loop()
         waits = []
@@ -123,7 +124,7 @@ class Subscriber:
                 confirm = self._confirms[channel] = loop.create_future()
             waits.append(confirm)
         try:
-            async with asyncio.timeout(self._confirm_timeout):
+            async with asyncio.timeout(self._timing.confirm_timeout):
                 await self._send(pubsub, channels, subscribe=True)
                 confirmed = await asyncio.gather(*(asyncio.shield(w) for w in waits))
         except FAILURES:
@@ -140,7 +141,7 @@ class Subscriber:
         if pubsub is None or not channels:
             return
         try:
-            async with asyncio.timeout(self._confirm_timeout):
+            async with asyncio.timeout(self._timing.confirm_timeout):
                 await self._send(pubsub, channels, subscribe=False)
         except FAILURES:
             await self._reconnect(pubsub)  # which forgets every channel not wanted
@@ -223,9 +224,7 @@ class Subscriber:
                 self._release_confirms()
                 await _close(pubsub)
             failures += 1
-            t = self._timing
-            delay = min(t.backoff_max, t.backoff_min * 2 ** min(failures - 1, 10))
-            await asyncio.sleep(random.uniform(delay / 2, delay))
+            await asyncio.sleep(self._timing.backoff(failures))
 
     async def _read(self, pubsub: PubSub, *, until_pong: bool) -> None:
         loop = asyncio.get_running_loop()
