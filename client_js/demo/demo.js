@@ -1,17 +1,12 @@
-// Pixelmint: a small AI-image app, to show <credit-balance> and the push in context.
-// The balance in the header, the toasts and the activity list all follow the
-// WebSocket push; nothing here polls.
+// Pixelmint: a small AI-image app, to show the credit elements in context. The header
+// balance, the purchase menu, the usage card, the activity list and the out-of-credits
+// dialog are balance-client's elements on one shared session (one WebSocket); what is
+// left here is the app: its tools, its gallery and its toasts. Nothing here polls.
 
-import '../client/element.js';
+import { CreditSession, setDefaultSession } from '../client/elements.js';
+import { signed } from '../client/format.js';
 import { devApi } from './api.js';
-import { renderLedger, signed } from './ledger.js';
 
-// The catalog's packages (balance-server dev's catalog): checkout sells them by name.
-const PACKS = [
-  { package: 'starter', credits: 100, price: '$5', note: 'Starter' },
-  { package: 'popular', credits: 500, price: '$20', note: 'Most popular', featured: true },
-  { package: 'best_value', credits: 2000, price: '$60', note: 'Best value' },
-];
 const RESUME = 'pixelmint:after-purchase'; // the tool to run once back from checkout
 
 const $ = (selector) => document.querySelector(selector);
@@ -19,16 +14,18 @@ const count = new Intl.NumberFormat();
 const accountId = new URLSearchParams(location.search).get('account') || 'demo-user';
 const api = devApi(accountId);
 
+// One session for every element on the page: a fresh token on every (re)connect, so a
+// restarted server is fine.
+const session = new CreditSession({ token: api.token });
+setDefaultSession(session);
+
 let available = null; // as last pushed; only hints at costs, the server decides
-let ledgerVersion = 0; // the account version the activity list was last fetched for
-let pending = null; // the tool to run again once credits are bought from the dialog
-const dialog = $('#insufficient');
+const gate = $('#gate');
 
 // ---------------------------------------------------------------- header
 
 const balance = $('#balance');
 balance.setAttribute('account', accountId);
-balance.token = api.token; // a fresh token on every (re)connect, so a restarted server is fine
 $('#avatar').textContent = accountId.replace(/[^a-z0-9]/gi, '').slice(0, 2).toUpperCase() || '?';
 $('#avatar').title = accountId;
 
@@ -37,12 +34,6 @@ balance.addEventListener('balance-update', ({ detail }) => {
   // `low` is the server's: below the account's, its plan's or the catalog's threshold.
   $('#low-banner').hidden = !detail.low;
   markAffordable();
-  // Pushed changes and post-reconnect syncs both move the version; either way the list is stale.
-  if (detail.version > ledgerVersion) {
-    ledgerVersion = detail.version;
-    refreshLedger();
-    refreshPlan();
-  }
 });
 balance.addEventListener('balance-change', ({ detail }) => toastChange(detail));
 balance.addEventListener('balance-state', ({ detail: state }) => {
@@ -62,62 +53,35 @@ buyToggle.addEventListener('click', () => setMenu(buyMenu.hidden));
 $('#low-topup').addEventListener('click', (e) => {
   e.stopPropagation(); // the document's click handler would close the menu again
   setMenu(true);
-  buyMenu.querySelector('.pack')?.focus();
+  $('#buy-purchase').focus();
 });
 document.addEventListener('click', (e) => {
-  if (!e.target.closest('.buy')) setMenu(false);
+  if (!e.composedPath().some((el) => el.classList?.contains('buy'))) setMenu(false);
 });
 document.addEventListener('keydown', (e) => e.key === 'Escape' && setMenu(false));
 
-// ---------------------------------------------------------------- packs
+// ---------------------------------------------------------------- buying
 
-for (const container of document.querySelectorAll('[data-packs]')) {
-  for (const pack of PACKS) {
-    const button = document.createElement('button');
-    button.type = 'button';
-    button.className = `pack${pack.featured ? ' featured' : ''}`;
-    button.dataset.credits = pack.credits;
-    button.innerHTML = `<span class="pack-credits">${count.format(pack.credits)} credits</span><span class="pack-note">${pack.note}</span><span class="pack-price">${pack.price}</span>`;
-    button.addEventListener('click', () => buy(pack.package, button));
-    container.append(button);
-  }
+// Checkout sends the buyer back here with ?bought=1; the credits were pushed before that.
+const back = new URL(location.href);
+back.searchParams.set('bought', '1');
+for (const el of document.querySelectorAll('credit-purchase, credit-gate')) {
+  el.setAttribute('success-url', back.href);
+  el.setAttribute('cancel-url', location.href);
 }
 
-// Buying is the real flow: a checkout session (POST /v1/me/checkout), the provider's page,
-// its signed webhook credits the account, and the provider sends the buyer back here.
-async function buy(pack, button) {
-  button.disabled = true;
-  $('#insufficient-error').textContent = '';
-  try {
-    const back = new URL(location.href);
-    back.searchParams.set('bought', pack);
-    const res = await api.checkout(pack, back.href, location.href);
-    if (!res.ok) return failed(`The purchase did not start (${res.data.message ?? `error ${res.status}`}). You were not charged.`);
-    if (dialog.open && pending) sessionStorage.setItem(RESUME, pending.dataset.action);
-    location.assign(res.data.url);
-  } catch {
-    failed('Could not reach the payment page. Try again.');
-  } finally {
-    button.disabled = false;
-  }
-}
+// A purchase started from the out-of-credits dialog runs the refused tool once back.
+let pending = null;
+gate.addEventListener('credit-checkout', () => pending && sessionStorage.setItem(RESUME, pending.dataset.action));
 
-// Back from checkout: the credits were pushed before we returned; run what was waiting.
-const bought = new URLSearchParams(location.search).get('bought');
-if (bought) {
-  const back = new URL(location.href);
-  back.searchParams.delete('bought');
-  history.replaceState(null, '', back.href);
+if (new URLSearchParams(location.search).has('bought')) {
+  const here = new URL(location.href);
+  here.searchParams.delete('bought');
+  history.replaceState(null, '', here.href);
   const waiting = sessionStorage.getItem(RESUME);
   sessionStorage.removeItem(RESUME);
   const tool = waiting && document.querySelector(`[data-action="${CSS.escape(waiting)}"]`);
   if (tool) run(tool);
-}
-
-// A modal dialog sits above the toasts, so while it is open the error goes inside it.
-function failed(message) {
-  if (dialog.open) $('#insufficient-error').textContent = message;
-  else toast(message, 'error');
 }
 
 // ---------------------------------------------------------------- tools
@@ -129,8 +93,16 @@ async function run(button) {
   button.classList.add('busy');
   try {
     const res = await api.charge(button.dataset.action);
-    if (res.status === 402 && res.data.error === 'limit_reached') return limitReached(button, res.data);
-    if (res.status === 402) return askToBuy(button, res.data);
+    if (res.status === 402) {
+      // Out of credits, or the plan's cap on this tool: the dialog says which, and offers
+      // to continue once credits arrive (bought here, in another tab, or a renewal).
+      pending = button;
+      button.disabled = false; // focus comes back to it when the dialog closes
+      const outcome = await gate.show(res.data, { action: button.dataset.reason, opener: button });
+      pending = null;
+      if (outcome === 'continue') setTimeout(() => run(button)); // after this run's finally
+      return;
+    }
     if (!res.ok) return toast(`Could not start: ${res.data.message ?? `error ${res.status}`}`, 'error');
     addCreation(button.dataset.action, button.dataset.reason);
   } catch {
@@ -139,21 +111,6 @@ async function run(button) {
     button.disabled = false;
     button.classList.remove('busy');
   }
-}
-
-function askToBuy(button, { required, available: have }) {
-  pending = button;
-  $('#insufficient-error').textContent = '';
-  $('#insufficient-text').textContent = `${button.dataset.reason} needs ${count.format(required)} credits and you have ${count.format(have)}. Top up and we will start it right away.`;
-  dialog.showModal();
-}
-dialog.addEventListener('close', () => {
-  if (dialog.returnValue === 'cancel') pending = null;
-});
-
-function limitReached(button, { limit, resets_at: resets }) {
-  const when = new Date(resets).toLocaleDateString(undefined, { month: 'short', day: 'numeric' });
-  toast(`${button.dataset.reason}: your plan allows ${limit} per period`, 'error', `It resets on ${when}.`);
 }
 
 function markAffordable() {
@@ -186,64 +143,16 @@ function addCreation(action, reason) {
   while (gallery.children.length > 8) gallery.lastElementChild.remove();
 }
 
-// ---------------------------------------------------------------- activity
+// ---------------------------------------------------------------- usage, activity, plan
 
-/** `load` run now, or (when a run is under way) once more after it: a burst of pushes
- * costs one more fetch, not one each. */
-function coalesced(load, what) {
-  let busy = false;
-  let again = false;
-  const run = async () => {
-    if (busy) {
-      again = true;
-      return;
-    }
-    busy = true;
-    try {
-      await load();
-    } catch (err) {
-      console.warn(`${what}:`, err);
-    } finally {
-      busy = false;
-      if (again) {
-        again = false;
-        run();
-      }
-    }
-  };
-  return run;
-}
+// A charge's reason is its operation id: the tool's name reads better.
+$('#ledger').reasonLabel = toolName;
+$('#usage').operationLabel = toolName;
 
-const refreshLedger = coalesced(async () => renderLedger($('#ledger'), await api.transactions(50), { title: toolName }), 'activity');
-
-// ---------------------------------------------------------------- plan
-
-// The catalog (prices, plans) is read once; the plan's state is read again whenever a pushed
-// frame moves the version, like the activity list: renewals and charges both arrive so.
-const catalog = api.catalog().catch(() => null);
-const refreshPlan = coalesced(async () => renderPlan(await api.plan(), await catalog), 'plan');
-
-function renderPlan(plan, cat) {
-  const badge = $('#plan-badge');
-  badge.dataset.plan = plan.plan ?? '';
-  badge.textContent = plan.plan ?? 'No plan';
-  const box = $('#allowance');
-  box.hidden = !plan.plan;
-  if (plan.plan) {
-    // Rolled-over credits can make what is left exceed one allowance: that is 0 % used.
-    const used = plan.allowance > 0 ? Math.min(1, Math.max(0, 1 - plan.allowance_remaining / plan.allowance)) : 0;
-    box.dataset.level = used >= 1 ? 'out' : used >= 0.8 ? 'warn' : 'ok';
-    box.style.setProperty('--used', `${Math.round(used * 100)}%`);
-    box.querySelector('[role=progressbar]').setAttribute('aria-valuenow', String(Math.round(used * 100)));
-    const renews = new Date(plan.period_end).toLocaleDateString(undefined, { month: 'short', day: 'numeric' });
-    $('#allowance-text').textContent = `${count.format(plan.allowance_remaining)} of ${count.format(plan.allowance)} allowance left · renews ${renews}`;
-    $('#plan-limits').replaceChildren(...Object.entries(plan.limits).map(([op, { limit, used: n }]) => {
-      const li = document.createElement('li');
-      li.textContent = `${toolName(op)}: ${n} of ${limit} this period`;
-      return li;
-    }));
-  }
-  // Tiered pricing: a plan's own prices replace the catalog's on the tools.
+// The usage card reads the plan after every pushed change; the tools follow its prices
+// (tiered pricing: a plan's own prices replace the catalog's) and the plan buttons its name.
+$('#usage').addEventListener('credit-usage-update', async ({ detail: plan }) => {
+  const cat = await session.catalog().catch(() => null);
   for (const button of document.querySelectorAll('[data-action]')) {
     const base = cat?.prices?.[button.dataset.action];
     if (base === undefined) continue;
@@ -252,43 +161,34 @@ function renderPlan(plan, cat) {
     button.closest('.tool').querySelector('.cost').textContent = `${price} credits`;
   }
   markAffordable();
-  const actions = $('#plan-actions');
-  actions.replaceChildren(...Object.entries(cat?.plans ?? {}).filter(([name]) => name !== plan.plan).map(([name, p]) => {
+  // What the app's backend would do on a subscription change (the dev server stands in).
+  const choices = Object.entries(cat?.plans ?? {}).filter(([name]) => name !== plan.plan)
+    .map(([name, p]) => [name, `${plan.plan ? 'Switch to' : 'Start'} ${name} · ${count.format(p.allowance)} / ${p.period}`]);
+  if (plan.plan) choices.push(['', 'Cancel plan']);
+  $('#plan-actions').replaceChildren(...choices.map(([name, label]) => {
     const button = document.createElement('button');
     button.type = 'button';
     button.className = 'btn';
     button.dataset.plan = name;
-    button.textContent = `${plan.plan ? 'Switch to' : 'Start'} ${name} · ${count.format(p.allowance)} / ${p.period}`;
-    button.addEventListener('click', () => choosePlan(name, button));
+    button.textContent = label;
+    button.addEventListener('click', async () => {
+      button.disabled = true;
+      const res = await api.setPlan(name || null).catch(() => null);
+      if (!res?.ok) {
+        button.disabled = false;
+        toast('The plan did not change. Try again.', 'error');
+      } // on success the pushed frame has the usage card read the plan again
+    });
     return button;
   }));
-  if (plan.plan) {
-    const cancel = document.createElement('button');
-    cancel.type = 'button';
-    cancel.className = 'btn';
-    cancel.dataset.plan = '';
-    cancel.textContent = 'Cancel plan';
-    cancel.addEventListener('click', () => choosePlan(null, cancel));
-    actions.append(cancel);
-  }
-}
+});
 
-async function choosePlan(name, button) {
-  button.disabled = true;
-  const res = await api.setPlan(name).catch(() => null);
-  if (!res?.ok) {
-    button.disabled = false;
-    toast('The plan did not change. Try again.', 'error');
-  }
-  // On success the pushed frame refreshes the plan panel.
-}
-
-// ---------------------------------------------------------------- toasts
-
-/** A charge's reason is its operation id: the tool's name reads better. */
+/** The tool's name for an operation id (or any other reason, as it is). */
 function toolName(reason) {
   return document.querySelector(`[data-action="${CSS.escape(reason)}"]`)?.dataset.reason ?? reason;
 }
+
+// ---------------------------------------------------------------- toasts
 
 function toastChange({ change, available: left }) {
   const amount = `${signed(change.amount)} credits`;
@@ -324,5 +224,3 @@ function toast(title, tone = 'info', detail = '') {
   }, 4000);
 }
 
-refreshLedger();
-refreshPlan();

@@ -1,13 +1,10 @@
 import type { BalanceClient, BalanceError, BalanceState, BalanceUpdate, ConnectionState, TokenSource } from './client.js';
+import type { CreditElement } from './base.js';
+
+export { defaultSocketUrl, tokenFromUrl } from './session.js';
 
 /** Whole credits with the locale's thousands separators. */
 export function formatCredits(n: number, locale?: string): string;
-
-/** ws(s)://<host>/v1/ws for a balance-server on the page's own origin. */
-export function defaultSocketUrl(location: { protocol: string; host: string }): string;
-
-/** A token function that POSTs (with credentials) to `tokenUrl`, which answers {"token": "..."}. */
-export function tokenFromUrl(tokenUrl: string, fetchImpl?: typeof fetch): () => Promise<string>;
 
 export interface BalanceView {
   text: string;
@@ -21,12 +18,12 @@ export interface BalanceView {
 export function balanceView(account: BalanceState | undefined, state: ConnectionState, options?: { low?: number | null; locale?: string; label?: string }): BalanceView;
 
 /**
- * `<credit-balance>`: attributes ws-url, token-url, account, low, label, locale;
+ * `<credit-balance>`: attributes token-url, api-url, ws-url, account, low, label, locale;
  * reflected state, low-balance, flash; parts icon, balance, label, status.
  */
-export class CreditBalance extends HTMLElement {
+export class CreditBalance extends CreditElement {
   static observedAttributes: string[];
-  /** Takes the place of token-url. */
+  /** A session of the element's own, in place of `session` or token-url. */
   token: TokenSource | null;
   /** The client behind the element; null while disconnected. */
   readonly client: BalanceClient | null;

@@ -2,40 +2,27 @@
 //
 //   <credit-balance token-url="/api/balance-token" low="20"></credit-balance>
 //
-// Attributes: ws-url (default ws(s)://<this host>/v1/ws), token-url (POSTed with
-// credentials, answers {"token": "..."}), account (default: the first one the server
+// Attributes: token-url (POSTed with credentials, answers {"token": "..."}), api-url
+// (default this origin), ws-url (default ws(s)://<api host>/v1/ws), account (default: the first one the server
 // sends), low (below this many available credits the element turns `low-balance`;
 // without it, the server's `low`: the account's own, plan's or catalog's threshold),
 // label (default "credits"), locale (default the page's).
-// Property `token` (string or async function) takes the place of token-url.
+// Property `session` (a CreditSession) shares one connection with the page's other credit
+// elements; elements with the same token-url share one by themselves. Property `token`
+// (string or async function) gives the element a session of its own.
 // Reflected on the host for styling: state="connecting|open|reconnecting|closed",
 // low-balance, flash="up|down". Parts: icon, balance, label, status.
 // DOM events (bubbling, composed, detail as in BalanceClient): balance-update,
 // balance-change, balance-state, balance-error.
 
-import { BalanceClient } from './client.js';
+import { CreditElement, define } from './base.js';
+import { formatCredits } from './format.js';
+import { CreditSession } from './session.js';
+
+export { formatCredits } from './format.js';
+export { defaultSocketUrl, tokenFromUrl } from './session.js';
 
 const FLASH_MS = 1200;
-
-/** Whole credits with the locale's thousands separators. */
-export function formatCredits(n, locale) {
-  return new Intl.NumberFormat(locale || undefined, { maximumFractionDigits: 0 }).format(n);
-}
-
-/** The WebSocket URL of a balance-server mounted on the page's own origin. */
-export function defaultSocketUrl(location) {
-  return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/ws`;
-}
-
-/** A token function that POSTs to the app's own endpoint, which mints tokens with its service key. */
-export function tokenFromUrl(tokenUrl, fetchImpl = globalThis.fetch) {
-  return async () => {
-    const res = await fetchImpl(tokenUrl, { method: 'POST', credentials: 'include', headers: { accept: 'application/json' } });
-    if (!res.ok) throw new Error(`${tokenUrl} answered ${res.status}`);
-    const { token } = await res.json();
-    return token;
-  };
-}
 
 /** What the element shows, from the account state (or none yet) and the connection state. */
 export function balanceView(account, state, { low = null, locale, label = 'credits' } = {}) {
@@ -64,6 +51,7 @@ const STYLE = `
   padding: var(--credit-balance-padding, .35em .7em);
 }
 :host([hidden]) { display: none; }
+.amount { display: inline-flex; align-items: baseline; gap: .4em; }
 [part=icon] { display: inline-flex; color: var(--credit-balance-icon-color, #f5b301); }
 [part=balance] { font-weight: var(--credit-balance-weight, 600); border-radius: .3em; transition: opacity .3s; }
 [part=label] { opacity: .7; }
@@ -85,108 +73,77 @@ const STYLE = `
 
 const COIN = `<svg width="1.1em" height="1.1em" viewBox="0 0 24 24" aria-hidden="true"><circle cx="12" cy="12" r="10" fill="currentColor"/><circle cx="12" cy="12" r="6.5" fill="none" stroke="#fff" stroke-opacity=".55" stroke-width="1.5"/></svg>`;
 
-// Node has no HTMLElement: the module still imports there (for formatCredits and tests), it just defines nothing.
-const Base = globalThis.HTMLElement ?? class {};
+export class CreditBalance extends CreditElement {
+  static observedAttributes = [...CreditElement.sessionAttributes, 'account', 'low', 'label', 'locale'];
 
-export class CreditBalance extends Base {
-  static observedAttributes = ['ws-url', 'token-url', 'account', 'low', 'label', 'locale'];
-
-  #client = null;
   #token = null;
-  #firstAccount = null;
   #shown = null; // the last available value rendered, to flash the direction of a change
   #flashTimer = null;
   #els;
 
   constructor() {
-    super();
-    const root = this.attachShadow({ mode: 'open' });
-    root.innerHTML = `<style>${STYLE}</style><span part="icon"><slot name="icon">${COIN}</slot></span><span part="balance"></span><span part="label"></span><span part="status" role="status"></span>`;
+    super(STYLE);
+    const root = this.shadowRoot;
+    const parts = document.createElement('template');
+    parts.innerHTML = `<span part="icon"><slot name="icon">${COIN}</slot></span><span class="amount" aria-live="polite" aria-atomic="true"><span part="balance"></span> <span part="label"></span></span><span part="status" role="status"></span>`;
+    root.append(parts.content);
     this.#els = Object.fromEntries(['balance', 'label', 'status'].map((p) => [p, root.querySelector(`[part=${p}]`)]));
-    // No #render() here: a constructor may not add attributes (createElement would throw).
+    // No render() here: a constructor may not add attributes (createElement would throw).
   }
 
-  /** A token or token function; set it instead of token-url when the token endpoint needs more than a POST. */
+  /** A token or token function: the element gets a session of its own (instead of token-url). */
   get token() {
     return this.#token;
   }
 
   set token(value) {
     this.#token = value;
-    this.#restart();
+    this.session = value ? new CreditSession({ apiUrl: this.getAttribute('api-url') || undefined, wsUrl: this.getAttribute('ws-url') || undefined, token: value }) : null;
   }
 
   /** The BalanceClient behind the element (null while disconnected). */
   get client() {
-    return this.#client;
+    return this.isConnected ? this.session?.client ?? null : null;
   }
 
   /** The account shown: the `account` attribute, else the first the server sent. */
   get account() {
-    return this.getAttribute('account') || this.#firstAccount;
-  }
-
-  connectedCallback() {
-    this.#render();
-    // Wait a microtask so a `token` property set right after insertion is used on the first dial.
-    queueMicrotask(() => this.#start());
-  }
-
-  disconnectedCallback() {
-    this.#stop();
+    return this.getAttribute('account') || this.session?.account || null;
   }
 
   attributeChangedCallback(name, previous, value) {
-    if (previous === value) return;
-    if (name === 'ws-url' || name === 'token-url') this.#restart();
-    else {
-      if (name === 'account') this.#shown = null; // another account's number is not a change
-      this.#render();
-    }
+    if (name === 'account' && previous !== value) this.#shown = null; // another account's number is not a change
+    super.attributeChangedCallback(name, previous, value);
   }
 
-  #start() {
-    if (!this.isConnected || this.#client) return;
-    const tokenUrl = this.getAttribute('token-url');
-    const token = this.#token ?? (tokenUrl ? tokenFromUrl(tokenUrl) : null);
-    if (!token) return; // nothing to authenticate with yet; setting `token` starts it
-    const client = new BalanceClient({ url: this.getAttribute('ws-url') || defaultSocketUrl(location), token });
-    this.#client = client;
-    const mine = (u) => {
-      this.#firstAccount ??= u.account_id;
-      return u.account_id === this.account;
-    };
-    client.on('balance', (u) => {
-      if (!mine(u)) return;
-      this.#render();
-      this.#emit('balance-update', u);
-    });
-    client.on('change', (u) => mine(u) && this.#emit('balance-change', u));
-    client.on('state', (state) => {
-      this.#render();
-      this.#emit('balance-state', state);
-    });
-    client.on('error', (err) => this.#emit('balance-error', err));
-    client.connect();
+  started(session) {
+    const client = session.client;
+    const mine = (u) => u.account_id === this.account;
+    return [
+      session.retain(),
+      client.on('balance', (u) => {
+        if (!mine(u)) return;
+        this.render();
+        this.emit('balance-update', u);
+      }),
+      client.on('change', (u) => mine(u) && this.emit('balance-change', u)),
+      client.on('state', (state) => {
+        this.render();
+        this.emit('balance-state', state);
+      }),
+      client.on('error', (err) => this.emit('balance-error', err)),
+    ];
   }
 
-  #stop() {
-    this.#client?.close();
-    this.#client = null;
-  }
-
-  #restart() {
-    this.#stop();
-    this.#start();
-  }
-
-  #render() {
-    const state = this.#client?.state ?? 'connecting';
-    const account = this.account ? this.#client?.balance(this.account) : undefined;
+  render() {
+    if (!this.#els) return;
+    const client = this.client;
+    const state = client?.state ?? 'connecting';
+    const account = this.account ? client?.balance(this.account) : undefined;
     const low = this.getAttribute('low');
     const view = balanceView(account, state, {
       low: low === null || low === '' ? null : Number(low),
-      locale: this.getAttribute('locale') || document.documentElement.lang || undefined,
+      locale: this.locale,
       label: this.getAttribute('label') ?? 'credits',
     });
     this.#els.balance.textContent = view.text;
@@ -208,10 +165,6 @@ export class CreditBalance extends Base {
     clearTimeout(this.#flashTimer);
     this.#flashTimer = setTimeout(() => this.removeAttribute('flash'), FLASH_MS);
   }
-
-  #emit(type, detail) {
-    this.dispatchEvent(new CustomEvent(type, { detail, bubbles: true, composed: true }));
-  }
 }
 
-if (globalThis.customElements && !customElements.get('credit-balance')) customElements.define('credit-balance', CreditBalance);
+define('credit-balance', CreditBalance);

@@ -1,5 +1,9 @@
 export { BalanceClient } from './client.js';
 export type { BalanceClientOptions, BalanceState, BalanceChange, BalanceUpdate, BalanceError, BalanceEvents, ConnectionState, TokenSource, WebSocketLike } from './client.js';
+export { CreditSession, RequestError, defaultSocketUrl, setDefaultSession, sharedSession, tokenFromUrl } from './session.js';
+export type { CreditSessionOptions, Transaction, TransactionPage, PlanState, Catalog, CatalogPackage, CheckoutOptions, CheckoutSession } from './session.js';
+export { LedgerFeed, PlanFeed, planFeed, rowFromFrame } from './feeds.js';
+export type { LedgerFeedState, PlanFeedState } from './feeds.js';
 export { CLOSE_CODES, closeCode, shouldReconnect } from './codes.js';
 export type { CloseCode } from './codes.js';
 export { Backoff, backoffDelay } from './backoff.js';

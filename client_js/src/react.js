@@ -1,44 +1,191 @@
-// useBalance: the live balance in a React component. React is an optional peer
-// dependency; only this file imports it, so the core and the element never pull it in.
+'use client';
+// React: the live balance, plan and ledger as hooks, and the credit elements as components.
+// React is an optional peer dependency; only this file imports it, so the core and the
+// elements never pull it in.
 //
-//   const { available, state } = useBalance({ url, token: fetchToken });
+//   <CreditProvider token={fetchBalanceToken}>          // one session, one socket
+//     <Header />                                         // useBalance()
+//     <CreditUsage />  <CreditLedger pageSize={20} />    // the elements, fed by the provider
+//   </CreditProvider>
+//
+// The session is made in an effect, so server rendering (Next.js) renders the placeholders
+// and the browser connects after hydration.
 
-import { useEffect, useRef, useState } from 'react';
-import { BalanceClient } from './client.js';
+import { createContext, createElement, forwardRef, useCallback, useContext, useEffect, useRef, useState } from 'react';
+import { LedgerFeed, planFeed } from './feeds.js';
+import { CreditSession } from './session.js';
 
-const EMPTY = Object.freeze({ balance: null, held: null, available: null, version: null, state: 'connecting', lastChange: null, error: null });
+const SessionContext = createContext(null);
 
-/** Live state of one account: {balance, held, available, version, state, lastChange, error}. */
-export function useBalance({ url, token, account, WebSocket } = {}) {
-  const [snapshot, setSnapshot] = useState(EMPTY);
-  // Token functions are usually inline arrows, new on every render: read the latest
-  // through a ref instead of reconnecting whenever the parent renders.
+/** Hold one CreditSession for the children; pass `session`, or `token` (+ apiUrl, wsUrl). */
+export function CreditProvider({ session, apiUrl, wsUrl, token, WebSocket, children }) {
+  const own = useOwnSession(session ? {} : { apiUrl, wsUrl, token, WebSocket });
+  return createElement(SessionContext.Provider, { value: session ?? own }, children);
+}
+
+/** The CreditSession in use: the provider's (null before it has connected, or outside one). */
+export function useCreditSession() {
+  return useContext(SessionContext);
+}
+
+// A session made and owned by one component, rebuilt when the URLs change. Token functions
+// are usually inline arrows, new on every render: the latest is read through a ref instead
+// of reconnecting whenever the parent renders.
+function useOwnSession({ apiUrl, wsUrl, token, WebSocket }) {
+  const [session, setSession] = useState(null);
   const tokenRef = useRef(token);
   tokenRef.current = token;
   const hasToken = Boolean(token);
-
   useEffect(() => {
-    if (!url || !hasToken) return undefined;
-    let shown = account ?? null;
-    const client = new BalanceClient({
-      url,
+    if (!hasToken || (!apiUrl && !wsUrl && !globalThis.location)) return undefined;
+    const s = new CreditSession({
+      apiUrl,
+      wsUrl,
       WebSocket,
       token: () => (typeof tokenRef.current === 'function' ? tokenRef.current() : tokenRef.current),
     });
-    client.on('balance', (u) => {
-      shown ??= u.account_id;
-      if (u.account_id !== shown) return;
-      const { balance, held, available, version, change } = u;
-      setSnapshot((s) => ({ ...s, balance, held, available, version, lastChange: change ?? s.lastChange }));
-    });
-    client.on('state', (state) => setSnapshot((s) => ({ ...s, state })));
-    client.on('error', (error) => setSnapshot((s) => ({ ...s, error })));
-    client.connect();
+    const release = s.retain();
+    setSession(s);
     return () => {
-      client.close();
+      release();
+      setSession(null);
+    };
+  }, [apiUrl, wsUrl, hasToken, WebSocket]);
+  return session;
+}
+
+// Hooks take the provider's session, or, given `url` (the socket) and `token`, one of their
+// own: useBalance({url, token}) works without a provider, as before.
+function useSessionFor(options) {
+  const fromContext = useContext(SessionContext);
+  const own = useOwnSession(options.session || (!options.url && !options.apiUrl) ? {} : { apiUrl: options.apiUrl, wsUrl: options.url, token: options.token, WebSocket: options.WebSocket });
+  return options.session ?? own ?? fromContext;
+}
+
+const EMPTY = Object.freeze({ balance: null, held: null, available: null, version: null, low: false, state: 'connecting', lastChange: null, error: null });
+
+/** Live state of one account: {balance, held, available, version, low, state, lastChange, error}. */
+export function useBalance(options = {}) {
+  const session = useSessionFor(options);
+  const { account } = options;
+  const [snapshot, setSnapshot] = useState(EMPTY);
+  useEffect(() => {
+    if (!session) return undefined;
+    const client = session.client;
+    const pick = (u) => u.account_id === (account ?? session.account);
+    const fields = ({ balance, held, available, version, low }) => ({ balance, held, available, version, low: low === true });
+    const known = session.balance(account ?? session.account);
+    setSnapshot({ ...EMPTY, ...(known ? fields(known) : {}), state: client.state === 'closed' ? 'connecting' : client.state });
+    const offs = [
+      session.retain(),
+      client.on('balance', (u) => pick(u) && setSnapshot((s) => ({ ...s, ...fields(u), lastChange: u.change ?? s.lastChange }))),
+      client.on('state', (state) => setSnapshot((s) => ({ ...s, state }))),
+      client.on('error', (error) => setSnapshot((s) => ({ ...s, error }))),
+    ];
+    return () => {
+      for (const off of offs) off();
       setSnapshot(EMPTY);
     };
-  }, [url, account, hasToken, WebSocket]);
-
+  }, [session, account]);
   return snapshot;
 }
+
+const NO_PLAN = Object.freeze({ plan: null, loading: true, error: null });
+
+/** The plan (GET /v1/me/plan body), live: {plan, loading, error, refresh}. */
+export function usePlan(options = {}) {
+  const session = useSessionFor(options);
+  const [state, setState] = useState(NO_PLAN);
+  useEffect(() => {
+    if (!session) return undefined;
+    const off = planFeed(session).subscribe(setState);
+    return () => {
+      off();
+      setState(NO_PLAN);
+    };
+  }, [session]);
+  const refresh = useCallback(() => session && planFeed(session).refresh(), [session]);
+  return { ...state, refresh };
+}
+
+const NO_LEDGER = Object.freeze({ items: [], next: null, loading: true, error: null, done: false });
+
+/** The transactions, newest first, live: {items, loading, error, done, loadMore}. */
+export function useLedger(options = {}) {
+  const session = useSessionFor(options);
+  const { pageSize = 20 } = options;
+  const [state, setState] = useState(NO_LEDGER);
+  const feedRef = useRef(null);
+  useEffect(() => {
+    if (!session) return undefined;
+    const feed = new LedgerFeed(session, { pageSize });
+    feedRef.current = feed;
+    const off = feed.subscribe(setState);
+    return () => {
+      off();
+      feedRef.current = null;
+      setState(NO_LEDGER);
+    };
+  }, [session, pageSize]);
+  const loadMore = useCallback(() => feedRef.current?.loadMore() ?? Promise.resolve(), []);
+  return { ...state, loadMore };
+}
+
+// ---------------------------------------------------------------- the elements as components
+
+/** "pageSize" → "page-size": the elements' attributes are kebab-case. */
+const kebab = (name) => name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+
+/**
+ * A component for a custom element: the provider's session set as its `session` property,
+ * `on…` props listened to as its DOM events, every other prop an attribute (so React 18,
+ * which sets only attributes on custom elements, and React 19 behave the same). The element
+ * definitions load in the browser only, after the first render.
+ */
+function wrap(tag, events, displayName) {
+  const Component = forwardRef(function CreditComponent({ session, children, className, style, ...props }, ref) {
+    const fromContext = useContext(SessionContext);
+    const s = session ?? fromContext;
+    const elRef = useRef(null);
+    const handlers = useRef({});
+    handlers.current = props;
+    const setRef = useCallback(
+      (el) => {
+        elRef.current = el;
+        if (typeof ref === 'function') ref(el);
+        else if (ref) ref.current = el;
+      },
+      [ref],
+    );
+    useEffect(() => {
+      import('./elements.js');
+    }, []);
+    useEffect(() => {
+      const el = elRef.current;
+      if (el && s) el.session = s;
+    }, [s]);
+    useEffect(() => {
+      const el = elRef.current;
+      const offs = Object.entries(events).map(([prop, type]) => {
+        const fn = (ev) => handlers.current[prop]?.(ev);
+        el.addEventListener(type, fn);
+        return () => el.removeEventListener(type, fn);
+      });
+      return () => offs.forEach((off) => off());
+    }, []);
+    const attrs = {};
+    for (const [k, v] of Object.entries(props)) {
+      if (k in events || v == null || v === false || typeof v === 'function' || typeof v === 'object') continue;
+      attrs[kebab(k)] = v === true ? '' : String(v);
+    }
+    return createElement(tag, { ref: setRef, className, style, ...attrs }, children);
+  });
+  Component.displayName = displayName;
+  return Component;
+}
+
+export const CreditBalance = wrap('credit-balance', { onUpdate: 'balance-update', onChange: 'balance-change', onStateChange: 'balance-state', onError: 'balance-error' }, 'CreditBalance');
+export const CreditPurchase = wrap('credit-purchase', { onCheckout: 'credit-checkout', onCheckoutError: 'credit-checkout-error' }, 'CreditPurchase');
+export const CreditLedger = wrap('credit-ledger', { onRow: 'credit-ledger-row' }, 'CreditLedger');
+export const CreditUsage = wrap('credit-usage', { onUpdate: 'credit-usage-update' }, 'CreditUsage');
+export const CreditGate = wrap('credit-gate', { onOpen: 'credit-gate-open', onClose: 'credit-gate-close', onCheckout: 'credit-checkout' }, 'CreditGate');

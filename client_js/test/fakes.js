@@ -62,3 +62,39 @@ export const settle = () => new Promise((resolve) => setImmediate(resolve));
 export function balanceFrame(account_id, version, balance, change = null) {
   return { type: 'balance', account_id, balance, held: 0, available: balance, version, change };
 }
+
+/**
+ * A fetch that plays balance-server's browser API: `routes` maps "GET /v1/me/plan" (the path
+ * without the query) to a body, a [status, body] pair, or a function of the request
+ * returning either. Every call is recorded in `calls` ({method, path, query, auth, body}).
+ */
+export function fakeFetch(routes) {
+  const calls = [];
+  const fetch = async (url, init = {}) => {
+    const u = new URL(url);
+    const call = {
+      method: init.method ?? 'GET',
+      path: u.pathname,
+      query: Object.fromEntries(u.searchParams),
+      auth: init.headers?.authorization ?? null,
+      body: init.body ? JSON.parse(init.body) : null,
+    };
+    calls.push(call);
+    let answer = routes[`${call.method} ${call.path}`];
+    if (typeof answer === 'function') answer = await answer(call);
+    if (answer === undefined) answer = [404, { error: 'not_found', message: 'no such route' }];
+    const [status, body, headers = {}] = Array.isArray(answer) ? answer : [200, answer];
+    return {
+      ok: status >= 200 && status < 300,
+      status,
+      headers: { get: (name) => headers[name.toLowerCase()] ?? null },
+      json: async () => structuredClone(body),
+    };
+  };
+  return { fetch, calls };
+}
+
+/** A transaction as the server lists it. */
+export function tx(id, version, amount, balance_after, extra = {}) {
+  return { id, account_id: 'u1', kind: amount < 0 ? 'usage' : 'purchase', amount, balance_after, version, reason: null, metadata: null, hold_id: null, created_at: new Date().toISOString(), ...extra };
+}

@@ -24,7 +24,8 @@ const PAGE = `<!doctype html><html lang="en"><body style="font: 16px system-ui; 
 <header style="display:flex; gap:12px; align-items:center">
   <b>Acme</b>
   <credit-balance id="plain" token-url="/token" low="20"></credit-balance>
-  <credit-balance id="styled" token-url="/token" account="team-1" label="team credits"
+  <credit-balance id="twin" token-url="/token" low="20"></credit-balance>
+  <credit-balance id="styled" token-url="/token?team" account="team-1" label="team credits"
     style="--credit-balance-background:#111; --credit-balance-color:#fff"></credit-balance>
 </header>
 <script type="module" src="/src/element.js"></script></body></html>`;
@@ -86,7 +87,7 @@ test('<credit-balance> in Chromium', { skip, timeout: 60_000 }, async (t) => {
   const part = (id, name) => page.locator(`#${id}`).evaluate((el, n) => el.shadowRoot.querySelector(`[part=${n}]`).textContent, name);
   const attr = (id, name) => page.locator(`#${id}`).getAttribute(name);
 
-  await t.test('dials ws(s)://host/v1/ws with a token POSTed from token-url', async () => {
+  await t.test('dials ws(s)://host/v1/ws with a token POSTed from token-url, one socket per token-url', async () => {
     assert.deepEqual(await page.evaluate(() => window.sockets.map((s) => s.url)), ['ws://element.test/v1/ws', 'ws://element.test/v1/ws']);
     assert.deepEqual(tokenCalls, ['POST', 'POST']);
     await page.evaluate(() => [0, 1].forEach(window.serverOpen));
@@ -97,6 +98,7 @@ test('<credit-balance> in Chromium', { skip, timeout: 60_000 }, async (t) => {
   await t.test('thousands separators, and the account attribute picks the account', async () => {
     await page.evaluate((fs) => fs.forEach((f) => [0, 1].forEach((i) => window.serverPush(i, f))), [frame('u1', 3, 1234567), frame('team-1', 9, 48200)]);
     assert.equal(await part('plain', 'balance'), '1,234,567');
+    assert.equal(await part('twin', 'balance'), '1,234,567', 'the twin shares the first socket');
     assert.equal(await part('plain', 'label'), 'credits');
     assert.equal(await part('styled', 'balance'), '48,200');
     assert.equal(await part('styled', 'label'), 'team credits');
@@ -107,7 +109,7 @@ test('<credit-balance> in Chromium', { skip, timeout: 60_000 }, async (t) => {
   await t.test('a change flashes its direction and fires balance-change', async () => {
     await page.evaluate(() => {
       window.changes = [];
-      document.addEventListener('balance-change', (e) => window.changes.push(e.detail.change.amount));
+      document.querySelector('#plain').addEventListener('balance-change', (e) => window.changes.push(e.detail.change.amount));
     });
     const change = { kind: 'usage', amount: -567, reason: 'export', transaction_id: 4, hold_id: null };
     await page.evaluate((f) => window.serverPush(0, f), frame('u1', 4, 1234000, 0, change));
@@ -145,9 +147,12 @@ test('<credit-balance> in Chromium', { skip, timeout: 60_000 }, async (t) => {
     await page.evaluate(() => document.querySelector('#scripted').remove());
   });
 
-  await t.test('removing the element closes its socket', async () => {
+  await t.test('removing the last element of a socket closes it; a shared one stays', async () => {
     await page.evaluate(() => document.querySelector('#styled').remove());
-    assert.equal(await page.evaluate(() => window.sockets[1].closedWith), 1000);
+    await page.evaluate(() => document.querySelector('#twin').remove());
+    await page.waitForFunction(() => window.sockets[1].closedWith === 1000, null, { timeout: 3000 });
+    await page.waitForTimeout(1200); // past the moment an unused session lingers
+    assert.equal(await page.evaluate(() => window.sockets[0].closedWith), undefined, '#plain still uses it');
   });
 
   await t.test('a lost connection shows "Reconnecting…", then heals', async () => {

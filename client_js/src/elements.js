@@ -1,0 +1,9 @@
+// Every credit element at once: <credit-balance>, <credit-purchase>, <credit-ledger>,
+// <credit-usage>, <credit-gate>. Each is also its own entry point, to load only one.
+
+export { CreditBalance } from './element.js';
+export { CreditPurchase } from './purchase.js';
+export { CreditLedger } from './ledger.js';
+export { CreditUsage } from './usage.js';
+export { CreditGate } from './gate.js';
+export { CreditSession, setDefaultSession, sharedSession, tokenFromUrl } from './session.js';

@@ -1,0 +1,283 @@
+// Live views of the browser API, framework-free: the usage dashboard's plan and the
+// ledger. The elements and the React hooks are both thin renderings of these.
+//
+// A feed starts when its first subscriber arrives (retaining the session's socket) and
+// stops when the last leaves. Subscribers get the whole state, a frozen object, on every
+// change, and once at once.
+
+import { RequestError } from './session.js';
+
+const PLAN_GAP_MS = 1_000; // at most one plan read a second, however fast usage is pushed
+
+class Feed {
+  #subscribers = new Set();
+  #stopFns = [];
+  state;
+
+  constructor(initial) {
+    this.state = Object.freeze(initial);
+  }
+
+  /** Call `fn(state)` now and on every change; returns the function that unsubscribes. */
+  subscribe(fn) {
+    this.#subscribers.add(fn);
+    if (this.#subscribers.size === 1) this.#stopFns = this.start() ?? [];
+    fn(this.state);
+    return () => {
+      if (!this.#subscribers.delete(fn) || this.#subscribers.size) return;
+      for (const stop of this.#stopFns) stop();
+      this.#stopFns = [];
+      this.stop?.();
+    };
+  }
+
+  get active() {
+    return this.#subscribers.size > 0;
+  }
+
+  set(patch) {
+    this.state = Object.freeze({ ...this.state, ...patch });
+    for (const fn of [...this.#subscribers]) fn(this.state);
+  }
+}
+
+/**
+ * `run()` now, or, when a run is under way or the last ended less than `gap` ms ago, once
+ * more after that: a burst of pushes costs one read, not one each. A 429 waits its
+ * `retry_after`.
+ */
+function throttled(load, gap) {
+  let busy = false;
+  let again = false;
+  let timer = null;
+  let last = 0;
+  const run = async () => {
+    if (busy || timer) {
+      again = true;
+      return;
+    }
+    const wait = last + gap - Date.now();
+    if (wait > 0) {
+      timer = setTimeout(() => {
+        timer = null;
+        run();
+      }, wait);
+      return;
+    }
+    busy = true;
+    let delay = 0;
+    try {
+      await load();
+    } catch (err) {
+      if (err instanceof RequestError && err.status === 429) {
+        delay = (err.retryAfter ?? 1) * 1000;
+        again = true;
+      }
+    } finally {
+      busy = false;
+      last = Date.now() + delay;
+      if (again) {
+        again = false;
+        run();
+      }
+    }
+  };
+  run.cancel = () => {
+    clearTimeout(timer);
+    timer = null;
+    again = false;
+  };
+  return run;
+}
+
+/**
+ * The account's plan (GET /v1/me/plan), read again after every pushed change of the account
+ * (allowance and per-operation counts move with usage, renewals and plan changes), at most
+ * once a second. State: {plan, loading, error}; `plan` is the endpoint's body.
+ */
+export class PlanFeed extends Feed {
+  #session;
+  #seen = null; // the highest account version heard of
+  #read;
+
+  constructor(session) {
+    super({ plan: null, loading: true, error: null });
+    this.#session = session;
+    this.#read = throttled(async () => {
+      try {
+        this.set({ plan: await session.plan(), loading: false, error: null });
+      } catch (err) {
+        this.set({ loading: false, error: err });
+        throw err;
+      }
+    }, PLAN_GAP_MS);
+  }
+
+  start() {
+    const release = this.#session.retain();
+    const off = this.#session.client.on('balance', (u) => {
+      if (u.account_id !== this.#session.account) return;
+      const moved = this.#seen !== null && u.version > this.#seen;
+      this.#seen = Math.max(this.#seen ?? 0, u.version);
+      if (moved) this.#read();
+    });
+    this.#read();
+    return [release, off, () => this.#read.cancel()];
+  }
+
+  stop() {
+    this.#seen = null;
+  }
+
+  /** Read the plan now (after an action the app knows changed it). */
+  refresh() {
+    this.#read();
+  }
+}
+
+const planFeeds = new WeakMap();
+
+/** The session's one PlanFeed, shared by every dashboard and hook on the page. */
+export function planFeed(session) {
+  if (!planFeeds.has(session)) planFeeds.set(session, new PlanFeed(session));
+  return planFeeds.get(session);
+}
+
+/**
+ * The account's transactions, newest first, a page at a time (GET /v1/me/transactions on
+ * its cursor), with every pushed change prepended from the frame itself: the frame carries
+ * the transaction id, kind, amount, reason and the balance after it, so a live row costs no
+ * request. Only a gap in the account's versions (a socket that was sent only the newest
+ * frame, a reconnect) reads the first page again and merges it.
+ * State: {items, next, loading, error, done}.
+ */
+export class LedgerFeed extends Feed {
+  #session;
+  #pageSize;
+  #version = null; // the account version the items are complete up to
+  #pending = []; // frames heard while the first page was loading
+  #loadingHead = false;
+  #more = null;
+  #moreAfterHead = null;
+  #resolveMore = null;
+  #head;
+
+  constructor(session, { pageSize = 20 } = {}) {
+    super({ items: [], next: null, loading: true, error: null, done: false });
+    this.#session = session;
+    this.#pageSize = pageSize;
+    this.#head = throttled(() => this.#readHead(), 250);
+  }
+
+  start() {
+    const release = this.#session.retain();
+    const off = this.#session.client.on('balance', (u) => this.#onBalance(u));
+    this.#head();
+    return [release, off, () => this.#head.cancel()];
+  }
+
+  stop() {
+    this.#version = null;
+    this.#pending = [];
+    this.set({ items: [], next: null, loading: true, error: null, done: false });
+  }
+
+  /** Load the next older page; resolves when it is in (or there is none). */
+  loadMore() {
+    if (this.#loadingHead) {
+      // The first page is being read (again): load on from it once it is in.
+      this.#moreAfterHead ??= new Promise((resolve) => (this.#resolveMore = resolve));
+      return this.#moreAfterHead;
+    }
+    if (this.state.done || this.state.next == null) return Promise.resolve();
+    this.#more ??= (async () => {
+      const cursor = this.state.next;
+      this.set({ loading: true });
+      try {
+        const page = await this.#session.transactions({ limit: this.#pageSize, before: cursor });
+        if (this.state.next !== cursor) return; // the list was replaced meanwhile
+        this.set({ items: merge(this.state.items, page.transactions), next: page.next, done: page.next == null, loading: false, error: null });
+      } catch (err) {
+        this.set({ loading: false, error: err });
+      } finally {
+        this.#more = null;
+      }
+    })();
+    return this.#more;
+  }
+
+  async #readHead() {
+    this.#loadingHead = true;
+    try {
+      const page = await this.#session.transactions({ limit: this.#pageSize });
+      const fresh = page.transactions;
+      const ids = new Set(this.state.items.map((t) => String(t.id)));
+      // The page reaches what we have, or we had nothing: merge. Otherwise more changes came
+      // than one page holds: start over from this page.
+      const joins = ids.size === 0 || page.next == null || fresh.some((t) => ids.has(String(t.id)));
+      const items = joins ? merge(this.state.items, fresh) : fresh;
+      const next = joins && ids.size ? this.state.next : page.next;
+      this.#version = Math.max(this.#version ?? 0, fresh[0]?.version ?? 0);
+      this.#loadingHead = false;
+      this.set({ items, next, done: next == null, loading: false, error: null });
+      const pending = this.#pending;
+      this.#pending = [];
+      for (const u of pending) this.#onBalance(u);
+    } catch (err) {
+      this.#loadingHead = false;
+      this.set({ loading: false, error: err });
+      throw err;
+    } finally {
+      const resolve = this.#resolveMore;
+      this.#moreAfterHead = this.#resolveMore = null;
+      if (resolve) resolve(this.#loadingHead ? undefined : this.loadMore());
+    }
+  }
+
+  #onBalance(u) {
+    if (u.account_id !== this.#session.account) return;
+    if (this.#loadingHead || this.#version === null) {
+      this.#pending.push(u);
+      if (!this.#loadingHead) this.#head(); // the first page failed to load: a change is a reason to try again
+      return;
+    }
+    if (u.version <= this.#version) return;
+    const inOrder = u.version === this.#version + 1 && u.change;
+    this.#version = u.version;
+    if (!inOrder) {
+      this.#head(); // a gap: changes we were not told about one by one
+      return;
+    }
+    const tx = rowFromFrame(u);
+    if (tx) this.set({ items: merge(this.state.items, [tx]) });
+  }
+}
+
+/** The ledger row a pushed change stands for, or null when it wrote none (holds, plan). */
+export function rowFromFrame(u, now = new Date()) {
+  const c = u.change;
+  if (!c || c.transaction_id == null) return null;
+  return Object.freeze({
+    id: c.transaction_id,
+    account_id: u.account_id,
+    kind: c.kind,
+    amount: c.amount,
+    balance_after: u.balance,
+    version: u.version,
+    reason: c.reason,
+    metadata: null,
+    hold_id: c.hold_id,
+    created_at: now.toISOString(),
+    live: true,
+  });
+}
+
+/** `a` and `b` as one list, newest first, each transaction once (the server's copy wins). */
+function merge(a, b) {
+  const byId = new Map();
+  for (const t of [...a, ...b]) {
+    const prev = byId.get(String(t.id));
+    if (!prev || prev.live) byId.set(String(t.id), t);
+  }
+  return [...byId.values()].sort((x, y) => y.version - x.version || Number(y.id) - Number(x.id));
+}
