@@ -1,7 +1,8 @@
 # balance-server: `make test` installs what it needs (once) and runs every check.
 #
 #   make test       system packages, the project virtualenv (.venv/) with [dev,test,bench],
-#                   client_js node_modules; then ruff, mypy, pytest and the JS tests
+#                   client_js node_modules (and its Next.js example's); then ruff, mypy,
+#                   pytest and the JS tests (typecheck, unit, real React, Chromium, next build)
 #   make dev        system packages and .venv with [dev], then `balance-server dev`
 #   make lint       ruff + mypy
 #   make bench      bench/debit.py, push.py, renewal.py and outbox.py
@@ -71,7 +72,7 @@ endef
 
 .PHONY: setup system-test system-dev system-bench venv-test venv-dev test lint dev bench fuzz
 
-setup: system-test venv-test $(STAMPS)/npm
+setup: system-test venv-test $(STAMPS)/npm $(STAMPS)/npm-next
 
 # Checked every run (cheap); apt-get runs only when something is missing, updating once.
 system-test:
@@ -101,6 +102,14 @@ $(STAMPS)/npm: client_js/package.json client_js/package-lock.json | system-test
 	@mkdir -p $(STAMPS)
 	cd client_js && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 PUPPETEER_SKIP_DOWNLOAD=1 \
 		npm install --no-audit --no-fund
+	@touch $@
+
+# The Next.js example that the JS suite builds (npm run build) and drives in Chromium.
+# Not `npm ci`: its lock records balance-client (file:../..) with client_js's own
+# devDependencies, so any change there would put the lock out of step.
+$(STAMPS)/npm-next: client_js/examples/next/package.json client_js/examples/next/package-lock.json client_js/package.json | system-test
+	@mkdir -p $(STAMPS)
+	cd client_js/examples/next && NEXT_TELEMETRY_DISABLED=1 npm install --no-audit --no-fund
 	@touch $@
 
 lint: venv-test

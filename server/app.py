@@ -12,6 +12,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, WebSocketRoute
 
 from server.api import ops
+from server.api.cors import BrowserCors
 from server.api.http import exception_handlers
 from server.api.routes import routes as api_routes
 from server.auth import TokenVerifier
@@ -105,7 +106,11 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
     app = Starlette(
         routes=[*api_routes(), *ops.routes(), WebSocketRoute(WS_PATH, misconfigured),
                 *(extra_routes or [])],
-        middleware=[Middleware(ops.MetricsMiddleware)],
+        middleware=[
+            Middleware(ops.MetricsMiddleware),
+            *([Middleware(BrowserCors, origins=settings.allowed_origins)]
+              if settings.allowed_origins else []),
+        ],
         lifespan=lifespan,
         exception_handlers=exception_handlers(),
     )

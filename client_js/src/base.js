@@ -52,6 +52,8 @@ export function h(tag, props = {}, ...children) {
   return el;
 }
 
+const PRESETTABLE = ['session', 'token', 'reasonLabel', 'operationLabel'];
+
 export class CreditElement extends Base {
   static sessionAttributes = ['api-url', 'ws-url', 'token-url'];
 
@@ -60,9 +62,21 @@ export class CreditElement extends Base {
   #stops = [];
   #unwait = null;
 
-  constructor(style) {
+  #preset = null; // properties set on the element before its class was defined
+
+  /** `style`: the element's own CSS; `theme`: whether it starts from THEME (panels do, the badge does not). */
+  constructor(style, { theme = true } = {}) {
     super();
-    this.attachShadow({ mode: 'open', delegatesFocus: false }).innerHTML = `<style>${THEME}${style}</style>`;
+    this.attachShadow({ mode: 'open' }).innerHTML = `<style>${theme ? THEME : ''}${style}</style>`;
+    // A page (or React) may set `session` and friends before this module has loaded: those
+    // land as plain own properties that would hide the class's accessors and defaults. Take
+    // them aside here, and apply them once the subclass's fields exist (connectedCallback).
+    for (const name of PRESETTABLE) {
+      if (!Object.hasOwn(this, name)) continue;
+      this.#preset ??= {};
+      this.#preset[name] = this[name];
+      delete this[name];
+    }
   }
 
   /** The CreditSession to use; set it to share one connection with the rest of the page. */
@@ -76,6 +90,11 @@ export class CreditElement extends Base {
   }
 
   connectedCallback() {
+    if (this.#preset) {
+      const preset = this.#preset;
+      this.#preset = null;
+      Object.assign(this, preset);
+    }
     this.render();
     // A microtask, so a `session` set right after insertion is used on the first start.
     queueMicrotask(() => this.#start());

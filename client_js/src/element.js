@@ -82,7 +82,7 @@ export class CreditBalance extends CreditElement {
   #els;
 
   constructor() {
-    super(STYLE);
+    super(STYLE, { theme: false }); // a badge in the app's header: nothing of the panels' look
     const root = this.shadowRoot;
     const parts = document.createElement('template');
     parts.innerHTML = `<span part="icon"><slot name="icon">${COIN}</slot></span><span class="amount" aria-live="polite" aria-atomic="true"><span part="balance"></span> <span part="label"></span></span><span part="status" role="status"></span>`;

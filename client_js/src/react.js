@@ -162,7 +162,7 @@ function wrap(tag, events, displayName) {
     }, []);
     useEffect(() => {
       const el = elRef.current;
-      if (el && s) el.session = s;
+      if (el && s) el.session = s; // before the element is defined too: it takes it over when upgraded
     }, [s]);
     useEffect(() => {
       const el = elRef.current;

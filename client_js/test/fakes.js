@@ -98,3 +98,21 @@ export function fakeFetch(routes) {
 export function tx(id, version, amount, balance_after, extra = {}) {
   return { id, account_id: 'u1', kind: amount < 0 ? 'usage' : 'purchase', amount, balance_after, version, reason: null, metadata: null, hold_id: null, created_at: new Date().toISOString(), ...extra };
 }
+
+export const wait = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** A CreditSession on a fake socket and a fake browser API: {s, ws, http}. */
+export async function fakeSession(routes, { token = 'tok' } = {}) {
+  const { CreditSession } = await import('../src/session.js');
+  const ws = fakeWebSocket();
+  const http = fakeFetch(routes);
+  const s = new CreditSession({ apiUrl: 'http://balance.test', token, WebSocket: ws.FakeSocket, fetch: http.fetch });
+  return { s, ws, http };
+}
+
+/** Let the session dial, open its socket as the server would, and push `frame`. */
+export async function serverOpens(ws, frame) {
+  await settle();
+  ws.last().open();
+  if (frame) ws.last().push(frame);
+}

@@ -1,16 +1,12 @@
 // The React hooks and components with real React 19 (react + react-dom from npm), rendered
 // into jsdom. The socket and the browser API are fakes (fakes.js); the same components run
-// against the real server in Chromium in e2e/react.e2e.js.
+// against the real server in Chromium in e2e/next.e2e.js (the Next.js example) and
+// e2e/demo.e2e.js.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { JSDOM } from 'jsdom';
+import './dom.js'; // first: React and the elements look for a browser's globals
 import { balanceFrame, fakeFetch, fakeWebSocket, settle, tx } from './fakes.js';
 
-const dom = new JSDOM('<!doctype html><html lang="en-US"><body></body></html>', { url: 'http://app.test/', pretendToBeVisual: true });
-// What React and the elements look up globally in a browser.
-for (const name of ['window', 'document', 'navigator', 'location', 'HTMLElement', 'customElements', 'CustomEvent', 'Event', 'Node', 'Element', 'MutationObserver', 'requestAnimationFrame', 'cancelAnimationFrame', 'getComputedStyle']) {
-  Object.defineProperty(globalThis, name, { value: dom.window[name], configurable: true, writable: true });
-}
 globalThis.IS_REACT_ACT_ENVIRONMENT = true;
 
 const { createElement: h, StrictMode, act, createRef } = await import('react');

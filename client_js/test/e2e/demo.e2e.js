@@ -10,7 +10,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
-import { ARTIFACTS, CHROMIUM, freePort, missingPrerequisite, startDatabases, startServer } from './servers.js';
+import { ARTIFACTS, CHROMIUM, freePort, databasesFor, missingPrerequisite, startServer } from './servers.js';
 
 const SERVICE_KEY = `sk_e2e_${Math.random().toString(36).slice(2)}`;
 const BROWSER_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
@@ -59,14 +59,8 @@ test('demo: the credit elements live in two tabs, restart, 402 dialog, checkout,
   const shot = (page, name) => page.screenshot({ path: `${ARTIFACTS}demo-${name}.png` });
   const fmt = new Intl.NumberFormat('en-US');
 
-  let dbs;
-  try {
-    dbs = await startDatabases();
-  } catch (err) {
-    t.skip(`python -m server.dev.servers could not start PostgreSQL/Redis: ${err.message.split('\n')[0]}`);
-    return;
-  }
-  t.after(() => dbs.stop());
+  const dbs = await databasesFor(t);
+  if (!dbs) return;
 
   const port = await freePort();
   const env = { DATABASE_URL: dbs.databaseUrl, REDIS_URL: dbs.redisUrl, BALANCE_SERVICE_KEYS: SERVICE_KEY };

@@ -98,3 +98,15 @@ export async function startServer({ port, env }) {
   await stop(child);
   throw new Error('balance-server dev did not answer /healthz within 60 s');
 }
+
+/** PostgreSQL + Redis for the test `t`, stopped after it; null, with `t` skipped saying why, when they cannot start. */
+export async function databasesFor(t) {
+  try {
+    const dbs = await startDatabases();
+    t.after(() => dbs.stop());
+    return dbs;
+  } catch (err) {
+    t.skip(`python -m server.dev.servers could not start PostgreSQL/Redis: ${err.message.split('\n')[0]}`);
+    return null;
+  }
+}
