@@ -121,10 +121,10 @@ export class CreditElement extends Base {
   #start() {
     if (!this.isConnected || this.#active) return;
     const session = this.resolveSession();
-    if (!session) {
-      this.#unwait ??= onDefaultSession(() => this.restart());
-      return;
-    }
+    // Waiting for the page's default, or using it: follow it when it is replaced (sign-out,
+    // another user), so no element keeps showing the previous session.
+    if (!session || session === defaultSession()) this.#unwait ??= onDefaultSession(() => this.restart());
+    if (!session) return;
     this.#active = session;
     this.#stops = this.started(session) ?? [];
     this.render();

@@ -115,6 +115,9 @@ export class PlanFeed extends Feed {
 
   start() {
     const release = this.#session.retain();
+    // The socket may already be open (a header badge got the snapshot): the next frame heard
+    // is then a change, and must be read as one.
+    this.#seen = this.#session.balance()?.version ?? null;
     const off = this.#session.client.on('balance', (u) => {
       if (u.account_id !== this.#session.account) return;
       const moved = this.#seen !== null && u.version > this.#seen;
@@ -154,9 +157,12 @@ export function planFeed(session) {
 export class LedgerFeed extends Feed {
   #session;
   #pageSize;
-  #version = null; // the account version the items are complete up to
-  #pending = []; // frames heard while the first page was loading
-  #loadingHead = false;
+  #version = null; // the account version the items are complete up to (null: none read yet)
+  #heard = 0; // the highest account version any frame has carried
+  #reading = false; // the first page is wanted (start, or a gap): frames wait in #pending
+  #pending = [];
+  #failures = 0;
+  #retryTimer = null;
   #more = null;
   #moreAfterHead = null;
   #resolveMore = null;
@@ -172,19 +178,23 @@ export class LedgerFeed extends Feed {
   start() {
     const release = this.#session.retain();
     const off = this.#session.client.on('balance', (u) => this.#onBalance(u));
-    this.#head();
-    return [release, off, () => this.#head.cancel()];
+    this.#heard = this.#session.balance()?.version ?? 0;
+    this.#readAgain();
+    return [release, off, () => this.#head.cancel(), () => clearTimeout(this.#retryTimer)];
   }
 
   stop() {
     this.#version = null;
+    this.#heard = 0;
+    this.#reading = false;
     this.#pending = [];
+    this.#failures = 0;
     this.set({ items: [], next: null, loading: true, error: null, done: false });
   }
 
   /** Load the next older page; resolves when it is in (or there is none). */
   loadMore() {
-    if (this.#loadingHead) {
+    if (this.#reading) {
       // The first page is being read (again): load on from it once it is in.
       this.#moreAfterHead ??= new Promise((resolve) => (this.#resolveMore = resolve));
       return this.#moreAfterHead;
@@ -206,50 +216,60 @@ export class LedgerFeed extends Feed {
     return this.#more;
   }
 
+  /** Read the first page (again); frames wait until it is in. */
+  #readAgain() {
+    this.#reading = true;
+    this.#head();
+  }
+
   async #readHead() {
-    this.#loadingHead = true;
+    // Every change up to the newest frame heard so far committed before this read starts,
+    // so the page holds each of their rows (or, past a page, starts the list over).
+    const upTo = this.#heard;
     try {
       const page = await this.#session.transactions({ limit: this.#pageSize });
       const fresh = page.transactions;
+      // While reading, no live row was added: the items hold only rows the server listed,
+      // or rows from frames in order before the gap. The page reaches them, or more changes
+      // came than one page holds and the list starts over from it.
       const ids = new Set(this.state.items.map((t) => String(t.id)));
-      // The page reaches what we have, or we had nothing: merge. Otherwise more changes came
-      // than one page holds: start over from this page.
       const joins = ids.size === 0 || page.next == null || fresh.some((t) => ids.has(String(t.id)));
       const items = joins ? merge(this.state.items, fresh) : fresh;
       const next = joins && ids.size ? this.state.next : page.next;
-      this.#version = Math.max(this.#version ?? 0, fresh[0]?.version ?? 0);
-      this.#loadingHead = false;
+      this.#version = Math.max(this.#version ?? 0, fresh[0]?.version ?? 0, upTo);
+      this.#reading = false;
+      this.#failures = 0;
       this.set({ items, next, done: next == null, loading: false, error: null });
-      const pending = this.#pending;
+      const pending = this.#pending.sort((a, b) => a.version - b.version);
       this.#pending = [];
       for (const u of pending) this.#onBalance(u);
     } catch (err) {
-      this.#loadingHead = false;
       this.set({ loading: false, error: err });
-      throw err;
+      if (err instanceof RequestError && err.status === 429) throw err; // throttled() waits its retry_after
+      // Anything else: try again, further apart each time, while someone is listening.
+      if (this.active) this.#retryTimer = setTimeout(() => this.#head(), Math.min(30_000, 1000 * 2 ** this.#failures++));
     } finally {
       const resolve = this.#resolveMore;
       this.#moreAfterHead = this.#resolveMore = null;
-      if (resolve) resolve(this.#loadingHead ? undefined : this.loadMore());
+      if (resolve) resolve(this.#reading ? undefined : this.loadMore());
     }
   }
 
   #onBalance(u) {
     if (u.account_id !== this.#session.account) return;
-    if (this.#loadingHead || this.#version === null) {
+    this.#heard = Math.max(this.#heard, u.version);
+    if (this.#reading) {
       this.#pending.push(u);
-      if (!this.#loadingHead) this.#head(); // the first page failed to load: a change is a reason to try again
       return;
     }
     if (u.version <= this.#version) return;
-    const inOrder = u.version === this.#version + 1 && u.change;
-    this.#version = u.version;
-    if (!inOrder) {
-      this.#head(); // a gap: changes we were not told about one by one
+    if (u.version !== this.#version + 1 || !u.change) {
+      this.#readAgain(); // a gap (or a snapshot after a reconnect): changes we were not told of one by one
       return;
     }
+    this.#version = u.version;
     const tx = rowFromFrame(u);
-    if (tx) this.set({ items: merge(this.state.items, [tx]) });
+    if (tx) this.set({ items: merge(this.state.items, [tx]), error: null });
   }
 }
 

@@ -23,7 +23,7 @@
 // Keyboard: focus moves into the dialog and stays there (Tab wraps), Escape closes it,
 // and focus returns to where it was.
 
-import { CreditElement, define, h, trapFocus } from './base.js';
+import { CreditElement, deepActiveElement, define, h, trapFocus } from './base.js';
 import { formatCredits, shortDate } from './format.js';
 import './purchase.js';
 
@@ -128,7 +128,9 @@ export class CreditGate extends CreditElement {
     this.#body = body;
     this.#action = action;
     this.#available = null;
-    this.#returnFocus = opener ?? globalThis.document?.activeElement ?? null;
+    this.#outcome = 'cancel';
+    this.#els.dialog.returnValue = ''; // Escape leaves the last value: it must not read as 'continue'
+    this.#returnFocus = opener ?? deepActiveElement();
     this.render();
     if (!this.#els.dialog.open) this.#els.dialog.showModal();
     this.emit('credit-gate-open', { body, action });
@@ -142,7 +144,7 @@ export class CreditGate extends CreditElement {
   }
 
   #closed() {
-    const outcome = this.#els.dialog.returnValue === 'continue' || this.#outcome === 'continue' ? 'continue' : 'cancel';
+    const outcome = this.#outcome;
     this.#outcome = 'cancel';
     this.#settle?.(outcome);
     this.#settle = null;
@@ -150,6 +152,15 @@ export class CreditGate extends CreditElement {
     this.emit('credit-gate-close', { outcome });
     this.#returnFocus?.focus?.();
     this.#returnFocus = null;
+  }
+
+  disconnectedCallback() {
+    super.disconnectedCallback();
+    // A dialog taken out of the page (a route change, a React unmount) fires no `close`:
+    // answer the waiting show() here, or its caller would wait for good.
+    if (!this.#settle) return;
+    this.#closed();
+    this.#els.dialog.removeAttribute('open'); // no close(): its `close` event would come back here
   }
 
   started(session) {
@@ -181,13 +192,9 @@ export class CreditGate extends CreditElement {
     e.status.textContent = v.enough ? 'Your credits arrived. You can go on.' : '';
     e.proceed.hidden = !v.enough;
     e.cancel.textContent = v.enough ? 'Close' : 'Not now';
-    if (v.enough && e.dialog.open && !e.dialog.contains(deepFocus(this))) e.proceed.focus();
+    // The packages just hid (focus may have been on one): "Continue" is what to press now.
+    if (v.enough && e.dialog.open && this.shadowRoot.activeElement !== e.cancel) e.proceed.focus();
   }
-}
-
-/** The element focused inside `host`'s shadow root, if any. */
-function deepFocus(host) {
-  return host.shadowRoot.activeElement;
 }
 
 define('credit-gate', CreditGate);

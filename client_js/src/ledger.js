@@ -59,8 +59,7 @@ export function rowView(t, { locale, reasonLabel = (r) => r } = {}) {
 export class CreditLedger extends CreditElement {
   static observedAttributes = [...CreditElement.sessionAttributes, 'page-size', 'locale'];
 
-  /** Reason → what people read (a charge's reason is its operation id); default as stored. */
-  reasonLabel = (reason) => reason;
+  #reasonLabel = (reason) => reason;
   #feed = null;
   #state = null;
   #rows = new WeakMap(); // transaction object → its <li>, so a new row does not rebuild the rest
@@ -78,6 +77,17 @@ export class CreditLedger extends CreditElement {
     });
     e.more.addEventListener('click', () => this.loadMore());
     this.shadowRoot.append(e.list, e.empty, e.more, e.error, e.announce);
+  }
+
+  /** Reason → what people read (a charge's reason is its operation id); default as stored. */
+  get reasonLabel() {
+    return this.#reasonLabel;
+  }
+
+  set reasonLabel(fn) {
+    this.#reasonLabel = fn;
+    this.#rows = new WeakMap(); // every row says it anew
+    this.render();
   }
 
   /** The transactions shown, newest first. */

@@ -73,8 +73,8 @@ export function packageViews(catalog, { currency, only, featured, need = 0, loca
 /** The currency the element sells in: usd when the packages have it, else the first priced. */
 export function pickCurrency(catalog) {
   const priced = Object.values(catalog?.packages ?? {}).flatMap((p) => Object.keys(p.price ?? {}));
-  const rates = Object.keys(catalog?.pay_as_you_go?.credits_per_unit ?? {});
-  const all = [...priced, ...rates];
+  // The packages' currencies come first: a pay-as-you-go rate in usd must not hide every package priced in eur.
+  const all = priced.length ? priced : Object.keys(catalog?.pay_as_you_go?.credits_per_unit ?? {});
   return all.includes('usd') ? 'usd' : all[0] ?? 'usd';
 }
 
@@ -92,6 +92,7 @@ export class CreditPurchase extends CreditElement {
 
   #catalog = null;
   #busy = false;
+  #drawn = ''; // the package views last drawn
   #els;
 
   constructor() {
@@ -136,7 +137,7 @@ export class CreditPurchase extends CreditElement {
 
   /** Start a checkout for a package id (what a click does); resolves once it has gone or failed. */
   buy(packageId) {
-    return this.#buy({ package: packageId }, null);
+    return this.#buy({ package: packageId, currency: this.currency }, null);
   }
 
   async #buy(what, button) {
@@ -176,6 +177,23 @@ export class CreditPurchase extends CreditElement {
     const only = (this.getAttribute('packages') || '').split(',').map((s) => s.trim()).filter(Boolean);
     const need = Number(this.getAttribute('need')) || 0;
     const views = packageViews(this.#catalog, { currency: this.currency, only, featured: this.getAttribute('featured'), need, locale });
+    // Redraw the buttons only when what they say changed (a gate sets `need` on every pushed
+    // balance), and give focus back to the same package when one had it.
+    const drawn = JSON.stringify(views);
+    if (drawn !== this.#drawn) this.#drawPackages(views, drawn);
+    const rate = this.#catalog.pay_as_you_go?.credits_per_unit?.[this.currency];
+    e.payg.hidden = !rate || this.getAttribute('pay-as-you-go') === 'off';
+    if (!e.payg.hidden) {
+      e.paygLabel.textContent = `Or any amount (${this.currency.toUpperCase()})`;
+      if (!e.input.value) e.input.value = this.#startAmount(rate, need);
+      this.#renderPayg();
+    }
+  }
+
+  #drawPackages(views, drawn) {
+    const e = this.#els;
+    this.#drawn = drawn;
+    const focused = this.shadowRoot.activeElement?.dataset?.package;
     e.packages.replaceChildren(
       ...views.map((v) =>
         h(
@@ -188,7 +206,7 @@ export class CreditPurchase extends CreditElement {
             'data-credits': v.credits,
             'aria-label': `${v.creditsText} for ${v.price}${v.featured ? ', most popular' : ''}${v.short ? ', not enough for this' : ''}`,
             disabled: this.#busy,
-            onclick: (ev) => this.#buy({ package: v.id }, ev.currentTarget),
+            onclick: (ev) => this.#buy({ package: v.id, currency: this.currency }, ev.currentTarget),
           },
           v.featured ? h('span', { part: 'badge', textContent: 'Most popular' }) : null,
           h('span', { part: 'credits', textContent: v.creditsText }),
@@ -197,13 +215,7 @@ export class CreditPurchase extends CreditElement {
         ),
       ),
     );
-    const rate = this.#catalog.pay_as_you_go?.credits_per_unit?.[this.currency];
-    e.payg.hidden = !rate || this.getAttribute('pay-as-you-go') === 'off';
-    if (!e.payg.hidden) {
-      e.paygLabel.textContent = `Or any amount (${this.currency.toUpperCase()})`;
-      if (!e.input.value) e.input.value = this.#startAmount(rate, need);
-      this.#renderPayg();
-    }
+    if (focused) [...e.packages.children].find((b) => b.dataset.package === focused)?.focus();
   }
 
   /** What the amount field starts at: the minimum, or what covers `need` credits. */

@@ -35,15 +35,24 @@ function useOwnSession({ apiUrl, wsUrl, token, WebSocket }) {
   const [session, setSession] = useState(null);
   const tokenRef = useRef(token);
   tokenRef.current = token;
+  const made = useRef(null); // {apiUrl, wsUrl, WebSocket, session}: reused by strict mode's second run
   const hasToken = Boolean(token);
   useEffect(() => {
-    if (!hasToken || (!apiUrl && !wsUrl && !globalThis.location)) return undefined;
-    const s = new CreditSession({
-      apiUrl,
-      wsUrl,
-      WebSocket,
-      token: () => (typeof tokenRef.current === 'function' ? tokenRef.current() : tokenRef.current),
-    });
+    if (!hasToken || (!apiUrl && !wsUrl && !globalThis.location)) {
+      made.current = null; // signed out: whoever signs in next gets a session of their own
+      return undefined;
+    }
+    const last = made.current;
+    const same = last && last.apiUrl === apiUrl && last.wsUrl === wsUrl && last.WebSocket === WebSocket;
+    const s = same
+      ? last.session
+      : new CreditSession({
+          apiUrl,
+          wsUrl,
+          WebSocket,
+          token: () => (typeof tokenRef.current === 'function' ? tokenRef.current() : tokenRef.current),
+        });
+    made.current = { apiUrl, wsUrl, WebSocket, session: s };
     const release = s.retain();
     setSession(s);
     return () => {
@@ -162,7 +171,9 @@ function wrap(tag, events, displayName) {
     }, []);
     useEffect(() => {
       const el = elRef.current;
-      if (el && s) el.session = s; // before the element is defined too: it takes it over when upgraded
+      // Null too (the provider lost its token: signed out), so no element keeps the old session.
+      // Set before the element is defined, it is taken over when the element upgrades.
+      if (el) el.session = s ?? null;
     }, [s]);
     useEffect(() => {
       const el = elRef.current;

@@ -132,6 +132,9 @@ export class CreditSession {
     if (typeof this.#token === 'string') return Promise.resolve(this.#token);
     // Elements starting together share one call to the app's token endpoint.
     this.#minting ??= (async () => {
+      // A microtask first: a token function that throws at once must still reach `finally`
+      // after #minting is set, or the failed attempt would stay cached for good.
+      await null;
       try {
         const token = await this.#token();
         if (typeof token !== 'string' || !token) throw new Error('the token function returned no token');
@@ -201,7 +204,9 @@ export class CreditSession {
       success_url: successUrl ?? here,
       cancel_url: cancelUrl ?? here,
       idempotency_key: `checkout-${randomId()}`,
-      ...(pack ? { package: pack } : { amount, currency }),
+      // The currency goes with a package too: the one its price was shown in is the one charged.
+      ...(pack ? { package: pack } : { amount }),
+      ...(currency ? { currency } : {}),
       ...(customerEmail ? { customer_email: customerEmail } : {}),
     };
     return this.request('POST', '/v1/me/checkout', body);

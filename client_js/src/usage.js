@@ -68,8 +68,7 @@ let ids = 0;
 export class CreditUsage extends CreditElement {
   static observedAttributes = [...CreditElement.sessionAttributes, 'locale'];
 
-  /** Operation id → what people read; replace it to name operations your way. */
-  operationLabel = operationName;
+  #operationLabel = operationName;
   #plan = null;
   #els;
 
@@ -88,6 +87,16 @@ export class CreditUsage extends CreditElement {
     });
     e.allowance.append(h('div', { className: 'row' }, h('span', { part: 'allowance-label', id: `${id}-label`, textContent: 'Plan allowance' }), e.text), e.bar);
     this.shadowRoot.append(h('div', { className: 'head' }, h('span', { part: 'title', textContent: 'Usage' }), e.plan), e.allowance, e.limits, e.reset, e.empty, e.error);
+  }
+
+  /** Operation id → what people read; replace it to name operations your way. */
+  get operationLabel() {
+    return this.#operationLabel;
+  }
+
+  set operationLabel(fn) {
+    this.#operationLabel = fn;
+    this.render();
   }
 
   /** The last GET /v1/me/plan body (null before the first read). */

@@ -151,3 +151,86 @@ test('<credit-purchase>: a 429 says when to try again and enables the buttons ag
   assert.equal(shadow(el, '[data-package=starter]').disabled, false);
   assert.equal(el.hasAttribute('busy'), false);
 });
+
+// jsdom has no modal dialogs: the little of <dialog> the gate uses, as browsers behave.
+function dialogsLikeABrowser() {
+  const proto = window.HTMLDialogElement.prototype;
+  proto.showModal ??= function showModal() {
+    this.setAttribute('open', '');
+  };
+  proto.close ??= function close(value) {
+    if (!this.hasAttribute('open')) return;
+    if (value !== undefined) this.returnValue = value;
+    this.removeAttribute('open');
+    this.dispatchEvent(new Event('close'));
+  };
+  if (!('returnValue' in proto)) Object.defineProperty(proto, 'returnValue', { value: '', writable: true });
+}
+/** What Escape does to an open modal dialog: `cancel`, then a close with no value. */
+const escape = (dialog) => {
+  dialog.dispatchEvent(new Event('cancel'));
+  dialog.close();
+};
+
+test('<credit-gate>: continue once credits arrive; Escape afterwards is a cancel; removal answers too', async (t) => {
+  dialogsLikeABrowser();
+  await import('../src/gate.js');
+  const { ws, session } = backend();
+  const gate = document.createElement('credit-gate');
+  gate.session = session;
+  document.body.append(gate);
+  t.after(() => gate.remove());
+  await settle();
+  ws.last().open();
+  ws.last().push(balanceFrame('u1', 1, 12));
+  await wait(20);
+  const dialog = shadow(gate, '[part=dialog]');
+  const body = { error: 'insufficient_credits', required: 40, available: 12 };
+  const first = gate.show(body, { action: 'Generate video' });
+  assert.equal(gate.open, true);
+  assert.equal(shadow(gate, '[part=continue]').hidden, true);
+  ws.last().push(balanceFrame('u1', 2, 512, { kind: 'purchase', amount: 500, reason: null, transaction_id: 2, hold_id: null }));
+  assert.equal(shadow(gate, '[part=title]').textContent, 'You have enough credits now');
+  assert.equal(shadow(gate, '[part=continue]').hidden, false);
+  assert.equal(shadow(gate, '[part=purchase]').hidden, true);
+  shadow(gate, '[part=continue]').click();
+  assert.equal(await first, 'continue');
+  // The next time, Escape: the dialog's returnValue still says 'continue' from before.
+  const second = gate.show(body, { action: 'Generate video' });
+  escape(dialog);
+  assert.equal(await second, 'cancel');
+  // Taken out of the page while open: the caller hears 'cancel', not nothing.
+  const third = gate.show({ error: 'limit_reached', limit: 5, used: 5, resets_at: '2026-12-01T00:00:00Z' }, { action: 'Generate video' });
+  assert.match(shadow(gate, '[part=dialog] > [part=message]').textContent, /can run 5 times per period/);
+  assert.equal(shadow(gate, '[part=purchase]').hidden, true, 'no packages for a plan limit');
+  gate.remove();
+  assert.equal(await third, 'cancel');
+});
+
+test('elements on the page default follow it when it is replaced (another user)', async (t) => {
+  await import('../src/elements.js');
+  const { setDefaultSession } = await import('../src/session.js');
+  const a = backend();
+  const b = backend();
+  setDefaultSession(a.session);
+  const el = document.createElement('credit-balance');
+  document.body.append(el);
+  t.after(() => {
+    el.remove();
+    setDefaultSession(null);
+  });
+  await settle();
+  a.ws.last().open();
+  a.ws.last().push(balanceFrame('alice', 1, 70));
+  await wait(10);
+  assert.equal(shadow(el, '[part=balance]').textContent, '70');
+  setDefaultSession(b.session);
+  await settle();
+  b.ws.last().open();
+  b.ws.last().push(balanceFrame('bob', 1, 5));
+  await wait(10);
+  assert.equal(el.session, b.session);
+  assert.equal(shadow(el, '[part=balance]').textContent, '5');
+  await wait(1100);
+  assert.deepEqual(a.ws.last().closedWith, { code: 1000, reason: 'client closed' }, "alice's socket is let go");
+});

@@ -88,3 +88,40 @@ test('plan: read on start and again after pushed changes, at most once a second'
   assert.equal(reads, 2);
   off();
 });
+
+test('ledger: a failed re-read is tried again, and no row inside the gap is lost', async (t) => {
+  let fail = 0;
+  let page = { transactions: [tx(10, 1, 100, 100)], next: null };
+  const { s, ws, http } = await fakeSession({ 'GET /v1/me/transactions': () => (fail-- > 0 ? [503, { error: 'unavailable', message: 'db down' }] : page) });
+  const feed = new LedgerFeed(s);
+  t.after(feed.subscribe(() => {}));
+  await serverOpens(ws, balanceFrame('u1', 1, 100));
+  await wait(20);
+  fail = 1;
+  page = { transactions: [tx(12, 3, -2, 95), tx(11, 2, -3, 97), tx(10, 1, 100, 100)], next: null };
+  ws.last().push(balanceFrame('u1', 3, 95, usage(12, -2))); // version 2 was never pushed to us
+  await wait(300);
+  assert.match(feed.state.error?.message ?? '', /db down/);
+  // In order after the gap, but the gap is not filled yet: it waits, it is not shown over a hole.
+  ws.last().push(balanceFrame('u1', 4, 94, usage(13, -1)));
+  assert.deepEqual(feed.state.items.map((x) => x.id), [10]);
+  page = { transactions: [tx(13, 4, -1, 94), ...page.transactions], next: null };
+  await wait(1300); // the retry, a second later
+  assert.deepEqual(feed.state.items.map((x) => x.id), [13, 12, 11, 10]);
+  assert.equal(feed.state.error, null);
+  assert.equal(http.calls.length, 3);
+});
+
+test('plan: with the socket already open, the first change heard is read as one', async (t) => {
+  let reads = 0;
+  const { s, ws } = await fakeSession({ 'GET /v1/me/plan': () => ({ plan: 'pro', allowance: 300, allowance_remaining: 300 - 10 * reads++, limits: {} }) });
+  t.after(s.retain()); // a header badge, say, has the socket and the snapshot already
+  await serverOpens(ws, balanceFrame('u1', 7, 100));
+  const feed = planFeed(s);
+  t.after(feed.subscribe(() => {}));
+  await wait(20);
+  assert.equal(reads, 1);
+  ws.last().push(balanceFrame('u1', 8, 99, usage(20, -1)));
+  await wait(1100);
+  assert.equal(reads, 2);
+});

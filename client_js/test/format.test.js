@@ -74,6 +74,9 @@ test('packages by size, priced in the currency, the featured one marked, too-sma
   assert.deepEqual(packageViews(CATALOG, { only: ['best_value', 'nope', 'starter'] }).map((v) => v.id), ['best_value', 'starter']);
   assert.equal(pickCurrency(CATALOG), 'usd');
   assert.equal(pickCurrency({ packages: { a: { credits: 1, price: { eur: 1 } } } }), 'eur');
+  // A pay-as-you-go rate in usd does not hide packages priced only in eur.
+  assert.equal(pickCurrency({ packages: { a: { credits: 1, price: { eur: 1 } } }, pay_as_you_go: { credits_per_unit: { usd: 1 } } }), 'eur');
+  assert.equal(pickCurrency({ packages: {}, pay_as_you_go: { credits_per_unit: { gbp: 1 } } }), 'gbp');
 });
 
 test('a failed checkout says what happened and that nothing was charged', () => {

@@ -176,3 +176,19 @@ test('without a session the provider renders its children and connects nothing',
   assert.equal(ws.last().url, 'ws://app.test/v1/ws');
   await view.unmount();
 });
+
+test('StrictMode with a provider-made session: one socket, one token call', async () => {
+  const ws = fakeWebSocket();
+  globalThis.fetch = fakeFetch({ 'GET /v1/me/plan': PLAN }).fetch;
+  let minted = 0;
+  const token = async () => `t${++minted}`;
+  function Badge() {
+    useBalance();
+    return null;
+  }
+  const view = await render(h(StrictMode, null, h(CreditProvider, { apiUrl: 'http://balance.test', token, WebSocket: ws.FakeSocket }, h(Badge))));
+  await acting(() => wait(20));
+  assert.equal(ws.sockets.length, 1, 'the remount reuses the session');
+  assert.equal(minted, 1);
+  await view.unmount();
+});

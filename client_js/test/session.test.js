@@ -88,3 +88,21 @@ test('the catalog is read once per session, and again after a failure', async ()
   assert.equal(http.calls.length, 2);
 });
 
+
+test('a token function that throws at once fails that call only', async () => {
+  let calls = 0;
+  const { s } = await fakeSession({ 'GET /v1/me/plan': { plan: null } }, {
+    token: () => {
+      if (calls++ === 0) throw new Error('not signed in yet');
+      return 'tok';
+    },
+  });
+  await assert.rejects(s.plan(), /not signed in yet/);
+  assert.deepEqual(await s.plan(), { plan: null });
+});
+
+test('a package is bought in the currency it was shown in', async () => {
+  const { s, http } = await fakeSession({ 'POST /v1/me/checkout': [201, { url: 'https://pay.test/x' }] });
+  await s.checkout({ package: 'starter', currency: 'eur', successUrl: 'https://app.test/ok' });
+  assert.deepEqual([http.calls[0].body.package, http.calls[0].body.currency], ['starter', 'eur']);
+});
