@@ -124,7 +124,10 @@ export class CreditElement extends Base {
     // Waiting for the page's default, or using it: follow it when it is replaced (sign-out,
     // another user), so no element keeps showing the previous session.
     if (!session || session === defaultSession()) this.#unwait ??= onDefaultSession(() => this.restart());
-    if (!session) return;
+    if (!session) {
+      this.render(); // no session (signed out): draw the empty state, not the last user's data
+      return;
+    }
     this.#active = session;
     this.#stops = this.started(session) ?? [];
     this.render();

@@ -120,7 +120,9 @@ export class PlanFeed extends Feed {
     this.#seen = this.#session.balance()?.version ?? null;
     const off = this.#session.client.on('balance', (u) => {
       if (u.account_id !== this.#session.account) return;
-      const moved = this.#seen !== null && u.version > this.#seen;
+      // The first frame too: the plan read at start may have been answered before changes
+      // this snapshot already counts (a second read is cheap; a stale bar is not).
+      const moved = this.#seen === null || u.version > this.#seen;
       this.#seen = Math.max(this.#seen ?? 0, u.version);
       if (moved) this.#read();
     });
@@ -166,6 +168,7 @@ export class LedgerFeed extends Feed {
   #more = null;
   #moreAfterHead = null;
   #resolveMore = null;
+  #generation = 0; // bumped by stop(): a read still in flight then must not write
   #head;
 
   constructor(session, { pageSize = 20 } = {}) {
@@ -184,11 +187,14 @@ export class LedgerFeed extends Feed {
   }
 
   stop() {
+    this.#generation++;
     this.#version = null;
     this.#heard = 0;
     this.#reading = false;
     this.#pending = [];
     this.#failures = 0;
+    this.#resolveMore?.();
+    this.#moreAfterHead = this.#resolveMore = null;
     this.set({ items: [], next: null, loading: true, error: null, done: false });
   }
 
@@ -202,13 +208,14 @@ export class LedgerFeed extends Feed {
     if (this.state.done || this.state.next == null) return Promise.resolve();
     this.#more ??= (async () => {
       const cursor = this.state.next;
+      const generation = this.#generation;
       this.set({ loading: true });
       try {
         const page = await this.#session.transactions({ limit: this.#pageSize, before: cursor });
-        if (this.state.next !== cursor) return; // the list was replaced meanwhile
+        if (this.state.next !== cursor || generation !== this.#generation) return; // replaced or stopped meanwhile
         this.set({ items: merge(this.state.items, page.transactions), next: page.next, done: page.next == null, loading: false, error: null });
       } catch (err) {
-        this.set({ loading: false, error: err });
+        if (generation === this.#generation) this.set({ loading: false, error: err });
       } finally {
         this.#more = null;
       }
@@ -226,8 +233,10 @@ export class LedgerFeed extends Feed {
     // Every change up to the newest frame heard so far committed before this read starts,
     // so the page holds each of their rows (or, past a page, starts the list over).
     const upTo = this.#heard;
+    const generation = this.#generation;
     try {
       const page = await this.#session.transactions({ limit: this.#pageSize });
+      if (generation !== this.#generation) return; // stopped meanwhile
       const fresh = page.transactions;
       // While reading, no live row was added: the items hold only rows the server listed,
       // or rows from frames in order before the gap. The page reaches them, or more changes
@@ -244,6 +253,7 @@ export class LedgerFeed extends Feed {
       this.#pending = [];
       for (const u of pending) this.#onBalance(u);
     } catch (err) {
+      if (generation !== this.#generation) return;
       this.set({ loading: false, error: err });
       if (err instanceof RequestError && err.status === 429) throw err; // throttled() waits its retry_after
       // Anything else: try again, further apart each time, while someone is listening.

@@ -130,7 +130,8 @@ export class CreditGate extends CreditElement {
     this.#available = null;
     this.#outcome = 'cancel';
     this.#els.dialog.returnValue = ''; // Escape leaves the last value: it must not read as 'continue'
-    this.#returnFocus = opener ?? deepActiveElement();
+    // Shown again while open: focus is inside the dialog now, so keep the first opener.
+    this.#returnFocus = opener ?? (this.#els.dialog.open ? this.#returnFocus : deepActiveElement());
     this.render();
     if (!this.#els.dialog.open) this.#els.dialog.showModal();
     this.emit('credit-gate-open', { body, action });
@@ -144,6 +145,7 @@ export class CreditGate extends CreditElement {
   }
 
   #closed() {
+    if (!this.#settle) return; // already answered (closed, then removed before the event came)
     const outcome = this.#outcome;
     this.#outcome = 'cancel';
     this.#settle?.(outcome);

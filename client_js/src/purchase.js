@@ -137,7 +137,9 @@ export class CreditPurchase extends CreditElement {
 
   /** Start a checkout for a package id (what a click does); resolves once it has gone or failed. */
   buy(packageId) {
-    return this.#buy({ package: packageId, currency: this.currency }, null);
+    // In the currency shown when the package has a price in it; else the server's default.
+    const priced = this.#catalog?.packages?.[packageId]?.price?.[this.currency] != null;
+    return this.#buy({ package: packageId, ...(priced ? { currency: this.currency } : {}) }, null);
   }
 
   async #buy(what, button) {

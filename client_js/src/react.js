@@ -169,11 +169,16 @@ function wrap(tag, events, displayName) {
     useEffect(() => {
       import('./elements.js');
     }, []);
+    const gave = useRef(false); // whether this component set the element's session
     useEffect(() => {
       const el = elRef.current;
-      // Null too (the provider lost its token: signed out), so no element keeps the old session.
+      if (!el) return;
       // Set before the element is defined, it is taken over when the element upgrades.
-      if (el) el.session = s ?? null;
+      if (s) el.session = s;
+      // The provider lost its session (signed out): take ours back, so no element keeps the
+      // old one. One the app set itself (through the ref) is left alone.
+      else if (gave.current) el.session = null;
+      gave.current = Boolean(s);
     }, [s]);
     useEffect(() => {
       const el = elRef.current;

@@ -232,6 +232,7 @@ export function sharedSession({ apiUrl = '', wsUrl = '', tokenUrl }) {
 
 /** Make `session` the one every element without its own session or token-url uses. */
 export function setDefaultSession(session) {
+  if (session === pageDefault) return;
   pageDefault = session;
   for (const fn of [...waiting]) fn();
 }

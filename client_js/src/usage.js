@@ -113,6 +113,7 @@ export class CreditUsage extends CreditElement {
         this.render();
         if (changed && plan) this.emit('credit-usage-update', plan);
       }),
+      () => (this.#plan = null), // the next session (or none) starts from nothing
     ];
   }
 

@@ -207,7 +207,7 @@ test('<credit-gate>: continue once credits arrive; Escape afterwards is a cancel
   assert.equal(await third, 'cancel');
 });
 
-test('elements on the page default follow it when it is replaced (another user)', async (t) => {
+test('elements on the page default follow it when it is replaced (another user, sign-out)', async (t) => {
   await import('../src/elements.js');
   const { setDefaultSession } = await import('../src/session.js');
   const a = backend();
@@ -233,4 +233,6 @@ test('elements on the page default follow it when it is replaced (another user)'
   assert.equal(shadow(el, '[part=balance]').textContent, '5');
   await wait(1100);
   assert.deepEqual(a.ws.last().closedWith, { code: 1000, reason: 'client closed' }, "alice's socket is let go");
+  setDefaultSession(null); // signed out
+  assert.equal(shadow(el, '[part=balance]').textContent, '—', "nobody's balance, not bob's");
 });

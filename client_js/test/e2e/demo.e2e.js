@@ -219,6 +219,30 @@ test('demo: the credit elements live in two tabs, restart, 402 dialog, checkout,
     await shot(tab2, '6-bought-tab2');
   });
 
+  await t.test('credits bought in another tab reach an open dialog, which offers to continue', async () => {
+    const { account: low } = await api('POST', `/v1/accounts/${account}/debit`, { amount: available - 10, reason: 'Bulk render' });
+    available = low.available;
+    await allShow(tabs, '10', 5000);
+    await tab1.click('[data-action=generate_video]');
+    await gateDialog(tab1).waitFor({ state: 'visible', timeout: 5000 });
+    // Tab 2 buys the starter pack from its header menu, through the checkout stand-in.
+    await tab2.click('#buy-toggle');
+    await tab2.locator('#buy-purchase [part=package][data-package=starter]').click();
+    await tab2.waitForURL(/\/dev\/stripe\/pay\//, { timeout: 10_000 });
+    await tab2.click('#pay');
+    await tab2.waitForURL((url) => url.pathname === '/' && !url.search.includes('bought'), { timeout: 10_000 });
+    // Tab 1 never left its dialog: the pushed purchase turns it into "go on".
+    await tab1.waitForSelector('credit-gate [part=continue]', { state: 'visible', timeout: 5000 });
+    assert.equal(await tab1.locator('credit-gate [part=title]').textContent(), 'You have enough credits now');
+    assert.equal(await focused(tab1), 'credit-gate > continue', 'focus moves to Continue');
+    await shot(tab1, '6c-continue');
+    await tab1.keyboard.press('Enter');
+    available = 10 + 100 - 40;
+    await allShow(tabs, fmt.format(available), 5000);
+    await ledgerTop(tab1, 'Generate video', 5000);
+    await gateDialog(tab1).waitFor({ state: 'hidden' });
+  });
+
   await t.test('a plan: usage card in both tabs, plan prices, the bar amber at 80 %', async () => {
     await tab1.click('#plan-actions [data-plan=pro]');
     await Promise.all(tabs.map((p) => p.waitForSelector('credit-usage[plan=pro][level=ok]', { timeout: 5000 })));
