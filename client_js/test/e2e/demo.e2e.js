@@ -172,7 +172,8 @@ test('demo: the credit elements live in two tabs, restart, 402 dialog, checkout,
     // Escape closes it and gives focus back to the button that opened it.
     await tab1.keyboard.press('Escape');
     await dialog.waitFor({ state: 'hidden', timeout: 2000 });
-    assert.equal(await tab1.evaluate(() => document.activeElement.dataset.action), 'generate_video');
+    // The dialog's `close` event, a task after Escape, is where focus goes back.
+    await tab1.waitForFunction(() => document.activeElement?.dataset.action === 'generate_video', null, { timeout: 2000 });
   });
 
   await t.test('a refused checkout says why, and nothing is charged', async () => {
