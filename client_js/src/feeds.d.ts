@@ -23,6 +23,11 @@ export class PlanFeed extends Feed<PlanFeedState> {
 /** The session's one PlanFeed. */
 export function planFeed(session: CreditSession): PlanFeed;
 
+/** A PlanFeed's state before its first read. */
+export const PLAN_START: Readonly<PlanFeedState>;
+/** A LedgerFeed's state before its first page. */
+export const LEDGER_START: Readonly<LedgerFeedState>;
+
 export interface LedgerFeedState {
   /** Newest first. */
   items: Transaction[];

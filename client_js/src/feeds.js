@@ -9,6 +9,11 @@ import { RequestError } from './session.js';
 
 const PLAN_GAP_MS = 1_000; // at most one plan read a second, however fast usage is pushed
 
+/** A PlanFeed's state before its first read (and after it stops). */
+export const PLAN_START = Object.freeze({ plan: null, loading: true, error: null });
+/** A LedgerFeed's state before its first page (and after it stops). */
+export const LEDGER_START = Object.freeze({ items: [], next: null, loading: true, error: null, done: false });
+
 class Feed {
   #subscribers = new Set();
   #stopFns = [];
@@ -101,7 +106,7 @@ export class PlanFeed extends Feed {
   #read;
 
   constructor(session) {
-    super({ plan: null, loading: true, error: null });
+    super(PLAN_START);
     this.#session = session;
     this.#read = throttled(async () => {
       try {
@@ -172,7 +177,7 @@ export class LedgerFeed extends Feed {
   #head;
 
   constructor(session, { pageSize = 20 } = {}) {
-    super({ items: [], next: null, loading: true, error: null, done: false });
+    super(LEDGER_START);
     this.#session = session;
     this.#pageSize = pageSize;
     this.#head = throttled(() => this.#readHead(), 250);
@@ -195,7 +200,7 @@ export class LedgerFeed extends Feed {
     this.#failures = 0;
     this.#resolveMore?.();
     this.#moreAfterHead = this.#resolveMore = null;
-    this.set({ items: [], next: null, loading: true, error: null, done: false });
+    this.set(LEDGER_START);
   }
 
   /** Load the next older page; resolves when it is in (or there is none). */

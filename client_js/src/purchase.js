@@ -22,7 +22,7 @@
 // message}).
 
 import { CreditElement, define, h } from './base.js';
-import { formatCredits, formatMoney, formatPerCredit, paygCredits, parseMoney } from './format.js';
+import { currencyExponent, formatCredits, formatMoney, formatPerCredit, paygCredits, parseMoney } from './format.js';
 
 const STYLE = `
 [part=packages] { display: grid; grid-template-columns: repeat(auto-fit, minmax(9em, 1fr)); gap: .6em; }
@@ -223,7 +223,7 @@ export class CreditPurchase extends CreditElement {
   /** What the amount field starts at: the minimum, or what covers `need` credits. */
   #startAmount(rate, need) {
     const cur = this.currency;
-    const exp = new Intl.NumberFormat('en', { style: 'currency', currency: cur }).resolvedOptions().maximumFractionDigits;
+    const exp = currencyExponent(cur);
     const min = this.#catalog.pay_as_you_go.min_amount?.[cur] ?? 1;
     const cover = need > 0 ? Math.ceil((need * 10 ** exp) / rate) : 0;
     return (Math.max(min, cover) / 10 ** exp).toFixed(exp);

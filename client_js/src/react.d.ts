@@ -1,6 +1,7 @@
 import type { ForwardRefExoticComponent, ReactNode, RefAttributes, CSSProperties } from 'react';
 import type { BalanceChange, BalanceError, BalanceUpdate, ConnectionState, TokenSource, WebSocketLike } from './client.js';
-import type { CreditSession, PlanState, RequestError, Transaction, CheckoutSession } from './session.js';
+import type { CreditSession, PlanState, Transaction, CheckoutSession } from './session.js';
+import type { LedgerFeedState, PlanFeedState } from './feeds.js';
 import type { CreditBalance as CreditBalanceElement } from './element.js';
 import type { CreditPurchase as CreditPurchaseElement } from './purchase.js';
 import type { CreditLedger as CreditLedgerElement } from './ledger.js';
@@ -53,24 +54,16 @@ export interface BalanceSnapshot {
 
 export function useBalance(options?: UseBalanceOptions): BalanceSnapshot;
 
-export interface PlanSnapshot {
-  /** GET /v1/me/plan; null until read. */
-  plan: PlanState | null;
-  loading: boolean;
-  error: RequestError | Error | null;
+/** The PlanFeed's state: `plan` is GET /v1/me/plan, null until read. */
+export interface PlanSnapshot extends PlanFeedState {
   /** Read it again now. */
   refresh(): void;
 }
 
 export function usePlan(options?: SessionOptions): PlanSnapshot;
 
-export interface LedgerSnapshot {
-  /** Newest first; pushed changes are prepended as they come. */
-  items: Transaction[];
-  next: string | number | null;
-  loading: boolean;
-  error: RequestError | Error | null;
-  done: boolean;
+/** The LedgerFeed's state: `items` newest first, pushed changes prepended as they come. */
+export interface LedgerSnapshot extends LedgerFeedState {
   loadMore(): Promise<void>;
 }
 

@@ -12,7 +12,7 @@
 // and the browser connects after hydration.
 
 import { createContext, createElement, forwardRef, useCallback, useContext, useEffect, useRef, useState } from 'react';
-import { LedgerFeed, planFeed } from './feeds.js';
+import { LEDGER_START, LedgerFeed, PLAN_START, planFeed } from './feeds.js';
 import { CreditSession } from './session.js';
 
 const SessionContext = createContext(null);
@@ -99,31 +99,27 @@ export function useBalance(options = {}) {
   return snapshot;
 }
 
-const NO_PLAN = Object.freeze({ plan: null, loading: true, error: null });
-
 /** The plan (GET /v1/me/plan body), live: {plan, loading, error, refresh}. */
 export function usePlan(options = {}) {
   const session = useSessionFor(options);
-  const [state, setState] = useState(NO_PLAN);
+  const [state, setState] = useState(PLAN_START);
   useEffect(() => {
     if (!session) return undefined;
     const off = planFeed(session).subscribe(setState);
     return () => {
       off();
-      setState(NO_PLAN);
+      setState(PLAN_START);
     };
   }, [session]);
   const refresh = useCallback(() => session && planFeed(session).refresh(), [session]);
   return { ...state, refresh };
 }
 
-const NO_LEDGER = Object.freeze({ items: [], next: null, loading: true, error: null, done: false });
-
 /** The transactions, newest first, live: {items, loading, error, done, loadMore}. */
 export function useLedger(options = {}) {
   const session = useSessionFor(options);
   const { pageSize = 20 } = options;
-  const [state, setState] = useState(NO_LEDGER);
+  const [state, setState] = useState(LEDGER_START);
   const feedRef = useRef(null);
   useEffect(() => {
     if (!session) return undefined;
@@ -133,7 +129,7 @@ export function useLedger(options = {}) {
     return () => {
       off();
       feedRef.current = null;
-      setState(NO_LEDGER);
+      setState(LEDGER_START);
     };
   }, [session, pageSize]);
   const loadMore = useCallback(() => feedRef.current?.loadMore() ?? Promise.resolve(), []);

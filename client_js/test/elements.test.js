@@ -32,6 +32,20 @@ function backend() {
 }
 
 const shadow = (el, sel) => el.shadowRoot.querySelector(sel);
+
+/** `tag` on the page with the backend's session (after `setup(el)`), its socket open and sent `frame`. */
+async function mounted(t, tag, { session, ws }, frame, setup = () => {}) {
+  const el = document.createElement(tag);
+  el.session = session;
+  setup(el);
+  document.body.append(el);
+  t.after(() => el.remove());
+  await settle();
+  ws.last().open();
+  ws.last().push(frame);
+  await wait(20);
+  return el;
+}
 const texts = (el, sel) => [...el.shadowRoot.querySelectorAll(sel)].map((n) => n.textContent);
 
 test('a session and labels set before the element was defined are taken over on upgrade', async (t) => {
@@ -73,18 +87,13 @@ test('every element on a session shares its one socket', async (t) => {
 });
 
 test('<credit-ledger>: days with totals, a pushed row prepended and announced', async (t) => {
-  const { ws, session, http } = backend();
-  const el = document.createElement('credit-ledger');
-  el.session = session;
-  el.reasonLabel = (r) => r.toUpperCase();
+  const server = backend();
+  const { ws, http } = server;
   const rows = [];
-  el.addEventListener('credit-ledger-row', (e) => rows.push(e.detail.id));
-  document.body.append(el);
-  t.after(() => el.remove());
-  await settle();
-  ws.last().open();
-  ws.last().push(balanceFrame('u1', 1, 100));
-  await wait(20);
+  const el = await mounted(t, 'credit-ledger', server, balanceFrame('u1', 1, 100), (ledger) => {
+    ledger.reasonLabel = (r) => r.toUpperCase();
+    ledger.addEventListener('credit-ledger-row', (e) => rows.push(e.detail.id));
+  });
   assert.deepEqual(texts(el, '[part=row-title]'), ['WELCOME']);
   ws.last().push(balanceFrame('u1', 2, 60, { kind: 'usage', amount: -40, reason: 'video', transaction_id: 11, hold_id: null }));
   assert.deepEqual(texts(el, '[part=row-title]'), ['VIDEO', 'WELCOME']);
@@ -175,15 +184,9 @@ const escape = (dialog) => {
 test('<credit-gate>: continue once credits arrive; Escape afterwards is a cancel; removal answers too', async (t) => {
   dialogsLikeABrowser();
   await import('../src/gate.js');
-  const { ws, session } = backend();
-  const gate = document.createElement('credit-gate');
-  gate.session = session;
-  document.body.append(gate);
-  t.after(() => gate.remove());
-  await settle();
-  ws.last().open();
-  ws.last().push(balanceFrame('u1', 1, 12));
-  await wait(20);
+  const server = backend();
+  const { ws } = server;
+  const gate = await mounted(t, 'credit-gate', server, balanceFrame('u1', 1, 12));
   const dialog = shadow(gate, '[part=dialog]');
   const body = { error: 'insufficient_credits', required: 40, available: 12 };
   const first = gate.show(body, { action: 'Generate video' });
