@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
+from server import shipped
+
+SCHEMA_PATH = shipped.path("schema.sql")
 # pg_advisory_xact_lock key: two instances running `migrate` at once take turns.
 _MIGRATE_LOCK = 0x62616C616E6365
 _MARKER = re.compile(r"^-- (step|definitions|index): (\S+)\s*$", re.MULTILINE)

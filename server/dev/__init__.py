@@ -1,6 +1,6 @@
 """Development only: throwaway PostgreSQL and Redis, the demo page and its helper routes."""
 
-from pathlib import Path
+from server import shipped
 
-CLIENT_JS = Path(__file__).resolve().parent.parent.parent / "client_js"
+CLIENT_JS = shipped.path("client_js")
 """The browser client and the demo pages that `dev` serves."""
