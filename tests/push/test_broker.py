@@ -125,8 +125,20 @@ def test_make_broker_picks_by_scheme() -> None:
         make_broker("http://127.0.0.1:6379")
     with pytest.raises(ValueError, match="REDIS_URL"):
         make_broker("redis+cluster://127.0.0.1")
+
+
+def test_cluster_seeds_parse_on_every_interpreter() -> None:
+    """A seed list is not one netloc: urllib refuses it on Debian's and newer Pythons."""
     assert seeds("redis+cluster://u:p%40ss@h1:7000,[::1]:7001") == (
         [("h1", 7000), ("::1", 7001)], "u", "p@ss")
+    assert seeds("redis+cluster://[fe80::1]:7000, 10.0.0.2:7001/0?x=1") == (
+        [("fe80::1", 7000), ("10.0.0.2", 7001)], None, None)
+    assert seeds("redis+cluster://:p@ss/w@h:1") == ([("h", 1)], None, "p@ss/w")
+    for bad in ("redis+cluster://::1:7000", "redis+cluster://[h1]:7000",
+                "redis+cluster://[::1]7000", "redis+cluster://h1:0", "redis+cluster://h1:x",
+                "redis+cluster://h1:70000", "redis+cluster://,"):
+        with pytest.raises(ValueError, match="REDIS_URL"):
+            seeds(bad)
 
 
 async def test_memory_broker_delivers_only_what_is_subscribed() -> None:

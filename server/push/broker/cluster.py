@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -57,22 +58,44 @@ LOST_RECHECK = 0.5  # a master dropped a channel: read the map again this much l
 HEAL_GAP = 0.25  # the least time between two map reads asked for back to back
 
 
-def seeds(url: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
-    """`redis+cluster://[user:password@]host:port[,host:port…]` → (hosts, username, password)."""
-    parts = urlsplit(url)
-    if parts.scheme != SCHEME:
+def seeds(url: str) -> tuple[list[Address], str | None, str | None]:
+    """`redis+cluster://[user:password@]host:port[,host:port…]` → (hosts, username, password).
+
+    Parsed by hand: a list of hosts is not one netloc, and urllib's check of bracketed IPv6
+    hosts (in Debian's 3.11 and every CPython since 3.11.4) refuses `h1:7000,[::1]:7001`.
+    """
+    scheme, sep, rest = url.partition("://")
+    if scheme != SCHEME or not sep:
         raise ValueError(f"not a {SCHEME}:// URL")
-    credentials, _, hosts = parts.netloc.rpartition("@")
+    # Hosts never hold an '@', a password may: the last one ends the credentials.
+    credentials, _, located = rest.rpartition("@")
     username, _, password = credentials.partition(":")
-    found = []
-    for item in filter(None, hosts.split(",")):
-        host, sep, port = item.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"REDIS_URL: {item!r} is not host:port")
-        found.append((host.strip("[]"), int(port)))
+    hosts = located.split("/", 1)[0].split("?", 1)[0]
+    found = [_address(item.strip()) for item in hosts.split(",") if item.strip()]
     if not found:
         raise ValueError(f"REDIS_URL: {SCHEME}:// names no host:port")
     return found, unquote(username) or None, unquote(password) or None
+
+
+def _address(item: str) -> Address:
+    """`host:port`, `1.2.3.4:port` or `[v6]:port`."""
+    if item.startswith("["):
+        host, sep, port = item[1:].partition("]:")
+        valid = bool(sep) and _is_ipv6(host)
+    else:
+        host, sep, port = item.rpartition(":")
+        valid = bool(sep and host) and ":" not in host  # a bare IPv6 needs its brackets
+    if not valid or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"REDIS_URL: {item!r} is not host:port (an IPv6 host: [::1]:7000)")
+    return host, int(port)
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class ClusterBroker:

@@ -297,4 +297,4 @@ def _by_slot(channels: Iterable[str]) -> list[list[str]]:
 
 async def _close(pubsub: PubSub) -> None:
     with contextlib.suppress(Exception):
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed in redis 8
