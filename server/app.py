@@ -82,6 +82,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
         )
         await tokens.start()  # the app's JWKS, fetched before the first request
         await hub.start()  # connects the broker
+        await rate_limits.start()
         publisher.start()
         jobs.start()
         if outbox is not None:

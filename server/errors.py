@@ -104,6 +104,10 @@ def unavailable(message: str = "database unreachable; nothing was written") -> P
     return Problem("unavailable", message)
 
 
+def internal_error(message: str = "unexpected server error; retry") -> Problem:
+    return Problem("internal_error", message)
+
+
 def provider_unavailable(provider: str, detail: str) -> Problem:
     return Problem("provider_unavailable",
                    f"{provider}'s API failed ({detail}); nothing was written", provider=provider)

@@ -5,18 +5,26 @@ ws_connect=30/minute;ws_sync=12/minute;service=` (an empty value: no limit). Wit
 REDIS_URL the counters live in Redis (or a Redis Cluster: `limits` puts each counter's keys
 in one hash slot), so every instance counts against the same limit;
 without it, in this process's memory. A limiter that cannot reach Redis lets requests
-through (and says so in the log): limits protect the service, they must not stop it.
+through (and says so in the log and a metric): limits protect the service, they must not
+stop it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import time
+from typing import Any
 
 import limits
 from limits.aio.storage import MemoryStorage, RedisClusterStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from redis.asyncio.cluster import ClusterNode
+
+from server import metrics
+from server.push.broker import cluster
 
 log = logging.getLogger("balance.limits")
 
@@ -56,36 +64,105 @@ def parse(spec: str) -> dict[str, limits.RateLimitItem | None]:
 
 
 class RateLimits:
-    """`hit(name, key)`: None when allowed, else the seconds to wait."""
+    """`hit(name, key)`: None when allowed, else the seconds to wait.
+
+    A counter that errs or is slow lets that call through: an outage of Redis must never
+    lock every browser out (a reconnect herd would find every handshake refused or hung).
+    After an error the store is left alone for `PAUSE` seconds, so a herd meeting a dead
+    Redis does not wait out a connect timeout per request; each call let through unchecked
+    is counted (balance_rate_limit_unchecked_total) and logged once per `LOG_EVERY`.
+    """
+
+    DEADLINE = 1.0  # seconds one check may take before the call is let through
+    PAUSE = 2.0  # seconds the store is not asked after it erred
+    LOG_EVERY = 60.0
+    # Checks in flight to the shared store per process (and its connections per Redis
+    # node); the rest queue, within DEADLINE. redis-py's pools raise rather than wait past
+    # their size: a herd of handshakes would otherwise turn into unchecked calls.
+    IN_FLIGHT = 128
 
     def __init__(self, spec: str, redis_url: str | None, prefix: str) -> None:
         self._items = parse(spec)
-        storage: Storage = MemoryStorage()
-        # Bounded: a counter that cannot be reached must not hold a request for long.
-        timeouts = {"socket_connect_timeout": 1.0, "socket_timeout": 1.0}
-        kind = {"redis": RedisStorage, "rediss": RedisStorage,
-                "redis+cluster": RedisClusterStorage}.get((redis_url or "").partition(":")[0])
-        if kind is not None:
-            storage = kind(f"async+{redis_url}", implementation="redispy",
-                           key_prefix=f"{prefix}:limits", wrap_exceptions=True, **timeouts)
-        self._limiter = SlidingWindowCounterRateLimiter(storage)
+        self._storage = _storage(redis_url, f"{prefix}:limits")
+        self._limiter = SlidingWindowCounterRateLimiter(self._storage)
         self._local = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._in_flight = asyncio.Semaphore(self.IN_FLIGHT)
+        self._paused_until = 0.0
+        self._logged_at = -math.inf
+        self._unlogged = 0
 
     def limits(self, name: str) -> bool:
         """Whether `name` has a limit at all."""
         return self._items[name] is not None
+
+    async def start(self) -> None:
+        """Make the shared store's first use at start, not under a herd: the cluster
+        client reads its slot map and each master loads the counting scripts (redis-py
+        loads a script on every master after a NOSCRIPT) before any request races to."""
+        item = next((i for i in self._items.values() if i is not None), None)
+        if item is None or isinstance(self._storage, MemoryStorage):
+            return
+        with contextlib.suppress(Exception):  # down at start: hit() copes, and says so
+            async with asyncio.timeout(self.DEADLINE):
+                await self._limiter.hit(item, "start", "start")
+                await self._limiter.get_window_stats(item, "start", "start")
 
     async def hit(self, name: str, key: str, *, local: bool = False) -> float | None:
         """Count one `name` for `key`; `local` keeps the count in this process (per socket)."""
         item = self._items[name]
         if item is None:
             return None
-        limiter = self._local if local else self._limiter
-        try:
-            if await limiter.hit(item, name, key):
+        gate: contextlib.AbstractAsyncContextManager[Any]
+        if local:
+            limiter, gate = self._local, contextlib.nullcontext()
+        else:
+            limiter, gate = self._limiter, self._in_flight
+            if time.monotonic() < self._paused_until:
+                self._unchecked(name, None)
                 return None
-            stats = await limiter.get_window_stats(item, name, key)
-        except limits.errors.StorageError as exc:
-            log.warning("rate limit %s not checked: %s", name, type(exc.storage_error).__name__)
+        try:
+            async with asyncio.timeout(self.DEADLINE), gate:
+                if await limiter.hit(item, name, key):
+                    return None
+                stats = await limiter.get_window_stats(item, name, key)
+        except Exception as exc:  # whatever the store or its client raised, or the deadline
+            if not local:
+                self._paused_until = time.monotonic() + self.PAUSE
+            self._unchecked(name, exc)
             return None
         return max(1.0, math.ceil(stats.reset_time - time.time()))
+
+    def _unchecked(self, name: str, exc: Exception | None) -> None:
+        metrics.rate_limit_unchecked.labels(name).inc()
+        self._unlogged += 1
+        now = time.monotonic()
+        if exc is not None and now - self._logged_at >= self.LOG_EVERY:
+            cause = exc.storage_error if isinstance(exc, limits.errors.StorageError) else exc
+            log.warning("rate limits not checked (%d calls let through since the last line): "
+                        "%s: %s", self._unlogged, type(cause).__name__, cause)
+            self._logged_at = now
+            self._unlogged = 0
+
+
+def _storage(redis_url: str | None, prefix: str) -> Storage:
+    """Where the shared counters live: Redis, a Redis Cluster, or (no REDIS_URL) memory."""
+    scheme = (redis_url or "").partition(":")[0]
+    # Bounded: a counter that cannot be reached must not hold a request for long.
+    timeouts = {"socket_connect_timeout": RateLimits.DEADLINE,
+                "socket_timeout": RateLimits.DEADLINE, "max_connections": RateLimits.IN_FLIGHT}
+    if scheme in ("redis", "rediss"):
+        return RedisStorage(f"async+{redis_url}", implementation="redispy", key_prefix=prefix,
+                            wrap_exceptions=True, **timeouts)
+    if scheme == cluster.SCHEME:
+        # The seeds are parsed by the broker's parser and handed to redis-py's RedisCluster
+        # (limits passes its options through): limits' own URL parsing refuses an IPv6 seed.
+        nodes, username, password = cluster.seeds(str(redis_url))
+        options: dict[str, Any] = {
+            "startup_nodes": [ClusterNode(host, port) for host, port in nodes], **timeouts}
+        if username:
+            options["username"] = username
+        if password:
+            options["password"] = password
+        return RedisClusterStorage(f"async+{cluster.SCHEME}://", implementation="redispy",
+                                   key_prefix=prefix, wrap_exceptions=True, **options)
+    return MemoryStorage()

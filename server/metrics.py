@@ -48,3 +48,15 @@ signatures_rejected = Counter(
     "Webhooks refused for their signature",
     ["provider"],
 )
+
+# Rate limits and admission
+rate_limit_unchecked = Counter(
+    "balance_rate_limit_unchecked_total",
+    "Calls let through without a check because the limit's store erred or was slow",
+    ["limit"],
+)
+ws_admission_failures = Counter(
+    "balance_ws_admission_failures_total",
+    "WebSocket handshakes answered 5xx, or joins closed 4500, by a failure inside the server",
+    ["stage"],
+)

@@ -173,6 +173,6 @@ def _not_posted(exc: asyncpg.PostgresError, provider: str, event_id: str) -> Exc
     if exc.sqlstate != NOT_POSTED:
         return exc
     log.error("%s event %s: %s", provider, event_id, exc)
-    return errors.Problem(
-        "internal_error", f"a reversal could not be posted ({exc}); nothing was written, "
+    return errors.internal_error(
+        f"a reversal could not be posted ({exc}); nothing was written, "
         "and the provider will deliver the event again")

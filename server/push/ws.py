@@ -52,6 +52,9 @@ PATH = "/v1/ws"
 RESOURCES = "balance.resources"
 """The lifespan state's key for server.resources.Resources (app.py yields it)."""
 MAX_FRAME = 4096  # bytes; a browser only ever sends auth and sync
+# Seconds an authenticated socket may wait for its subscription and snapshot; then 4500
+# (reconnect). A herd of a thousand joins well inside it; a hung dependency does not.
+JOIN_TIMEOUT = 10.0
 
 # A socket's stages.
 _OPENING, _AUTH, _JOINING, _LIVE, _CLOSED = range(5)
@@ -134,6 +137,7 @@ class Connection(WebSocketProtocol):
                 res.settings.ws_auth_timeout, self._close, CLOSE_AUTH_TIMEOUT)
 
     def _refuse(self, problem: Problem, headers: dict[str, str] | None = None) -> None:
+        self._stage = _CLOSED
         self.reject(problem.status, encoder.encode(problem.body()), headers)
 
     def _verify(self, token: str) -> Identity | None:
@@ -158,7 +162,9 @@ class Connection(WebSocketProtocol):
         res = self._res
         assert res is not None
         try:
-            await res.hub.register(self, (self.account_id,))
+            # Bounded: a broker or database that hangs must not hold a socket unanswered.
+            async with asyncio.timeout(JOIN_TIMEOUT):
+                await res.hub.register(self, (self.account_id,))
         except TooManySockets:
             self._stage = _CLOSED
             self._close(CLOSE_TOO_MANY)
@@ -167,8 +173,19 @@ class Connection(WebSocketProtocol):
             self._stage = _CLOSED
             self._close(CLOSE_SERVICE_RESTART)
             return
-        except BaseException:
+        except TimeoutError:
             self._stage = _CLOSED  # register() unregistered us
+            metrics.ws_admission_failures.labels("join").inc()
+            log.warning("a socket not joined within %g s: closed %d", JOIN_TIMEOUT,
+                        CLOSE_INTERNAL.code)
+            self._close(CLOSE_INTERNAL)
+            return
+        except Exception:
+            self._stage = _CLOSED
+            metrics.ws_admission_failures.labels("join").inc()
+            raise  # _step_done logs it and closes with CLOSE_INTERNAL
+        except BaseException:
+            self._stage = _CLOSED
             raise
         if self._stage != _JOINING:  # closed while the snapshot was read
             res.hub.unregister(self, (self.account_id,))
@@ -359,6 +376,13 @@ class Connection(WebSocketProtocol):
         if task.cancelled():
             return
         if (exc := task.exception()) is not None:
+            # Whatever failed, the client is answered: before the upgrade with an HTTP
+            # error, after it with a close code it reconnects on (never left hanging).
+            if self._stage == _OPENING:
+                metrics.ws_admission_failures.labels("handshake").inc()
+                log.error("websocket handshake failed", exc_info=exc)
+                self._refuse(errors.internal_error())
+                return
             log.error("websocket failed", exc_info=exc)
             self._close(CLOSE_INTERNAL)
 

@@ -5,16 +5,24 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import signal
+import time
 import uuid
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from server.app import create_app
 from server.auth import mint_token
-from server.limiter import LimitsError
+from server.dev import servers as devservers
+from server.errors import CLOSE_INTERNAL
+from server.limiter import LimitsError, RateLimits
+from server.push import ws as ws_module
+from server.push.hub import Hub
 from tests.conftest import RunningApp, StartApp
 
 
@@ -92,3 +100,74 @@ async def test_sockets_waiting_to_authenticate_are_bounded(start_app: StartApp) 
 def test_a_bad_limit_stops_the_start(app: RunningApp, spec: str) -> None:
     with pytest.raises(LimitsError, match="BALANCE_RATE_LIMITS"):
         create_app(dataclasses.replace(app.settings, rate_limits=spec))
+
+
+def unchecked(limit: str) -> float:
+    return REGISTRY.get_sample_value("balance_rate_limit_unchecked_total",
+                                     {"limit": limit}) or 0.0
+
+
+async def test_a_hung_store_lets_calls_through_in_bounded_time() -> None:
+    """A counting Redis that stops answering (SIGSTOP: no refusal, no reply) costs one
+    check its deadline; the next calls skip the store at once, counted."""
+    with devservers.start_redis() as store:
+        limits = RateLimits("me=1/minute", store.url, own_prefix())
+        await limits.start()
+        assert await limits.hit("me", "a") is None
+        assert await limits.hit("me", "a") is not None, "the store counts"
+        before = unchecked("me")
+        assert store.pid is not None
+        os.kill(store.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            assert await limits.hit("me", "a") is None
+            assert time.monotonic() - started < RateLimits.DEADLINE + 0.5
+            started = time.monotonic()
+            assert await asyncio.gather(*(limits.hit("me", "a") for _ in range(100))) == [
+                None] * 100
+            assert time.monotonic() - started < 0.2, "paused: the store is not asked"
+            assert unchecked("me") - before == 101
+        finally:
+            os.kill(store.pid, signal.SIGCONT)
+
+
+async def test_a_failure_inside_admission_is_answered(
+    start_app: StartApp, account: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug before the upgrade is a 500 in the error format; a join that cannot finish
+    (a hung dependency) is closed 4500 within JOIN_TIMEOUT; both are counted."""
+    app = await start_app(rate_limits="ws_connect=1000/minute", channel_prefix=own_prefix())
+    limits: RateLimits = app.asgi.state.resources.limits
+    hub: Hub = app.asgi.state.resources.hub
+    token = mint_token(app.settings.token_secret, account, 600)[0]
+
+    async def broken(name: str, key: str, *, local: bool = False) -> float | None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(limits, "hit", broken)
+    before = admission_failures("handshake")
+    with pytest.raises(InvalidStatus) as refused:
+        async with asyncio.timeout(5):
+            await connect(f"{app.ws_url}?token={token}")
+    assert refused.value.response.status_code == 500
+    assert json.loads(refused.value.response.body or b"")["error"] == "internal_error"
+    assert admission_failures("handshake") - before == 1
+    monkeypatch.undo()
+
+    async def hung(listener: object, account_ids: object) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(hub, "register", hung)
+    monkeypatch.setattr(ws_module, "JOIN_TIMEOUT", 0.5)
+    before = admission_failures("join")
+    async with connect(f"{app.ws_url}?token={token}") as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(5):
+                await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == CLOSE_INTERNAL.code
+    assert admission_failures("join") - before == 1
+
+
+def admission_failures(stage: str) -> float:
+    return REGISTRY.get_sample_value("balance_ws_admission_failures_total",
+                                     {"stage": stage}) or 0.0
