@@ -393,6 +393,20 @@ CREATE INDEX IF NOT EXISTS top_ups_due_idx ON top_ups (next_attempt_at)
     WHERE status = 'requested';
 CREATE INDEX IF NOT EXISTS top_ups_intent_idx ON top_ups (payment_intent);
 
+-- step: 010_alert_movements
+-- Only a movement of `available` crosses a threshold (API.md "Alerts", v1.2).
+-- alert_told: the last alert decided for the account was balance.low or balance.depleted,
+-- so a movement back up across the threshold is a balance.recovered. A standing below it
+-- reached silently (a new account, a threshold set, a plan assigned) was told nothing, and
+-- its end is no recovery. Until now every standing below a threshold was announced.
+-- alert_from: while one change of several movements is under way in its transaction (a
+-- plan's renewal, a hold releasing credits that then expire, a payment and its refund),
+-- the `available` it began at: its steps keep `low` right and tell nothing, and its end
+-- decides its one crossing (balance__alerts_begin/_end). NULL otherwise.
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS alert_told boolean NOT NULL DEFAULT false;
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS alert_from bigint;
+UPDATE accounts SET alert_told = true WHERE alert_state <> 'ok';
+
 -- ================================================================ JSON shapes of API.md
 
 -- definitions: json_shapes
@@ -437,13 +451,17 @@ $$;
 -- definitions: movements
 
 -- Creates the account on first mention, granting the welcome credits exactly once
--- (the INSERT's conflict check is what makes "once" hold under concurrency).
+-- (the INSERT's conflict check is what makes "once" hold under concurrency). It is born
+-- with them and where they stand against the catalog's threshold: being created is no
+-- movement, so it crosses nothing (API.md "Alerts").
 CREATE OR REPLACE FUNCTION balance__ensure(p_account text, p_welcome bigint) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO accounts (account_id) VALUES (p_account) ON CONFLICT DO NOTHING;
+    INSERT INTO accounts (account_id, balance, version, alert_state)
+    VALUES (p_account, p_welcome, CASE WHEN p_welcome > 0 THEN 1 ELSE 0 END,
+            balance__standing(p_welcome, balance__default_threshold()))
+    ON CONFLICT DO NOTHING;
     IF FOUND AND p_welcome > 0 THEN
-        UPDATE accounts SET balance = p_welcome, version = 1 WHERE account_id = p_account;
         INSERT INTO transactions (account_id, kind, amount, balance_after, version, reason)
         VALUES (p_account, 'grant', p_welcome, p_welcome, 1, 'welcome credits');
         INSERT INTO credit_lots (account_id, kind, amount, remaining, priority)
@@ -775,6 +793,7 @@ DECLARE
     v_spent_expired bigint;
     v_expire bigint;
     v_take bigint;
+    v_began boolean := false;
     v_res balance_result;
 BEGIN
     v_res.replayed := false;
@@ -805,6 +824,10 @@ BEGIN
     -- way expired_held stays at most held, and expired credits never become spendable.
     v_spent_expired := LEAST(v_acc.expired_held, v_spend);
     v_expire := LEAST(v_acc.expired_held - v_spent_expired, v_hold.amount - v_spend);
+    IF v_expire > 0 THEN
+        -- Credits given back and expired at once: one movement, not up and down again.
+        v_began := balance__alerts_begin(v_acc.account_id);
+    END IF;
     -- A capture spends credits reserved earlier, so it is not refused now even if a
     -- reversal has since pushed the balance down.
     UPDATE accounts SET
@@ -848,6 +871,9 @@ BEGIN
             VALUES (v_acc.account_id, 'expiry', -v_take, v_acc.balance, v_acc.version,
                     'credits expired while held', v_hold.id);
         END IF;
+    END IF;
+    IF v_began THEN
+        PERFORM balance__alerts_end(v_acc.account_id, false);
     END IF;
 
     IF p_action = 'expire' THEN
@@ -954,6 +980,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_holds uuid[];
     v_lots bigint[];
+    v_both text[];
     v_id uuid;
     v_lot credit_lots;
     v_res balance_result;
@@ -972,6 +999,12 @@ BEGIN
     -- Grants are about to change: take out what was spent from them first.
     PERFORM balance__settle(a.account_id)
     FROM (SELECT DISTINCT account_id FROM credit_lots WHERE id = ANY(v_lots)) a;
+    -- An account whose holds give credits back and whose grants take credits away in this
+    -- sweep moves once, not up across its threshold and down again.
+    SELECT COALESCE(array_agg(b.account_id ORDER BY b.account_id), '{}') INTO v_both FROM (
+        SELECT account_id FROM holds WHERE id = ANY(v_holds)
+        INTERSECT SELECT account_id FROM credit_lots WHERE id = ANY(v_lots)) b;
+    PERFORM balance__alerts_begin(a) FROM unnest(v_both) a;
 
     FOREACH v_id IN ARRAY v_holds LOOP
         v_res := balance_resolve_hold(v_id, 'expire', NULL, NULL);
@@ -987,6 +1020,7 @@ BEGIN
             RETURN NEXT v_res;
         END IF;
     END LOOP;
+    PERFORM balance__alerts_end(a, false) FROM unnest(v_both) a;
 END $$;
 
 -- Accounts whose stored totals disagree with the ledger, their active holds or their
@@ -1155,6 +1189,7 @@ END $$;
 -- Assigns, changes or (p_plan NULL) removes the account's plan: the unused allowance
 -- expires now, and a new plan's first allowance is granted for the period, anchored at
 -- p_anchor, that holds now. The same plan again without a new anchor changes nothing.
+-- A plan's change crosses no threshold (API.md "Alerts"): `low` follows it silently.
 -- Rows: each committed change, then one whose body is the response.
 CREATE OR REPLACE FUNCTION balance_set_plan(
     p_account text, p_welcome bigint, p_key text, p_hash bytea, p_plan text,
@@ -1164,6 +1199,7 @@ DECLARE
     v_acc accounts;
     v_plan plans;
     v_k int;
+    v_began boolean;
     v_res balance_result;
 BEGIN
     v_res := balance__claim(p_account, p_key, p_hash);
@@ -1189,6 +1225,7 @@ BEGIN
             RAISE EXCEPTION 'BL001: plan % is not in the plans table', p_plan;
         END IF;
     END IF;
+    v_began := balance__alerts_begin(p_account);
     IF v_acc.unsettled > 0 THEN
         PERFORM balance__settle(p_account);
     END IF;
@@ -1216,6 +1253,9 @@ BEGIN
             v_res := ('ok', false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
         END IF;
     END IF;
+    IF v_began THEN
+        PERFORM balance__alerts_end(p_account, true);
+    END IF;
     SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
     v_res.body := jsonb_build_object('account', balance__account_json(v_acc));
     PERFORM balance__remember(p_account, p_key, v_res.body);
@@ -1226,12 +1266,14 @@ END $$;
 -- period missed, in order, the unused allowance beyond the plan's rollover expires (what
 -- rolls over now expires with the next period) and the next allowance is granted. Rows
 -- another instance holds are skipped (it is renewing them); plan_periods' key makes each
--- period's grant happen once.
+-- period's grant happen once. An account's renewal is one movement for alerts and auto
+-- top-up: from before its first expiry to after its last grant.
 CREATE OR REPLACE FUNCTION balance_renew(p_limit int) RETURNS SETOF balance_result
 LANGUAGE plpgsql AS $$
 DECLARE
     v_acc accounts;
     v_plan plans;
+    v_began boolean;
     v_res balance_result;
 BEGIN
     FOR v_acc IN
@@ -1242,6 +1284,7 @@ BEGIN
         ORDER BY period_end LIMIT p_limit FOR UPDATE SKIP LOCKED
     LOOP
         SELECT * INTO v_plan FROM plans WHERE id = v_acc.plan;
+        v_began := balance__alerts_begin(v_acc.account_id);
         IF v_acc.unsettled > 0 THEN
             PERFORM balance__settle(v_acc.account_id);
         END IF;
@@ -1264,6 +1307,9 @@ BEGIN
                 RETURN NEXT v_res;
             END IF;
         END LOOP;
+        IF v_began THEN
+            PERFORM balance__alerts_end(v_acc.account_id, false);
+        END IF;
     END LOOP;
 END $$;
 
@@ -1364,20 +1410,48 @@ BEGIN
     END IF;
 END $$;
 
+-- Where `available` stands against a threshold: 'ok', 'low' (below it) or 'depleted' (0
+-- or less, whatever the threshold). What accounts.alert_state holds and `low` shows.
+CREATE OR REPLACE FUNCTION balance__standing(p_available bigint, p_threshold bigint)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN p_available <= 0 THEN 'depleted'
+                WHEN p_available < COALESCE(p_threshold, 0) THEN 'low' ELSE 'ok' END
+$$;
+
+-- The catalog's default threshold (NULL: none), for an account without its own or a plan's.
+CREATE OR REPLACE FUNCTION balance__default_threshold() RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT NULLIF(current_setting('balance.low_balance', true), '')::bigint
+$$;
+
 -- Before an account row changes: where does `available` now stand against the account's
--- threshold? A change of standing is a crossing, decided here, in the transaction that
--- moved the balance, under its row lock: so each fires once whatever the concurrency.
--- Below the threshold: balance.low; at 0 or less: balance.depleted; back to or above it
--- after either: balance.recovered (a first credit is no recovery: accounts start 'ok').
+-- threshold, and did a movement cross it? A crossing is decided here, in the transaction
+-- that moved the balance, under its row lock: so each fires once whatever the concurrency.
+-- Only a movement crosses (API.md): it is measured from `available` before it against the
+-- threshold now, so a threshold or plan set, or a catalog whose default changed since,
+-- moves the standing silently. From at or above the threshold to below it: balance.low;
+-- from above 0 to 0 or less: balance.depleted; from below back to at or above it:
+-- balance.recovered, only when the app was told of the low or depleted it ends.
 CREATE OR REPLACE FUNCTION balance__alert_state() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     v_available bigint := NEW.balance - NEW.held;
+    v_from bigint;
     v_threshold bigint := NEW.low_balance;
+    v_was text;
     v_state text;
     v_data jsonb;
 BEGIN
+    -- What `available` moved from: the row before this update, or, for the update that
+    -- ends a change of several steps, where that change began. NULL for no movement: a
+    -- step of such a change, a setting, or nothing moved.
+    IF NEW.alert_from IS NULL THEN
+        v_from := COALESCE(OLD.alert_from, OLD.balance - OLD.held);
+        IF v_from = v_available THEN
+            v_from := NULL;
+        END IF;
+    END IF;
     -- A top-up starts on a movement below the threshold, not on being armed again.
-    IF v_available < NEW.top_up_below AND v_available <> OLD.balance - OLD.held THEN
+    IF v_available < NEW.top_up_below AND v_from IS NOT NULL THEN
         -- One request, and disarmed until it succeeds or fails.
         INSERT INTO top_ups (account_id, package, stripe_customer, stripe_payment_method)
         SELECT NEW.account_id, t.package, t.stripe_customer, t.stripe_payment_method
@@ -1388,28 +1462,73 @@ BEGIN
         SELECT p.low_balance INTO v_threshold FROM plans p WHERE p.id = NEW.plan;
     END IF;
     IF v_threshold IS NULL THEN
-        v_threshold := NULLIF(current_setting('balance.low_balance', true), '')::bigint;
+        v_threshold := balance__default_threshold();
     END IF;
-    v_state := CASE WHEN v_available <= 0 THEN 'depleted'
-                    WHEN v_available < COALESCE(v_threshold, 0) THEN 'low' ELSE 'ok' END;
-    IF v_state = OLD.alert_state THEN
+    v_state := balance__standing(v_available, v_threshold);
+    NEW.alert_state := v_state;
+    IF v_from IS NULL THEN
         RETURN NEW;
     END IF;
-    NEW.alert_state := v_state;
+    v_was := balance__standing(v_from, v_threshold);
+    IF v_state = v_was THEN
+        RETURN NEW;
+    END IF;
     v_data := jsonb_build_object('account_id', NEW.account_id, 'balance', NEW.balance,
         'held', NEW.held, 'available', v_available, 'version', NEW.version,
         'threshold', v_threshold);
     IF v_state = 'ok' THEN
-        PERFORM balance__emit('balance.recovered', NEW.account_id, v_data);
-    ELSE
-        IF OLD.alert_state = 'ok' AND v_threshold IS NOT NULL THEN
+        IF NEW.alert_told THEN
+            PERFORM balance__emit('balance.recovered', NEW.account_id, v_data);
+            NEW.alert_told := false;
+        END IF;
+    ELSIF v_was = 'ok' OR v_state = 'depleted' THEN  -- depleted -> low crosses nothing
+        IF v_was = 'ok' AND v_threshold IS NOT NULL THEN
             PERFORM balance__emit('balance.low', NEW.account_id, v_data);
         END IF;
         IF v_state = 'depleted' THEN
             PERFORM balance__emit('balance.depleted', NEW.account_id, v_data);
         END IF;
+        NEW.alert_told := true;
     END IF;
     RETURN NEW;
+END $$;
+
+-- One change made of several movements in one transaction (a plan's renewal, a hold
+-- releasing credits that then expire, a payment with its refund) crosses once, from where
+-- it began to where it ended, not at each step (down to 0 and back up is no crossing):
+-- balance__alerts_begin before its first movement, balance__alerts_end after its last.
+-- p_silent: it crosses nothing at all (a plan's change: API.md). Between the two, each
+-- step keeps alert_state right for its frame and tells the app nothing. A change already
+-- begun is not begun again: begin answers whether this caller must end it.
+CREATE OR REPLACE FUNCTION balance__alerts_begin(p_account text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE accounts SET alert_from = balance - held
+    WHERE account_id = p_account AND alert_from IS NULL;
+    RETURN FOUND;
+END $$;
+
+CREATE OR REPLACE FUNCTION balance__alerts_end(p_account text, p_silent boolean)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_silent THEN  -- measured from where it ends, it moved nothing
+        UPDATE accounts SET alert_from = balance - held WHERE account_id = p_account;
+    END IF;
+    UPDATE accounts SET alert_from = NULL WHERE account_id = p_account;
+END $$;
+
+-- At commit: a change begun and never ended would leave alert_from set, and the account's
+-- every later movement would look like a step of it and cross nothing, silently. Such a
+-- commit fails instead. Queued only by the updates that set alert_from (its WHEN), so a
+-- debit never pays for it.
+CREATE OR REPLACE FUNCTION balance__alerts_ended() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT FROM accounts WHERE account_id = NEW.account_id
+               AND alert_from IS NOT NULL) THEN
+        RAISE EXCEPTION 'BL002: account %: a change was begun for alerts and not ended',
+            NEW.account_id;
+    END IF;
+    RETURN NULL;
 END $$;
 
 -- After a ledger row: its app webhooks. The triggers' WHEN clauses keep the debit path
@@ -1429,18 +1548,22 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- Both recreated each time: a WHEN clause cannot be replaced in place.
 DO $$ BEGIN
-    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgname = 'accounts_alert_state'
-                   AND tgrelid = 'accounts'::regclass) THEN
-        -- Only when what it looks at changed (a settlement or a period move does not).
-        CREATE TRIGGER accounts_alert_state BEFORE UPDATE ON accounts FOR EACH ROW
-            WHEN (NEW.balance - NEW.held <> OLD.balance - OLD.held
-                  OR NEW.low_balance IS DISTINCT FROM OLD.low_balance
-                  OR NEW.plan IS DISTINCT FROM OLD.plan
-                  OR NEW.top_up_below IS DISTINCT FROM OLD.top_up_below)
-            EXECUTE FUNCTION balance__alert_state();
-    END IF;
-    -- Recreated each time: a WHEN clause cannot be replaced in place.
+    DROP TRIGGER IF EXISTS accounts_alert_state ON accounts;
+    -- Only when what it looks at changed (a settlement or a period move does not), or a
+    -- change of several steps is under way.
+    CREATE TRIGGER accounts_alert_state BEFORE UPDATE ON accounts FOR EACH ROW
+        WHEN (NEW.balance - NEW.held <> OLD.balance - OLD.held
+              OR NEW.low_balance IS DISTINCT FROM OLD.low_balance
+              OR NEW.plan IS DISTINCT FROM OLD.plan
+              OR NEW.top_up_below IS DISTINCT FROM OLD.top_up_below
+              OR OLD.alert_from IS NOT NULL)
+        EXECUTE FUNCTION balance__alert_state();
+    DROP TRIGGER IF EXISTS accounts_alerts_ended ON accounts;
+    CREATE CONSTRAINT TRIGGER accounts_alerts_ended AFTER UPDATE ON accounts
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.alert_from IS NOT NULL)
+        EXECUTE FUNCTION balance__alerts_ended();
     DROP TRIGGER IF EXISTS transactions_events ON transactions;
     CREATE TRIGGER transactions_events AFTER INSERT ON transactions FOR EACH ROW
         WHEN (NEW.kind IN ('purchase', 'reversal') OR strpos(
@@ -1449,8 +1572,8 @@ DO $$ BEGIN
 END $$;
 
 -- PUT /v1/accounts/{id}/alerts: the account's own threshold (NULL: its plan's or the
--- catalog's). Changing it may itself be a crossing; it bumps the version so the push
--- carries the new `low`.
+-- catalog's). No movement, so no crossing (the trigger moves `low` silently); it bumps the
+-- version so the push carries the new `low`.
 CREATE OR REPLACE FUNCTION balance_set_alerts(p_account text, p_welcome bigint,
                                               p_low_balance bigint)
 RETURNS balance_result LANGUAGE plpgsql AS $$
@@ -1838,9 +1961,15 @@ CREATE OR REPLACE FUNCTION balance_dispute(
     p_event_id text, p_welcome bigint
 ) RETURNS balance_result LANGUAGE plpgsql AS $$
 DECLARE
+    v_account text;
+    v_began boolean;
     v_res balance_result;
 BEGIN
     PERFORM balance__payment_lock(p_provider, p_payment);
+    -- Its changes (one per dispute of the payment) are one movement.
+    SELECT account_id INTO v_account FROM payments
+    WHERE provider = p_provider AND payment_id = p_payment;
+    v_began := balance__alerts_begin(v_account);
     INSERT INTO payment_disputes (provider, dispute_id, payment_id, amount, status, event_id)
     VALUES (p_provider, p_dispute, p_payment, p_amount, p_status, p_event_id)
     ON CONFLICT (provider, dispute_id) DO UPDATE SET
@@ -1849,6 +1978,9 @@ BEGIN
         amount = COALESCE(EXCLUDED.amount, payment_disputes.amount),
         event_id = EXCLUDED.event_id, updated_at = now();
     v_res := balance__apply_disputes(p_provider, p_payment, p_welcome);
+    IF v_began THEN
+        PERFORM balance__alerts_end(v_account, false);
+    END IF;
     IF v_res.result IS NULL THEN
         v_res.result := 'ok';
         v_res.replayed := false;
@@ -1870,6 +2002,7 @@ DECLARE
     v_pay payments;
     v_acc accounts;
     v_key text := 'webhook:' || p_provider || ':' || p_payment;
+    v_began boolean;
     v_res balance_result;
     v_rev balance_result;
 BEGIN
@@ -1885,6 +2018,9 @@ BEGIN
         RETURN v_res;
     END IF;
 
+    -- The credits and what refunds and disputes that came first take back are one movement.
+    PERFORM balance__ensure(p_account, p_welcome);
+    v_began := balance__alerts_begin(p_account);
     v_res := balance_post(
         p_account, p_welcome, v_key, sha256(convert_to('purchase:' || v_key, 'UTF8')),
         'purchase', p_credits, 'purchase via ' || p_provider, p_metadata, NULL, 'available');
@@ -1899,9 +2035,6 @@ BEGIN
             v_res.tx_id, p_event_id);
     UPDATE webhook_events_unfulfilled SET resolved_at = now()
     WHERE provider = p_provider AND payment_id = p_payment AND resolved_at IS NULL;
-    IF p_provider = 'stripe' THEN  -- an auto top-up's payment: armed again
-        PERFORM balance__top_up_paid(p_payment);
-    END IF;
     v_res.body := v_res.body || jsonb_build_object('result', 'fulfilled', 'account_id', p_account);
 
     v_rev := balance__apply_refunds(p_provider, p_payment, p_welcome, p_mode);
@@ -1929,6 +2062,13 @@ BEGIN
                   v_rev.held, v_rev.version, v_rev.kind, v_rev.amount, v_rev.tx_id, NULL,
                       v_rev.low);
     END IF;
+    IF v_began THEN
+        PERFORM balance__alerts_end(p_account, false);
+    END IF;
+    -- After the movement: an auto top-up's payment arms it again, which starts nothing.
+    IF p_provider = 'stripe' THEN
+        PERFORM balance__top_up_paid(p_payment);
+    END IF;
     RETURN v_res;
 END $$;
 
@@ -1939,6 +2079,8 @@ CREATE OR REPLACE FUNCTION balance_refund(
     p_cumulative boolean, p_full boolean, p_event_id text, p_welcome bigint, p_mode text
 ) RETURNS balance_result LANGUAGE plpgsql AS $$
 DECLARE
+    v_account text;
+    v_began boolean;
     v_res balance_result;
 BEGIN
     PERFORM balance__payment_lock(p_provider, p_payment);
@@ -1953,7 +2095,14 @@ BEGIN
         v_res.body := jsonb_build_object('result', 'duplicate');
         RETURN v_res;
     END IF;
+    -- What it gives back of open disputes and what it takes are one movement.
+    SELECT account_id INTO v_account FROM payments
+    WHERE provider = p_provider AND payment_id = p_payment;
+    v_began := balance__alerts_begin(v_account);
     v_res := balance__apply_refunds(p_provider, p_payment, p_welcome, p_mode);
+    IF v_began THEN
+        PERFORM balance__alerts_end(v_account, false);
+    END IF;
     IF v_res.result IS NULL THEN
         v_res.result := 'ok';
         v_res.replayed := false;

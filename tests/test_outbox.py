@@ -1,7 +1,7 @@
 """App webhooks against a real local HTTP receiver (not a stand-in for our dispatcher):
 signed per Standard Webhooks, retried with the same webhook-id, never lost when an instance
 is killed mid-delivery, never delivered twice by two instances; low-balance crossings
-decided once under any concurrency."""
+decided once under any concurrency, and only by a movement of `available`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,13 @@ from websockets.asyncio.client import connect
 
 from server.auth import mint_token
 from server.dev.servers import free_port
-from tests.conftest import RunningApp, StartApp, key
+from tests.conftest import RunningApp, StartApp, age_plan, key
 from tests.receiver import SECRET, Receiver
 
 REPO = Path(__file__).resolve().parent.parent
-CATALOG = {"prices": {"generate_image": 5}, "alerts": {"low_balance": 50}}
+CATALOG = {"prices": {"generate_image": 5}, "alerts": {"low_balance": 50},
+           "plans": {"alerts_day": {"allowance": 100, "period": "day", "low_balance": 30}}}
+ALERTS = ("balance.low", "balance.depleted", "balance.recovered")
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +70,16 @@ async def wait_for(check: Callable[[], bool], seconds: float = 10.0) -> None:
 async def post(app: RunningApp, path: str, body: dict[str, Any]) -> httpx.Response:
     async with app.client() as c:
         return await c.post(path, json={"idempotency_key": key(), **body})
+
+
+async def cross_low(c: httpx.AsyncClient, account: str) -> None:
+    """One real crossing, so one balance.low: up to 100 (a first credit is no recovery),
+    then down to 40, below the catalog's 50."""
+    for path, body in (("credit", {"amount": 100, "kind": "grant"}),
+                       ("debit", {"amount": 60, "reason": "x"})):
+        r = await c.post(f"/v1/accounts/{account}/{path}",
+                         json={"idempotency_key": key(), **body})
+        assert r.status_code == 200, r.text
 
 
 async def test_300_debits_over_two_instances_cross_the_threshold_once(
@@ -115,13 +129,20 @@ async def test_depleted_and_recovered_and_the_frames_low(
         got = sorted(receiver.of(account),
                      key=lambda r: (r.data["version"], r.type != "balance.low"))
         assert [r.type for r in got] == ["balance.low", "balance.depleted", "balance.recovered"]
-        # An account's own threshold wins over the catalog's, and is pushed.
+        # An account's own threshold wins over the catalog's, and is pushed; setting it
+        # is no movement, so it tells the app nothing (API.md v1.2).
         async with app.client() as c:
             r = await c.put(f"/v1/accounts/{account}/alerts", json={"low_balance": 80})
         assert r.status_code == 200 and r.json()["account"]["low"] is True
+        # 60 -> 100 ends a low nobody was told of: no recovery; 100 -> 70 crosses 80.
+        await post(app, f"/v1/accounts/{account}/credit", {"amount": 40, "kind": "grant"})
+        await post(app, f"/v1/accounts/{account}/debit", {"amount": 30, "reason": "x"})
         await wait_for(lambda: len(receiver.of(account)) >= 4)
+        await asyncio.sleep(0.3)
+        assert len(receiver.of(account)) == 4
         last = max(receiver.of(account), key=lambda r: r.data["version"])
-        assert (last.type, last.data["threshold"]) == ("balance.low", 80)
+        assert (last.type, last.data["available"], last.data["threshold"]) == (
+            "balance.low", 70, 80)
     finally:
         await app.stop()
 
@@ -132,10 +153,13 @@ async def test_a_failing_receiver_gets_every_attempt_with_one_webhook_id(
     receiver.answers = [500, 500, 500]  # then 200
     app = await start_hooked()
     try:
-        await post(app, f"/v1/accounts/{account}/credit", {"amount": 10, "kind": "grant"})
+        async with app.client() as c:
+            await cross_low(c, account)
         await wait_for(lambda: len(receiver.of(account)) >= 4)
         got = receiver.of(account)
         assert len(got) == 4 and len({g.webhook_id for g in got}) == 1
+        # Every attempt is the same event: the same body, not a state evaluated again.
+        assert len({json.dumps([g.type, g.data], sort_keys=True) for g in got}) == 1
         # The 4th attempt is recorded once its answer is back: poll the list until it is.
         async with app.client() as c:
             for _ in range(100):
@@ -163,7 +187,8 @@ async def test_after_the_last_retry_an_event_is_failed(
     receiver.answers = [503] * 3
     app = await start_hooked(app_webhook_retry=(0.1, 0.1))
     try:
-        await post(app, f"/v1/accounts/{account}/credit", {"amount": 10, "kind": "grant"})
+        async with app.client() as c:
+            await cross_low(c, account)
         await wait_for(lambda: len(receiver.of(account)) >= 3)
         await asyncio.sleep(0.5)
         status = await db.fetchval("SELECT status FROM events WHERE account_id = $1", account)
@@ -181,10 +206,10 @@ async def test_two_instances_deliver_each_event_once(
     one, two = await start_hooked(), await start_hooked()
     accounts = [f"once-{key()[5:15]}" for _ in range(60)]
     try:
-        # Each account: a credit below the threshold, so one balance.low each.
-        await asyncio.gather(*(post((one, two)[i % 2], f"/v1/accounts/{a}/credit",
-                                    {"amount": 10, "kind": "grant"})
-                               for i, a in enumerate(accounts)))
+        # Each account crosses the threshold once, so one balance.low each.
+        async with one.client() as c1, two.client() as c2:
+            await asyncio.gather(*(cross_low((c1, c2)[i % 2], a)
+                                   for i, a in enumerate(accounts)))
         await wait_for(lambda: sum(len(receiver.of(a)) for a in accounts) >= 60)
         await asyncio.sleep(0.5)
         ids = [r.webhook_id for a in accounts for r in receiver.of(a)]
@@ -222,9 +247,7 @@ async def test_an_instance_killed_mid_delivery_loses_nothing(
                 except httpx.TransportError:
                     pass
                 await asyncio.sleep(0.05)
-            r = await c.post(f"/v1/accounts/{account}/credit",
-                             json={"amount": 10, "kind": "grant", "idempotency_key": key()})
-            assert r.status_code == 200
+            await cross_low(c, account)
         await wait_for(lambda: len(receiver.of(account)) == 1)  # it is mid-delivery
         proc.send_signal(signal.SIGKILL)
         await asyncio.wait_for(proc.wait(), 10)
@@ -264,3 +287,264 @@ async def test_without_a_subscription_nothing_is_written(
             assert (await c.get(f"/v1/accounts/{account}")).json()["low"] is True
     finally:
         await app.stop()
+
+
+async def alert_types(db: asyncpg.Pool, account: str) -> list[str]:
+    """The alerts written for the account, in the order they were decided."""
+    rows = await db.fetch("SELECT type FROM events WHERE account_id = $1 AND type = ANY($2)"
+                          " ORDER BY id", account, list(ALERTS))
+    return [r["type"] for r in rows]
+
+
+@asynccontextmanager
+async def server_session(db: asyncpg.Pool) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+    """A transaction with the session settings a hooked server's connections carry
+    (server/db.py), for paths driven here in SQL."""
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "SELECT set_config('balance.events', $1, true),"
+            " set_config('balance.low_balance', '50', true)", ",".join(ALERTS))
+        yield conn
+
+
+async def test_a_threshold_set_on_a_new_account_is_silent_until_a_debit_crosses(
+    start_hooked: StartHooked, receiver: Receiver, db: asyncpg.Pool, account: str
+) -> None:
+    app = await start_hooked()  # no welcome credits: the account starts at 0
+    try:
+        async with app.client() as c:
+            r = await c.put(f"/v1/accounts/{account}/alerts", json={"low_balance": 50})
+        assert r.status_code == 200 and r.json()["account"]["low"] is True
+        # Up from a standing nobody was told of: no recovery.
+        r = await post(app, f"/v1/accounts/{account}/credit", {"amount": 100, "kind": "grant"})
+        assert r.json()["account"]["low"] is False
+        r = await post(app, f"/v1/accounts/{account}/debit", {"amount": 60, "reason": "x"})
+        assert r.json()["account"]["low"] is True
+        await wait_for(lambda: len(receiver.of(account)) >= 1)
+        await asyncio.sleep(0.5)  # anything else would have come by now
+        assert await alert_types(db, account) == ["balance.low"]
+        assert [(g.type, g.data["available"]) for g in receiver.of(account)] == [
+            ("balance.low", 40)]
+        # Down to 0: depleted, and no second low; back up: recovered, as it was told.
+        await post(app, f"/v1/accounts/{account}/debit", {"amount": 40, "reason": "x"})
+        await post(app, f"/v1/accounts/{account}/credit", {"amount": 100, "kind": "grant"})
+        await wait_for(lambda: len(receiver.of(account)) >= 3)
+        assert await alert_types(db, account) == [
+            "balance.low", "balance.depleted", "balance.recovered"]
+    finally:
+        await app.stop()
+
+
+async def test_a_plan_assigned_to_a_new_account_is_silent(
+    start_hooked: StartHooked, receiver: Receiver, db: asyncpg.Pool, account: str
+) -> None:
+    app = await start_hooked()
+    try:
+        async with app.client() as c:
+            r = await c.put(f"/v1/accounts/{account}/plan",
+                            json={"plan": "alerts_day", "idempotency_key": key()})
+            assert r.status_code == 200 and r.json()["account"]["low"] is False
+            assert r.json()["account"]["available"] == 100
+        # The plan's threshold (30) is crossed by a debit: one low.
+        await post(app, f"/v1/accounts/{account}/debit", {"amount": 80, "reason": "x"})
+        await wait_for(lambda: len(receiver.of(account)) >= 1)
+        await asyncio.sleep(0.5)
+        assert await alert_types(db, account) == ["balance.low"]
+        # Removing the plan takes its allowance away (20 -> 0): silently too.
+        async with app.client() as c:
+            r = await c.put(f"/v1/accounts/{account}/plan",
+                            json={"plan": None, "idempotency_key": key()})
+            assert r.status_code == 200
+            assert (r.json()["account"]["available"], r.json()["account"]["low"]) == (0, True)
+        await asyncio.sleep(0.5)
+        assert await alert_types(db, account) == ["balance.low"]
+    finally:
+        await app.stop()
+
+
+async def test_welcome_credits_below_the_threshold_are_no_crossing(
+    start_hooked: StartHooked, receiver: Receiver, db: asyncpg.Pool, account: str
+) -> None:
+    app = await start_hooked(welcome_credits=10)
+    try:
+        async with app.client() as c:
+            r = await c.get(f"/v1/accounts/{account}")
+            assert (r.json()["available"], r.json()["low"]) == (10, True)
+        await post(app, f"/v1/accounts/{account}/debit", {"amount": 10, "reason": "x"})
+        await wait_for(lambda: len(receiver.of(account)) >= 1)
+        await asyncio.sleep(0.5)
+        assert await alert_types(db, account) == ["balance.depleted"]
+    finally:
+        await app.stop()
+
+
+async def test_a_hold_whose_credits_expired_releases_without_a_crossing(
+    start_hooked: StartHooked, receiver: Receiver, db: asyncpg.Pool, account: str
+) -> None:
+    """Releasing it gives the credits back and takes them away as expired in one
+    transaction: available stays at 0, so nothing crosses (not recovered, then low)."""
+    app = await start_hooked()
+    try:
+        soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+        await post(app, f"/v1/accounts/{account}/credit",
+                   {"amount": 100, "kind": "grant", "expires_at": soon})
+        r = await post(app, f"/v1/accounts/{account}/holds",
+                       {"amount": 100, "reason": "job", "ttl_seconds": 3600})
+        hold = r.json()["hold"]["id"]
+        await wait_for(lambda: len(receiver.of(account)) >= 2)  # low, depleted: told
+        expired_held = "SELECT expired_held FROM accounts WHERE account_id = $1"
+        for _ in range(200):  # the sweep expires the lot while the hold reserves it
+            if await db.fetchval(expired_held, account) == 100:
+                break
+            await asyncio.sleep(0.05)
+        assert await db.fetchval(expired_held, account) == 100
+        async with app.client() as c:
+            r = await c.post(f"/v1/holds/{hold}/release")
+            assert r.status_code == 200, r.text
+            assert (r.json()["account"]["available"], r.json()["account"]["low"]) == (0, True)
+        await asyncio.sleep(0.5)
+        assert await alert_types(db, account) == ["balance.low", "balance.depleted"]
+    finally:
+        await app.stop()
+
+
+async def test_a_renewal_that_expires_then_grants_crosses_nothing(
+    start_hooked: StartHooked, db: asyncpg.Pool, account: str
+) -> None:
+    """The unused allowance expires (100 -> 0) and the next one arrives (0 -> 100) in one
+    transaction: no low, depleted and recovered, and no auto top-up at 0. Renewed here,
+    in a transaction with the server's session settings, so no other instance's jobs (of
+    other test modules, subscribed to nothing) can take the renewal first."""
+    app = await start_hooked()  # writes the catalog's plans
+    try:
+        async with app.client() as c:
+            r = await c.put(f"/v1/accounts/{account}/plan",
+                            json={"plan": "alerts_day", "idempotency_key": key()})
+            assert r.status_code == 200
+        before = await alert_types(db, account)
+        async with server_session(db) as conn:
+            # Armed at 100 against 50: configuring it is no movement, so nothing starts.
+            await conn.execute("SELECT balance_set_auto_top_up($1, 0, 'starter', 50,"
+                               " 'cus_x', 'pm_x')", account)
+            await age_plan(conn, account, 1)
+            kinds = [r["kind"] for r in await conn.fetch(
+                "SELECT (r).kind FROM balance_renew(500) r WHERE (r).account_id = $1",
+                account)]
+            assert kinds == ["expiry", "allowance"]
+        assert await db.fetchval("SELECT balance - held FROM accounts WHERE account_id = $1",
+                                 account) == 100
+        assert await alert_types(db, account) == before
+        assert await db.fetchval("SELECT count(*) FROM top_ups WHERE account_id = $1",
+                                 account) == 0
+    finally:
+        await app.stop()
+
+
+async def test_a_purchase_whose_refund_came_first_crosses_nothing(
+    db: asyncpg.Pool, account: str
+) -> None:
+    """The refund waits for its payment; the payment's webhook then credits it and takes it
+    back in one transaction: 0 -> 100 -> 0 is no movement (not low and depleted)."""
+    payment = f"pi_{account}"
+    async with server_session(db) as conn:
+        await conn.execute("SELECT balance_account($1, 0)", account)
+        assert await conn.fetchval(
+            "SELECT (balance_refund('stripe', $1, $1 || '@1000', 1000, 1000, true, true,"
+            " 'evt_r', 0, 'debt')).body ->> 'result'", payment) == "pending"
+    async with server_session(db) as conn:
+        body = json.loads(await conn.fetchval(
+            "SELECT (balance_purchase('stripe', $1, $2, 100, 1000, 'usd', 'evt_p', NULL, 0,"
+            " 'debt')).body::text", payment, account))
+        assert (body["account"]["available"], body["credits_reversed"]) == (0, 100)
+    assert await alert_types(db, account) == []
+
+
+async def test_a_refund_during_a_dispute_crosses_nothing(
+    db: asyncpg.Pool, account: str
+) -> None:
+    """A full refund while a full dispute is open: the dispute gives its credits back and the
+    refund takes them in one transaction, 100 -> 200 -> 100 against 150: no recovered-then-low."""
+    payment = f"pi_{account}"
+
+    async def step(sql: str, *args: Any) -> None:
+        async with server_session(db) as conn:
+            await conn.execute(sql, *args)
+
+    post_sql = "SELECT balance_post($1, 0, $2, '\\x01'::bytea, $3, $4, 'r', NULL, NULL, 'debt')"
+    await step(post_sql, account, key(), "grant", 300)
+    await step("SELECT balance_set_alerts($1, 0, 150)", account)
+    await step(post_sql, account, key(), "usage", -200)  # 100: low
+    await step("SELECT balance_purchase('stripe', $1, $2, 100, 1000, 'usd', 'evt_p', NULL, 0,"
+               " 'debt')", payment, account)  # 200: recovered
+    await step("SELECT balance_dispute('stripe', $1, 'dp_' || $1, 1000, 'open', 'evt_d', 0)",
+               payment)  # 100: low
+    assert await alert_types(db, account) == [
+        "balance.low", "balance.recovered", "balance.low"]
+    await step("SELECT balance_refund('stripe', $1, $1 || '@1000', 1000, 1000, true, true,"
+               " 'evt_r', 0, 'debt')", payment)
+    assert await db.fetchval("SELECT balance - held FROM accounts WHERE account_id = $1",
+                             account) == 100
+    assert await alert_types(db, account) == [
+        "balance.low", "balance.recovered", "balance.low"]
+
+
+async def test_a_hold_and_a_grant_expiring_in_one_sweep_cross_nothing(
+    db: asyncpg.Pool, account: str
+) -> None:
+    """The hold gives 100 back and the grant takes 100 away in the same sweep: 0 -> 100 -> 0
+    is no movement (not recovered, then low and depleted). Swept here, in a transaction that
+    holds the rows, so no running instance's sweep splits them."""
+    async with server_session(db) as conn:
+        await conn.execute("SELECT balance_post($1, 0, $2, '\\x01'::bytea, 'grant', 100, 'r',"
+                           " NULL, now() + interval '1 day', 'available')", account, key())
+    async with server_session(db) as conn:
+        await conn.execute("SELECT balance_hold($1, 0, $2, '\\x02'::bytea, 100, 3600, 'job',"
+                           " NULL)", account, key())  # 0: low and depleted, told
+    assert await alert_types(db, account) == ["balance.low", "balance.depleted"]
+    async with server_session(db) as conn:
+        await conn.execute("UPDATE holds SET expires_at = now() - interval '1 second'"
+                           " WHERE account_id = $1", account)
+        await conn.execute("UPDATE credit_lots SET expires_at = now() - interval '1 second'"
+                           " WHERE account_id = $1", account)
+        kinds = [r["kind"] for r in await conn.fetch(
+            "SELECT (r).kind FROM balance_sweep(500) r WHERE (r).account_id = $1", account)]
+        assert kinds == ["hold_expired", "expiry"]
+    assert await db.fetchval("SELECT balance - held FROM accounts WHERE account_id = $1",
+                             account) == 0
+    assert await alert_types(db, account) == ["balance.low", "balance.depleted"]
+
+
+async def test_arming_auto_top_up_below_its_threshold_starts_nothing_until_a_movement(
+    db: asyncpg.Pool, account: str
+) -> None:
+    requests = "SELECT count(*) FROM top_ups WHERE account_id = $1"
+    async with server_session(db) as conn:
+        await conn.execute("SELECT balance_set_auto_top_up($1, 0, 'starter', 50, 'cus_x',"
+                           " 'pm_x')", account)  # a new account, at 0
+    assert await db.fetchval(requests, account) == 0
+    async with server_session(db) as conn:
+        await conn.execute("SELECT balance_post($1, 0, $2, '\\x01'::bytea, 'grant', 10, 'r',"
+                           " NULL, NULL, 'available')", account, key())  # 10: still below
+    assert await db.fetchval(requests, account) == 1
+    # Off again: no Stripe-configured instance of a later test takes the request.
+    await db.execute("SELECT balance_set_auto_top_up($1, 0, NULL, NULL, NULL, NULL)", account)
+
+
+async def test_a_change_begun_for_alerts_and_never_ended_cannot_commit(
+    db: asyncpg.Pool, account: str
+) -> None:
+    """Left set, alert_from would silence every later crossing of the account: the
+    commit that would leave it fails, and nothing of its transaction stays."""
+    await db.execute("SELECT balance__ensure($1, 0)", account)
+    with pytest.raises(asyncpg.RaiseError, match="BL002"):
+        async with db.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT balance__alerts_begin($1)", account)
+            await conn.execute("UPDATE accounts SET low_balance = 7 WHERE account_id = $1",
+                               account)
+    row = await db.fetchrow("SELECT alert_from, low_balance FROM accounts WHERE account_id = $1",
+                            account)
+    assert row is not None and (row["alert_from"], row["low_balance"]) == (None, None)
+    # Begun and ended in one transaction: commits.
+    async with db.acquire() as conn, conn.transaction():
+        assert await conn.fetchval("SELECT balance__alerts_begin($1)", account) is True
+        await conn.execute("SELECT balance__alerts_end($1, false)", account)

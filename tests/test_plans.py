@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from server.auth import mint_token
-from tests.conftest import RunningApp, StartApp, key
+from tests.conftest import RunningApp, StartApp, age_plan, key
 
 CATALOG = {
     "prices": {"generate_image": 5, "upscale": 2, "video": 40},
@@ -199,17 +199,8 @@ async def test_a_server_down_for_three_periods_catches_up_in_order(
     shop: RunningApp, db: asyncpg.Pool, api: httpx.AsyncClient, account: str
 ) -> None:
     await put_plan(api, account, "daily", datetime.now(UTC) - timedelta(hours=1))
-    # What the database holds when nobody renewed for three days: everything three
-    # periods older (one statement, so the running jobs see it whole or not at all).
-    await db.execute("""
-        WITH a AS (UPDATE accounts SET plan_anchor = plan_anchor - interval '3 days',
-                       period_start = period_start - interval '3 days',
-                       period_end = period_end - interval '3 days'
-                   WHERE account_id = $1 RETURNING account_id),
-             l AS (UPDATE credit_lots SET expires_at = expires_at - interval '3 days'
-                   WHERE account_id = $1 AND kind = 'allowance' RETURNING id)
-        UPDATE plan_periods SET period_start = period_start - interval '3 days',
-            period_end = period_end - interval '3 days' WHERE account_id = $1""", account)
+    # What the database holds when nobody renewed for three days: three periods older.
+    await age_plan(db, account, 3)
 
     async def renewed() -> bool:
         found = [t for t in await history(api, account) if t["kind"] == "allowance"]

@@ -27,7 +27,8 @@ async def test_new_account_springs_into_being(client: httpx.AsyncClient, account
     assert (body["balance"], body["held"], body["available"], body["version"]) == (0, 0, 0, 0)
     assert set(body) == {"account_id", "balance", "held", "available", "version", "purchased",
                          "used", "updated_at", "plan", "period_end", "low"}
-    assert (body["plan"], body["period_end"], body["low"]) == (None, None, False)
+    # Born at 0, so depleted, as any account at 0 is (silently: API.md "Alerts").
+    assert (body["plan"], body["period_end"], body["low"]) == (None, None, True)
 
 
 async def test_welcome_credits_granted_once(start_app: StartApp, account: str) -> None:
