@@ -5,6 +5,8 @@
 #                   pytest and the JS tests (typecheck, unit, real React, Chromium, next build)
 #   make dev        system packages and .venv with [dev], then `balance-server dev`
 #   make lint       ruff + mypy
+#   make pytest     the Python tests only (CI runs them again on a second interpreter:
+#                   PYTHON=python3.13 VENV=.venv-3.13 make pytest)
 #   make bench      bench/debit.py, push.py, renewal.py and outbox.py
 #   make fuzz       schemathesis (every check) against a real server, 500 examples per operation
 #
@@ -19,7 +21,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := test
 
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMPS := build/.stamps
 PY_DIRS := server tests bench
@@ -70,7 +72,7 @@ if [ "$$(cat $$stamp 2>/dev/null)" != "$$hash" ]; then \
 fi
 endef
 
-.PHONY: setup system-test system-dev system-bench venv-test venv-dev test lint dev bench fuzz
+.PHONY: setup system-test system-dev system-bench venv-test venv-dev test pytest run-pytest lint dev bench fuzz
 
 setup: system-test venv-test $(STAMPS)/npm $(STAMPS)/npm-next
 
@@ -119,12 +121,19 @@ lint: venv-test
 test: setup
 	$(PY) -m ruff check $(PY_DIRS)
 	$(PY) -m mypy $(PY_DIRS)
+	@$(MAKE) --no-print-directory run-pytest
+	cd client_js && PYTHON="$(abspath $(PY))" npm test
+
+# The Python tests alone, on $(PYTHON) in $(VENV) (the JS suite needs node_modules too).
+pytest: system-test venv-test
+	@$(MAKE) --no-print-directory run-pytest
+
+run-pytest:
 	@rc=0; $(PY) -m pytest -q || rc=$$?; \
 	if [ $$rc -eq 5 ]; then \
 		echo "*** FAILED: pytest collected NO tests (exit 5). Tests are expected. ***" >&2; \
 	fi; \
 	exit $$rc
-	cd client_js && PYTHON="$(abspath $(PY))" npm test
 
 dev: venv-dev
 	@exec $(VENV)/bin/balance-server dev
