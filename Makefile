@@ -6,7 +6,7 @@
 #   make dev        system packages and .venv with [dev], then `balance-server dev`
 #   make lint       ruff + mypy
 #   make pytest     the Python tests only (CI runs them again on a second interpreter:
-#                   PYTHON=python3.13 VENV=.venv-3.13 make pytest)
+#                   make pytest PYTHON=python3.13 VENV=.venv-3.13)
 #   make bench      bench/debit.py, push.py, renewal.py and outbox.py
 #   make fuzz       schemathesis (every check) against a real server, 500 examples per operation
 #
@@ -21,7 +21,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := test
 
 PYTHON ?= python3
-VENV ?= .venv
+VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := build/.stamps
 PY_DIRS := server tests bench

@@ -406,6 +406,9 @@ CREATE INDEX IF NOT EXISTS top_ups_intent_idx ON top_ups (payment_intent);
 ALTER TABLE accounts ADD COLUMN IF NOT EXISTS alert_told boolean NOT NULL DEFAULT false;
 ALTER TABLE accounts ADD COLUMN IF NOT EXISTS alert_from bigint;
 UPDATE accounts SET alert_told = true WHERE alert_state <> 'ok';
+-- Accounts created at 0 and never moved still read 'ok'; new ones are born 'depleted'
+-- (0 or less is depleted whatever the threshold). Told nothing: no recovery will follow.
+UPDATE accounts SET alert_state = 'depleted' WHERE balance - held <= 0 AND alert_state = 'ok';
 
 -- ================================================================ JSON shapes of API.md
 
@@ -1466,7 +1469,7 @@ BEGIN
     END IF;
     v_state := balance__standing(v_available, v_threshold);
     NEW.alert_state := v_state;
-    IF v_from IS NULL THEN
+    IF v_from IS NULL OR current_setting('balance.alerts_silent', true) = 'on' THEN
         RETURN NEW;
     END IF;
     v_was := balance__standing(v_from, v_threshold);
@@ -1511,10 +1514,15 @@ END $$;
 CREATE OR REPLACE FUNCTION balance__alerts_end(p_account text, p_silent boolean)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    IF p_silent THEN  -- measured from where it ends, it moved nothing
-        UPDATE accounts SET alert_from = balance - held WHERE account_id = p_account;
+    -- Silent: the app is told nothing, but it still moved `available`, so an auto top-up
+    -- armed above where it ended starts (a plan removed takes its allowance away).
+    IF p_silent THEN
+        PERFORM set_config('balance.alerts_silent', 'on', true);
     END IF;
     UPDATE accounts SET alert_from = NULL WHERE account_id = p_account;
+    IF p_silent THEN
+        PERFORM set_config('balance.alerts_silent', '', true);
+    END IF;
 END $$;
 
 -- At commit: a change begun and never ended would leave alert_from set, and the account's

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import limits
+from limits import RateLimitItem
 from limits.aio.storage import MemoryStorage, RedisClusterStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from redis.asyncio.cluster import ClusterNode
@@ -76,9 +77,11 @@ class RateLimits:
     DEADLINE = 1.0  # seconds one check may take before the call is let through
     PAUSE = 2.0  # seconds the store is not asked after it erred
     LOG_EVERY = 60.0
-    # Checks in flight to the shared store per process (and its connections per Redis
-    # node); the rest queue, within DEADLINE. redis-py's pools raise rather than wait past
-    # their size: a herd of handshakes would otherwise turn into unchecked calls.
+    # Checks in flight to the shared store per process; the rest queue for a slot, at most
+    # DEADLINE too. A call that waited too long is let through, but pauses nothing: this
+    # process was busy, the store was not failing. redis-py's pools raise rather than wait
+    # past their size (so a herd would turn into unchecked calls): they get twice this, as
+    # a cancelled check may hand its connection back a moment later.
     IN_FLIGHT = 128
 
     def __init__(self, spec: str, redis_url: str | None, prefix: str) -> None:
@@ -112,24 +115,32 @@ class RateLimits:
         item = self._items[name]
         if item is None:
             return None
-        gate: contextlib.AbstractAsyncContextManager[Any]
         if local:
-            limiter, gate = self._local, contextlib.nullcontext()
-        else:
-            limiter, gate = self._limiter, self._in_flight
-            if time.monotonic() < self._paused_until:
-                self._unchecked(name, None)
-                return None
+            return await self._check(self._local, item, name, key)
+        if time.monotonic() < self._paused_until:
+            self._unchecked(name, None)
+            return None
         try:
-            async with asyncio.timeout(self.DEADLINE), gate:
-                if await limiter.hit(item, name, key):
-                    return None
-                stats = await limiter.get_window_stats(item, name, key)
+            async with asyncio.timeout(self.DEADLINE):
+                await self._in_flight.acquire()
+        except TimeoutError:
+            self._unchecked(name, None)
+            return None
+        try:
+            return await self._check(self._limiter, item, name, key)
         except Exception as exc:  # whatever the store or its client raised, or the deadline
-            if not local:
-                self._paused_until = time.monotonic() + self.PAUSE
+            self._paused_until = time.monotonic() + self.PAUSE
             self._unchecked(name, exc)
             return None
+        finally:
+            self._in_flight.release()
+
+    async def _check(self, limiter: SlidingWindowCounterRateLimiter,
+                     item: RateLimitItem, name: str, key: str) -> float | None:
+        async with asyncio.timeout(self.DEADLINE):
+            if await limiter.hit(item, name, key):
+                return None
+            stats = await limiter.get_window_stats(item, name, key)
         return max(1.0, math.ceil(stats.reset_time - time.time()))
 
     def _unchecked(self, name: str, exc: Exception | None) -> None:
@@ -149,7 +160,8 @@ def _storage(redis_url: str | None, prefix: str) -> Storage:
     scheme = (redis_url or "").partition(":")[0]
     # Bounded: a counter that cannot be reached must not hold a request for long.
     timeouts = {"socket_connect_timeout": RateLimits.DEADLINE,
-                "socket_timeout": RateLimits.DEADLINE, "max_connections": RateLimits.IN_FLIGHT}
+                "socket_timeout": RateLimits.DEADLINE,
+                "max_connections": 2 * RateLimits.IN_FLIGHT}
     if scheme in ("redis", "rediss"):
         return RedisStorage(f"async+{redis_url}", implementation="redispy", key_prefix=prefix,
                             wrap_exceptions=True, **timeouts)

@@ -57,6 +57,7 @@ rate_limit_unchecked = Counter(
 )
 ws_admission_failures = Counter(
     "balance_ws_admission_failures_total",
-    "WebSocket handshakes answered 5xx, or joins closed 4500, by a failure inside the server",
-    ["stage"],
+    "Sockets refused 500 at the handshake, or closed 4500 while authenticating or joining,"
+    " by a failure inside the server",
+    ["stage"],  # handshake, auth, join
 )

@@ -530,6 +530,32 @@ async def test_arming_auto_top_up_below_its_threshold_starts_nothing_until_a_mov
     await db.execute("SELECT balance_set_auto_top_up($1, 0, NULL, NULL, NULL, NULL)", account)
 
 
+async def test_a_plan_removed_below_an_armed_top_up_starts_it_and_tells_nothing(
+    start_hooked: StartHooked, db: asyncpg.Pool, account: str
+) -> None:
+    """A plan's change is silent to the app (API.md), but the allowance it took away is a
+    movement of `available`: a top-up armed above where it ends starts, once."""
+    app = await start_hooked()  # writes the catalog's plans
+    try:
+        async with app.client() as c:
+            r = await c.put(f"/v1/accounts/{account}/plan",
+                            json={"plan": "alerts_day", "idempotency_key": key()})
+            assert r.status_code == 200 and r.json()["account"]["available"] == 100
+    finally:
+        await app.stop()
+    requests = "SELECT count(*) FROM top_ups WHERE account_id = $1"
+    async with server_session(db) as conn:
+        await conn.execute("SELECT balance_set_auto_top_up($1, 0, 'starter', 50, 'cus_x',"
+                           " 'pm_x')", account)
+        await conn.execute("SELECT balance_set_plan($1, 0, $2, '\\x01'::bytea, NULL, NULL)",
+                           account, key())
+        assert await conn.fetchval("SELECT balance - held FROM accounts WHERE account_id = $1",
+                                   account) == 0
+    assert await db.fetchval(requests, account) == 1
+    assert await alert_types(db, account) == []
+    await db.execute("SELECT balance_set_auto_top_up($1, 0, NULL, NULL, NULL, NULL)", account)
+
+
 async def test_a_change_begun_for_alerts_and_never_ended_cannot_commit(
     db: asyncpg.Pool, account: str
 ) -> None:

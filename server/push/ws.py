@@ -383,6 +383,8 @@ class Connection(WebSocketProtocol):
                 log.error("websocket handshake failed", exc_info=exc)
                 self._refuse(errors.internal_error())
                 return
+            if self._stage == _AUTH:  # upgraded, then failed checking its token
+                metrics.ws_admission_failures.labels("auth").inc()
             log.error("websocket failed", exc_info=exc)
             self._close(CLOSE_INTERNAL)
 

@@ -51,14 +51,20 @@ async def test_a_nul_is_422_and_never_fails_someone_elses_batch(
 
 
 async def test_a_deep_first_frame_gets_an_error_frame_not_a_crash(app: RunningApp) -> None:
+    """Up to 3.12 the decoder refuses the depth (invalid_message); 3.13's deeper C
+    recursion limit lets it skip the unknown field, and the token is refused. Either way:
+    error frames, then 4401, never a crash."""
     async with connect(app.ws_url) as ws:
         await ws.send('{"type": "auth", "token": "x", "extra": ' + DEEP + "}")
-        error = json.loads(await ws.recv())
-        assert (error["type"], error["code"]) == ("error", "invalid_message")
-        try:
-            await ws.recv()
-        except ConnectionClosed as closed:
-            assert closed.rcvd is not None and closed.rcvd.code == 4401
+        codes = []
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(5):
+                while True:
+                    frame = json.loads(await ws.recv())
+                    codes.append((frame["type"], frame["code"]))
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+        assert codes in ([("error", "invalid_message"), ("error", "unauthorized")],
+                         [("error", "unauthorized")]), codes
 
 
 async def test_metrics_can_require_a_token(start_app: StartApp) -> None:

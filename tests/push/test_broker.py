@@ -133,10 +133,10 @@ def test_cluster_seeds_parse_on_every_interpreter() -> None:
         [("h1", 7000), ("::1", 7001)], "u", "p@ss")
     assert seeds("redis+cluster://[fe80::1]:7000, 10.0.0.2:7001/0?x=1") == (
         [("fe80::1", 7000), ("10.0.0.2", 7001)], None, None)
-    assert seeds("redis+cluster://:p@ss/w@h:1") == ([("h", 1)], None, "p@ss/w")
+    assert seeds("redis+cluster://:p@ss%2Fw@h:1/?x=a@b") == ([("h", 1)], None, "p@ss/w")
     for bad in ("redis+cluster://::1:7000", "redis+cluster://[h1]:7000",
                 "redis+cluster://[::1]7000", "redis+cluster://h1:0", "redis+cluster://h1:x",
-                "redis+cluster://h1:70000", "redis+cluster://,"):
+                "redis+cluster://h1:70000", "redis+cluster://,", "redis+cluster://h1:\u0661"):
         with pytest.raises(ValueError, match="REDIS_URL"):
             seeds(bad)
 

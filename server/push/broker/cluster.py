@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -67,10 +68,11 @@ def seeds(url: str) -> tuple[list[Address], str | None, str | None]:
     scheme, sep, rest = url.partition("://")
     if scheme != SCHEME or not sep:
         raise ValueError(f"not a {SCHEME}:// URL")
-    # Hosts never hold an '@', a password may: the last one ends the credentials.
-    credentials, _, located = rest.rpartition("@")
+    # RFC 3986: the authority ends at the first '/', '?' or '#' (a password holding one is
+    # percent-encoded); in it, the last '@' ends the credentials.
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    credentials, _, hosts = authority.rpartition("@")
     username, _, password = credentials.partition(":")
-    hosts = located.split("/", 1)[0].split("?", 1)[0]
     found = [_address(item.strip()) for item in hosts.split(",") if item.strip()]
     if not found:
         raise ValueError(f"REDIS_URL: {SCHEME}:// names no host:port")
@@ -85,7 +87,7 @@ def _address(item: str) -> Address:
     else:
         host, sep, port = item.rpartition(":")
         valid = bool(sep and host) and ":" not in host  # a bare IPv6 needs its brackets
-    if not valid or not port.isdigit() or not 0 < int(port) < 65536:
+    if not valid or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"REDIS_URL: {item!r} is not host:port (an IPv6 host: [::1]:7000)")
     return host, int(port)
 
