@@ -108,7 +108,7 @@ CREATE TABLE IF NOT EXISTS payments (
     payment_id      text NOT NULL,
     account_id      text NOT NULL REFERENCES accounts (account_id),
     credits         bigint NOT NULL CHECK (credits > 0),
-    amount_paid     bigint,            -- minor currency units, as the provider reported them
+    amount_paid     bigint,            -- ISO 4217 minor units (server/currencies.py)
     currency        text,
     -- credits accounted for by refunds so far: taken back, or (clamp policy) unrecovered
     reversed        bigint NOT NULL DEFAULT 0 CHECK (reversed >= 0 AND reversed <= credits),
@@ -410,6 +410,42 @@ UPDATE accounts SET alert_told = true WHERE alert_state <> 'ok';
 -- (0 or less is depleted whatever the threshold). Told nothing: no recovery will follow.
 UPDATE accounts SET alert_state = 'depleted' WHERE balance - held <= 0 AND alert_state = 'ok';
 
+-- step: 011_period_grants
+-- Allowance is granted once per account and period, whatever the changes of plan (issue
+-- 24): a change keeps the period's plan_periods row (it used to delete it and grant anew),
+-- and the row remembers what the period has granted. `granted`: the allowance the period
+-- has put into the account, less what changes of plan took back (a removal takes rolled-
+-- over allowance too, so it may be negative). What the period has had spent of its
+-- allowance is then what it put in (granted, and what rolled into it) less what is still
+-- open (balance_set_plan). A row written before holds its grant's amount: what a change
+-- took back before is not known, so it counts as spent and nothing is granted twice.
+ALTER TABLE plan_periods ADD COLUMN IF NOT EXISTS granted bigint NOT NULL DEFAULT 0;
+UPDATE plan_periods p SET granted = t.amount FROM transactions t WHERE t.id = p.transaction_id;
+
+-- step: 012_iso_minor_units
+-- Amounts read from providers are kept in ISO 4217 minor units (issue 24; the catalog's,
+-- server/currencies.py). Stripe's rows were kept in Stripe's units, which differ for ISK and
+-- UGX (Stripe: hundredths, ISO: whole units) and MGA (Stripe: whole ariary, ISO: 2 decimals).
+-- Money paid drops a fraction (an old fractional charge); refunded and disputed money counts
+-- a fraction whole, as the server now reads them. Refunds whose payment never arrived have no
+-- currency here and are left as they are.
+UPDATE payments SET amount_paid = CASE WHEN lower(currency) = 'mga' THEN amount_paid * 100
+                                       ELSE amount_paid / 100 END
+WHERE provider = 'stripe' AND lower(currency) IN ('isk', 'ugx', 'mga') AND amount_paid IS NOT NULL;
+UPDATE payment_refunds r SET
+    refunded = CASE WHEN lower(p.currency) = 'mga' THEN r.refunded * 100
+                    ELSE (r.refunded + 99) / 100 END,
+    paid = CASE WHEN lower(p.currency) = 'mga' THEN r.paid * 100 ELSE r.paid / 100 END
+FROM payments p
+WHERE r.provider = 'stripe' AND p.provider = 'stripe' AND p.payment_id = r.payment_id
+  AND lower(p.currency) IN ('isk', 'ugx', 'mga');
+UPDATE payment_disputes d SET
+    amount = CASE WHEN lower(p.currency) = 'mga' THEN d.amount * 100
+                  ELSE (d.amount + 99) / 100 END
+FROM payments p
+WHERE d.provider = 'stripe' AND p.provider = 'stripe' AND p.payment_id = d.payment_id
+  AND lower(p.currency) IN ('isk', 'ugx', 'mga');
+
 -- ================================================================ JSON shapes of API.md
 
 -- definitions: json_shapes
@@ -452,6 +488,30 @@ $$;
 -- change committed, the account's new absolute state for the push frame.
 
 -- definitions: movements
+
+-- A refusal (or a change that moved nothing) after the movement renewed its account's
+-- plan (p_renewed, balance__renew_due): the renewal commits, so the result carries the
+-- account's state and the renewal's last change, for the push.
+CREATE OR REPLACE FUNCTION balance__after_renewal(p_res balance_result,
+                                                  p_renewed balance_result)
+RETURNS balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_acc accounts;
+BEGIN
+    IF p_renewed.account_id IS NULL THEN
+        RETURN p_res;
+    END IF;
+    SELECT * INTO v_acc FROM accounts WHERE account_id = p_renewed.account_id;
+    p_res.account_id := v_acc.account_id;
+    p_res.balance := v_acc.balance;
+    p_res.held := v_acc.held;
+    p_res.version := v_acc.version;
+    p_res.low := v_acc.alert_state <> 'ok';
+    p_res.kind := p_renewed.kind;
+    p_res.amount := p_renewed.amount;
+    p_res.tx_id := p_renewed.tx_id;
+    RETURN p_res;
+END $$;
 
 -- Creates the account on first mention, granting the welcome credits exactly once
 -- (the INSERT's conflict check is what makes "once" hold under concurrency). It is born
@@ -566,8 +626,9 @@ BEGIN
 END $$;
 
 -- 'limit_reached' when charging p_quantity more of p_operation would pass its plan's limit
--- in the account's current period: writes nothing and gives the key back, as a refusal
--- for insufficient credits does. NULL result when the charge fits.
+-- in the account's current period (one that has not ended: balance_post renews first):
+-- writes nothing and gives the key back, as a refusal for insufficient credits does. NULL
+-- result when the charge fits.
 CREATE OR REPLACE FUNCTION balance__over_limit(
     p_acc accounts, p_key text, p_operation text, p_quantity bigint, p_limit bigint
 ) RETURNS balance_result LANGUAGE plpgsql AS $$
@@ -577,9 +638,7 @@ DECLARE
 BEGIN
     SELECT u.used INTO v_used FROM plan_usage u WHERE u.account_id = p_acc.account_id
         AND u.operation = p_operation AND u.period_start = p_acc.period_start;
-    -- Past the period's end but not renewed yet (at most a couple of seconds): the limit
-    -- has reset.
-    v_used := CASE WHEN p_acc.period_end <= now() THEN 0 ELSE COALESCE(v_used, 0) END;
+    v_used := COALESCE(v_used, 0);
     IF v_used + p_quantity > p_limit THEN
         DELETE FROM idempotency_keys k WHERE k.account_id = p_acc.account_id AND k.key = p_key;
         v_res.result := 'limit_reached';
@@ -598,6 +657,10 @@ END $$;
 -- account's plan's override when it has one, and refused with 'limit_reached' when it would
 -- take the plan's per-period limit of that operation over: both decided here, under the
 -- account's row lock, so concurrent charges cannot pass a limit together.
+-- A movement that takes credits at or after its account's period end renews the plan
+-- first (balance__renew_due), so it never counts in a period that has ended nor spends
+-- allowance that should have expired. While the period runs that costs the debit one
+-- comparison on the row it updates anyway.
 CREATE OR REPLACE FUNCTION balance_post(
     p_account text, p_welcome bigint, p_key text, p_hash bytea, p_kind text,
     p_amount bigint, p_reason text, p_metadata jsonb, p_expires_at timestamptz,
@@ -612,6 +675,7 @@ DECLARE
     v_granted bigint;
     v_res balance_result;
     v_limit bigint;
+    v_renewed balance_result;
 BEGIN
     v_res := balance__claim(p_account, p_key, p_hash);
     IF v_res.result IS NOT NULL THEN
@@ -621,6 +685,10 @@ BEGIN
     IF p_operation IS NOT NULL THEN
         PERFORM balance__ensure(p_account, p_welcome);
         SELECT * INTO v_acc FROM accounts WHERE account_id = p_account FOR UPDATE;
+        IF v_acc.period_end <= now() THEN
+            v_renewed := balance__renew_due(p_account);
+            SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
+        END IF;
         IF v_acc.plan IS NOT NULL THEN
             SELECT (p.prices ->> p_operation)::bigint, (p.limits ->> p_operation)::bigint
             INTO v_amount, v_limit FROM plans p WHERE p.id = v_acc.plan;
@@ -632,7 +700,7 @@ BEGIN
             IF v_limit IS NOT NULL THEN
                 v_res := balance__over_limit(v_acc, p_key, p_operation, p_quantity, v_limit);
                 IF v_res.result IS NOT NULL THEN
-                    RETURN v_res;
+                    RETURN balance__after_renewal(v_res, v_renewed);
                 END IF;
             END IF;
         END IF;
@@ -644,9 +712,13 @@ BEGIN
             used = used + CASE WHEN p_kind = 'usage' THEN -p_amount ELSE 0 END,
             unsettled = unsettled - p_amount
         WHERE account_id = p_account AND balance - held >= -p_amount
+          AND (period_end > now() OR period_end IS NULL)
         RETURNING * INTO v_acc;
         IF NOT FOUND THEN
             PERFORM balance__ensure(p_account, p_welcome);
+            IF v_renewed.account_id IS NULL THEN
+                v_renewed := balance__renew_due(p_account);
+            END IF;
             UPDATE accounts SET
                 balance = balance + p_amount, version = version + 1, updated_at = now(),
                 used = used + CASE WHEN p_kind = 'usage' THEN -p_amount ELSE 0 END,
@@ -655,10 +727,14 @@ BEGIN
             RETURNING * INTO v_acc;
         END IF;
         IF NOT FOUND THEN
-            RETURN balance__refuse(p_account, p_key, -p_amount);
+            RETURN balance__after_renewal(balance__refuse(p_account, p_key, -p_amount),
+                                          v_renewed);
         END IF;
     ELSE
         PERFORM balance__ensure(p_account, p_welcome);
+        IF p_amount < 0 THEN  -- a reversal takes credits too
+            v_renewed := balance__renew_due(p_account);
+        END IF;
         IF p_mode = 'clamp' AND p_amount < 0 THEN
             SELECT * INTO v_acc FROM accounts WHERE account_id = p_account FOR UPDATE;
             v_amount := -LEAST(-p_amount, GREATEST(v_acc.balance, 0));
@@ -719,6 +795,8 @@ BEGIN
         v_res.amount := v_amount;
         v_res.tx_id := v_tx.id;
         v_res.hold_id := p_hold;
+    ELSE
+        v_res := balance__after_renewal(v_res, v_renewed);
     END IF;
     RETURN v_res;
 END $$;
@@ -756,17 +834,26 @@ DECLARE
     v_acc accounts;
     v_hold holds;
     v_res balance_result;
+    v_renewed balance_result;
 BEGIN
     v_res := balance__claim(p_account, p_key, p_hash);
     IF v_res.result IS NOT NULL THEN
         RETURN v_res;
     END IF;
     PERFORM balance__ensure(p_account, p_welcome);
+    -- As a debit: at or after the period's end, the plan is renewed first.
     UPDATE accounts SET held = held + p_amount, version = version + 1, updated_at = now()
     WHERE account_id = p_account AND balance - held >= p_amount
+      AND (period_end > now() OR period_end IS NULL)
     RETURNING * INTO v_acc;
     IF NOT FOUND THEN
-        RETURN balance__refuse(p_account, p_key, p_amount);
+        v_renewed := balance__renew_due(p_account);
+        UPDATE accounts SET held = held + p_amount, version = version + 1, updated_at = now()
+        WHERE account_id = p_account AND balance - held >= p_amount
+        RETURNING * INTO v_acc;
+    END IF;
+    IF NOT FOUND THEN
+        RETURN balance__after_renewal(balance__refuse(p_account, p_key, p_amount), v_renewed);
     END IF;
     INSERT INTO holds (account_id, amount, reason, metadata, expires_at)
     VALUES (p_account, p_amount, p_reason, p_metadata, now() + make_interval(secs => p_ttl_seconds))
@@ -1134,51 +1221,64 @@ BEGIN
     END LOOP;
 END $$;
 
--- Grants the allowance of the account's current period (p_acc, held by the caller), once
--- (plan_periods' key), as an `allowance` transaction on a grant expiring at the period's end.
--- p_change: a plan change, whose new allowance replaces the period's (its old allowance has
--- just expired), even when the period is the same.
-CREATE OR REPLACE FUNCTION balance__grant_allowance(p_acc accounts, p_plan plans,
-                                                    p_change boolean)
+-- The allowance a plan gives the period [p_start, p_end): all of it for a whole period of
+-- the plan (or a longer one), else in proportion to the part of a period it is, to the
+-- nearest credit. Only the first period after a new anchor or a gap, or a period of
+-- another length than the plan's, is a part (balance_set_plan).
+CREATE OR REPLACE FUNCTION balance__period_allowance(p_plan plans, p_start timestamptz,
+                                                     p_end timestamptz)
+RETURNS bigint LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    v_whole timestamptz := balance__period_edge(p_start, p_plan.period, 1);
+BEGIN
+    IF p_end >= v_whole THEN
+        RETURN p_plan.allowance;
+    END IF;
+    RETURN round(p_plan.allowance * extract(epoch FROM p_end - p_start)
+                 / extract(epoch FROM v_whole - p_start));
+END $$;
+
+-- The index of the period that follows one ending at p_end: the next (p_index + 1) when
+-- the periods run on the anchor's edges, else the anchor's period that holds p_end (a new
+-- anchor, or a plan of another length, took effect at p_end: that period runs from p_end
+-- to the anchor's next edge).
+CREATE OR REPLACE FUNCTION balance__next_period(p_anchor timestamptz, p_period text,
+                                                p_index int, p_end timestamptz)
+RETURNS int LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF p_index IS NOT NULL
+       AND balance__period_edge(p_anchor, p_period, p_index + 1) = p_end THEN
+        RETURN p_index + 1;
+    END IF;
+    RETURN balance__period_index(p_anchor, p_period, p_end);
+END $$;
+
+-- Grants p_amount of allowance in the account's current period (p_acc, held by the
+-- caller), as an `allowance` transaction on a grant expiring at the period's end. The
+-- caller records it in the period's plan_periods row.
+DROP FUNCTION IF EXISTS balance__grant_allowance(accounts, plans, boolean);
+CREATE OR REPLACE FUNCTION balance__grant_allowance(p_acc accounts, p_plan text,
+                                                    p_amount bigint)
 RETURNS balance_result LANGUAGE plpgsql AS $$
 DECLARE
     v_acc accounts;
     v_tx transactions;
     v_granted bigint;
-    v_res balance_result;
 BEGIN
-    IF p_change THEN  -- a plan change: the period starts over under the new plan
-        DELETE FROM plan_periods
-        WHERE account_id = p_acc.account_id AND period_start = p_acc.period_start;
-    END IF;
-    IF p_plan.allowance = 0 THEN
-        INSERT INTO plan_periods (account_id, period_start, period_end, plan)
-        VALUES (p_acc.account_id, p_acc.period_start, p_acc.period_end, p_plan.id)
-        ON CONFLICT DO NOTHING;
-        RETURN v_res;
-    END IF;
-    PERFORM 1 FROM plan_periods
-    WHERE account_id = p_acc.account_id AND period_start = p_acc.period_start;
-    IF FOUND THEN
-        RETURN v_res;
-    END IF;
     IF p_acc.unsettled > 0 THEN
         PERFORM balance__settle(p_acc.account_id);
     END IF;
-    UPDATE accounts SET balance = balance + p_plan.allowance, version = version + 1,
+    UPDATE accounts SET balance = balance + p_amount, version = version + 1,
         updated_at = now()
     WHERE account_id = p_acc.account_id RETURNING * INTO v_acc;
     INSERT INTO transactions (account_id, kind, amount, balance_after, version, reason, metadata)
-    VALUES (v_acc.account_id, 'allowance', p_plan.allowance, v_acc.balance, v_acc.version,
-            'plan ' || p_plan.id, jsonb_build_object('plan', p_plan.id,
+    VALUES (v_acc.account_id, 'allowance', p_amount, v_acc.balance, v_acc.version,
+            'plan ' || p_plan, jsonb_build_object('plan', p_plan,
             'period_start', balance__ts(v_acc.period_start),
             'period_end', balance__ts(v_acc.period_end)))
     RETURNING * INTO v_tx;
-    -- The period's one row: a second grant for it would fail here and roll back whole.
-    INSERT INTO plan_periods (account_id, period_start, period_end, plan, transaction_id)
-    VALUES (v_acc.account_id, v_acc.period_start, v_acc.period_end, p_plan.id, v_tx.id);
     -- As any credit: a grant for what it adds above a debt.
-    v_granted := LEAST(p_plan.allowance, GREATEST(v_acc.balance - v_acc.expired_held, 0));
+    v_granted := LEAST(p_amount, GREATEST(v_acc.balance - v_acc.expired_held, 0));
     IF v_granted > 0 THEN
         INSERT INTO credit_lots
             (account_id, transaction_id, kind, amount, remaining, priority, expires_at)
@@ -1186,13 +1286,25 @@ BEGIN
                 balance__priority('allowance'), v_acc.period_end);
     END IF;
     RETURN ('ok', false, NULL, v_acc.account_id, v_acc.balance, v_acc.held, v_acc.version,
-            'allowance', p_plan.allowance, v_tx.id, NULL, v_acc.alert_state <> 'ok')::balance_result;
+            'allowance', p_amount, v_tx.id, NULL, v_acc.alert_state <> 'ok')::balance_result;
 END $$;
 
--- Assigns, changes or (p_plan NULL) removes the account's plan: the unused allowance
--- expires now, and a new plan's first allowance is granted for the period, anchored at
--- p_anchor, that holds now. The same plan again without a new anchor changes nothing.
--- A plan's change crosses no threshold (API.md "Alerts"): `low` follows it silently.
+-- Assigns, changes or (p_plan NULL) removes the account's plan. Allowance is granted at
+-- most once per account and period, whatever the sequence of changes (README "Plans"):
+-- - A change within the period that holds now keeps that period: its bounds, its limits'
+--   usage and its plan_periods row. The account's open allowance becomes what the new plan
+--   gives the period less what the period has had spent of allowance, GREATEST(open +
+--   budget - granted, 0): the excess expires now, a shortfall is granted now. So an
+--   upgrade grants the difference, a downgrade and back grants nothing new, and a sequence
+--   of changes ends where its last plan alone would have.
+-- - A new anchor, or a plan of another period length, takes effect at the period's end:
+--   an anchor moved, even by a microsecond, opens no period early.
+-- - Removing the plan expires all its allowance; a plan assigned again while that period
+--   runs continues it. Only an account in no running period gets a new one: the anchor's
+--   period that holds now, started no earlier than the last one ended.
+-- The same plan again without a new anchor changes nothing. A period that ended and was
+-- not renewed yet is renewed first, as the jobs would have. A plan's change crosses no
+-- threshold (API.md "Alerts"): `low` follows it silently.
 -- Rows: each committed change, then one whose body is the response.
 CREATE OR REPLACE FUNCTION balance_set_plan(
     p_account text, p_welcome bigint, p_key text, p_hash bytea, p_plan text,
@@ -1201,8 +1313,15 @@ CREATE OR REPLACE FUNCTION balance_set_plan(
 DECLARE
     v_acc accounts;
     v_plan plans;
+    v_period plan_periods;
+    v_running boolean;
+    v_open bigint;
+    v_target bigint;
+    v_start timestamptz;
+    v_end timestamptz;
     v_k int;
     v_began boolean;
+    v_reserved bigint;
     v_res balance_result;
 BEGIN
     v_res := balance__claim(p_account, p_key, p_hash);
@@ -1212,8 +1331,11 @@ BEGIN
     END IF;
     PERFORM balance__ensure(p_account, p_welcome);
     SELECT * INTO v_acc FROM accounts WHERE account_id = p_account FOR UPDATE;
-    -- The same plan again (without an anchor, or with the one it has) changes nothing: a
-    -- repeated call must not refill the allowance.
+    IF v_acc.period_end <= now() THEN
+        RETURN QUERY SELECT * FROM balance__renew_account(v_acc);
+        SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
+    END IF;
+    -- The same plan again (without an anchor, or with the one it has) changes nothing.
     IF v_acc.plan IS NOT DISTINCT FROM p_plan
        AND (p_anchor IS NULL OR p_anchor = v_acc.plan_anchor) THEN
         v_res := ('ok', false, jsonb_build_object('account', balance__account_json(v_acc)),
@@ -1228,33 +1350,100 @@ BEGIN
             RAISE EXCEPTION 'BL001: plan % is not in the plans table', p_plan;
         END IF;
     END IF;
+    -- The period the account is in: its plan's, or (no plan now) its last, while it runs.
+    IF v_acc.plan IS NOT NULL THEN
+        SELECT * INTO v_period FROM plan_periods
+        WHERE account_id = p_account AND period_start = v_acc.period_start;
+        IF NOT FOUND THEN  -- only by a hand-made row: the period as if granted in full
+            INSERT INTO plan_periods (account_id, period_start, period_end, plan, granted)
+            SELECT p_account, v_acc.period_start, v_acc.period_end, p.id,
+                   balance__period_allowance(p, v_acc.period_start, v_acc.period_end)
+            FROM plans p WHERE p.id = v_acc.plan
+            RETURNING * INTO v_period;
+        END IF;
+        v_running := true;
+    ELSE
+        SELECT * INTO v_period FROM plan_periods WHERE account_id = p_account
+        ORDER BY period_start DESC LIMIT 1;
+        v_running := FOUND AND v_period.period_end > now();
+    END IF;
+
     v_began := balance__alerts_begin(p_account);
     IF v_acc.unsettled > 0 THEN
         PERFORM balance__settle(p_account);
     END IF;
-    RETURN QUERY SELECT * FROM balance__expire_allowance(p_account, 0, NULL,
-        CASE WHEN p_plan IS NULL THEN 'plan removed' ELSE 'plan changed' END);
+    SELECT COALESCE(sum(remaining), 0) INTO v_open FROM credit_lots
+    WHERE account_id = p_account AND kind = 'allowance' AND remaining > 0;
+    -- Allowance an active hold reserves does not leave when it expires: it moves into
+    -- expired_held, which the hold's capture spends first. So it is not taken back; it
+    -- counts as spent (else a downgrade and back would grant it again, and the capture
+    -- spend it twice). v_reserved: what of an expiry below went there.
+    SELECT expired_held INTO v_reserved FROM accounts WHERE account_id = p_account;
     IF p_plan IS NULL THEN
-        UPDATE accounts SET plan = NULL, plan_anchor = NULL, period_index = NULL,
-            period_start = NULL, period_end = NULL, version = version + 1, updated_at = now()
+        RETURN QUERY SELECT * FROM balance__expire_allowance(p_account, 0, NULL,
+                                                             'plan removed');
+        SELECT expired_held - v_reserved INTO v_reserved FROM accounts
+        WHERE account_id = p_account;
+        UPDATE plan_periods SET granted = granted - v_open + v_reserved
+        WHERE v_running AND account_id = p_account AND period_start = v_period.period_start;
+        -- The anchor stays: a plan assigned again in this period keeps its cycle.
+        UPDATE accounts SET plan = NULL, period_index = NULL, period_start = NULL,
+            period_end = NULL, version = version + 1, updated_at = now()
         WHERE account_id = p_account RETURNING * INTO v_acc;
         v_res := ('ok', false, NULL, p_account, v_acc.balance, v_acc.held, v_acc.version,
                   'plan', 0, NULL, NULL, v_acc.alert_state <> 'ok');
-    ELSE
-        p_anchor := COALESCE(p_anchor, now());
-        v_k := balance__period_index(p_anchor, v_plan.period, now());
-        UPDATE accounts SET plan = p_plan, plan_anchor = p_anchor, period_index = v_k,
-            period_start = balance__period_edge(p_anchor, v_plan.period, v_k),
-            period_end = balance__period_edge(p_anchor, v_plan.period, v_k + 1),
+    ELSIF v_running THEN
+        v_target := GREATEST(v_open - v_period.granted + balance__period_allowance(
+            v_plan, v_period.period_start, v_period.period_end), 0);
+        IF v_open > v_target THEN
+            RETURN QUERY SELECT * FROM balance__expire_allowance(p_account, v_target,
+                v_period.period_end, 'plan changed');
+        END IF;
+        SELECT expired_held - v_reserved INTO v_reserved FROM accounts
+        WHERE account_id = p_account;
+        UPDATE plan_periods SET plan = p_plan,
+            granted = granted + (v_target - v_open) + v_reserved
+        WHERE account_id = p_account AND period_start = v_period.period_start;
+        p_anchor := COALESCE(p_anchor, v_acc.plan_anchor, now());
+        UPDATE accounts SET plan = p_plan, plan_anchor = p_anchor,
+            period_index = balance__period_index(p_anchor, v_plan.period,
+                                                 v_period.period_start),
+            period_start = v_period.period_start, period_end = v_period.period_end,
             version = version + 1, updated_at = now()
         WHERE account_id = p_account RETURNING * INTO v_acc;
         v_res := ('ok', false, NULL, p_account, v_acc.balance, v_acc.held, v_acc.version,
                   'plan', 0, NULL, NULL, v_acc.alert_state <> 'ok');
-        RETURN NEXT v_res;
-        v_res := balance__grant_allowance(v_acc, v_plan, true);
-        IF v_res.result IS NULL THEN  -- no allowance: the 'plan' row above was the change
-            v_res := ('ok', false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+        IF v_target > v_open THEN
+            RETURN NEXT v_res;
+            v_res := balance__grant_allowance(v_acc, p_plan, v_target - v_open);
         END IF;
+    ELSE
+        p_anchor := COALESCE(p_anchor, now());
+        v_k := balance__period_index(p_anchor, v_plan.period, now());
+        v_start := balance__period_edge(p_anchor, v_plan.period, v_k);
+        v_end := balance__period_edge(p_anchor, v_plan.period, v_k + 1);
+        -- Never again over time a period already had.
+        IF v_period.period_end > v_start THEN
+            v_start := v_period.period_end;
+        END IF;
+        IF v_open > 0 THEN  -- none but what a plan removed before 011_period_grants left
+            RETURN QUERY SELECT * FROM balance__expire_allowance(p_account, 0, NULL,
+                                                                 'plan changed');
+        END IF;
+        v_target := balance__period_allowance(v_plan, v_start, v_end);
+        UPDATE accounts SET plan = p_plan, plan_anchor = p_anchor, period_index = v_k,
+            period_start = v_start, period_end = v_end, version = version + 1,
+            updated_at = now()
+        WHERE account_id = p_account RETURNING * INTO v_acc;
+        v_res := ('ok', false, NULL, p_account, v_acc.balance, v_acc.held, v_acc.version,
+                  'plan', 0, NULL, NULL, v_acc.alert_state <> 'ok');
+        IF v_target > 0 THEN
+            RETURN NEXT v_res;
+            v_res := balance__grant_allowance(v_acc, p_plan, v_target);
+        END IF;
+        INSERT INTO plan_periods (account_id, period_start, period_end, plan, transaction_id,
+                                  granted)
+        VALUES (p_account, v_start, v_end, p_plan, v_res.tx_id, v_target);
     END IF;
     IF v_began THEN
         PERFORM balance__alerts_end(p_account, true);
@@ -1265,19 +1454,66 @@ BEGIN
     RETURN NEXT v_res;
 END $$;
 
--- Renews the plans whose period has ended, up to p_limit accounts: per account and per
+-- Renews one account whose period has ended (p_acc, its row held by the caller): per
 -- period missed, in order, the unused allowance beyond the plan's rollover expires (what
--- rolls over now expires with the next period) and the next allowance is granted. Rows
--- another instance holds are skipped (it is renewing them); plan_periods' key makes each
--- period's grant happen once. An account's renewal is one movement for alerts and auto
--- top-up: from before its first expiry to after its last grant.
+-- rolls over now expires with the next period) and the next period's allowance is granted,
+-- recorded in plan_periods (whose key makes each period's grant happen once). One movement
+-- for alerts and auto top-up: from before its first expiry to after its last grant.
+CREATE OR REPLACE FUNCTION balance__renew_account(p_acc accounts)
+RETURNS SETOF balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_acc accounts := p_acc;
+    v_plan plans;
+    v_k int;
+    v_end timestamptz;
+    v_budget bigint;
+    v_began boolean;
+    v_res balance_result;
+BEGIN
+    SELECT * INTO v_plan FROM plans WHERE id = v_acc.plan;
+    v_began := balance__alerts_begin(v_acc.account_id);
+    IF v_acc.unsettled > 0 THEN
+        PERFORM balance__settle(v_acc.account_id);
+    END IF;
+    WHILE v_acc.period_end <= now() LOOP
+        v_k := balance__next_period(v_acc.plan_anchor, v_plan.period, v_acc.period_index,
+                                    v_acc.period_end);
+        v_end := balance__period_edge(v_acc.plan_anchor, v_plan.period, v_k + 1);
+        RETURN QUERY SELECT * FROM balance__expire_allowance(v_acc.account_id,
+            v_plan.rollover, v_end, 'allowance expired at period end');
+        UPDATE accounts SET period_index = v_k, period_start = period_end, period_end = v_end
+        WHERE account_id = v_acc.account_id RETURNING * INTO v_acc;
+        v_budget := balance__period_allowance(v_plan, v_acc.period_start, v_acc.period_end);
+        v_res := NULL;
+        IF v_budget > 0 THEN
+            v_res := balance__grant_allowance(v_acc, v_plan.id, v_budget);
+        END IF;
+        -- The period's one row: a second renewal of it would fail here and roll back whole.
+        INSERT INTO plan_periods (account_id, period_start, period_end, plan, transaction_id,
+                                  granted)
+        VALUES (v_acc.account_id, v_acc.period_start, v_acc.period_end, v_plan.id,
+                v_res.tx_id, v_budget);
+        PERFORM balance__emit('plan.renewed', v_acc.account_id, jsonb_build_object(
+            'account_id', v_acc.account_id, 'plan', v_plan.id,
+            'period_start', balance__ts(v_acc.period_start),
+            'period_end', balance__ts(v_acc.period_end), 'allowance', v_budget));
+        IF v_res.account_id IS NOT NULL THEN
+            v_res.body := jsonb_build_object('plan', v_plan.id);
+            RETURN NEXT v_res;
+        END IF;
+    END LOOP;
+    IF v_began THEN
+        PERFORM balance__alerts_end(v_acc.account_id, false);
+    END IF;
+END $$;
+
+-- Renews the plans whose period has ended, up to p_limit accounts. Rows another
+-- transaction holds are skipped: another instance renewing them, or a movement, which
+-- renews its account itself when its period has ended (balance__renew_due).
 CREATE OR REPLACE FUNCTION balance_renew(p_limit int) RETURNS SETOF balance_result
 LANGUAGE plpgsql AS $$
 DECLARE
     v_acc accounts;
-    v_plan plans;
-    v_began boolean;
-    v_res balance_result;
 BEGIN
     FOR v_acc IN
         -- In period_end order, so each batch reads only the index entries it renews. It
@@ -1286,34 +1522,30 @@ BEGIN
         SELECT * FROM accounts WHERE plan IS NOT NULL AND period_end <= now()
         ORDER BY period_end LIMIT p_limit FOR UPDATE SKIP LOCKED
     LOOP
-        SELECT * INTO v_plan FROM plans WHERE id = v_acc.plan;
-        v_began := balance__alerts_begin(v_acc.account_id);
-        IF v_acc.unsettled > 0 THEN
-            PERFORM balance__settle(v_acc.account_id);
-        END IF;
-        WHILE v_acc.period_end <= now() LOOP
-            RETURN QUERY SELECT * FROM balance__expire_allowance(v_acc.account_id,
-                v_plan.rollover,
-                balance__period_edge(v_acc.plan_anchor, v_plan.period, v_acc.period_index + 2),
-                'allowance expired at period end');
-            UPDATE accounts SET period_index = period_index + 1,
-                period_start = period_end,
-                period_end = balance__period_edge(plan_anchor, v_plan.period, period_index + 2)
-            WHERE account_id = v_acc.account_id RETURNING * INTO v_acc;
-            v_res := balance__grant_allowance(v_acc, v_plan, false);
-            PERFORM balance__emit('plan.renewed', v_acc.account_id, jsonb_build_object(
-                'account_id', v_acc.account_id, 'plan', v_plan.id,
-                'period_start', balance__ts(v_acc.period_start),
-                'period_end', balance__ts(v_acc.period_end), 'allowance', v_plan.allowance));
-            IF v_res.account_id IS NOT NULL THEN
-                v_res.body := jsonb_build_object('plan', v_plan.id);
-                RETURN NEXT v_res;
-            END IF;
-        END LOOP;
-        IF v_began THEN
-            PERFORM balance__alerts_end(v_acc.account_id, false);
-        END IF;
+        RETURN QUERY SELECT * FROM balance__renew_account(v_acc);
     END LOOP;
+END $$;
+
+-- A movement at or after its account's period end renews the account first, in its own
+-- transaction and under the account's row lock: it is judged against the period that
+-- holds now (that period's limits; the old allowance beyond the rollover gone), never
+-- against one that has ended, whether or not a job renewed it (the jobs skip a busy
+-- account). The last change the renewal made; a result of NULLs when none was due.
+CREATE OR REPLACE FUNCTION balance__renew_due(p_account text) RETURNS balance_result
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_acc accounts;
+    v_row balance_result;
+    v_res balance_result;
+BEGIN
+    SELECT * INTO v_acc FROM accounts
+    WHERE account_id = p_account AND plan IS NOT NULL AND period_end <= now() FOR UPDATE;
+    IF FOUND THEN
+        FOR v_row IN SELECT * FROM balance__renew_account(v_acc) LOOP
+            v_res := v_row;
+        END LOOP;
+    END IF;
+    RETURN v_res;
 END $$;
 
 -- What a usage dashboard needs: the plan, its period, the allowance left (after the
@@ -1365,25 +1597,38 @@ DECLARE
     v_cost bigint := p_amount;
     v_price bigint;
     v_limit bigint;
+    v_period text;
     v_used bigint;
+    v_k int;
+    v_resets timestamptz;
 BEGIN
     SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
     v_available := CASE WHEN FOUND THEN v_acc.balance - v_acc.held ELSE p_welcome END;
     IF p_operation IS NOT NULL THEN
         v_cost := p_base_price * p_quantity;
         IF v_acc.plan IS NOT NULL THEN
-            SELECT (p.prices ->> p_operation)::bigint, (p.limits ->> p_operation)::bigint
-            INTO v_price, v_limit FROM plans p WHERE p.id = v_acc.plan;
+            SELECT (p.prices ->> p_operation)::bigint, (p.limits ->> p_operation)::bigint,
+                   p.period
+            INTO v_price, v_limit, v_period FROM plans p WHERE p.id = v_acc.plan;
             v_cost := COALESCE(v_price, p_base_price) * p_quantity;
             IF v_limit IS NOT NULL THEN
                 SELECT u.used INTO v_used FROM plan_usage u WHERE u.account_id = p_account
                     AND u.operation = p_operation AND u.period_start = v_acc.period_start;
                 v_used := COALESCE(v_used, 0);
+                v_resets := v_acc.period_end;
+                v_k := v_acc.period_index;
+                -- Ended and not renewed yet: a charge would renew first (balance__renew_due)
+                -- and count in a period with no usage yet.
+                WHILE v_resets <= now() LOOP
+                    v_used := 0;
+                    v_k := balance__next_period(v_acc.plan_anchor, v_period, v_k, v_resets);
+                    v_resets := balance__period_edge(v_acc.plan_anchor, v_period, v_k + 1);
+                END LOOP;
                 IF v_used + p_quantity > v_limit THEN
                     RETURN jsonb_build_object('allowed', false, 'cost', v_cost,
                         'available', v_available, 'error', 'limit_reached',
                         'operation', p_operation, 'limit', v_limit, 'used', v_used,
-                        'resets_at', balance__ts(v_acc.period_end));
+                        'resets_at', balance__ts(v_resets));
                 END IF;
             END IF;
         END IF;

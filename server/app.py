@@ -18,18 +18,20 @@ from server.api.routes import routes as api_routes
 from server.auth import TokenVerifier
 from server.catalog import load as load_catalog
 from server.config import Settings
+from server.currencies import STRIPE
 from server.db import open_pool
 from server.history import History
 from server.jobs import Jobs
 from server.ledger import Ledger
 from server.limiter import RateLimits
 from server.outbox import Outbox
-from server.payments.checkout import Checkout
+from server.payments.checkout import Checkout, ReturnUrls
 from server.payments.fulfilment import Fulfilment
 from server.payments.topup import TopUps
 from server.plans import Plans
 from server.push.broker import make_broker
 from server.push.hub import Hub
+from server.push.lobby import Lobby
 from server.push.publisher import Publisher
 from server.push.ws import PATH as WS_PATH
 from server.push.ws import RESOURCES, misconfigured
@@ -41,9 +43,12 @@ log = logging.getLogger("balance.app")
 def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) -> Starlette:
     """The ASGI application for these settings (`extra_routes`: the dev routes).
 
-    The catalog is read here, before anything is served: a bad file raises CatalogError.
+    The catalog is read here, before anything is served: a bad file (or, with Stripe, a
+    price Stripe cannot charge) raises CatalogError, a bad return URL ConfigError.
     """
-    catalog = load_catalog(settings.catalog_file, settings.prices_file)
+    catalog = load_catalog(settings.catalog_file, settings.prices_file,
+                           charged_by=(STRIPE,) if settings.stripe_api_key else ())
+    return_urls = ReturnUrls(settings.checkout_return_urls)
     rate_limits = RateLimits(settings.rate_limits, settings.redis_url, settings.channel_prefix)
     if not settings.allowed_origins:
         log.warning("BALANCE_ALLOWED_ORIGINS is empty: pages of any origin may open a "
@@ -60,7 +65,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
         outbox = Outbox(pool, settings) if settings.app_webhook_url else None
         plans = Plans(ledger, catalog)
         await plans.sync()
-        checkout = Checkout(pool, catalog, settings)
+        checkout = Checkout(pool, catalog, settings, return_urls)
         client = checkout.stripe_client
         top_ups = TopUps(pool, catalog, client) if client is not None else None
         jobs = Jobs(ledger, plans, top_ups, settings)
@@ -78,6 +83,8 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
             tokens=tokens,
             limits=rate_limits,
             hub=hub,
+            lobby=Lobby(settings.ws_max_unauthenticated,
+                        settings.ws_max_unauthenticated_per_address),
             service_keys=tuple(k.encode() for k in settings.service_keys),
         )
         await tokens.start()  # the app's JWKS, fetched before the first request

@@ -5,7 +5,8 @@ file stops the server with a sentence naming the field. `BALANCE_PRICES_FILE` (a
 object operation -> cost) is the shorthand for a catalog with only `[prices]`.
 
 `credits_for` is the one rule that turns money received into credits: the server never
-takes a credit count from checkout metadata, which a customer can set.
+takes a credit count from checkout metadata, which a customer can set. Amounts here are ISO
+4217 minor units; server/currencies.py converts what a provider's API counts otherwise.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import json
 import logging
 import re
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+
+from server.currencies import MinorUnits, Unrepresentable, exponent
 
 log = logging.getLogger("balance.catalog")
 
@@ -29,20 +33,6 @@ Credits = Annotated[int, msgspec.Meta(ge=1, le=MAX_CREDITS)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_CREDITS)]  # credits, where 0 means none
 Money = Annotated[int, msgspec.Meta(ge=1, le=10**15)]  # minor units
 Name = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9_.:-]{1,100}$")]
-
-# ISO 4217 minor-unit exponents that are not 2 (everything else has cents).
-_EXPONENTS = {
-    **dict.fromkeys(("bif", "clp", "djf", "gnf", "isk", "jpy", "kmf", "krw", "pyg", "rwf",
-                     "ugx", "uyi", "vnd", "vuv", "xaf", "xof", "xpf"), 0),
-    **dict.fromkeys(("bhd", "iqd", "jod", "kwd", "lyd", "omr", "tnd"), 3),
-    "clf": 4, "uyw": 4,
-}
-
-
-def exponent(currency: str) -> int:
-    """The currency's ISO 4217 minor-unit exponent: USD 2, JPY 0, KWD 3."""
-    return _EXPONENTS.get(currency, 2)
-
 
 class CatalogError(Exception):
     """The catalog file is unreadable or invalid; the message names the field."""
@@ -186,9 +176,11 @@ def _name_keys(data: dict[str, Any], message: str) -> str:
     return f"{text} - at `{named[2:]}`"
 
 
-def load(catalog_file: str | None, prices_file: str | None) -> Catalog:
+def load(catalog_file: str | None, prices_file: str | None,
+         charged_by: Sequence[MinorUnits] = ()) -> Catalog:
     """The catalog from its file (or the price list's), validated; CatalogError names what
-    is wrong."""
+    is wrong. `charged_by`: the providers asked to charge its prices (checkout, auto
+    top-up), which must be able to write each of them and take each pay-as-you-go currency."""
     if catalog_file:
         if prices_file:
             log.warning("BALANCE_CATALOG_FILE and BALANCE_PRICES_FILE are both set: "
@@ -220,7 +212,29 @@ def load(catalog_file: str | None, prices_file: str | None) -> Catalog:
                 if operation not in catalog.prices:
                     raise CatalogError(f"{name}: plans.{plan_id}.{field}.{operation} names an "
                                        "operation that is not in [prices]")
+    for units in charged_by:
+        _check_chargeable(catalog, units, name)
     return catalog
+
+
+def _check_chargeable(catalog: Catalog, units: MinorUnits, name: str) -> None:
+    """CatalogError unless the provider can charge every package price as it is, and take
+    every pay-as-you-go currency: rounding a price would sell credits for other money."""
+    fields: list[tuple[str, str, int | None]] = [
+        (f"packages.{package_id}.price.{currency}", currency, amount)
+        for package_id, package in catalog.packages.items()
+        for currency, amount in package.price.items()]
+    if catalog.pay_as_you_go is not None:
+        fields += [(f"pay_as_you_go.credits_per_unit.{currency}", currency, None)
+                   for currency in catalog.pay_as_you_go.credits_per_unit]
+    for field, currency, amount in fields:
+        try:
+            if amount is None:
+                units.units(currency)
+            else:
+                units.to_provider(currency, amount)
+        except Unrepresentable as exc:
+            raise CatalogError(f"{name}: {field}: {exc}") from None
 
 
 def to_json(catalog: Catalog) -> bytes:

@@ -8,11 +8,13 @@ import base64
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -81,13 +83,31 @@ async def _reconcile(database_url: str) -> int:
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_PASSWORD_PARAM = re.compile(r"((?:^|&)(?:password|passwd|pass|pwd)=)[^&]*", re.IGNORECASE)
+
+
+def masked(url: str) -> str:
+    """The URL with any password in it (user info, or a password= query parameter) shown as
+    ***, fit to print."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(a URL that does not parse)"
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    netloc = f"{userinfo}{at}{hosts}"
+    query = _PASSWORD_PARAM.sub(r"\1***", parts.query)
+    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 def _dev(args: argparse.Namespace) -> int:
     """Throwaway PostgreSQL + Redis (unless DATABASE_URL / REDIS_URL are given), then serve.
 
     Its routes mint tokens for anyone, spend from any account and pay on a stand-in: so it
-    listens on loopback only, and refuses a database it did not start, unless --i-know.
+    listens on loopback only, and refuses a database or Redis it did not start (its writes,
+    its balance frames on that Redis's channels), unless --i-know. No password in a URL it
+    prints is shown.
     """
     from server.dev import servers
 
@@ -98,8 +118,14 @@ def _dev(args: argparse.Namespace) -> int:
     if os.environ.get("DATABASE_URL") and not args.i_know:
         raise ConfigError("dev starts its own throwaway PostgreSQL; DATABASE_URL is set, and "
                           "dev's routes would write to that database. Unset it, or add --i-know")
-    started: list[servers.PostgresServer | servers.RedisServer] = []
     env = dict(os.environ)
+    if args.no_redis:
+        env.pop("REDIS_URL", None)  # in-memory fan-out only, whatever the environment says
+    if env.get("REDIS_URL") and not args.i_know:
+        raise ConfigError("dev starts its own throwaway Redis; REDIS_URL is set, and dev would "
+                          "publish its balances on that Redis's channels. Unset it (or add "
+                          "--no-redis), or add --i-know")
+    started: list[servers.PostgresServer | servers.RedisServer] = []
     try:
         if not env.get("DATABASE_URL"):
             print("starting a throwaway PostgreSQL ...", flush=True)
@@ -139,14 +165,16 @@ def _dev(args: argparse.Namespace) -> int:
 
         token, _ = mint_token(settings.token_secret, "demo-user", 3600)
         base = f"http://{settings.host}:{settings.port}"
+        redis_none = "(none: in-memory fan-out)"
         print(
             "\nbalance-server dev is up (throwaway data, gone on Ctrl-C)\n"
             f"  demo page     {base}/?account=demo-user\n"
-            f"  app webhooks  {settings.app_webhook_url}   (what your backend would receive)\n"
+            f"  app webhooks  {masked(settings.app_webhook_url or '')}   "
+            "(what your backend would receive)\n"
             f"  API           {base}/v1   (OpenAPI: {base}/openapi.json)\n"
             f"  WebSocket     ws://{settings.host}:{settings.port}/v1/ws\n"
-            f"  DATABASE_URL  {env['DATABASE_URL']}\n"
-            f"  REDIS_URL     {env.get('REDIS_URL', '(none: in-memory fan-out)')}\n"
+            f"  DATABASE_URL  {masked(env['DATABASE_URL'])}\n"
+            f"  REDIS_URL     {masked(env['REDIS_URL']) if env.get('REDIS_URL') else redis_none}\n"
             f"  service key   {key}\n"
             f"  user token    {token}   (account demo-user, 1 h)\n"
             f"  stripe secret {settings.stripe_webhook_secret}\n\n"
@@ -177,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--port", type=int)
     dev.add_argument("--no-redis", action="store_true", help="in-memory fan-out only")
     dev.add_argument("--i-know", action="store_true",
-                     help="allow a non-loopback --host or a DATABASE_URL that dev did not start")
+                     help="allow a non-loopback --host, or a DATABASE_URL or REDIS_URL that dev "
+                     "did not start")
     sub.add_parser("reconcile", help="check balance == sum(ledger) and held == active holds")
     token = sub.add_parser("token", help="print a user token for ACCOUNT")
     token.add_argument("account")

@@ -106,9 +106,14 @@ class Settings:
     idempotency_retention_days: int = 30
     channel_prefix: str = "balance"
     metrics_token: str | None = field(default=None, repr=False)
-    # Rate limits (server/limiter.py reads them), and sockets not yet authenticated.
+    # Rate limits (server/limiter.py reads them), and sockets not yet authenticated: per
+    # process and per client address; when full, the oldest waiting is closed (push/lobby.py).
     rate_limits: str = ""
     ws_max_unauthenticated: int = 1000
+    # Unset: the process cap. Behind a load balancer every client has the balancer's
+    # address, so a per-address cap of its own would evict a reconnect herd's sockets
+    # before they could send auth; deployments reached directly set it (e.g. 100).
+    ws_max_unauthenticated_per_address: int = 1000
     # App webhooks (server/outbox.py): where, signed with what, which types; each attempt's
     # timeout, and how long a claimed event is this instance's before another may take it.
     app_webhook_url: str | None = None
@@ -165,6 +170,13 @@ class Settings:
             if unknown:
                 raise ConfigError(f"BALANCE_APP_WEBHOOK_EVENTS: unknown {', '.join(unknown)} "
                                   f"(known: {', '.join(EVENT_TYPES)})")
+        waiting = _int(env, "BALANCE_WS_MAX_UNAUTHENTICATED", 1000)
+        waiting_per_address = _int(env, "BALANCE_WS_MAX_UNAUTHENTICATED_PER_ADDRESS", waiting)
+        for name, value in (("BALANCE_WS_MAX_UNAUTHENTICATED", waiting),
+                            ("BALANCE_WS_MAX_UNAUTHENTICATED_PER_ADDRESS", waiting_per_address)):
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1 (sockets that may wait for "
+                                  "their auth frame)")
         welcome = _int(env, "BALANCE_WELCOME_CREDITS", 0)
         if not 0 <= welcome <= 10**12:
             raise ConfigError("BALANCE_WELCOME_CREDITS must be between 0 and 10^12")
@@ -205,7 +217,8 @@ class Settings:
             channel_prefix=env.get("BALANCE_CHANNEL_PREFIX", "balance"),
             metrics_token=env.get("BALANCE_METRICS_TOKEN") or None,
             rate_limits=env.get("BALANCE_RATE_LIMITS", ""),
-            ws_max_unauthenticated=_int(env, "BALANCE_WS_MAX_UNAUTHENTICATED", 1000),
+            ws_max_unauthenticated=waiting,
+            ws_max_unauthenticated_per_address=waiting_per_address,
             app_webhook_url=webhook_url,
             app_webhook_secret=webhook_secret,
             app_webhook_events=events if webhook_url else (),

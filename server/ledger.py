@@ -123,6 +123,9 @@ class Ledger:
 
     def _outcome(self, row: asyncpg.Record, reason: str | None) -> Outcome:
         if row["result"] != "ok":
+            if row["account_id"] is not None:
+                # Refused after renewing the account's plan, which committed: pushed.
+                self._committed(row, None)
             raise _refusal(row)
         self._committed(row, reason)
         return Outcome((row["body"] or "{}").encode(), bool(row["replayed"]))

@@ -61,3 +61,9 @@ ws_admission_failures = Counter(
     " by a failure inside the server",
     ["stage"],  # handshake, auth, join
 )
+ws_evicted = Counter(
+    "balance_ws_unauthenticated_evicted_total",
+    "Sockets waiting for their auth frame closed 4408 to make room for a newer one, because"
+    " their client address's places or the process's were all taken",
+    ["full"],  # address, process
+)

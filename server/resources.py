@@ -17,6 +17,7 @@ from server.payments.checkout import Checkout
 from server.payments.fulfilment import Fulfilment
 from server.plans import Plans
 from server.push.hub import Hub
+from server.push.lobby import Lobby
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,4 +36,5 @@ class Resources:
     tokens: TokenVerifier
     limits: RateLimits
     hub: Hub
+    lobby: Lobby  # sockets waiting for their auth frame
     service_keys: tuple[bytes, ...]

@@ -224,15 +224,17 @@ async def age_plan(
     conn: asyncpg.Pool | asyncpg.pool.PoolConnectionProxy, account: str, days: int
 ) -> None:
     """The account's plan as if it had been assigned `days` earlier and nobody had renewed
-    it since: its anchor, period, allowance lots and plan_periods all moved back (one
-    statement, so the running jobs see it whole or not at all)."""
+    it since: its anchor, period, allowance lots, plan_periods and limits' usage all moved
+    back (one statement, so the running jobs see it whole or not at all)."""
     await conn.execute(f"""
         WITH a AS (UPDATE accounts SET plan_anchor = plan_anchor - interval '{days:d} days',
                        period_start = period_start - interval '{days:d} days',
                        period_end = period_end - interval '{days:d} days'
                    WHERE account_id = $1 RETURNING account_id),
              l AS (UPDATE credit_lots SET expires_at = expires_at - interval '{days:d} days'
-                   WHERE account_id = $1 AND kind = 'allowance' RETURNING id)
+                   WHERE account_id = $1 AND kind = 'allowance' RETURNING id),
+             u AS (UPDATE plan_usage SET period_start = period_start - interval '{days:d} days'
+                   WHERE account_id = $1 RETURNING 1)
         UPDATE plan_periods SET period_start = period_start - interval '{days:d} days',
             period_end = period_end - interval '{days:d} days' WHERE account_id = $1""",
         account)

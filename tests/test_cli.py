@@ -136,3 +136,63 @@ def test_dev_stays_on_loopback_and_off_other_databases_unless_told() -> None:
         env={**env, "DATABASE_URL": "postgresql://app@prod.example/credits"})
     assert foreign.returncode == 2 and "DATABASE_URL" in foreign.stderr
     assert "--i-know" in foreign.stderr
+
+
+def dev_banner(*args: str, env: dict[str, str]) -> tuple[int | None, str]:
+    """Run `dev` until it prints its banner or exits: (its exit code, or None when it was
+    serving and was stopped, and what it printed)."""
+    with subprocess.Popen([sys.executable, "-m", "server.cli", "dev", *args], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as proc:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:  # it exited
+                return proc.wait(timeout=30), "".join(lines)
+            lines.append(line)
+            if "stripe secret" in line:  # the banner's last line
+                break
+        os.killpg(proc.pid, signal.SIGINT)  # it is serving: stop it and its throwaway servers
+        lines.append(proc.communicate(timeout=30)[0])
+        return None, "".join(lines)
+
+
+def test_dev_stays_off_a_redis_it_did_not_start_unless_told() -> None:
+    """A foreign REDIS_URL is refused like a foreign DATABASE_URL (dev would publish on that
+    Redis's channels), and its password is never printed."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    foreign = f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0"
+    code, out = dev_banner("--port", str(free_port()), env={**env, "REDIS_URL": foreign})
+    assert code == 2, out
+    assert "REDIS_URL" in out and "--i-know" in out and "hunter2" not in out
+
+
+def test_dev_never_prints_a_password(migrated: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    # The test PostgreSQL trusts loopback: the password is carried, never checked.
+    with_password = migrated.replace("://", "://postgres:pg-s3cret@", 1) \
+        if "@" not in migrated else migrated.replace("@", ":pg-s3cret@", 1)
+    _, out = dev_banner("--i-know", "--no-redis", "--port", str(free_port()),
+                        env={**env, "DATABASE_URL": with_password,
+                             "REDIS_URL": "redis://:redis-s3cret@prod.example:6379/0",
+                             "BALANCE_APP_WEBHOOK_URL": "https://hook:wh-s3cret@example.test/in",
+                             "BALANCE_APP_WEBHOOK_SECRET": "whsec_" + "A" * 32})
+    assert "DATABASE_URL" in out and "postgres:***@" in out, out
+    assert "(none: in-memory fan-out)" in out  # --no-redis: whatever REDIS_URL says
+    assert "s3cret" not in out, out
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://app:pw@db.example:5432/credits", "postgresql://app:***@db.example:5432/credits"),
+    ("redis://:pw@cache.example:6379/0", "redis://:***@cache.example:6379/0"),
+    ("redis+cluster://u:pw@h1:7000,h2:7001", "redis+cluster://u:***@h1:7000,h2:7001"),
+    ("postgresql://db.example/credits?user=app&password=pw&sslmode=require",
+     "postgresql://db.example/credits?user=app&password=***&sslmode=require"),
+    ("redis://cache.example:6379/0", "redis://cache.example:6379/0"),
+])
+def test_urls_are_printed_without_their_password(url: str, shown: str) -> None:
+    from server.cli import masked
+
+    assert masked(url) == shown

@@ -31,6 +31,9 @@ def test_repr_shows_no_secret() -> None:
         ({"BALANCE_WELCOME_CREDITS": "ten"}, "BALANCE_WELCOME_CREDITS"),
         ({"BALANCE_REFUND_POLICY": "forgive"}, "BALANCE_REFUND_POLICY"),
         ({"BALANCE_DODO_WEBHOOK_SECRET": "whsec_***not base64***"}, "BALANCE_DODO_WEBHOOK_SECRET"),
+        ({"BALANCE_WS_MAX_UNAUTHENTICATED": "0"}, "BALANCE_WS_MAX_UNAUTHENTICATED "),
+        ({"BALANCE_WS_MAX_UNAUTHENTICATED_PER_ADDRESS": "-1"},
+         "BALANCE_WS_MAX_UNAUTHENTICATED_PER_ADDRESS"),
     ],
 )
 def test_bad_setting_names_itself(change: dict[str, str], named: str) -> None:

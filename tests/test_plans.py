@@ -26,6 +26,13 @@ CATALOG = {
         "weekly": {"allowance": 500, "period": "week"},
         "monthly": {"allowance": 1000, "period": "month"},
         "nothing": {"allowance": 0, "period": "day"},
+        # Two plans of one period length, to switch between (issue 24).
+        "free": {"allowance": 50, "period": "month", "limits": {"video": 2}},
+        "pro": {"allowance": 1000, "period": "month", "rollover": 500,
+                "prices": {"video": 1}, "limits": {"video": 5}},
+        # A day plan whose period end the boundary test races.
+        "edge": {"allowance": 1000, "period": "day", "rollover": 100,
+                 "prices": {"video": 1}, "limits": {"video": 5}},
     },
 }
 DAY = timedelta(days=1)
@@ -132,20 +139,20 @@ async def test_put_plan_is_idempotent_and_checked(api: httpx.AsyncClient, accoun
     assert [t["kind"] for t in await history(api, account)] == ["allowance"]
 
 
-async def test_changing_or_removing_a_plan_expires_the_old_allowance(
+async def test_changing_or_removing_a_plan_expires_what_it_no_longer_gives(
     api: httpx.AsyncClient, account: str
 ) -> None:
-    await put_plan(api, account, "daily")
+    await put_plan(api, account, "pro")
     r = await api.post(f"/v1/accounts/{account}/debit",
                        json={"amount": 30, "reason": "x", "idempotency_key": key()})
     assert r.status_code == 200
-    acc = await put_plan(api, account, "weekly")
-    assert (acc["plan"], acc["balance"]) == ("weekly", 500)
+    acc = await put_plan(api, account, "free")
+    # Free gives the period 50, of which 30 are spent: 20 stay, the rest expires.
+    assert (acc["plan"], acc["balance"]) == ("free", 20)
     acc = await put_plan(api, account, None)
     assert (acc["plan"], acc["period_end"], acc["balance"]) == (None, None, 0)
     assert [(t["kind"], t["amount"]) for t in await history(api, account)] == [
-        ("allowance", 100), ("usage", -30), ("expiry", -70), ("allowance", 500),
-        ("expiry", -500)]
+        ("allowance", 1000), ("usage", -30), ("expiry", -950), ("expiry", -20)]
     plan = (await api.get(f"/v1/accounts/{account}/plan")).json()
     assert (plan["plan"], plan["allowance_remaining"]) == (None, 0)
 
@@ -353,14 +360,308 @@ async def test_a_plan_without_allowance_still_has_periods(
     assert acc["period_end"] is not None
 
 
-async def test_a_change_within_the_same_period_grants_the_new_allowance(
+async def test_a_plan_of_a_longer_period_gives_its_share_of_the_period_that_holds_now(
     api: httpx.AsyncClient, account: str
 ) -> None:
     anchor = datetime.now(UTC) - timedelta(hours=1)
-    await put_plan(api, account, "daily", anchor)
-    acc = await put_plan(api, account, "weekly", anchor)  # the same period start
-    assert (acc["plan"], acc["balance"]) == ("weekly", 500)
+    daily = await put_plan(api, account, "daily", anchor)
+    acc = await put_plan(api, account, "weekly", anchor)
+    # The day stays the period (weeks begin when it ends): a seventh of a week's allowance.
+    assert (acc["plan"], acc["balance"]) == ("weekly", round(500 / 7))
+    assert acc["period_end"] == daily["period_end"]
     again = await put_plan(api, account, "weekly", anchor)  # the same plan and anchor
-    assert again["balance"] == 500 and again["version"] == acc["version"]
+    assert again["balance"] == 71 and again["version"] == acc["version"]
     assert [(t["kind"], t["amount"]) for t in await history(api, account)] == [
-        ("allowance", 100), ("expiry", -100), ("allowance", 500)]
+        ("allowance", 100), ("expiry", -29)]
+
+
+# ---------------------------------------------------------------- issue 24: no allowance minted
+
+
+async def debit(api: httpx.AsyncClient, account: str, amount: int) -> None:
+    r = await api.post(f"/v1/accounts/{account}/debit",
+                       json={"amount": amount, "reason": "x", "idempotency_key": key()})
+    assert r.status_code == 200, r.text
+
+
+async def charge(api: httpx.AsyncClient, account: str, operation: str,
+                 quantity: int = 1) -> httpx.Response:
+    return await api.post(f"/v1/accounts/{account}/charge", json={
+        "operation": operation, "quantity": quantity, "idempotency_key": key()})
+
+
+async def ledger(api: httpx.AsyncClient, account: str) -> list[tuple[str, int]]:
+    return [(t["kind"], t["amount"]) for t in await history(api, account)]
+
+
+async def waiting_for_a_lock(db: asyncpg.Pool) -> bool:
+    """Whether a session of the test database waits for a lock (a movement queued)."""
+    n = await db.fetchval("SELECT count(*) FROM pg_stat_activity"
+                          " WHERE wait_event_type = 'Lock' AND datname = current_database()")
+    return bool(n)
+
+
+async def assert_reconciled(db: asyncpg.Pool, account: str) -> None:
+    rows = await db.fetch("SELECT * FROM balance_reconcile() WHERE account_id = $1", account)
+    assert rows == [], rows
+
+
+async def test_spent_allowance_is_not_granted_again_by_a_downgrade_and_back(
+    db: asyncpg.Pool, api: httpx.AsyncClient, account: str
+) -> None:
+    await put_plan(api, account, "pro")
+    await debit(api, account, 1000)
+    down = await put_plan(api, account, "free")  # free's 50 is within the 1,000 spent
+    up = await put_plan(api, account, "pro")
+    assert (down["balance"], up["balance"]) == (0, 0)
+    assert await ledger(api, account) == [("allowance", 1000), ("usage", -1000)]
+    await assert_reconciled(db, account)
+
+
+async def test_allowance_a_hold_reserves_through_a_downgrade_is_not_granted_again(
+    db: asyncpg.Pool, api: httpx.AsyncClient, account: str
+) -> None:
+    """A hold keeps what it reserves of an allowance the downgrade expires (it moves into
+    expired_held and the capture spends it): that counts as spent, so the way back grants
+    nothing, round after round, and a period never spends more than its allowance."""
+    await put_plan(api, account, "pro")
+    await debit(api, account, 400)
+    for round_ in range(3):
+        r = await api.post(f"/v1/accounts/{account}/holds", json={
+            "amount": 600, "reason": "job", "ttl_seconds": 600, "idempotency_key": key()})
+        if round_ and r.status_code == 402:
+            break  # nothing left to hold: the allowance is spent, as it must be
+        assert r.status_code == 201, r.text
+        await put_plan(api, account, "free")
+        up = await put_plan(api, account, "pro")
+        assert up["available"] == 0, up
+        r = await api.post(f"/v1/holds/{r.json()['hold']['id']}/capture", json={})
+        assert r.status_code == 200, r.text
+    plan = (await api.get(f"/v1/accounts/{account}/plan")).json()
+    spent = -sum(amount for kind, amount in await ledger(api, account) if kind == "usage")
+    assert spent + plan["allowance_remaining"] <= 1000, (spent, plan)
+    await assert_reconciled(db, account)
+
+
+async def test_re_sending_a_plan_with_a_nudged_anchor_refills_nothing(
+    db: asyncpg.Pool, api: httpx.AsyncClient, account: str
+) -> None:
+    anchor = datetime.now(UTC) - timedelta(days=2)
+    first = await put_plan(api, account, "pro", anchor)
+    await debit(api, account, 400)
+    assert (await charge(api, account, "video", 3)).status_code == 200
+    # Moved by a microsecond either way, or back about a month (its period would end within
+    # days): the period that holds now keeps its end, its allowance and its usage.
+    soon = datetime.now(UTC) + DAY - timedelta(days=31)
+    for moved in (anchor + timedelta(microseconds=1), anchor - timedelta(microseconds=1), soon):
+        again = await put_plan(api, account, "pro", moved)
+        assert (again["balance"], again["period_end"]) == (597, first["period_end"])
+    plan = (await api.get(f"/v1/accounts/{account}/plan")).json()
+    assert (plan["allowance_remaining"], plan["limits"]["video"]["used"]) == (597, 3)
+    assert await ledger(api, account) == [("allowance", 1000), ("usage", -400), ("usage", -3)]
+    await assert_reconciled(db, account)
+
+
+async def test_back_and_forth_ends_where_the_last_plan_alone_would_have(
+    db: asyncpg.Pool, api: httpx.AsyncClient, account: str
+) -> None:
+    await api.post(f"/v1/accounts/{account}/credit",
+                   json={"amount": 5000, "kind": "purchase", "idempotency_key": key()})
+    for plan, spend in [("pro", 300), ("free", 100), ("pro", 200), ("free", 0), ("pro", 0)]:
+        await put_plan(api, account, plan)
+        if spend:
+            await debit(api, account, spend)
+    # One pro allowance for the period, less the 500 spent of it (the 100 spent on free
+    # came out of bought credits: free's 50 were already spent). What the changes granted,
+    # less what they took back, is that one allowance.
+    plan = (await api.get(f"/v1/accounts/{account}/plan")).json()
+    assert plan["allowance_remaining"] == 1000 - 300 - 200
+    rows = await ledger(api, account)
+    assert sum(a for k, a in rows if k in ("allowance", "expiry")) == 1000
+    balance = (await api.get(f"/v1/accounts/{account}")).json()["balance"]
+    assert balance == 5000 - 100 + 500
+    await assert_reconciled(db, account)
+
+
+async def test_an_upgrade_grants_the_difference(
+    db: asyncpg.Pool, api: httpx.AsyncClient, account: str
+) -> None:
+    await put_plan(api, account, "free")
+    await debit(api, account, 20)
+    acc = await put_plan(api, account, "pro")
+    assert acc["balance"] == 980  # 1,000 this period, of which 20 are spent
+    assert await ledger(api, account) == [("allowance", 50), ("usage", -20), ("allowance", 950)]
+    await assert_reconciled(db, account)
+
+
+async def test_removing_and_restoring_a_plan_refills_nothing(
+    db: asyncpg.Pool, api: httpx.AsyncClient, account: str
+) -> None:
+    await put_plan(api, account, "pro")
+    await debit(api, account, 600)
+    removed = await put_plan(api, account, None)
+    restored = await put_plan(api, account, "pro")
+    assert (removed["balance"], restored["balance"]) == (0, 400)
+    assert restored["period_end"] is not None
+    await assert_reconciled(db, account)
+
+
+async def test_limits_count_on_through_switches_nudges_and_removal(
+    db: asyncpg.Pool, api: httpx.AsyncClient, account: str
+) -> None:
+    anchor = datetime.now(UTC) - timedelta(hours=5)
+    await put_plan(api, account, "pro", anchor)
+    await api.post(f"/v1/accounts/{account}/credit",
+                   json={"amount": 5000, "kind": "purchase", "idempotency_key": key()})
+    assert (await charge(api, account, "video", 3)).status_code == 200
+    await put_plan(api, account, "free")
+    over = await charge(api, account, "video")
+    assert over.status_code == 402, over.text
+    assert (over.json()["used"], over.json()["limit"]) == (3, 2)
+    await put_plan(api, account, "pro", anchor + timedelta(microseconds=1))
+    assert (await charge(api, account, "video", 2)).status_code == 200
+    await put_plan(api, account, None)
+    await put_plan(api, account, "pro")
+    over = await charge(api, account, "video")
+    assert over.status_code == 402, over.text
+    assert (over.json()["used"], over.json()["limit"]) == (5, 5)
+    plan = (await api.get(f"/v1/accounts/{account}/plan")).json()
+    assert plan["limits"] == {"video": {"limit": 5, "used": 5}}
+    await assert_reconciled(db, account)
+
+
+async def test_a_new_anchor_takes_effect_when_the_period_ends(
+    db: asyncpg.Pool, api: httpx.AsyncClient, account: str
+) -> None:
+    # Room for the two calls below before the period ends, even on a loaded machine.
+    anchor = datetime.now(UTC) - DAY + timedelta(seconds=3)
+    first = await put_plan(api, account, "daily", anchor)
+    # Twelve hours later: the period that holds now keeps its end and its allowance.
+    moved = await put_plan(api, account, "daily", anchor + timedelta(hours=12))
+    assert (moved["balance"], moved["period_end"]) == (100, first["period_end"])
+
+    async def renewed() -> bool:
+        return any(k == "allowance" for k, _ in (await ledger(api, account))[1:])
+    await wait_for(renewed, 10.0)
+    plan = (await api.get(f"/v1/accounts/{account}/plan")).json()
+    # The next period runs to the new anchor's next edge, half a day: half an allowance.
+    assert ts(plan["period_start"]) == ts(first["period_end"])
+    assert ts(plan["period_end"]) == anchor + DAY + timedelta(hours=12)
+    assert await ledger(api, account) == [("allowance", 100), ("expiry", -70), ("allowance", 50)]
+    await assert_reconciled(db, account)
+
+
+async def test_a_plan_restored_after_a_gap_starts_no_earlier_than_the_last_period_ended(
+    db: asyncpg.Pool, api: httpx.AsyncClient, account: str
+) -> None:
+    anchor = datetime.now(UTC) - DAY + timedelta(seconds=3)
+    first = await put_plan(api, account, "daily", anchor)
+    await put_plan(api, account, None)
+    await asyncio.sleep((ts(first["period_end"]) - datetime.now(UTC)).total_seconds() + 0.2)
+    # The week anchored at the same time began before that period ended: only the rest of
+    # it, six days of seven, is new.
+    acc = await put_plan(api, account, "weekly", anchor)
+    plan = (await api.get(f"/v1/accounts/{account}/plan")).json()
+    assert ts(plan["period_start"]) == ts(first["period_end"])
+    assert ts(acc["period_end"]) == anchor + 7 * DAY
+    assert acc["balance"] == round(500 * 6 / 7)
+    await assert_reconciled(db, account)
+
+
+async def test_300_charges_at_the_period_end_count_in_the_new_period(
+    shop: RunningApp, start_app: StartApp, db: asyncpg.Pool, api: httpx.AsyncClient,
+    account: str,
+) -> None:
+    other = await start_app(catalog_file=shop.settings.catalog_file, db_batch_inflight=8)
+    acc = await put_plan(api, account, "edge", datetime.now(UTC) - DAY + timedelta(seconds=4))
+    period_end = ts(acc["period_end"])
+    # The old period: its limit used up, 995 of its allowance unused (100 of it rolls over).
+    assert (await charge(api, account, "video", 5)).status_code == 200
+    old_start = await db.fetchval("SELECT period_start FROM accounts WHERE account_id = $1",
+                                  account)
+    async with db.acquire() as conn, other.client() as api2:
+        # Every renewer skips a locked account (SKIP LOCKED) and the charges wait for it:
+        # the period ends, and the burst arrives, before any renewal could run.
+        lock = conn.transaction()
+        await lock.start()
+        try:
+            await conn.execute("SELECT 1 FROM accounts WHERE account_id = $1 FOR UPDATE",
+                               account)
+            left = (period_end - datetime.now(UTC)).total_seconds()
+            assert left > 0, "the setup took longer than the period had left"
+            await asyncio.sleep(left + 0.05)
+            clients = (api, api2)
+            burst = asyncio.gather(*(
+                charge(clients[i // 2 % 2], account, "video") if i % 2 else
+                clients[i // 2 % 2].post(f"/v1/accounts/{account}/debit", json={
+                    "amount": 10, "reason": "x", "idempotency_key": key()})
+                for i in range(300)))
+            await wait_for(lambda: waiting_for_a_lock(db))
+            await asyncio.sleep(0.2)
+        finally:
+            await lock.rollback()
+        answers = await burst
+    await other.stop()
+    refusals = {a.json()["error"] for a in answers if a.status_code != 200}
+    assert refusals <= {"limit_reached", "insufficient_credits"}
+    videos = [a for i, a in enumerate(answers) if i % 2 and a.status_code == 200]
+    # The old period's limit is not passed: its usage stays at 5, and the new one allows 5.
+    used = {r["period_start"]: r["used"] for r in await db.fetch(
+        "SELECT period_start, used FROM plan_usage WHERE account_id = $1", account)}
+    assert used[old_start] == 5
+    assert len(videos) <= 5 and sum(used.values()) == 5 + len(videos)
+    # The old allowance beyond the rollover expired before any of the burst was spent.
+    rows = await db.fetch("SELECT id, kind, amount FROM transactions WHERE account_id = $1"
+                          " ORDER BY id", account)
+    burst_ids = [r["id"] for r in rows[2:] if r["kind"] == "usage"]
+    expiry = [r for r in rows if r["kind"] == "expiry"]
+    assert [r["amount"] for r in expiry] == [-895]
+    assert expiry[0]["id"] < min(burst_ids)
+    spent = -sum(r["amount"] for r in rows[2:] if r["kind"] == "usage")
+    balance = (await api.get(f"/v1/accounts/{account}")).json()["balance"]
+    assert spent <= 100 + 1000 and balance == 1100 - spent and 0 <= balance < 10
+    await assert_reconciled(db, account)
+
+
+async def test_a_debit_refused_after_the_period_end_renews_and_pushes_first(
+    shop: RunningApp, db: asyncpg.Pool, api: httpx.AsyncClient, account: str
+) -> None:
+    await put_plan(api, account, "edge")
+    token = mint_token(shop.settings.token_secret, account, 600)[0]
+    async with connect(f"{shop.ws_url}?token={token}") as ws:
+        snapshot = json.loads(await ws.recv())
+        async with db.acquire() as conn, conn.transaction():
+            # The period ends a day early while no renewer can take the account.
+            await conn.execute("SELECT 1 FROM accounts WHERE account_id = $1 FOR UPDATE",
+                               account)
+            await age_plan(conn, account, 1)
+            debit = asyncio.create_task(api.post(f"/v1/accounts/{account}/debit", json={
+                "amount": 5000, "reason": "x", "idempotency_key": key()}))
+            await wait_for(lambda: waiting_for_a_lock(db))
+        refused = await debit
+        # Judged after the renewal (100 rolled over, 1,000 granted), which it committed.
+        assert refused.status_code == 402
+        assert refused.json()["available"] == 1100
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert (frame["balance"], frame["change"]["kind"]) == (1100, "allowance")
+    assert frame["version"] > snapshot["version"]
+    assert await ledger(api, account) == [("allowance", 1000), ("expiry", -900),
+                                          ("allowance", 1000)]
+    await assert_reconciled(db, account)
+
+
+async def test_check_after_the_period_end_answers_as_the_renewing_charge_would(
+    db: asyncpg.Pool, api: httpx.AsyncClient, account: str
+) -> None:
+    acc = await put_plan(api, account, "edge", datetime.now(UTC) - DAY + timedelta(seconds=3))
+    assert (await charge(api, account, "video", 5)).status_code == 200
+    async with db.acquire() as conn, conn.transaction():
+        # No renewer can take the account; a check only reads it.
+        await conn.execute("SELECT 1 FROM accounts WHERE account_id = $1 FOR UPDATE", account)
+        await asyncio.sleep((ts(acc["period_end"]) - datetime.now(UTC)).total_seconds() + 0.05)
+        r = await api.post(f"/v1/accounts/{account}/check",
+                           json={"operation": "video", "quantity": 6})
+    answer = r.json()
+    # The new period has no usage yet, and resets a day after the old one ended.
+    assert (answer["error"], answer["used"], answer["limit"]) == ("limit_reached", 0, 5)
+    assert ts(answer["resets_at"]) == ts(acc["period_end"]) + DAY

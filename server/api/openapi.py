@@ -25,6 +25,7 @@ from server.catalog import MAX_QUANTITY, Catalog
 from server.history import KINDS
 from server.messages import ACCOUNT_ID_PATTERN, JSON_VALUE_SCHEMA, BalanceFrame
 from server.payments.checkout import Checkout
+from server.resources import Resources
 
 _REF = "#/components/schemas/{name}"
 _ERROR = {
@@ -187,7 +188,17 @@ def build(catalog: Catalog, checkout: Checkout) -> dict[str, Any]:
     }
 
 
-async def endpoint(request: Request) -> Response:
-    res = resources(request)
-    return Response(msgspec.json.encode(build(res.catalog, res.checkout)),
-                    media_type="application/json")
+class Document:
+    """GET /openapi.json, built and encoded once: it depends only on the catalog and the
+    checkout settings, fixed for the process's life, and anyone may ask for it."""
+
+    def __init__(self) -> None:
+        self._of: Resources | None = None  # the resources it was built from
+        self._body = b""
+
+    async def endpoint(self, request: Request) -> Response:
+        res = resources(request)
+        if self._of is not res:
+            self._body = msgspec.json.encode(build(res.catalog, res.checkout))
+            self._of = res
+        return Response(self._body, media_type="application/json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import asyncpg
@@ -17,6 +18,7 @@ from server.api import openapi
 from server.api.http import resources
 from server.auth import check_service_key
 from server.db import DB_DOWN
+from server.resources import Resources
 
 _NOT_READY: tuple[type[Exception], ...] = (*DB_DOWN, asyncpg.PostgresError)
 
@@ -26,18 +28,51 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-async def readyz(request: Request) -> Response:
-    """Ready when PostgreSQL answers and the broker delivers."""
-    res = resources(request)
-    checks: dict[str, bool] = {}
-    try:
-        await asyncio.wait_for(res.pool.fetchval("SELECT 1"), 2)
-        checks["database"] = True
-    except _NOT_READY:
-        checks["database"] = False
-    checks["broker"] = await res.hub.ready()
-    ok = all(checks.values())
-    return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+class Readiness:
+    """GET /readyz: ready when PostgreSQL answers and the broker delivers.
+
+    Anyone may ask, as often as they like, and a probe takes a pool connection: so one probe
+    runs at a time, every request meanwhile shares its answer, and an answer is reused for
+    FRESH seconds. A flood of /readyz costs at most one database round trip a second.
+    """
+
+    FRESH = 1.0  # seconds
+
+    def __init__(self) -> None:
+        self._answer: dict[str, bool] = {}
+        self._at = -math.inf  # monotonic time the answer was had
+        self._probe: asyncio.Task[dict[str, bool]] | None = None
+
+    async def endpoint(self, request: Request) -> Response:
+        checks = await self.checks(resources(request))
+        ok = all(checks.values())
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    async def checks(self, res: Resources) -> dict[str, bool]:
+        """Each check's result, from a probe at most FRESH seconds old."""
+        if time.monotonic() - self._at < self.FRESH:
+            return self._answer
+        if self._probe is None:
+            self._probe = asyncio.create_task(self._run(res))
+            self._probe.add_done_callback(self._done)
+        # Shielded: a client that hangs up does not cancel the probe the others wait for.
+        return await asyncio.shield(self._probe)
+
+    async def _run(self, res: Resources) -> dict[str, bool]:
+        checks: dict[str, bool] = {}
+        try:
+            await asyncio.wait_for(res.pool.fetchval("SELECT 1"), 2)
+            checks["database"] = True
+        except _NOT_READY:
+            checks["database"] = False
+        checks["broker"] = await res.hub.ready()
+        self._answer, self._at = checks, time.monotonic()
+        return checks
+
+    def _done(self, probe: asyncio.Task[dict[str, bool]]) -> None:
+        self._probe = None
+        if not probe.cancelled():
+            probe.exception()  # retrieved, if every request that waited for it has gone
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -49,11 +84,12 @@ async def metrics_endpoint(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
+    """The operators' routes of one app (each with its own readiness probe and document)."""
     return [
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
+        Route("/readyz", Readiness().endpoint, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
-        Route("/openapi.json", openapi.endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi.Document().endpoint, methods=["GET"]),
     ]
 
 

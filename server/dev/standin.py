@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 from server import errors
 from server.api.http import resources
 from server.api.webhooks import receive_stripe
+from server.currencies import STRIPE, Unrepresentable, major
 from server.payments.signatures import stripe_signature
 
 PREFIX = "/dev/stripe"
@@ -32,7 +33,7 @@ PREFIX = "/dev/stripe"
 @dataclass
 class _Session:
     id: str
-    amount: int
+    amount: int  # in Stripe's units, as Stripe keeps it
     currency: str
     description: str
     metadata: dict[str, str]
@@ -45,17 +46,27 @@ _sessions: dict[str, _Session] = {}
 
 
 async def create_session(request: Request) -> Response:
-    """POST /v1/checkout/sessions, as the Stripe SDK sends it (form-encoded)."""
+    """POST /v1/checkout/sessions, as the Stripe SDK sends it (form-encoded); an amount Stripe
+    would refuse is refused as Stripe does."""
     form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
     metadata = {k[len("metadata["):-1]: v for k, v in form.items() if k.startswith("metadata[")}
     amount = form.get("line_items[0][price_data][unit_amount]")
-    if amount is None:  # a catalog stripe_price: its price is the package's
-        offer = resources(request).catalog.packages.get(metadata.get("package", ""))
-        amount = str(offer.price.get("usd", 0)) if offer else "0"
+    currency = form.get("line_items[0][price_data][currency]", "usd")
+    try:
+        if amount is None:  # a catalog stripe_price: its price is the package's
+            offer = resources(request).catalog.packages.get(metadata.get("package", ""))
+            currency = offer.default_currency() if offer else "usd"
+            price = offer.price[currency] if offer else 0
+            amount = str(STRIPE.to_provider(currency, price))
+        if int(amount) % STRIPE.units(currency).step:
+            raise Unrepresentable(f"Invalid amount {amount} for {currency.upper()}")
+    except Unrepresentable as exc:
+        return JSONResponse({"error": {"type": "invalid_request_error", "param": "amount",
+                                       "message": str(exc)}}, 400)
     session = _Session(
         id=f"cs_dev_{secrets.token_hex(8)}",
         amount=int(amount),
-        currency=form.get("line_items[0][price_data][currency]", "usd"),
+        currency=currency,
         description=form.get("line_items[0][price_data][product_data][name]",
                              f"package {metadata.get('package')}"),
         metadata=metadata,
@@ -78,7 +89,8 @@ def _session(request: Request) -> _Session:
 async def pay_page(request: Request) -> Response:
     """The hosted payment page."""
     session = _session(request)
-    price = f"{session.amount / 100:.2f} {session.currency.upper()}"
+    paid = STRIPE.from_provider(session.currency, session.amount)
+    price = f"{major(paid, session.currency)} {session.currency.upper()}"
     cancel = (f'<a href="{html.escape(session.cancel_url)}">Cancel</a>'
               if session.cancel_url else "")
     return HTMLResponse(f"""<!doctype html><meta charset="utf-8">

@@ -3,7 +3,9 @@
 The session is created with the provider's official SDK (`stripe`, `dodopayments`), with
 metadata `account_id` and `package` on the session and on the payment it makes, so the
 payment webhook fulfils it (credits computed from the money received, as ever). What the
-buyer is told the checkout buys comes from the catalog, never from the request.
+buyer is told the checkout buys comes from the catalog, never from the request. Amounts are
+the catalog's (ISO 4217 minor units) here and in the answer; Stripe is sent its own
+(server/currencies.py), and an amount it cannot charge is refused before it is asked.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import dodopayments
@@ -21,21 +24,91 @@ import stripe
 
 from server import errors
 from server.catalog import Catalog, Unpriced
-from server.config import Settings
-from server.messages import NO_NUL, CheckoutRequest
+from server.config import ConfigError, Settings
+from server.currencies import STRIPE, Unrepresentable
+from server.messages import CheckoutRequest
 
 log = logging.getLogger("balance.checkout")
 
 TIMEOUT = 10.0  # seconds per call to a provider
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# A return URL is printable ASCII without the backslash: browsers strip spaces and control
+# characters and read "\\" as "/", where a parser may not (a second opinion on the host).
+_SAFE = r"\u0021-\u005b\u005d-\u007e"
+_UNSAFE = re.compile(f"[^{_SAFE}]")
+_REST = f"[{_SAFE}]*"
+# A "." or ".." path segment (browsers decode %2e too): it would climb out of a path prefix.
+_DOT_SEGMENT = re.compile(r"/(?:\.|%2e){1,2}(?:/|$)", re.IGNORECASE)
+_NO_DOT_SEGMENT = r"(?![^?#]*/(?:\.|%2[eE]){1,2}(?:[/?#]|$))"
+
+
+class ReturnUrls:
+    """BALANCE_CHECKOUT_RETURN_URLS: where a checkout may send the buyer back.
+
+    An entry allows its origin (scheme, host, port: compared whole, so
+    `https://app.example.com` admits neither `https://app.example.com.evil.io/` nor
+    `https://app.example.com@evil.io/`) and, under it, its path at a segment boundary
+    (`/app` admits `/app`, `/app/...`, `/app?...`, not `/apps` nor `/app/../admin`). A URL
+    with a user name, password, space, control character or backslash is never admitted.
+    """
+
+    def __init__(self, entries: tuple[str, ...]) -> None:
+        self._allowed: list[tuple[str, frozenset[str], str]] = []
+        for entry in entries:
+            parts = urlsplit(entry)
+            scheme, netloc = parts.scheme.lower(), parts.netloc.lower()
+            try:
+                port = parts.port
+            except ValueError:
+                port = -1
+            if (not scheme or not netloc or "@" in netloc or port == -1
+                    or netloc.endswith(":") or parts.query or parts.fragment
+                    or _UNSAFE.search(entry)):
+                raise ConfigError(f"BALANCE_CHECKOUT_RETURN_URLS: {entry!r} is not a URL of a "
+                                  "scheme, a host (no user or password) and an optional path")
+            host = netloc.rsplit(":", 1)[0] if port is not None else netloc
+            default = _DEFAULT_PORTS.get(scheme)
+            netlocs = {netloc} if port is not None and port != default else {host}
+            if default is not None and (port is None or port == default):
+                netlocs.add(f"{host}:{default}")
+            self._allowed.append((scheme, frozenset(netlocs), parts.path or "/"))
+
+    def admits(self, url: str) -> bool:
+        """Whether `url` is under one of the entries."""
+        if _UNSAFE.search(url):
+            return False
+        parts = urlsplit(url)
+        scheme, netloc, path = parts.scheme.lower(), parts.netloc.lower(), parts.path or "/"
+        return any(
+            scheme == allowed_scheme and netloc in netlocs and (prefix == "/" or (
+                not _DOT_SEGMENT.search(path) and (
+                    path.startswith(prefix) if prefix.endswith("/")
+                    else path == prefix or path.startswith(prefix + "/"))))
+            for allowed_scheme, netlocs, prefix in self._allowed)
+
+    def pattern(self) -> str:
+        """`admits` as a regular expression (ECMA-262 and Python alike), for /openapi.json."""
+        alternatives = []
+        for scheme, netlocs, prefix in self._allowed:
+            hosts = "|".join(_any_letter_case(n) for n in sorted(netlocs))
+            if prefix == "/":
+                path = f"(?:[/?#]{_REST})?"
+            elif prefix.endswith("/"):
+                path = _NO_DOT_SEGMENT + re.escape(prefix) + _REST
+            else:
+                path = f"{_NO_DOT_SEGMENT}{re.escape(prefix)}(?:[/?#]{_REST})?"
+            alternatives.append(f"{_any_letter_case(scheme)}://(?:{hosts}){path}")
+        return f"^(?:{'|'.join(alternatives) or '(?!)'})$"
 
 
 class Checkout:
     """Creates checkout sessions, once per (account, idempotency key)."""
 
-    def __init__(self, pool: asyncpg.Pool, catalog: Catalog, settings: Settings) -> None:
+    def __init__(self, pool: asyncpg.Pool, catalog: Catalog, settings: Settings,
+                 return_urls: ReturnUrls) -> None:
         self._pool = pool
         self._catalog = catalog
-        self._return_urls = settings.checkout_return_urls
+        self._return_urls = return_urls
         self._stripe_http = stripe.HTTPXClient(timeout=TIMEOUT)
         self._stripe = None if not settings.stripe_api_key else stripe.StripeClient(
             settings.stripe_api_key, http_client=self._stripe_http, max_network_retries=1,
@@ -68,13 +141,21 @@ class Checkout:
             payg = self._catalog.pay_as_you_go
             if provider == "stripe" and payg is not None:
                 for currency in sorted(payg.credits_per_unit):
+                    try:
+                        step = STRIPE.step(currency)
+                    except Unrepresentable:
+                        continue
                     lo, hi = self._catalog.payg_amounts(currency)
+                    lo, hi = -(-lo // step) * step, hi // step * step
+                    if lo > hi:
+                        continue
+                    amount: dict[str, Any] = {"type": "integer", "minimum": lo, "maximum": hi}
+                    if step > 1:  # what Stripe can charge: whole ariary, KWD ending in 0
+                        amount["multipleOf"] = step
                     offers.append({"required": ["amount", "currency"], "properties": {
                         "provider": {"const": provider}, "package": {"type": "null"},
-                        "amount": {"type": "integer", "minimum": lo, "maximum": hi},
-                        "currency": _any_case([currency])}})
-        prefixes = "|".join(re.escape(url) for url in self._return_urls) or "(?!)"
-        url = {"type": "string", "pattern": f"^(?:{prefixes}){NO_NUL[1:]}"}
+                        "amount": amount, "currency": _any_case([currency])}})
+        url = {"type": "string", "pattern": self._return_urls.pattern()}
         return {"anyOf": offers or [{"not": {}}], "properties": {
             "success_url": url, "cancel_url": {"anyOf": [url, {"type": "null"}]}}}
 
@@ -101,10 +182,11 @@ class Checkout:
                 raise errors.idempotency_conflict()
             return stored["response"].encode(), True
         for url in (req.success_url, req.cancel_url):
-            if url is not None and not any(url.startswith(p) for p in self._return_urls):
+            if url is not None and not self._return_urls.admits(url):
                 raise errors.invalid_request(
-                    f"success_url / cancel_url: {url!r} does not start with one of "
-                    "BALANCE_CHECKOUT_RETURN_URLS")
+                    f"success_url / cancel_url: {url!r} is not under one of "
+                    "BALANCE_CHECKOUT_RETURN_URLS (same scheme, host and port; the path at "
+                    "a segment boundary; no user or password)")
         package, credits, amount, currency = self._offer(req)
         metadata: dict[str, str | float | bool] = {"account_id": account_id}
         if package:
@@ -130,7 +212,19 @@ class Checkout:
         return winner.encode(), False
 
     def _offer(self, req: CheckoutRequest) -> tuple[str | None, int, int, str]:
-        """(package, credits, amount in minor units, currency) for what is being bought."""
+        """(package, credits, amount in the catalog's minor units, currency) for what is being
+        bought; 422 for an amount the provider cannot charge."""
+        package, credits, amount, currency = self._priced(req)
+        if req.provider == "stripe" and not (
+                package and self._catalog.packages[package].stripe_price):
+            try:
+                STRIPE.to_provider(currency, amount)
+            except Unrepresentable as exc:
+                field = "currency" if package else "amount"
+                raise errors.invalid_request(f"{field}: {exc}") from None
+        return package, credits, amount, currency
+
+    def _priced(self, req: CheckoutRequest) -> tuple[str | None, int, int, str]:
         currency = req.currency.lower() if req.currency else None
         if req.package is not None:
             if req.amount is not None:
@@ -164,7 +258,7 @@ class Checkout:
             item: dict[str, Any] = {"price": found.stripe_price, "quantity": 1}
         else:
             item = {"quantity": 1, "price_data": {
-                "currency": currency, "unit_amount": amount,
+                "currency": currency, "unit_amount": STRIPE.to_provider(currency, amount),
                 "product_data": {"name": f"{credits} credits"}}}
         params: dict[str, Any] = {
             "mode": "payment", "line_items": [item], "success_url": req.success_url,
@@ -218,5 +312,10 @@ class Checkout:
 
 def _any_case(currencies: list[str]) -> dict[str, Any]:
     """A currency code in any letter case (the request's is lower-cased)."""
-    codes = "|".join("".join(f"[{c.lower()}{c.upper()}]" for c in code) for code in currencies)
+    codes = "|".join(_any_letter_case(code) for code in currencies)
     return {"type": "string", "pattern": f"^(?:{codes})$"}
+
+
+def _any_letter_case(text: str) -> str:
+    """A regular expression for `text` (ASCII) with its letters in either case."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in text)

@@ -12,6 +12,7 @@ from typing import Any
 
 from server import errors
 from server.catalog import MAX_CREDITS
+from server.currencies import MinorUnits
 from server.messages import ACCOUNT_ID_RULE, is_account_id
 
 ID_RE = re.compile(r"[\x21-\x7e]{1,200}")  # provider ids: printable ASCII, no spaces
@@ -111,6 +112,17 @@ def money(value: Any) -> int | None:
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
         value = int(value)
     return value if type(value) is int and 0 <= value <= 10**15 else None
+
+
+def provider_money(units: MinorUnits, value: Any, currency: str | None, *,
+                   up: bool = False) -> int | None:
+    """`money(value)`, sent in the provider's minor units of `currency`, in ISO 4217's (the
+    catalog's and the ledger's); a fraction of one is dropped, or counted whole when `up`.
+    Unrepresentable when the provider documents no units for the currency."""
+    amount = money(value)
+    if amount is None or not currency:
+        return amount
+    return units.from_provider(currency, amount, up=up)
 
 
 def currency_code(value: Any) -> str | None:

@@ -3,8 +3,10 @@
 PostgreSQL decides when (schema.sql "top_ups": one request when `available` falls below the
 account's threshold, none more until it succeeds or fails). This worker, in every instance,
 claims due requests and creates the PaymentIntent with the official SDK, keyed by the
-request's id so a retry never charges twice. The credits arrive through the ordinary
-`payment_intent.succeeded` webhook, like any purchase; a decline is `top_up.failed`.
+request's id so a retry never charges twice, for the package's price in Stripe's units
+(server/currencies.py; events and the catalog keep ISO 4217's). The credits arrive through
+the ordinary `payment_intent.succeeded` webhook, like any purchase; a decline is
+`top_up.failed`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import httpx
 import stripe
 
 from server.catalog import Catalog
+from server.currencies import STRIPE, Unrepresentable
 from server.messages import AutoTopUpRequest
 
 log = logging.getLogger("balance.topup")
@@ -62,7 +65,8 @@ class TopUps:
         return len(rows)
 
     def _price(self, package: str) -> tuple[int, str] | None:
-        """(amount in minor units, currency) of a package: its USD price when it has one."""
+        """(amount in the catalog's minor units, currency) of a package: its USD price when it
+        has one."""
         found = self._catalog.packages.get(package)
         if found is None or not found.price:
             return None
@@ -79,6 +83,11 @@ class TopUps:
             return
         amount, currency = priced
         data.update(amount=amount, currency=currency)
+        try:
+            stripe_amount = STRIPE.to_provider(currency, amount)
+        except Unrepresentable:  # the catalog is checked at start: only a code change gets here
+            await self._failed(request, "amount_not_chargeable", data)
+            return
         if datetime.now(UTC) - row["created_at"] > GIVE_UP_AFTER:
             await self._failed(request, "stripe_unreachable", data)
             return
@@ -86,7 +95,7 @@ class TopUps:
             async with asyncio.timeout(DEADLINE):
                 intent = await self._stripe.v1.payment_intents.create_async(
                     {
-                        "amount": amount, "currency": currency,
+                        "amount": stripe_amount, "currency": currency,
                         "customer": row["stripe_customer"],
                         "payment_method": row["stripe_payment_method"],
                         "off_session": True, "confirm": True,

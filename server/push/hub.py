@@ -111,8 +111,6 @@ class Hub:
         self._idle = asyncio.Event()  # set while no socket is registered
         self._idle.set()
         self.accepting = False
-        # Sockets between handshake and auth (ws.py bounds them by ws_max_unauthenticated).
-        self.unauthenticated = 0
 
     # ------------------------------------------------------------ lifecycle
 

@@ -29,9 +29,18 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
+from server.errors import CLOSE_BAD_REQUEST
 from server.push.frame import text_frame
 
 CLOSE_TIMEOUT = 2.0  # seconds the peer has to answer our close frame before TCP is cut
+# Frames a peer may send per keepalive interval, of any kind (a browser sends an auth, a
+# sync every 30 s and its pongs); past it the connection is failed (4400) and not read
+# again. Frames that ask for no answer (pongs) cost nothing but parsing, and a peer may send
+# them as fast as we read: without a bound, one socket would hold the event loop.
+MAX_FRAMES = 100
+# Bytes parsed at a time: one read may bring 256 KiB of 7-byte frames, some 185 ms of
+# parsing, and nothing after a failed connection's slice is parsed.
+READ_SLICE = 4096
 
 WIRE_LOG = logging.getLogger("balance.ws.wire")
 """websockets' own log lines: one per socket opened and closed at INFO, frames at DEBUG."""
@@ -47,6 +56,7 @@ class WebSocketProtocol(asyncio.Protocol):
         "_connections",
         "_ended",
         "_fragments",
+        "_frames",
         "_ping_payload",
         "conn",
         "open",
@@ -69,6 +79,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.open = False  # the 101 went out and no close frame has been sent
         self.paused = False  # the transport's buffer is over its high-water mark
         self._fragments: list[bytes] | None = None  # a fragmented message being received
+        self._frames = 0  # received since the last keepalive visit (MAX_FRAMES)
         self._ping_payload: bytes | None = None  # the ping awaiting its pong
         self._close_timer: asyncio.TimerHandle | None = None
         self._ended = False
@@ -97,6 +108,15 @@ class WebSocketProtocol(asyncio.Protocol):
         self._connections.add(self)  # uvicorn's shutdown calls shutdown() on each
 
     def data_received(self, data: bytes) -> None:
+        if len(data) <= READ_SLICE:
+            self._receive(data)
+            return
+        for start in range(0, len(data), READ_SLICE):
+            self._receive(data[start:start + READ_SLICE])
+            if self.transport is None or self.transport.is_closing():
+                return  # we are not reading from this peer any more
+
+    def _receive(self, data: bytes) -> None:
         conn = self.conn
         conn.receive_data(data)
         for event in conn.events_received():
@@ -124,10 +144,20 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
+        # The peer is not taking what we write: stop taking what it writes, so whatever it
+        # would make us answer (error frames, pongs) backs up in its own buffers, not ours.
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.on_paused()
 
     def resume_writing(self) -> None:
         self.paused = False
+        if self.transport is not None:
+            self.transport.resume_reading()
         self.on_writable()
+
+    def on_paused(self) -> None:
+        """The buffer went over its high-water mark: reading stopped until it drains."""
 
     def on_writable(self) -> None:
         """The buffer drained below its low-water mark (subclasses send what waited)."""
@@ -176,8 +206,9 @@ class WebSocketProtocol(asyncio.Protocol):
             self.transport.write(wire)
 
     def send_text(self, data: bytes) -> None:
-        """One text message, if the socket is open."""
-        if self.open:
+        """One text message, if the socket is open and keeping up: a peer that is not
+        reading cannot make us buffer what it provokes (it is closed if it stays so)."""
+        if self.open and not self.paused:
             self.write(text_frame(data))
 
     def buffered(self) -> int:
@@ -192,17 +223,39 @@ class WebSocketProtocol(asyncio.Protocol):
         self.conn.send_close(code, reason)
         self._flush()
         self._end()
-        if self.transport is not None and not self.transport.is_closing():
+        self._cut_later()
+
+    def fail(self, code: int, reason: str = "") -> None:
+        """Send a close frame and end the connection without waiting for an answer (the
+        peer is not answering, or is not worth waiting for); nothing more is read."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.open:
+            self.open = False
+            self.conn.fail(code, reason)  # queues the close frame and EOF
+            self._flush()
+            self._end()
+        else:  # before the 101, or our close frame is out already: stop waiting
+            transport.close()
+            self._cut_later()
+
+    def _cut_later(self) -> None:
+        """Give the peer CLOSE_TIMEOUT to end the connection (or to take what is buffered,
+        once we closed our side), then cut it."""
+        if self._close_timer is None and self.transport is not None:
             self._close_timer = asyncio.get_running_loop().call_later(
                 CLOSE_TIMEOUT, self._cut)
 
     def _cut(self) -> None:
         self._close_timer = None
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None:
             return
-        if transport.get_write_buffer_size():
-            transport.abort()  # the peer never took its close frame
+        # Closing already: still waiting for the peer to take what we buffered (a peer at
+        # zero window would hold it, and us, forever).
+        if transport.is_closing() or transport.get_write_buffer_size():
+            transport.abort()
         else:
             transport.close()
 
@@ -227,10 +280,17 @@ class WebSocketProtocol(asyncio.Protocol):
                 transport.write(chunk)
             else:
                 transport.close()  # after what was written: the close frame goes out first
+                if transport.get_write_buffer_size():
+                    self._cut_later()  # which a peer that does not read never takes
 
     # ------------------------------------------------------------ receiving
 
     def _on_frame(self, frame: Frame) -> None:
+        self._frames += 1
+        if self._frames > MAX_FRAMES and self._config.ws_ping_interval:  # (else never reset)
+            self.fail(CLOSE_BAD_REQUEST.code, f"more than {MAX_FRAMES} frames in "
+                      f"{self._config.ws_ping_interval:g} s")
+            return
         opcode = frame.opcode
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
             if frame.fin:
@@ -265,11 +325,9 @@ class WebSocketProtocol(asyncio.Protocol):
         if not self.open:
             return
         if self._ping_payload is not None:
-            self.open = False
-            self.conn.fail(1011, "keepalive ping timeout")  # queues close and EOF
-            self._flush()
-            self._end()
+            self.fail(1011, "keepalive ping timeout")
             return
+        self._frames = 0
         # A random payload: a stale or unsolicited pong does not count as an answer.
         self._ping_payload = struct.pack("!I", random.getrandbits(32))
         self.conn.send_ping(self._ping_payload)

@@ -7,8 +7,9 @@ this one object and its parser: async work (the shared rate limit at the handsha
 hub's subscribe and snapshot, a sync's database read) runs in a short task that ends.
 
 Frames from the hub are the same pre-framed bytes for every socket. A socket that cannot
-keep up keeps one pending frame (the newest: every frame is the whole state); if it stays
-backlogged for `ws_send_timeout` it is closed with 4509 and reconnects.
+keep up keeps one pending frame (the newest: every frame is the whole state), is not read
+meanwhile and gets no error frames (protocol.py); if it stays backlogged for
+`ws_send_timeout` it is closed with 4509 and reconnects.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ PATH = "/v1/ws"
 RESOURCES = "balance.resources"
 """The lifespan state's key for server.resources.Resources (app.py yields it)."""
 MAX_FRAME = 4096  # bytes; a browser only ever sends auth and sync
+# Frames a socket may send that are no message at all (not JSON, an unknown type) before it
+# is closed 4400. The JS client sends none; each is answered with an error frame some 14
+# times its size, which a client that reads slowly must not be able to ask for forever.
+MAX_INVALID = 10
 # Seconds an authenticated socket may wait for its subscription and snapshot; then 4500
 # (reconnect). A herd of a thousand joins well inside it; a hung dependency does not.
 JOIN_TIMEOUT = 10.0
@@ -65,6 +70,7 @@ class Connection(WebSocketProtocol):
 
     __slots__ = (
         "_backlog_since",
+        "_invalid",
         "_pending",
         "_res",
         "_stage",
@@ -84,6 +90,7 @@ class Connection(WebSocketProtocol):
         self._version = -1  # the newest version written or pending
         self._pending: Frame | None = None  # the newest frame not yet written
         self._backlog_since = 0.0
+        self._invalid = 0  # frames that were no message (MAX_INVALID)
         self._stall: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None  # auth deadline, then token expiry
         self._step: asyncio.Task[None] | None = None  # the async work under way, if any
@@ -112,29 +119,33 @@ class Connection(WebSocketProtocol):
 
     async def _admit(self, res: Resources, response: Response, token: str | None) -> None:
         peer = self.transport.get_extra_info("peername") if self.transport else None
-        retry = await res.limits.hit("ws_connect", peer[0] if peer else "")
-        hub = res.hub
-        if retry is None and hub.unauthenticated >= res.settings.ws_max_unauthenticated:
-            retry = 1.0  # this process holds as many sockets waiting to authenticate as it takes
+        host = peer[0] if peer else ""
+        retry = await res.limits.hit("ws_connect", host)
         if retry is not None:
             self._refuse(errors.rate_limited(retry), {"Retry-After": str(math.ceil(retry))})
             return
         self.accept(response)
         if not self.open:
             return
-        if not hub.accepting:
+        if not res.hub.accepting:
             self._close(CLOSE_SERVICE_RESTART)
             return
         self._stage = _AUTH
-        hub.unauthenticated += 1
-        if token is not None:
+        if token is not None:  # authenticated now: it never waits in the lobby
             identity = self._verify(token)
             if identity is not None:
                 self._authenticated(identity)
                 await self._join()
         else:
+            # Bounded per process and per address; a full lobby closes its oldest (lobby.py).
+            res.lobby.enter(self, host)
             self._timer = asyncio.get_running_loop().call_later(
                 res.settings.ws_auth_timeout, self._close, CLOSE_AUTH_TIMEOUT)
+
+    def evict(self) -> None:
+        """lobby.Waiting: a newer socket needs this one's place; it had its chance to
+        authenticate, so the close is not waited on."""
+        self.fail(CLOSE_AUTH_TIMEOUT.code, CLOSE_AUTH_TIMEOUT.name)
 
     def _refuse(self, problem: Problem, headers: dict[str, str] | None = None) -> None:
         self._stage = _CLOSED
@@ -152,7 +163,7 @@ class Connection(WebSocketProtocol):
     def _authenticated(self, identity: Identity) -> None:
         """The socket has its account; frames that follow it are no longer the first."""
         assert self._res is not None
-        self._res.hub.unauthenticated -= 1
+        self._res.lobby.leave(self)
         self._stage = _JOINING
         self.account_id = identity.account_id
         self._set_expiry(identity.expires_at)
@@ -225,6 +236,12 @@ class Connection(WebSocketProtocol):
             return
         match message:
             case None:
+                self._invalid += 1
+                if self._invalid > MAX_INVALID:  # not read again, nor waited for
+                    self._send_error("invalid_message", f"more than {MAX_INVALID} frames "
+                                     "that are no message")
+                    self.fail(CLOSE_BAD_REQUEST.code, CLOSE_BAD_REQUEST.name)
+                    return
                 self._send_error("invalid_message", error)
             case AuthMessage(token=token):
                 identity = self._verify(token)
@@ -283,21 +300,24 @@ class Connection(WebSocketProtocol):
             return False
         self._version = version
         if self._pending is None and not self.paused:
-            self.write(frame.wire)  # (a backlog's stall timer ended in on_writable)
+            self.write(frame.wire)
             return True
         if self._pending is not None:
             metrics.frames_conflated.inc()
-        elif self._stall is None:  # a backlog starts
-            assert self._res is not None
-            self._backlog_since = time.monotonic()
-            self._stall = asyncio.get_running_loop().call_later(
-                self._res.settings.ws_send_timeout, self._check_stall)
-        self._pending = frame
+        self._pending = frame  # (on_paused started the stall timer)
         return False
 
     def pending(self) -> int:
         """Frames waiting for the socket to drain: 0 or 1."""
         return int(self._pending is not None)
+
+    def on_paused(self) -> None:
+        """A backlog starts: whatever the buffer holds (frames, pongs, error frames), the
+        socket is closed if it is still over the high-water mark in `ws_send_timeout`."""
+        if self._stall is None and self.open and self._res is not None:
+            self._backlog_since = time.monotonic()
+            self._stall = asyncio.get_running_loop().call_later(
+                self._res.settings.ws_send_timeout, self._check_stall)
 
     def on_writable(self) -> None:
         frame, self._pending = self._pending, None
@@ -314,7 +334,7 @@ class Connection(WebSocketProtocol):
 
     def _check_stall(self) -> None:
         self._stall = None
-        if not self.open or (self._pending is None and not self.paused):
+        if not self.open or not self.paused:
             return
         assert self._res is not None
         timeout = self._res.settings.ws_send_timeout
@@ -357,7 +377,7 @@ class Connection(WebSocketProtocol):
         if res is None:
             return
         if stage == _AUTH:
-            res.hub.unauthenticated -= 1
+            res.lobby.leave(self)
         elif stage == _LIVE:
             metrics.sockets_connected.dec()
             res.hub.unregister(self, (self.account_id,))

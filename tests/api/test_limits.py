@@ -80,22 +80,6 @@ async def test_service_keys_and_handshakes_and_syncs(start_app: StartApp, accoun
     await app.stop()
 
 
-async def test_sockets_waiting_to_authenticate_are_bounded(start_app: StartApp) -> None:
-    app = await start_app(channel_prefix=own_prefix(), ws_max_unauthenticated=2,
-                          ws_auth_timeout=5.0)
-    waiting = [await connect(app.ws_url) for _ in range(2)]
-    await asyncio.sleep(0.1)
-    with pytest.raises(InvalidStatus) as refused:
-        await connect(app.ws_url)
-    assert refused.value.response.status_code == 429
-    for ws in waiting:
-        await ws.close()
-    await asyncio.sleep(0.1)
-    async with connect(app.ws_url):  # room again
-        pass
-    await app.stop()
-
-
 @pytest.mark.parametrize("spec", ["me=lots", "everything=1/minute", "me"])
 def test_a_bad_limit_stops_the_start(app: RunningApp, spec: str) -> None:
     with pytest.raises(LimitsError, match="BALANCE_RATE_LIMITS"):

@@ -1,5 +1,9 @@
 """A local stand-in of Stripe's and Dodo's checkout APIs that records the exact requests
-the official SDKs send it (tests/payments/test_checkout.py, tests/api/test_openapi.py)."""
+the official SDKs send it (tests/payments/test_checkout.py, tests/api/test_openapi.py).
+
+It is faithful about money: it refuses an amount Stripe's API refuses, and what it says was
+paid (`paid_session`, `succeeded_intent`) is the amount it was asked for, in Stripe's units.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,30 @@ from starlette.routing import Route
 
 from tests.local_server import local_server
 
+# Stripe's own rules for amounts (https://docs.stripe.com/currencies: "Special cases",
+# "Three-decimal currencies"), written out apart from the server's table so that a slip in
+# one is caught by the other. ISK and UGX are sent as two-decimal values whose decimals are
+# always 00; the last digit of a three-decimal amount must be 0.
+WHOLE_IN_HUNDREDTHS = frozenset({"isk", "ugx"})
+THREE_DECIMAL = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
+
+
+def stripe_refuses(amount: int, currency: str) -> str | None:
+    """Why Stripe's API would refuse to charge `amount` of `currency`, or None."""
+    if currency != currency.lower():
+        return f"Invalid currency: {currency} (Stripe takes lower case)"
+    if currency in WHOLE_IN_HUNDREDTHS and amount % 100:
+        return (f"Invalid amount. Currency {currency.upper()} has become effectively "
+                "zero-decimal and charged amounts must be evenly divisible by 100.")
+    if currency in THREE_DECIMAL and amount % 10:
+        return f"Invalid amount: {currency.upper()} amounts must end in 0."
+    return None
+
+
+def _refused(message: str) -> Response:
+    return JSONResponse({"error": {"type": "invalid_request_error", "param": "amount",
+                                   "code": "invalid_charge_amount", "message": message}}, 400)
+
 
 @dataclass
 class Seen:
@@ -29,24 +57,58 @@ class Seen:
 
 @dataclass
 class StandIn:
-    """Stripe's /v1/checkout/sessions and Dodo's /checkouts, as far as checkout uses them."""
+    """Stripe's /v1/checkout/sessions and /v1/payment_intents and Dodo's /checkouts, as far
+    as checkout and auto top-up use them."""
 
     url: str = ""
     seen: list[Seen] = field(default_factory=list)
     failing: bool = False
     declines: int = 0  # PaymentIntents to decline before succeeding again
     answered: dict[str, Response] = field(default_factory=dict)
+    # The Prices this Stripe account has (price id -> unit amount in Stripe's units, currency).
+    prices: dict[str, tuple[int, str]] = field(default_factory=lambda: {
+        "price_starter": (500, "usd")})
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    intents: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     async def stripe(self, request: Request) -> Response:
         form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
         self.seen.append(Seen(request.method, request.url.path, dict(request.headers), form))
         if self.failing:
             return JSONResponse({"error": {"type": "api_error", "message": "down"}}, 500)
+        metadata = {k[9:-1]: v for k, v in form.items() if k.startswith("metadata[")}
+        amount, currency = self._line_item(form)
+        if amount is not None and currency is not None:
+            refused = stripe_refuses(amount, currency)
+            if refused:
+                return _refused(refused)
         session = f"cs_test_{uuid.uuid4().hex[:10]}"
+        self.sessions[session] = {
+            "id": session, "object": "checkout.session", "mode": "payment",
+            "amount_total": amount, "currency": currency, "metadata": metadata,
+            "payment_intent": f"pi_test_{uuid.uuid4().hex[:14]}"}
         return JSONResponse({"id": session, "object": "checkout.session", "mode": "payment",
                              "url": f"https://checkout.stripe.test/c/pay/{session}",
-                             "metadata": {k[9:-1]: v for k, v in form.items()
-                                          if k.startswith("metadata[")}})
+                             "metadata": metadata})
+
+    def _line_item(self, form: dict[str, str]) -> tuple[int | None, str | None]:
+        """What the session's one line item charges, in Stripe's units."""
+        quantity = int(form.get("line_items[0][quantity]", "1"))
+        if "line_items[0][price]" in form:
+            known = self.prices.get(form["line_items[0][price]"])
+            return (known[0] * quantity, known[1]) if known else (None, None)
+        amount = form.get("line_items[0][price_data][unit_amount]")
+        return (int(amount) * quantity if amount is not None else None,
+                form.get("line_items[0][price_data][currency]"))
+
+    def paid_session(self, session_id: str) -> dict[str, Any]:
+        """The session as `checkout.session.completed` carries it once the buyer paid."""
+        return {**self.sessions[session_id], "status": "complete", "payment_status": "paid"}
+
+    def succeeded_intent(self, intent_id: str) -> dict[str, Any]:
+        """The PaymentIntent as `payment_intent.succeeded` carries it."""
+        intent = self.intents[intent_id]
+        return {**intent, "status": "succeeded", "amount_received": intent["amount"]}
 
     async def payment_intent(self, request: Request) -> Response:
         """Stripe's POST /v1/payment_intents: succeeds, or declines while `declines` > 0.
@@ -56,17 +118,22 @@ class StandIn:
         key = request.headers.get("idempotency-key", "")
         if key in self.answered:
             return self.answered[key]
-        if self.declines > 0:
+        refused = stripe_refuses(int(form["amount"]), form["currency"])
+        if refused:
+            answer: Response = _refused(refused)
+        elif self.declines > 0:
             self.declines -= 1
-            answer: Response = JSONResponse({"error": {
+            answer = JSONResponse({"error": {
                 "type": "card_error", "code": "card_declined", "decline_code": "insufficient_funds",
                 "message": "Your card has insufficient funds."}}, 402)
         else:
-            answer = JSONResponse({
+            intent: dict[str, Any] = {
                 "id": f"pi_test_{uuid.uuid4().hex[:14]}", "object": "payment_intent",
                 "status": "succeeded", "amount": int(form["amount"]),
                 "currency": form["currency"],
-                "metadata": {k[9:-1]: v for k, v in form.items() if k.startswith("metadata[")}})
+                "metadata": {k[9:-1]: v for k, v in form.items() if k.startswith("metadata[")}}
+            self.intents[intent["id"]] = intent
+            answer = JSONResponse(intent)
         self.answered[key] = answer
         return answer
 

@@ -21,7 +21,9 @@ from tests.payments.test_webhooks import STRIPE_SECRET, post_stripe, stripe_even
 from tests.receiver import SECRET, Receiver
 
 CATALOG = {"prices": {"generate_image": 5},
-           "packages": {"starter": {"credits": 100, "price": {"usd": 500}}}}
+           "packages": {"starter": {"credits": 100, "price": {"usd": 500}},
+                        # 15,000 kr: ISO 4217 gives ISK no decimals, Stripe's API two.
+                        "krona": {"credits": 1500, "price": {"isk": 15_000}}}}
 CONFIG = {"package": "starter", "threshold": 50, "stripe_customer": "cus_test123",
           "stripe_payment_method": "pm_card_visa"}
 
@@ -141,3 +143,24 @@ async def test_null_turns_it_off_and_bad_settings_are_refused(
         await debit(c, account, 5)
     await asyncio.sleep(0.6)
     assert intents(stand_in, account) == []
+
+
+async def test_a_top_up_in_kronur_is_charged_and_credited_in_stripes_units(
+    shop: RunningApp, stand_in: StandIn, account: str
+) -> None:
+    async with shop.client() as c:
+        await c.post(f"/v1/accounts/{account}/credit",
+                     json={"amount": 60, "kind": "grant", "idempotency_key": key()})
+        r = await c.put(f"/v1/accounts/{account}/auto-top-up",
+                        json={**CONFIG, "package": "krona"})
+        assert r.status_code == 200, r.text
+        await debit(c, account, 20)  # 40: below 50
+        await wait_for(lambda: len(intents(stand_in, account)) == 1)
+        [sent] = intents(stand_in, account)
+        assert (sent.form["amount"], sent.form["currency"]) == ("1500000", "isk")  # 15,000 kr
+        [intent] = [i for i in stand_in.intents.values()
+                    if i["metadata"].get("account_id") == account]
+        r = await post_stripe(c, stripe_event("payment_intent.succeeded",
+                                              stand_in.succeeded_intent(intent["id"])))
+        assert r.json()["result"] == "fulfilled", r.text
+        assert (await c.get(f"/v1/accounts/{account}")).json()["available"] == 1540

@@ -8,7 +8,9 @@ import contextlib
 import gc
 import json
 import os
+import socket
 import struct
+import time
 import weakref
 from typing import Any
 
@@ -17,8 +19,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from server.auth import mint_token
+from server.messages import BalanceFrame, ChangeInfo, encoder
 from server.push.hub import Hub
-from server.push.ws import MAX_FRAME, Connection
+from server.push.protocol import CLOSE_TIMEOUT, MAX_FRAMES, READ_SLICE
+from server.push.ws import MAX_FRAME, MAX_INVALID, Connection
 from tests.conftest import RunningApp, StartApp
 
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
@@ -42,8 +46,17 @@ class Raw:
         self.head = b""
 
     @classmethod
-    async def open(cls, app: RunningApp, path: str = "/v1/ws", extra: str = "") -> Raw:
-        reader, writer = await asyncio.open_connection("127.0.0.1", app.settings.port)
+    async def open(cls, app: RunningApp, path: str = "/v1/ws", extra: str = "",
+                   *, rcvbuf: int | None = None) -> Raw:
+        """A handshake; with `rcvbuf`, a receive buffer that small (a reader that lags)."""
+        if rcvbuf is None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", app.settings.port)
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", app.settings.port))
+            reader, writer = await asyncio.open_connection(sock=sock)
         raw = cls(reader, writer)
         writer.write(
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
@@ -259,7 +272,7 @@ async def test_a_failing_step_closes_4500(
     raw = await Raw.open(app, f"/v1/ws?token={token(app, account)}")
     assert await raw.close_code() == 4500
     assert "the hub broke" in caplog.text
-    assert hub.unauthenticated == 0
+    assert len(app.asgi.state.resources.lobby) == 0
 
 
 async def test_a_closed_socket_is_freed_without_the_cyclic_collector(
@@ -283,3 +296,101 @@ async def test_a_closed_socket_is_freed_without_the_cyclic_collector(
         assert gone() is None, "a reference cycle keeps a closed socket"
     finally:
         gc.enable()
+
+
+def connection(app: RunningApp, account: str) -> Connection:
+    (conn,) = hub_of(app)._accounts[account].listeners
+    assert isinstance(conn, Connection)
+    return conn
+
+
+async def fill(app: RunningApp, account: str, conn: Connection) -> None:
+    """Balance frames for the account until its socket's buffer is over the high-water
+    mark (the peer reads nothing)."""
+    reason = "x" * 2000
+    for version in range(1000, 11000):
+        change = ChangeInfo("usage", -1, reason, version, None)
+        hub_of(app).deliver(account, version, encoder.encode(
+            BalanceFrame(account, 0, 0, 0, version, change=change)))
+        if conn.paused:
+            return
+        if version % 50 == 0:
+            await asyncio.sleep(0.01)  # the kernel's buffers fill first
+    raise AssertionError("the buffer never filled")
+
+
+async def test_a_flood_of_frames_is_failed_4400_and_not_read_further(
+    app: RunningApp, account: str
+) -> None:
+    """Frames that ask for no answer (pongs) cost only parsing, which a peer could ask for
+    as fast as it can send: past MAX_FRAMES in a keepalive interval, the socket is failed."""
+    raw = await Raw.open(app, f"/v1/ws?token={token(app, account)}")
+    await raw.message()
+    conn = connection(app, account)
+    raw.writer.write(b"".join(_pong() for _ in range(MAX_FRAMES * 20)))
+    try:
+        assert await raw.close_code() == 4400
+    except TimeoutError:
+        pytest.fail("the socket parsed them all and stayed open")
+    # Parsed: the slices up to the one that crossed the bound, not all 12 KB sent.
+    assert conn._frames <= MAX_FRAMES + READ_SLICE // len(_pong())
+
+
+def _pong() -> bytes:
+    return bytes((0x80 | PONG, 0x80)) + b"\0\0\0\0"
+
+
+async def test_a_peer_that_does_not_read_is_not_read_either(
+    start_app: StartApp, account: str
+) -> None:
+    """Over the high-water mark the socket stops reading: what the peer sends waits in
+    its own buffers (here, frames that would each earn an error frame), and is read once
+    it has taken what we wrote."""
+    app = await start_app(ws_send_timeout=30.0)
+    try:
+        raw = await Raw.open(app, f"/v1/ws?token={token(app, account)}", rcvbuf=4096)
+        await raw.message()
+        conn = connection(app, account)
+        await fill(app, account, conn)
+        assert conn.transport is not None and not conn.transport.is_reading()
+        buffered = conn.buffered()
+        raw.writer.write(b"".join(_masked(b"not json") for _ in range(MAX_INVALID + 5)))
+        await asyncio.sleep(0.3)
+        assert (conn._invalid, conn.buffered(), conn.open) == (0, buffered, True)
+        conn._send_error("invalid_message", "an answer it would not take")
+        assert conn.buffered() == buffered, "error frames are dropped, not buffered"
+        # The peer reads: the server writes what waited, then reads the bad frames, and
+        # answers as many as it takes before closing 4400.
+        errors = 0
+        while True:
+            opcode, payload = await raw.frame()
+            if opcode == CLOSE:
+                break
+            errors += json.loads(payload).get("code") == "invalid_message"
+        assert int(struct.unpack("!H", payload[:2])[0]) == 4400
+        assert errors == MAX_INVALID + 1
+        raw.close()
+    finally:
+        await app.stop()
+
+
+async def test_a_keepalive_failure_behind_a_full_buffer_is_cut(
+    start_app: StartApp, account: str
+) -> None:
+    """The peer neither reads nor answers pings: its close frame can never go out, and the
+    connection is cut CLOSE_TIMEOUT after the keepalive gives up, not held until it reads."""
+    app = await start_app(ws_ping_interval=0.2, ws_send_timeout=30.0)
+    try:
+        raw = await Raw.open(app, f"/v1/ws?token={token(app, account)}", rcvbuf=4096)
+        await raw.message()
+        conn = connection(app, account)
+        await fill(app, account, conn)
+        started = time.monotonic()
+        deadline = started + 0.2 * 2 + CLOSE_TIMEOUT + 2.0
+        while conn.transport is not None and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        assert conn.transport is None, "still held, waiting for the peer to read"
+        assert time.monotonic() - started > CLOSE_TIMEOUT - 0.1  # it was given its time
+        raw.close()
+    finally:
+        await app.stop()

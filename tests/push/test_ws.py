@@ -28,7 +28,7 @@ from server.ledger import Ledger
 from server.messages import BalanceFrame, ChangeInfo, encoder
 from server.push.hub import Hub
 from server.push.publisher import account_channel
-from server.push.ws import Connection
+from server.push.ws import MAX_INVALID, Connection
 from tests.conftest import RunningApp, StartApp, key
 from tests.gate import Gate
 
@@ -470,6 +470,22 @@ async def test_malformed_frames_get_an_error_and_oversized_ones_close(
     assert (await recv(ws))["type"] == "balance"  # still serving
     await ws.send("x" * 5000)
     assert (await recv(ws))["code"] == "frame_too_large"
+    assert await close_code(ws) == 4400
+
+
+async def test_frames_that_are_no_message_past_a_small_budget_close_4400(
+    app: RunningApp, account: str
+) -> None:
+    """Each earns an error frame some 14 times its size; the JS client sends none."""
+    ws, _ = await open_socket(app, account)
+    for _ in range(MAX_INVALID):
+        await ws.send("not json")
+        assert (await recv(ws))["code"] == "invalid_message"
+    await ws.send(json.dumps({"type": "sync", "versions": {}}))
+    assert (await recv(ws))["type"] == "balance"  # still served
+    await ws.send("[]")
+    last = await recv(ws)
+    assert last["code"] == "invalid_message" and f"more than {MAX_INVALID}" in last["message"]
     assert await close_code(ws) == 4400
 
 
