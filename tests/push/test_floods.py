@@ -6,95 +6,20 @@ that must not notice are timed from connect (or debit) to the frame they wait fo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import os
-import secrets
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from server.auth import mint_token
-from server.dev import servers as devservers
-
-
-@dataclass
-class Served:
-    """One `balance-server serve` process."""
-
-    port: int
-    pid: int
-    service_key: str
-    secret: str
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def ws_url(self, account: str | None = None) -> str:
-        url = f"ws://127.0.0.1:{self.port}/v1/ws"
-        return url if account is None else f"{url}?token={self.token(account)}"
-
-    def token(self, account: str) -> str:
-        return mint_token(self.secret, account, 600)[0]
-
-    def cpu(self) -> float:
-        """Seconds of CPU the process has used."""
-        with open(f"/proc/{self.pid}/stat") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def rss(self) -> int:
-        """The process's resident memory, in bytes."""
-        with open(f"/proc/{self.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
-
-
-@contextlib.contextmanager
-def serving(database_url: str, **env: str) -> Iterator[Served]:
-    """A fresh server process on its own port, configured only by the environment (the
-    defaults unless `env` says otherwise); stopped by PID on the way out."""
-    port = devservers.free_port()
-    served = Served(port, 0, "sk_test_" + secrets.token_urlsafe(16), secrets.token_urlsafe(48))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve"],
-        env={**os.environ, "DATABASE_URL": database_url, "PORT": str(port),
-             "BALANCE_SERVICE_KEYS": served.service_key, "BALANCE_TOKEN_SECRET": served.secret,
-             "BALANCE_CHANNEL_PREFIX": f"flood-{port}", **env},
-        stdout=subprocess.DEVNULL)
-    served.pid = proc.pid
-    try:
-        yield served
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-async def up(served: Served) -> None:
-    async with httpx.AsyncClient() as client:
-        for _ in range(400):
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(f"{served.base_url}/readyz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.05)
-    pytest.fail("the server did not start")
+from tests.served import ready, serving
 
 
 def upgrade(path: str) -> bytes:
@@ -127,7 +52,7 @@ async def test_sockets_that_never_read_and_flood_bad_frames_are_cut_in_bounded_m
     flooder, watched = f"flood-{uuid.uuid4().hex[:8]}", f"watch-{uuid.uuid4().hex[:8]}"
     loop = asyncio.get_running_loop()
     with serving(migrated) as served:
-        await up(served)
+        await ready(served)
 
         async def never_reading() -> socket.socket:
             """A signed-in socket, upgraded, with a tiny receive buffer it never reads."""
@@ -303,7 +228,7 @@ async def test_a_flood_of_upgrades_from_one_address_does_not_keep_others_out(
     hundredths here when nothing else runs)."""
     account = f"legit-{uuid.uuid4().hex[:8]}"
     with serving(migrated) as served:
-        await up(served)
+        await ready(served)
         first = await timed_connect(served.ws_url(), auth=served.token(account), local="127.0.0.2")
         assert isinstance(first, float), first  # and the connect is warm
 

@@ -7,13 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import secrets
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -22,6 +18,7 @@ from websockets.asyncio.client import connect
 
 from server.auth import mint_token
 from server.dev import servers as devservers
+from tests.served import ready, serving
 
 SOCKETS = 1000
 INSTANCES = 2
@@ -38,46 +35,6 @@ class Herd:
     def __str__(self) -> str:
         return (f"{self.snapshots}/{SOCKETS} snapshots, the last {self.last_snapshot:.2f} s "
                 f"after the first handshake, {len(self.errors)} errors")
-
-
-@contextlib.contextmanager
-def instances(database_url: str, redis_url: str, secret: str) -> Iterator[list[str]]:
-    """INSTANCES fresh `balance-server serve` processes, as a deploy starts them; their
-    base URLs. Stopped by PID on the way out."""
-    ports = [devservers.free_port() for _ in range(INSTANCES)]
-    procs = []
-    try:
-        for port in ports:
-            env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
-                   "BALANCE_SERVICE_KEYS": "sk_test_" + secrets.token_urlsafe(16),
-                   "BALANCE_TOKEN_SECRET": secret, "PORT": str(port),
-                   "BALANCE_CHANNEL_PREFIX": f"herd-{port}",
-                   # The limit is high: every handshake is counted, none refused.
-                   "BALANCE_RATE_LIMITS": "ws_connect=100000/minute"}
-            procs.append(subprocess.Popen([sys.executable, "-m", "server.cli", "serve"],
-                                          env=env, stdout=subprocess.DEVNULL))
-        yield [f"127.0.0.1:{port}" for port in ports]
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-async def wait_up(hosts: list[str]) -> None:
-    async with httpx.AsyncClient() as client:
-        for host in hosts:
-            for _ in range(400):
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"http://{host}/healthz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail(f"{host} did not start")
 
 
 async def herd(hosts: list[str], secret: str, accounts: str) -> Herd:
@@ -128,8 +85,15 @@ async def test_a_thousand_handshakes_at_once_all_get_their_snapshot(
     secret = secrets.token_urlsafe(48)
     store: devservers.RedisServer | devservers.RedisCluster
     store = devservers.start_redis() if kind == "redis" else devservers.start_redis_cluster()
-    with store, instances(migrated, store.url, secret) as hosts:
-        await wait_up(hosts)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(store)
+        # INSTANCES fresh processes, as a deploy starts them; the limit is high: every
+        # handshake is counted, none refused.
+        served = [stack.enter_context(serving(
+            migrated, secret=secret, REDIS_URL=store.url,
+            BALANCE_RATE_LIMITS="ws_connect=100000/minute")) for _ in range(INSTANCES)]
+        await ready(*served)
+        hosts = [f"127.0.0.1:{one.port}" for one in served]
         up = await herd(hosts, secret, f"herd-{secrets.token_hex(4)}")
         assert up.errors == [] and up.snapshots == SOCKETS, up
         # The handshakes were counted in Redis. On cores this busy a check can outlast its
