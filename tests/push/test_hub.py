@@ -175,8 +175,11 @@ async def test_snapshot_then_changes_from_either_instance(nodes: tuple[Node, Nod
     await b.hub.register(elsewhere, [other])
     assert on_a.versions == [0] and on_b.versions == [0]  # the snapshot of a new account
 
-    await grant(a.ledger, acct, 10)  # committed on A
-    await grant(b.ledger, acct, 5)  # committed on B
+    await grant(a.ledger, acct, 10)  # committed on A: reaches B's socket through Redis
+    # Before B commits the next: a frame is the whole state, so B's own version 2 may
+    # otherwise reach its socket first and version 1 be dropped as older (correctly).
+    await eventually(lambda: on_a.versions[-1] == 1 and on_b.versions[-1] == 1)
+    await grant(b.ledger, acct, 5)  # committed on B: reaches A's socket through Redis
     await eventually(lambda: on_a.versions[-1] == 2 and on_b.versions[-1] == 2)
     assert on_a.versions == on_b.versions == [0, 1, 2]
     assert [f.data for f in on_a.frames] == [f.data for f in on_b.frames]
