@@ -46,10 +46,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _bounded(test: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
     @functools.wraps(test)
     async def run(*args: Any, **kwargs: Any) -> None:
+        deadline = asyncio.timeout(TEST_TIMEOUT)
         try:
-            async with asyncio.timeout(TEST_TIMEOUT):
+            async with deadline:
                 await test(*args, **kwargs)
         except TimeoutError:
+            if not deadline.expired():
+                raise  # a timeout of the test's own: its failure, not a hang
             stacks = io.StringIO()
             for task in asyncio.all_tasks():
                 task.print_stack(file=stacks)

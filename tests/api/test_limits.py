@@ -121,35 +121,40 @@ async def test_a_failure_inside_admission_is_answered(
     """A bug before the upgrade is a 500 in the error format; a join that cannot finish
     (a hung dependency) is closed 4500 within JOIN_TIMEOUT; both are counted."""
     app = await start_app(rate_limits="ws_connect=1000/minute", channel_prefix=own_prefix())
-    limits: RateLimits = app.asgi.state.resources.limits
-    hub: Hub = app.asgi.state.resources.hub
-    token = mint_token(app.settings.token_secret, account, 600)[0]
+    # Stopped at the end: a server of another channel prefix left running would renew
+    # later tests' plans and publish their frames where those tests do not listen.
+    try:
+        limits: RateLimits = app.asgi.state.resources.limits
+        hub: Hub = app.asgi.state.resources.hub
+        token = mint_token(app.settings.token_secret, account, 600)[0]
 
-    async def broken(name: str, key: str, *, local: bool = False) -> float | None:
-        raise RuntimeError("a bug")
+        async def broken(name: str, key: str, *, local: bool = False) -> float | None:
+            raise RuntimeError("a bug")
 
-    monkeypatch.setattr(limits, "hit", broken)
-    before = admission_failures("handshake")
-    with pytest.raises(InvalidStatus) as refused:
-        async with asyncio.timeout(5):
-            await connect(f"{app.ws_url}?token={token}")
-    assert refused.value.response.status_code == 500
-    assert json.loads(refused.value.response.body or b"")["error"] == "internal_error"
-    assert admission_failures("handshake") - before == 1
-    monkeypatch.undo()
-
-    async def hung(listener: object, account_ids: object) -> None:
-        await asyncio.Event().wait()
-
-    monkeypatch.setattr(hub, "register", hung)
-    monkeypatch.setattr(ws_module, "JOIN_TIMEOUT", 0.5)
-    before = admission_failures("join")
-    async with connect(f"{app.ws_url}?token={token}") as ws:
-        with pytest.raises(ConnectionClosed) as closed:
+        monkeypatch.setattr(limits, "hit", broken)
+        before = admission_failures("handshake")
+        with pytest.raises(InvalidStatus) as refused:
             async with asyncio.timeout(5):
-                await ws.recv()
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == CLOSE_INTERNAL.code
-    assert admission_failures("join") - before == 1
+                await connect(f"{app.ws_url}?token={token}")
+        assert refused.value.response.status_code == 500
+        assert json.loads(refused.value.response.body or b"")["error"] == "internal_error"
+        assert admission_failures("handshake") - before == 1
+        monkeypatch.undo()
+
+        async def hung(listener: object, account_ids: object) -> None:
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(hub, "register", hung)
+        monkeypatch.setattr(ws_module, "JOIN_TIMEOUT", 0.5)
+        before = admission_failures("join")
+        async with connect(f"{app.ws_url}?token={token}") as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                async with asyncio.timeout(5):
+                    await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == CLOSE_INTERNAL.code
+        assert admission_failures("join") - before == 1
+    finally:
+        await app.stop()
 
 
 def admission_failures(stage: str) -> float:
