@@ -446,6 +446,19 @@ FROM payments p
 WHERE d.provider = 'stripe' AND p.provider = 'stripe' AND p.payment_id = d.payment_id
   AND lower(p.currency) IN ('isk', 'ugx', 'mga');
 
+-- step: 013_settings
+-- What the triggers need of the server's configuration, as one row the server writes at
+-- start (balance_configure): the app webhook types subscribed, and the catalog's default
+-- low-balance threshold. They came as session settings on each connection, which a
+-- transaction-mode pooler (PgBouncer, Supavisor) refuses or drops: then no alert and no
+-- app webhook was ever written. Every instance of a deployment shares it.
+CREATE TABLE IF NOT EXISTS settings (
+    id           boolean PRIMARY KEY DEFAULT true CHECK (id),
+    events       text[] NOT NULL DEFAULT '{}',
+    low_balance  bigint
+);
+INSERT INTO settings DEFAULT VALUES ON CONFLICT DO NOTHING;
+
 -- ================================================================ JSON shapes of API.md
 
 -- definitions: json_shapes
@@ -513,6 +526,28 @@ BEGIN
     RETURN p_res;
 END $$;
 
+-- The row a new account is born with (what balance__ensure inserts; the other columns
+-- take their defaults), and what a read of an account never moved shows.
+CREATE OR REPLACE FUNCTION balance__born(p_account text, p_welcome bigint) RETURNS accounts
+LANGUAGE plpgsql AS $$
+DECLARE
+    v accounts;
+BEGIN
+    v.account_id := p_account;
+    v.balance := p_welcome;
+    v.version := CASE WHEN p_welcome > 0 THEN 1 ELSE 0 END;
+    v.alert_state := balance__standing(p_welcome, balance__default_threshold());
+    v.held := 0;
+    v.expired_held := 0;
+    v.unsettled := 0;
+    v.purchased := 0;
+    v.used := 0;
+    v.alert_told := false;
+    v.created_at := now();
+    v.updated_at := now();
+    RETURN v;
+END $$;
+
 -- Creates the account on first mention, granting the welcome credits exactly once
 -- (the INSERT's conflict check is what makes "once" hold under concurrency). It is born
 -- with them and where they stand against the catalog's threshold: being created is no
@@ -521,8 +556,8 @@ CREATE OR REPLACE FUNCTION balance__ensure(p_account text, p_welcome bigint) RET
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO accounts (account_id, balance, version, alert_state)
-    VALUES (p_account, p_welcome, CASE WHEN p_welcome > 0 THEN 1 ELSE 0 END,
-            balance__standing(p_welcome, balance__default_threshold()))
+    SELECT b.account_id, b.balance, b.version, b.alert_state
+    FROM balance__born(p_account, p_welcome) b
     ON CONFLICT DO NOTHING;
     IF FOUND AND p_welcome > 0 THEN
         INSERT INTO transactions (account_id, kind, amount, balance_after, version, reason)
@@ -1035,7 +1070,8 @@ BEGIN
     RETURN v_res;
 END $$;
 
--- The account's row, creating the account on first mention.
+-- The account's row; for an account never mentioned in a movement, the row it would be
+-- born with (balance__born). A read writes nothing (API.md v1.2: GET routes never write).
 CREATE OR REPLACE FUNCTION balance__account_row(p_account text, p_welcome bigint)
 RETURNS accounts LANGUAGE plpgsql AS $$
 DECLARE
@@ -1043,18 +1079,24 @@ DECLARE
 BEGIN
     SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
     IF NOT FOUND THEN
-        PERFORM balance__ensure(p_account, p_welcome);
-        SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
+        v_acc := balance__born(p_account, p_welcome);
     END IF;
     RETURN v_acc;
 END $$;
 
--- The account object, creating the account on first mention.
+-- POST /v1/accounts/{id}: the account created now, if new, with its welcome credits.
+CREATE OR REPLACE FUNCTION balance_open_account(p_account text, p_welcome bigint)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM balance__ensure(p_account, p_welcome);
+    RETURN balance_account(p_account, p_welcome);
+END $$;
+
+-- The account object; an unknown account reads as a new one would.
 CREATE OR REPLACE FUNCTION balance_account(p_account text, p_welcome bigint) RETURNS jsonb
 LANGUAGE sql AS $$
     SELECT balance__account_json(balance__account_row(p_account, p_welcome))
 $$;
-
 -- ================================================================ jobs
 
 -- definitions: jobs
@@ -1643,17 +1685,37 @@ END $$;
 -- ================================================================ alerts and app webhooks
 
 -- definitions: alerts
--- Which event types the app subscribed to, and the catalog's default threshold, come from
--- the server's session settings (balance.events, balance.low_balance; server/db.py sets
--- them on every connection), so the debit path reads no table to know them and pays for
--- an event only when one is subscribed and happens.
+-- Which event types the app subscribed to, and the catalog's default threshold, are the
+-- `settings` row. A debit needs them in two triggers: each transaction reads the row once
+-- and keeps it in transaction-local settings (set_config(..., true)), which end with the
+-- transaction, so a pooler that hands the next one to another session loses nothing.
+-- The value is kept with a leading marker ('v'): an unset setting reads '' once any earlier
+-- transaction of the session has set it, and '' must mean "not read yet".
+
+-- The server's configuration, written by each instance as it starts (server/ledger.py).
+CREATE OR REPLACE FUNCTION balance_configure(p_events text[], p_low_balance bigint)
+RETURNS void LANGUAGE sql AS $$
+    UPDATE settings SET events = p_events, low_balance = p_low_balance
+    WHERE (events, low_balance) IS DISTINCT FROM (p_events, p_low_balance)
+$$;
+
+-- The event types subscribed, as ',type,type,' (',' for none), read once per transaction.
+CREATE OR REPLACE FUNCTION balance__events() RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    v text := current_setting('balance.settings_events', true);
+BEGIN
+    IF v IS NULL OR v = '' THEN
+        SELECT 'v,' || array_to_string(events, ',') || ',' INTO v FROM settings;
+        PERFORM set_config('balance.settings_events', COALESCE(v, 'v,'), true);
+    END IF;
+    RETURN substr(COALESCE(v, 'v,'), 2);
+END $$;
 
 -- Writes an app webhook into the outbox, in the caller's transaction, if subscribed.
 CREATE OR REPLACE FUNCTION balance__emit(p_type text, p_account text, p_data jsonb)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    IF position(',' || p_type || ',' IN
-                ',' || COALESCE(current_setting('balance.events', true), '') || ',') > 0 THEN
+    IF strpos(balance__events(), ',' || p_type || ',') > 0 THEN
         INSERT INTO events (type, account_id, data) VALUES (p_type, p_account, p_data);
     END IF;
 END $$;
@@ -1668,9 +1730,16 @@ $$;
 
 -- The catalog's default threshold (NULL: none), for an account without its own or a plan's.
 CREATE OR REPLACE FUNCTION balance__default_threshold() RETURNS bigint
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT NULLIF(current_setting('balance.low_balance', true), '')::bigint
-$$;
+LANGUAGE plpgsql AS $$
+DECLARE
+    v text := current_setting('balance.settings_low_balance', true);
+BEGIN
+    IF v IS NULL OR v = '' THEN
+        SELECT 'v' || COALESCE(low_balance::text, '') INTO v FROM settings;
+        PERFORM set_config('balance.settings_low_balance', COALESCE(v, 'v'), true);
+    END IF;
+    RETURN NULLIF(substr(COALESCE(v, 'v'), 2), '')::bigint;
+END $$;
 
 -- Before an account row changes: where does `available` now stand against the account's
 -- threshold, and did a movement cross it? A crossing is decided here, in the transaction
@@ -1819,8 +1888,8 @@ DO $$ BEGIN
         EXECUTE FUNCTION balance__alerts_ended();
     DROP TRIGGER IF EXISTS transactions_events ON transactions;
     CREATE TRIGGER transactions_events AFTER INSERT ON transactions FOR EACH ROW
-        WHEN (NEW.kind IN ('purchase', 'reversal') OR strpos(
-            ',' || current_setting('balance.events', true) || ',', ',transaction.created,') > 0)
+        WHEN (NEW.kind IN ('purchase', 'reversal')
+              OR strpos(balance__events(), ',transaction.created,') > 0)
         EXECUTE FUNCTION balance__transaction_events();
 END $$;
 

@@ -38,8 +38,8 @@ START_BALANCE = 10**11
 PGBENCH_SCRIPT = """\
 \\set a random(1, {accounts})
 \\set k random(1, 9000000000000000000)
-SELECT result FROM balance_post({account_expr}, 0, 'pgb-' || :k, '\\x00'::bytea, 'usage', -1,
-  'bench', NULL::jsonb, NULL::timestamptz, 'available');
+SELECT result FROM balance.balance_post({account_expr}, 0, 'pgb-' || :k, '\\x00'::bytea,
+  'usage', -1, 'bench', NULL::jsonb, NULL::timestamptz, 'available');
 """
 
 WRK_SCRIPT = """\
@@ -77,8 +77,8 @@ async def seed(url: str) -> None:
         await migrate(conn)
         ids = [f"d{i}" for i in range(1, DISTINCT_ACCOUNTS + 1)] + ["hot"]
         await conn.executemany(
-            "SELECT balance_post($1, 0, 'seed', '\\x00'::bytea, 'grant', $2, 'seed', NULL, NULL,"
-            " 'available')",
+            "SELECT balance.balance_post($1, 0, 'seed', '\\x00'::bytea, 'grant', $2, 'seed', NULL,"
+            " NULL, 'available')",
             [(i, START_BALANCE) for i in ids],
         )
         await conn.execute("VACUUM ANALYZE")

@@ -82,21 +82,21 @@ def pgbench_at_rate(pg: devservers.PostgresServer, seconds: int, rate: int) -> N
     script = (
         f"\\set a random(1, {DISTINCT_ACCOUNTS})\n"
         "\\set k random(1, 9000000000000000000)\n"
-        "SELECT result FROM balance_post('d' || :a, 0, 'lat-' || :k, '\\x00'::bytea, 'usage',"
-        " -1, 'bench', NULL::jsonb, NULL::timestamptz, 'available');\n")
+        "SELECT result FROM balance.balance_post('d' || :a, 0, 'lat-' || :k, '\\x00'::bytea,"
+        " 'usage', -1, 'bench', NULL::jsonb, NULL::timestamptz, 'available');\n")
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
         f.write(script)
-    env = {**os.environ, "PGOPTIONS": "-c balance.events=transaction.created"}
+    # The server running beside subscribed transaction.created (its `settings` row).
     subprocess.run([binary, "-n", "-M", "prepared", "-c", "4", "-j", "2", "-R", str(rate),
                     "-T", str(seconds), "-f", f.name, pg.url],
-                   capture_output=True, text=True, check=True, env=env)
+                   capture_output=True, text=True, check=True)
     os.unlink(f.name)
 
 
 async def forget_events(url: str) -> None:
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute("TRUNCATE event_attempts, events")
+        await conn.execute("TRUNCATE balance.event_attempts, balance.events")
     finally:
         await conn.close()
 

@@ -27,6 +27,8 @@ from server.dev import servers as devservers
 from server.schema import migrate
 
 ALLOWANCE = 100
+# The bench's own SQL names our tables plainly; the server never relies on a search_path.
+IN_SCHEMA = {"search_path": "balance"}
 
 # Accounts on plan 'bench' (a day) whose period ended a second ago, each holding the unused
 # allowance of that period: what the database looks like at a period's end.
@@ -90,13 +92,14 @@ async def round_(pool: asyncpg.Pool, n: int, prefix: str) -> tuple[float, float,
 
 async def main(accounts: int, rounds: int) -> None:
     with devservers.start_postgres() as pg:
-        conn = await asyncpg.connect(pg.url)
+        conn = await asyncpg.connect(pg.url, server_settings=IN_SCHEMA)
         await migrate(conn)
         await conn.execute("""SELECT balance_sync_plans('{"bench": {"allowance": 100,
             "period": "day", "rollover": 0, "prices": {}, "limits": {}}}'::jsonb)""")
         await conn.execute("CREATE TABLE ledger_copy (LIKE transactions INCLUDING ALL)")
         await conn.close()
-        pool = await asyncpg.create_pool(pg.url, min_size=1, max_size=2)
+        pool = await asyncpg.create_pool(pg.url, min_size=1, max_size=2,
+                                         server_settings=IN_SCHEMA)
         assert pool is not None
         results = []
         print(f"renewal of {accounts:,} due accounts (balance_renew(500) until none is due)")

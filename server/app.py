@@ -19,7 +19,7 @@ from server.auth import TokenVerifier
 from server.catalog import load as load_catalog
 from server.config import Settings
 from server.currencies import STRIPE
-from server.db import open_pool
+from server.db import DB_DOWN, open_pool
 from server.history import History
 from server.jobs import Jobs
 from server.ledger import Ledger
@@ -56,7 +56,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Resources]]:
-        pool = await open_pool(settings, catalog.alerts.low_balance)
+        pool = await open_pool(settings)
         ledger = Ledger(pool, settings.welcome_credits, settings.db_batch_inflight)
         broker = make_broker(settings.redis_url)
         hub = Hub(broker, snapshot=ledger.snapshot, settings=settings)
@@ -64,6 +64,9 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
         ledger.on_commit(publisher.publish)
         outbox = Outbox(pool, settings) if settings.app_webhook_url else None
         plans = Plans(ledger, catalog)
+        ledger.configure(settings.app_webhook_events, catalog.alerts.low_balance)
+        with contextlib.suppress(*DB_DOWN):  # else the jobs loop writes them when it is up
+            await ledger.write_settings()
         await plans.sync()
         checkout = Checkout(pool, catalog, settings, return_urls)
         client = checkout.stripe_client

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from server.catalog import CatalogError
-from server.config import ConfigError, Settings
+from server.config import ConfigError, Database, Settings
 from server.limiter import LimitsError
 
 log = logging.getLogger("balance.cli")
@@ -52,24 +52,30 @@ def _serve(settings: Settings, *, dev: bool = False) -> None:
     serve.server(app, settings, log_level="info" if dev else "warning").run()
 
 
-async def _migrate(database_url: str) -> list[str]:
+async def _migrate(database: Database) -> list[str]:
+    from server.db import behind_pooler, dsn
     from server.schema import migrate
 
-    conn = await asyncpg.connect(database_url)
+    if behind_pooler(database):
+        # Its index builds (CREATE INDEX CONCURRENTLY, under a session lock) need a session.
+        raise ConfigError("migrate needs a session of its own: give it the direct (or "
+                          "session-mode) URL, not the transaction pooler's")
+    conn = await asyncpg.connect(dsn(database))
     try:
-        return await migrate(conn)
+        return await migrate(conn, schema=database.schema)
     finally:
         await conn.close()
 
 
-async def _reconcile(database_url: str) -> int:
+async def _reconcile(database: Database) -> int:
+    from server.db import pool_options
     from server.ledger import Ledger
 
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    pool = await asyncpg.create_pool(min_size=1, max_size=2, **pool_options(database))
     assert pool is not None
     try:
         rows = await Ledger(pool, 0).reconcile()
-        checked = await pool.fetchval("SELECT count(*) FROM accounts")
+        checked = await pool.fetchval("SELECT count(*) FROM balance.accounts")
     finally:
         await pool.close()
     for r in rows:
@@ -137,7 +143,7 @@ def _dev(args: argparse.Namespace) -> int:
             redis = servers.start_redis()
             started.append(redis)
             env["REDIS_URL"] = redis.url
-        asyncio.run(_migrate(env["DATABASE_URL"]))
+        asyncio.run(_migrate(Database.from_env(env)))
         env.setdefault("BALANCE_SERVICE_KEYS", "sk_dev_" + secrets.token_urlsafe(24))
         env.setdefault("BALANCE_TOKEN_SECRET", secrets.token_urlsafe(48))
         env.setdefault("BALANCE_WELCOME_CREDITS", "100")
@@ -225,15 +231,13 @@ def main(argv: list[str] | None = None) -> int:
 
             print(mint_token(secret, args.account, args.ttl)[0])
             return 0
-        database_url = os.environ.get("DATABASE_URL", "")
-        if not database_url:
-            raise ConfigError("DATABASE_URL is required (e.g. postgresql://user@host/db)")
+        database = Database.from_env()
         if args.command == "migrate":
-            ran = asyncio.run(_migrate(database_url))
+            ran = asyncio.run(_migrate(database))
             print(f"schema applied: {', '.join(ran) or 'nothing new'}")
             return 0
         if args.command == "reconcile":
-            return asyncio.run(_reconcile(database_url))
+            return asyncio.run(_reconcile(database))
         overrides: dict[str, object] = {}
         if args.host:
             overrides["host"] = args.host

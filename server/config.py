@@ -5,8 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+# A PostgreSQL schema name we create and quote ourselves (server/schema.py).
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 class ConfigError(Exception):
@@ -59,6 +63,35 @@ def standard_webhooks_key(name: str, secret: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class Database:
+    """Where the database is and how to reach it: what the server and every command that
+    opens it (migrate, reconcile, import) read."""
+
+    url: str = field(repr=False)
+    # The PostgreSQL schema that holds every object of ours (migrate creates it).
+    schema: str = "balance"
+    # "transaction": the URL is a transaction-mode pooler (PgBouncer, Supavisor), so no
+    # statement stays prepared across transactions; "none": a direct or session-mode URL;
+    # "auto": read from the URL (server/db.py `behind_pooler`).
+    pooler: str = "auto"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Database:
+        env = os.environ if env is None else env
+        url = env.get("DATABASE_URL", "")
+        if not url:
+            raise ConfigError("DATABASE_URL is required (e.g. postgresql://user@host/db)")
+        schema = env.get("BALANCE_DB_SCHEMA") or "balance"
+        if not SCHEMA_NAME.fullmatch(schema) or schema == "public":
+            raise ConfigError("BALANCE_DB_SCHEMA must be a schema of its own: lower-case "
+                              "letters, digits and _, not 'public'")
+        pooler = env.get("BALANCE_DB_POOLER") or "auto"
+        if pooler not in ("auto", "transaction", "none"):
+            raise ConfigError("BALANCE_DB_POOLER must be 'auto', 'transaction' or 'none'")
+        return cls(url, schema, pooler)
+
+
+@dataclass(frozen=True)
 class Settings:
     # Secrets (and URLs that may carry a password) stay out of repr, and so out of logs.
     database_url: str = field(repr=False)
@@ -99,6 +132,8 @@ class Settings:
     drain_seconds: float = 3.0
     # Operations
     db_pool_size: int = 20
+    db_schema: str = "balance"  # as Database
+    db_pooler: str = "auto"
     # Group commit: how many batched ledger round trips may run at once. Fewer means bigger
     # batches (fewer commits); more means one slow statement delays fewer others.
     db_batch_inflight: int = 1
@@ -126,13 +161,15 @@ class Settings:
                                             36000.0)
     outbox_lease: float = 30.0
 
+    @property
+    def database(self) -> Database:
+        return Database(self.database_url, self.db_schema, self.db_pooler)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read every setting from the environment (os.environ by default)."""
         env = os.environ if env is None else env
-        database_url = env.get("DATABASE_URL", "")
-        if not database_url:
-            raise ConfigError("DATABASE_URL is required (e.g. postgresql://user@host/db)")
+        database = Database.from_env(env)
         keys = _list(env, "BALANCE_SERVICE_KEYS")
         if not keys:
             raise ConfigError("BALANCE_SERVICE_KEYS is required: a comma list of service keys")
@@ -181,7 +218,7 @@ class Settings:
         if not 0 <= welcome <= 10**12:
             raise ConfigError("BALANCE_WELCOME_CREDITS must be between 0 and 10^12")
         values: dict[str, object] = dict(
-            database_url=database_url,
+            database_url=database.url,
             service_keys=keys,
             token_secret=token_secret,
             redis_url=env.get("REDIS_URL") or None,
@@ -212,6 +249,8 @@ class Settings:
             drain_seconds=_float(env, "BALANCE_DRAIN_SECONDS", 3.0),
             db_pool_size=_int(env, "BALANCE_DB_POOL_SIZE", 20),
             db_batch_inflight=_int(env, "BALANCE_DB_BATCH_INFLIGHT", 1),
+            db_schema=database.schema,
+            db_pooler=database.pooler,
             sweep_interval=_float(env, "BALANCE_SWEEP_INTERVAL", 0.5),
             idempotency_retention_days=_int(env, "BALANCE_IDEMPOTENCY_RETENTION_DAYS", 30),
             channel_prefix=env.get("BALANCE_CHANNEL_PREFIX", "balance"),

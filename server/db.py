@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 from server import errors
-from server.config import Settings
+from server.config import Database, Settings
 
 # Answered 503 "nothing was written": the transaction never reached a commit.
 DB_DOWN: tuple[type[Exception], ...] = (
@@ -69,25 +72,98 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     was a full extra round trip on every request (about a fifth of the debit path)."""
 
 
-async def open_pool(settings: Settings, low_balance: int | None) -> asyncpg.Pool:
-    """The server's pool, with a few connections opened ahead of traffic if PostgreSQL is up.
+def behind_pooler(database: Database) -> bool:
+    """Whether DATABASE_URL is a transaction-mode pooler: as configured, else as the URL
+    says. Prisma's `?pgbouncer=true`; Supabase's pooler on port 6543 (5432 there is session
+    mode); Neon's pooled endpoints, whose host ends its first label in `-pooler`."""
+    if database.pooler != "auto":
+        return database.pooler == "transaction"
+    parts = urlsplit(database.url)
+    if dict(parse_qsl(parts.query)).get("pgbouncer", "").lower() in ("true", "1"):
+        return True
+    host = parts.hostname or ""
+    return ((host.endswith(".pooler.supabase.com") and parts.port == 6543)
+            or host.split(".", 1)[0].endswith("-pooler"))
 
-    Every session carries what the alert trigger needs (schema.sql "alerts"): the app
-    webhook types subscribed (none without BALANCE_APP_WEBHOOK_URL) and the catalog's
-    default low_balance threshold.
+
+def dsn(database: Database) -> str:
+    """DATABASE_URL without `pgbouncer=`: asyncpg would send an unknown query parameter as a
+    startup parameter, and a pooler refuses the connection for it."""
+    parts = urlsplit(database.url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+             if k != "pgbouncer"]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+# Our SQL in Python names each object `balance.<name>`; `_InSchema` renames them for a
+# deployment that chose another schema. Not after a word character, a dot or a quote: so
+# a setting such as 'balance.alerts_silent' is left alone.
+_OURS = re.compile(r"(?<![\w.'\"])balance\.(?=[a-z_])")
+
+
+@functools.lru_cache(maxsize=1024)
+def in_schema(sql: str, schema: str) -> str:
+    """`sql` with our objects named in `schema` (the statements are a fixed set)."""
+    return sql if schema == "balance" else _OURS.sub(f'"{schema}".', sql)
+
+
+class _InSchema(asyncpg.Connection):
+    """A connection that names our objects in another schema than `balance`. asyncpg's
+    `connection_class` is its supported way to wrap the query methods the pool calls."""
+
+    schema = "balance"
+
+    async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await super().execute(in_schema(query, self.schema), *args, **kwargs)
+
+    async def executemany(self, command: str, args: Any, **kwargs: Any) -> Any:
+        return await super().executemany(in_schema(command, self.schema), args, **kwargs)
+
+    async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await super().fetch(in_schema(query, self.schema), *args, **kwargs)
+
+    async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await super().fetchrow(in_schema(query, self.schema), *args, **kwargs)
+
+    async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await super().fetchval(in_schema(query, self.schema), *args, **kwargs)
+
+
+def connection_class(schema: str) -> type[asyncpg.Connection]:
+    if schema == "balance":
+        return asyncpg.Connection
+    return type("InSchema", (_InSchema,), {"schema": schema})
+
+
+def pool_options(database: Database) -> dict[str, Any]:
+    """What every pool of ours (the server's, the CLI's) is created with.
+
+    No startup parameter but application_name, which poolers pass on: PgBouncer refuses
+    unknown ones (and `ignore_startup_parameters` would drop them silently). Behind a
+    transaction-mode pooler, asyncpg keeps no prepared statement across statements
+    (statement_cache_size=0, its documented setting): each transaction may run on another
+    server session. Its unnamed statements still work there, since a Parse and its Bind
+    travel before one Sync.
     """
+    options: dict[str, Any] = {
+        "dsn": dsn(database),
+        "server_settings": {"application_name": "balance-server"},
+        "connection_class": connection_class(database.schema),
+    }
+    if behind_pooler(database):
+        options["statement_cache_size"] = 0
+    return options
+
+
+async def open_pool(settings: Settings) -> asyncpg.Pool:
+    """The server's pool, with a few connections opened ahead of traffic if PostgreSQL is up."""
     pool = await asyncpg.create_pool(
-        settings.database_url,
         min_size=0,
         max_size=settings.db_pool_size,
         timeout=5,
         command_timeout=30,
-        server_settings={
-            "application_name": "balance-server", "jit": "off",
-            "balance.events": ",".join(settings.app_webhook_events),
-            "balance.low_balance": "" if low_balance is None else str(low_balance),
-        },
         reset=_keep_session,
+        **pool_options(settings.database),
     )
     assert pool is not None
     with contextlib.suppress(*DB_DOWN):  # a database that is down is not fatal at start

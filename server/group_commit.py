@@ -17,10 +17,10 @@ from server.db import movement, movements
 
 _POST_SQL = (
     "SELECT (r).* FROM"
-    " (SELECT balance_post($1,$2,$3,$4,$5,$6,$7,$8::jsonb,$9,$10,NULL,$11,$12,$13) r) s"
+    " (SELECT balance.balance_post($1,$2,$3,$4,$5,$6,$7,$8::jsonb,$9,$10,NULL,$11,$12,$13) r) s"
 )
 _POST_MANY_SQL = (
-    "SELECT idx, (result).* FROM balance_post_many("
+    "SELECT idx, (result).* FROM balance.balance_post_many("
     "$1::text[],$2,$3::text[],$4::bytea[],$5::text[],$6::bigint[],$7::text[],$8::jsonb[],"
     "$9::timestamptz[],$10::text[],$11::int[],$12::text[],$13::bigint[])"
 )

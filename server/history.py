@@ -21,10 +21,6 @@ class History:
     ) -> bytes:
         """A page of history, newest first, as `{"transactions": [...], "next": cursor}`."""
         page, cursor = await self._page(account_id, limit, before, kind)
-        if page == "[]":
-            # Maybe a new account: it springs into being (and may get a welcome grant).
-            await self._ledger.account(account_id)
-            page, cursor = await self._page(account_id, limit, before, kind)
         next_json = "null" if cursor is None else f'"{cursor}"'
         return f'{{"transactions":{page},"next":{next_json}}}'.encode()
 
@@ -35,12 +31,12 @@ class History:
         row = await self._pool.fetchrow(
             """
             WITH page AS (
-                SELECT t FROM transactions t
+                SELECT t FROM balance.transactions t
                 WHERE t.account_id = $1 AND ($2::bigint IS NULL OR t.id < $2)
                   AND ($3::text IS NULL OR t.kind = $3)
                 ORDER BY t.id DESC LIMIT $4
             ), shown AS (SELECT t FROM page LIMIT $5)
-            SELECT COALESCE((SELECT jsonb_agg(balance__tx_json(s.t) ORDER BY (s.t).id DESC)
+            SELECT COALESCE((SELECT jsonb_agg(balance.balance__tx_json(s.t) ORDER BY (s.t).id DESC)
                              FROM shown s), '[]'::jsonb)::text AS page,
                    CASE WHEN (SELECT count(*) FROM page) > $5
                         THEN (SELECT min((s.t).id) FROM shown s) END AS cursor
@@ -64,7 +60,7 @@ class History:
                 ORDER BY g.key), '[]'::jsonb))::text
             FROM (
                 SELECT {key} AS key, -sum(t.amount)::bigint AS amount, count(*) AS count
-                FROM transactions t
+                FROM balance.transactions t
                 WHERE t.account_id = $1 AND t.kind = 'usage'
                   AND ($2::timestamptz IS NULL OR t.created_at >= $2)
                   AND ($3::timestamptz IS NULL OR t.created_at < $3)
@@ -77,7 +73,6 @@ class History:
 
     async def grants(self, account_id: str) -> bytes:
         """`{"grants": [...]}`: the account's open grants in the order they are spent."""
-        await self._ledger.account(account_id)  # a new account's welcome grant is one
         # Spending not yet settled into the grants comes off them here, in spending order.
         text: str = await self._pool.fetchval(
             """
@@ -85,16 +80,16 @@ class History:
                 SELECT l.*, COALESCE(sum(l.remaining) OVER (
                     ORDER BY l.priority, l.expires_at, l.id
                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS ahead
-                FROM credit_lots l WHERE l.account_id = $1 AND l.remaining > 0
+                FROM balance.credit_lots l WHERE l.account_id = $1 AND l.remaining > 0
             ), shown AS (
                 SELECT o.*, o.remaining - LEAST(o.remaining,
                     GREATEST(a.unsettled - o.ahead, 0)) AS left_over
-                FROM open o, accounts a WHERE a.account_id = $1
+                FROM open o, balance.accounts a WHERE a.account_id = $1
             )
             SELECT jsonb_build_object('grants', COALESCE(jsonb_agg(jsonb_build_object(
                 'id', g.id, 'kind', g.kind, 'amount', g.amount, 'remaining', g.left_over,
-                'priority', g.priority, 'expires_at', balance__ts(g.expires_at),
-                'created_at', balance__ts(g.created_at))
+                'priority', g.priority, 'expires_at', balance.balance__ts(g.expires_at),
+                'created_at', balance.balance__ts(g.created_at))
                 ORDER BY g.priority, g.expires_at, g.id), '[]'::jsonb))::text
             FROM shown g WHERE g.left_over > 0
             """,
@@ -104,6 +99,6 @@ class History:
 
     async def latest(self, account_id: str, limit: int = 20) -> bytes:
         """`{"accounts": [account], "transactions": [latest]}` for GET /v1/me."""
-        account = await self._ledger.account(account_id)  # creates it, welcome grant included
+        account = await self._ledger.account(account_id)
         page, _ = await self._page(account_id, limit, None, None)
         return b'{"accounts":[' + account + b'],"transactions":' + page.encode() + b"}"

@@ -64,6 +64,7 @@ class Jobs:
         last_cleanup = 0.0
         while True:
             try:
+                await self._ledger.write_settings()  # if the database was down at start
                 kinds = await self._ledger.sweep()
                 for kind in kinds:
                     metrics.sweeps.labels(kind).inc()

@@ -93,9 +93,9 @@ def frame_from_row(row: asyncpg.Record, reason: str | None) -> BalanceFrame:
     )
 
 
-_HOLD_SQL = "SELECT (r).* FROM (SELECT balance_hold($1,$2,$3,$4,$5,$6,$7,$8::jsonb) r) s"
+_HOLD_SQL = "SELECT (r).* FROM (SELECT balance.balance_hold($1,$2,$3,$4,$5,$6,$7,$8::jsonb) r) s"
 _RESOLVE_SQL = (
-    "SELECT (r).* FROM (SELECT balance_resolve_hold($1::uuid,$2,$3,$4::jsonb) r) s"
+    "SELECT (r).* FROM (SELECT balance.balance_resolve_hold($1::uuid,$2,$3,$4::jsonb) r) s"
 )
 
 
@@ -107,6 +107,21 @@ class Ledger:
         self.welcome = welcome_credits
         self._hooks: list[OnCommit] = []
         self._group = GroupCommit(pool, welcome_credits, max_inflight)
+        self._settings: tuple[list[str], int | None] | None = None
+
+    def configure(self, events: Sequence[str], low_balance: int | None) -> None:
+        """What the database's triggers need of this deployment's configuration: the app
+        webhook types subscribed, and the catalog's default low-balance threshold (schema.sql
+        `settings`). Written by `write_settings`, at start and, if the database was down
+        then, by the jobs loop until it is."""
+        self._settings = (list(events), low_balance)
+
+    async def write_settings(self) -> None:
+        """Write what `configure` was given, once (every instance, at start)."""
+        if self._settings is not None:
+            await self.pool.execute("SELECT balance.balance_configure($1::text[], $2)",
+                                    *self._settings)
+            self._settings = None
 
     def on_commit(self, hook: OnCommit) -> None:
         """Hand every committed change to `hook` from now on (the push publisher)."""
@@ -195,7 +210,7 @@ class Ledger:
         """The account's own low_balance threshold (None: its plan's or the catalog's); the
         change is pushed, as it may turn `low` on or off."""
         row = await movement(
-            self.pool, "SELECT (r).* FROM balance_set_alerts($1, $2, $3) r", account_id,
+            self.pool, "SELECT (r).* FROM balance.balance_set_alerts($1, $2, $3) r", account_id,
             self.welcome, low_balance)
         return self._outcome(row, None)
 
@@ -219,26 +234,33 @@ class Ledger:
 
     async def sweep(self, limit: int = 500) -> list[str]:
         """Expire due holds and lots; the kind of each change committed."""
-        rows = await movements(self.pool, "SELECT (r).* FROM balance_sweep($1) r", limit)
+        rows = await movements(self.pool, "SELECT (r).* FROM balance.balance_sweep($1) r", limit)
         for row in rows:
             self._committed(row, None)
         return [row["kind"] for row in rows]
 
     async def account(self, account_id: str) -> bytes:
-        """The account object as JSON, creating the account on first mention."""
+        """The account object as JSON; an unknown one reads as a new one would, and is not
+        created (a read never writes: its welcome credits come with its first movement)."""
         text: str = await self.pool.fetchval(
-            "SELECT balance_account($1, $2)::text", account_id, self.welcome
+            "SELECT balance.balance_account($1, $2)::text", account_id, self.welcome
         )
         return text.encode()
 
+    async def open(self, account_id: str) -> bytes:
+        """Create the account if new (its welcome credits granted once), as JSON. Being
+        created moves nothing a reader did not already see (it read as new), so no push."""
+        text: str = await self.pool.fetchval(
+            "SELECT balance.balance_open_account($1, $2)::text", account_id, self.welcome)
+        return text.encode()
+
     async def snapshot(self, account_ids: Sequence[str]) -> list[BalanceFrame]:
-        """Current state of each account (created if new), for WebSocket snapshots."""
+        """Current state of each account (as a new one would read if unknown), for
+        WebSocket snapshots."""
         if not account_ids:
             return []
-        # balance_account() creates missing rows; they are read back from its own result
-        # because a join in the same statement could not see rows it inserted.
         rows = await self.pool.fetch(
-            "SELECT balance_account(id, $2)::text AS j FROM unnest($1::text[]) AS id",
+            "SELECT balance.balance_account(id, $2)::text AS j FROM unnest($1::text[]) AS id",
             list(account_ids), self.welcome,
         )
         frames = []
@@ -251,11 +273,12 @@ class Ledger:
     async def forget_old_keys(self, days: int) -> int:
         """Drop idempotency records past retention; keys older than that may be reused."""
         result: str = await self.pool.execute(
-            "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(days => $1)",
+            "DELETE FROM balance.idempotency_keys"
+            " WHERE created_at < now() - make_interval(days => $1)",
             days,
         )
         return int(result.split()[-1])
 
     async def reconcile(self) -> list[asyncpg.Record]:
         """Accounts whose totals disagree with the ledger or with their holds."""
-        return list(await self.pool.fetch("SELECT * FROM balance_reconcile()"))
+        return list(await self.pool.fetch("SELECT * FROM balance.balance_reconcile()"))

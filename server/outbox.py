@@ -43,14 +43,14 @@ STATUSES = ("pending", "delivered", "failed")
 async def events_page(pool: asyncpg.Pool, status: str | None, limit: int,
                       before: int | None) -> bytes:
     """GET /v1/events: `{"events": [...], "next"}`, newest first, with every attempt."""
-    text: str = await pool.fetchval("SELECT balance_events_json($1, $2, $3)::text",
+    text: str = await pool.fetchval("SELECT balance.balance_events_json($1, $2, $3)::text",
                                     status, limit, before)
     return text.encode()
 
 
 async def retry(pool: asyncpg.Pool, event_id: int) -> str | None:
     """Make an event due now again, whatever its status; its webhook-id, or None."""
-    webhook_id: str | None = await pool.fetchval("SELECT balance_retry_event($1)", event_id)
+    webhook_id: str | None = await pool.fetchval("SELECT balance.balance_retry_event($1)", event_id)
     return webhook_id
 
 
@@ -114,7 +114,7 @@ class Outbox:
         room = min(BATCH, CONCURRENCY - self._busy)
         rows = await self._pool.fetch(
             "SELECT id, webhook_id, type, data::text AS data, attempts, created_at"
-            " FROM balance_claim_events($1, $2)", room, self._lease)
+            " FROM balance.balance_claim_events($1, $2)", room, self._lease)
         if rows:
             self._busy += len(rows)
             task = asyncio.create_task(self._deliver(rows))
@@ -131,7 +131,7 @@ class Outbox:
         attempts = [row["attempts"] for row in rows]
         try:
             await self._pool.execute(
-                "SELECT balance_record_attempt(e, a, s, l, x, r) FROM unnest("
+                "SELECT balance.balance_record_attempt(e, a, s, l, x, r) FROM unnest("
                 "$1::bigint[], $2::int[], $3::int[], $4::int[], $5::text[], $6::float8[])"
                 " AS t(e, a, s, l, x, r)",
                 [row["id"] for row in rows], attempts, [r[0] for r in results],

@@ -16,8 +16,8 @@ from server import errors
 from server.catalog import Catalog
 from server.ledger import Ledger, Outcome, jsonb
 
-_SET_SQL = "SELECT (r).* FROM balance_set_plan($1,$2,$3,$4,$5,$6) r"
-_RENEW_SQL = "SELECT (r).* FROM balance_renew($1) r"
+_SET_SQL = "SELECT (r).* FROM balance.balance_set_plan($1,$2,$3,$4,$5,$6) r"
+_RENEW_SQL = "SELECT (r).* FROM balance.balance_renew($1) r"
 
 
 class Plans:
@@ -31,7 +31,8 @@ class Plans:
         """Write the catalog's plans to the database (at start, by every instance)."""
         plans = {name: msgspec.to_builtins(plan) for name, plan in self._catalog.plans.items()}
         if plans:
-            await self._ledger.pool.execute("SELECT balance_sync_plans($1::jsonb)", jsonb(plans))
+            await self._ledger.pool.execute("SELECT balance.balance_sync_plans($1::jsonb)",
+                                            jsonb(plans))
 
     async def assign(
         self, account_id: str, plan: str | None, anchor: datetime | None,
@@ -56,7 +57,7 @@ class Plans:
         """`{"plan", "period", "period_start", "period_end", "allowance",
         "allowance_remaining", "rollover", "limits": {op: {"limit", "used"}}}`."""
         text: str = await self._ledger.pool.fetchval(
-            "SELECT balance_plan_json($1, $2)::text", account_id, self._ledger.welcome)
+            "SELECT balance.balance_plan_json($1, $2)::text", account_id, self._ledger.welcome)
         return text.encode()
 
     async def check(
@@ -65,7 +66,7 @@ class Plans:
         """What a charge of `quantity` × `operation`, or a debit of `amount`, would answer."""
         base = self._catalog.prices.get(operation) if operation is not None else None
         text: str = await self._ledger.pool.fetchval(
-            "SELECT balance_check($1, $2, $3, $4, $5, $6)::text", account_id,
+            "SELECT balance.balance_check($1, $2, $3, $4, $5, $6)::text", account_id,
             self._ledger.welcome, operation, quantity, base, amount)
         return text.encode()
 

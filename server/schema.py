@@ -5,6 +5,12 @@ recorded with its checksum; `definitions` (CREATE OR REPLACE functions and views
 only when their text changed or a step ran before them; an `index` is built once, with
 CREATE INDEX CONCURRENTLY after the rest commits. So a re-run with nothing new only reads
 `schema_migrations`: no table of money is locked or rewritten by a deploy.
+
+Everything lives in one PostgreSQL schema of its own (`balance` unless configured), so the
+server can share the app's database: schema.sql names nothing by schema, it runs with that
+schema first on the search_path, and every function is pinned to it (a pooler hands each
+transaction to any server session, so no session setting can be relied on). An install of
+0.1.x, made in `public`, is moved there once (`_adopt_public`).
 """
 
 from __future__ import annotations
@@ -16,11 +22,15 @@ from dataclasses import dataclass
 import asyncpg
 
 from server import shipped
+from server.config import SCHEMA_NAME
 
 SCHEMA_PATH = shipped.path("schema.sql")
 # pg_advisory_xact_lock key: two instances running `migrate` at once take turns.
 _MIGRATE_LOCK = 0x62616C616E6365
 _MARKER = re.compile(r"^-- (step|definitions|index): (\S+)\s*$", re.MULTILINE)
+# What schema.sql creates, by kind; our functions all start with `balance_`.
+_CREATED = re.compile(r"^CREATE (?:OR REPLACE )?(TABLE|TYPE|VIEW)(?: IF NOT EXISTS)? (\w+)",
+                      re.MULTILINE)
 
 
 class MigrationError(Exception):
@@ -59,13 +69,26 @@ def sections(text: str) -> list[Section]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection, schema: str | None = None) -> list[str]:
-    """Apply what schema.sql has that the database lacks; the names of the sections run."""
-    text = SCHEMA_PATH.read_text() if schema is None else schema
+def _quoted(schema: str) -> str:
+    if not SCHEMA_NAME.fullmatch(schema):
+        raise MigrationError(f"schema name {schema!r}: lower-case letters, digits and _")
+    return f'"{schema}"'
+
+
+async def migrate(conn: asyncpg.Connection, text: str | None = None, *,
+                  schema: str = "balance") -> list[str]:
+    """Apply what schema.sql (or `text`) has that the database lacks, in `schema`; the
+    names of the sections run."""
+    text = SCHEMA_PATH.read_text() if text is None else text
     plan = sections(text)
+    ident = _quoted(schema)
     ran: list[str] = []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATE_LOCK)
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {ident}")
+        # pg_temp last: a temporary table of the session can never stand in for ours.
+        await conn.execute(f"SET LOCAL search_path = {ident}, pg_catalog, pg_temp")
+        moved = await _adopt_public(conn, text, schema)
         await conn.execute(
             """
             CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -94,7 +117,7 @@ async def migrate(conn: asyncpg.Connection, schema: str | None = None) -> list[s
                         )
                     continue
                 step_ran = True
-            elif recorded == section.checksum and not step_ran:
+            elif recorded == section.checksum and not step_ran and not moved:
                 continue
             await conn.execute(section.sql)
             await conn.execute(
@@ -105,18 +128,83 @@ async def migrate(conn: asyncpg.Connection, schema: str | None = None) -> list[s
                 section.name, section.kind, section.checksum,
             )
             ran.append(section.name)
+        await _pin_functions(conn, schema)
     for section in plan:
         if section.kind == "index" and section.name not in applied:
-            await _build_index(conn, section)
+            await _build_index(conn, section, ident)
             ran.append(section.name)
     return ran
 
 
-async def _build_index(conn: asyncpg.Connection, section: Section) -> None:
+async def _adopt_public(conn: asyncpg.Connection, text: str, schema: str) -> bool:
+    """Move an install of 0.1.x from `public` into `schema`, once; whether it did.
+
+    Only what is certainly ours moves: there must be no install in `schema` yet, and
+    `public` must hold our ledger (accounts, transactions and the function balance_post
+    beside them), so an app's own `accounts` table is never taken. Tables move with their
+    indexes, constraints, triggers and identity sequences; ALTER ... SET SCHEMA rewrites
+    no row.
+    """
+    if schema == "public" or await conn.fetchval(
+            "SELECT to_regclass(quote_ident($1) || '.accounts') IS NOT NULL", schema):
+        return False
+    ours = await conn.fetchval("""
+        SELECT to_regclass('public.accounts') IS NOT NULL
+           AND to_regclass('public.transactions') IS NOT NULL
+           AND EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'balance_post'
+                       AND pronamespace = 'public'::regnamespace)""")
+    if not ours:
+        return False
+    ident = _quoted(schema)
+    named = {kind: {name for k, name in _CREATED.findall(text) if k == kind}
+             for kind in ("TABLE", "TYPE", "VIEW")}
+    named["TABLE"].add("schema_migrations")
+    for kind, relkinds in (("VIEW", ["v"]), ("TABLE", ["r", "p"])):
+        for name in await conn.fetch(
+                "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+                " AND relkind = ANY($1::char[]) AND relname = ANY($2::text[])",
+                relkinds, sorted(named[kind])):
+            await conn.execute(f'ALTER {kind} public."{name[0]}" SET SCHEMA {ident}')
+    for name in await conn.fetch(
+            "SELECT typname FROM pg_type WHERE typnamespace = 'public'::regnamespace"
+            " AND typtype IN ('c', 'e', 'd') AND typname = ANY($1::text[])",
+            sorted(named["TYPE"])):
+        await conn.execute(f'ALTER TYPE public."{name[0]}" SET SCHEMA {ident}')
+    for signature in await conn.fetch(_SIGNATURES + " AND p.proname LIKE 'balance\\_%'",
+                                      "public"):
+        await conn.execute(f"ALTER FUNCTION {signature[0]} SET SCHEMA {ident}")
+    return True
+
+
+# Each function of a schema as ALTER FUNCTION names it, whatever the search_path.
+_SIGNATURES = ("SELECT format('%I.%I(%s)', n.nspname, p.proname,"
+               " pg_get_function_identity_arguments(p.oid))"
+               " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+               " WHERE n.nspname = $1 AND p.prokind = 'f'")
+
+
+async def _pin_functions(conn: asyncpg.Connection, schema: str) -> None:
+    """Give each function of ours its search_path: called from any session (a pooler's,
+    an app's), its body finds our tables, and only ours. Only functions not pinned yet:
+    a re-run with nothing new alters nothing."""
+    for signature in await conn.fetch(
+            _SIGNATURES + " AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c"
+            " WHERE c LIKE 'search_path=%')", schema):
+        await conn.execute(
+            f"ALTER FUNCTION {signature[0]} SET search_path = {_quoted(schema)}, pg_catalog,"
+            " pg_temp")
+
+
+async def _build_index(conn: asyncpg.Connection, section: Section, ident: str) -> None:
     """CREATE INDEX CONCURRENTLY, outside any transaction: a big ledger takes its writes
     while the index builds. The section is named after its index; one a failed build left
     invalid is dropped and built again."""
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATE_LOCK)
+    # A session setting, for the one statement that cannot run in a transaction (`migrate`
+    # needs a session of its own: a direct or session-mode URL, never a transaction pooler);
+    # the caller's is given back.
+    caller_path = await conn.fetchval("SELECT current_setting('search_path')")
+    await conn.execute(f"SET search_path = {ident}, pg_catalog, pg_temp")
     try:
         if await conn.fetchval("SELECT 1 FROM schema_migrations WHERE name = $1", section.name):
             return  # another migrator built it meanwhile
@@ -130,4 +218,5 @@ async def _build_index(conn: asyncpg.Connection, section: Section) -> None:
             "INSERT INTO schema_migrations (name, kind, checksum) VALUES ($1, 'index', $2)",
             section.name, section.checksum)
     finally:
+        await conn.execute("SELECT set_config('search_path', $1, false)", caller_path)
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK)

@@ -61,6 +61,11 @@ def _bounded(test: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[No
     return run
 
 
+# Tests read and write our tables by their plain names; the server itself never relies on
+# a session's search_path (a pooler's session is anyone's), only test connections do.
+IN_SCHEMA = {"search_path": "balance, public"}
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[devservers.PostgresServer]:
     with devservers.start_postgres() as pg:
@@ -104,7 +109,8 @@ async def db(migrated: str) -> AsyncIterator[asyncpg.Pool]:
 
     When the run ends, every account the whole suite touched must reconcile: balance ==
     sum(ledger), held == active holds, grants == what is owned."""
-    pool = await asyncpg.create_pool(migrated, min_size=1, max_size=5)
+    pool = await asyncpg.create_pool(migrated, min_size=1, max_size=5,
+                                     server_settings=IN_SCHEMA)
     assert pool is not None
     yield pool
     try:

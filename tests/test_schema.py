@@ -13,6 +13,7 @@ import pytest
 
 from server.dev import servers as devservers
 from server.schema import SCHEMA_PATH, MigrationError, migrate, sections
+from tests.conftest import IN_SCHEMA
 
 RELEASE_0_1_0 = Path(__file__).resolve().parent / "data" / "schema-0.1.0.sql"
 
@@ -23,7 +24,8 @@ async def fresh_db(postgres: devservers.PostgresServer) -> AsyncIterator[asyncpg
     name = f"m_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(postgres.url)
     await admin.execute(f"CREATE DATABASE {name}")
-    conn = await asyncpg.connect(postgres.url.rsplit("/", 1)[0] + f"/{name}")
+    conn = await asyncpg.connect(postgres.url.rsplit("/", 1)[0] + f"/{name}",
+                                 server_settings=IN_SCHEMA)
     try:
         yield conn
     finally:
@@ -58,7 +60,7 @@ async def test_a_rerun_applies_nothing_and_waits_for_no_lock(
     # Another session is in the middle of a debit: it holds row locks on the ledger.
     name = await fresh_db.fetchval("SELECT current_database()")
     url = postgres.url.rsplit("/", 1)[0] + "/" + name
-    busy = await asyncpg.connect(url)
+    busy = await asyncpg.connect(url, server_settings=IN_SCHEMA)
     try:
         tx = busy.transaction()
         await tx.start()
@@ -134,6 +136,17 @@ async def test_upgrade_from_release_0_1_0_keeps_every_row(fresh_db: asyncpg.Conn
     ran = await migrate(db)
     assert ran == [s.name for s in sections(SCHEMA_PATH.read_text())]
     assert await migrate(db) == []
+    # 0.1.0 lived in `public`: everything of it moved to the schema of our own, rows kept.
+    assert await db.fetchval("SELECT to_regclass('public.accounts')") is None
+    assert await db.fetchval(
+        "SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace") == 0
+    assert await db.fetchval("SELECT count(*) FROM pg_class"
+                             " WHERE relnamespace = 'public'::regnamespace") == 0
+    assert await db.fetchval("SELECT count(*) FROM balance.transactions") == rows_before[0]
+    # ...and each function finds the tables from a session whose search_path has no `balance`.
+    await db.execute("SET search_path = public")
+    assert await db.fetch("SELECT * FROM balance.balance_reconcile()") == []
+    await db.execute("RESET search_path")
 
     after = await db.fetchrow("SELECT * FROM accounts WHERE account_id = 'old'")
     # expired_held added; expiring gone (every credit is in a grant now); no plan.
@@ -225,3 +238,35 @@ async def test_stripe_amounts_kept_in_stripes_units_become_iso_minor_units(
         "SELECT payment_id, refunded, paid FROM payment_refunds")}
     assert refunds == {"pi_isk": (75001, 150000), "pi_mga": (5000000, 10000000)}
     assert await fresh_db.fetchval("SELECT amount FROM payment_disputes") == 1
+
+
+async def test_an_apps_own_tables_in_public_are_left_alone(fresh_db: asyncpg.Connection) -> None:
+    """Pointed at the app's own database, migrate creates everything in `balance` and
+    neither adopts nor trips over the app's `accounts` (another shape) or `events`."""
+    await fresh_db.execute("""
+        CREATE TABLE public.accounts (id serial PRIMARY KEY, email text NOT NULL);
+        CREATE TABLE public.events (id serial PRIMARY KEY, name text);
+        INSERT INTO public.accounts (email) VALUES ('a@example.com');""")
+    await migrate(fresh_db)
+    assert await fresh_db.fetchval("SELECT string_agg(email, ',') FROM public.accounts") == (
+        "a@example.com")
+    columns = {r[0] for r in await fresh_db.fetch(
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = 'public' AND table_name = 'accounts'")}
+    assert columns == {"id", "email"}
+    assert await fresh_db.fetchval(
+        "SELECT (balance.balance_post('a', 0, 'k', '\\x00'::bytea, 'grant', 5, NULL, NULL,"
+        " NULL, 'available')).result") == "ok"
+    assert await fresh_db.fetchval(
+        "SELECT balance FROM balance.accounts WHERE account_id = 'a'") == 5
+
+
+async def test_another_schema_name(fresh_db: asyncpg.Connection) -> None:
+    await migrate(fresh_db, schema="credits")
+    assert await fresh_db.fetchval("SELECT to_regclass('balance.accounts')") is None
+    await fresh_db.execute("SET search_path = public")
+    assert await fresh_db.fetchval(
+        "SELECT (credits.balance_post('a', 0, 'k', '\\x00'::bytea, 'grant', 5, NULL, NULL,"
+        " NULL, 'available')).result") == "ok"
+    assert await fresh_db.fetch("SELECT * FROM credits.balance_reconcile()") == []
+    assert await migrate(fresh_db, schema="credits") == []

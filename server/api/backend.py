@@ -46,8 +46,14 @@ MAX_USAGE_RANGE = timedelta(days=366)
 
 
 async def get_account(request: Request) -> bytes:
-    """The account (created on first mention)."""
+    """The account; an unknown one reads as a new one would, and is not created."""
     return await resources(request).ledger.account(account_param(request))
+
+
+async def open_account(request: Request) -> bytes:
+    """Create the account now (at the app's signup), welcome credits included; the same
+    account again changes nothing."""
+    return await resources(request).ledger.open(account_param(request))
 
 
 async def debit(request: Request) -> Outcome:

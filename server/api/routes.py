@@ -58,7 +58,10 @@ class Operation:
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/v1/accounts/{account_id}", backend.get_account,
-              "Read an account", "service"),
+              "Read an account (an unknown one reads as new; nothing is created)", "service"),
+    Operation("POST", "/v1/accounts/{account_id}", backend.open_account,
+              "Create the account now, with its welcome credits (idempotent)", "service",
+              body_required=False),
     Operation("POST", "/v1/accounts/{account_id}/debit", backend.debit,
               "Spend credits", "service", DebitRequest, refusals=(402, 409)),
     Operation("POST", "/v1/accounts/{account_id}/credit", backend.credit,

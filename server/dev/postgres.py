@@ -130,7 +130,7 @@ def _embedded_pg_bin() -> Path:
     return target / "bin"
 
 
-def _pg_os_user() -> pwd.struct_passwd | None:
+def pg_os_user() -> pwd.struct_passwd | None:
     """The account PostgreSQL runs as: None means "this process" (we are not root)."""
     if os.geteuid() != 0:
         return None
@@ -267,7 +267,7 @@ def start_postgres(root: Path | None = None, port: int | None = None) -> Postgre
     bin_dir = None if force_embedded() else _system_pg_bin()
     if bin_dir is None:
         bin_dir = _embedded_pg_bin()
-    user = _pg_os_user()
+    user = pg_os_user()
     env = _pg_env(user)
 
     owned = root is None

@@ -175,7 +175,7 @@ class Checkout:
         """`{"url", "provider", "session_id", "credits", "amount", "currency"}`, and whether
         it replays the session an earlier request with this key created."""
         stored = await self._pool.fetchrow(
-            "SELECT request_hash, response::text AS response FROM checkouts"
+            "SELECT request_hash, response::text AS response FROM balance.checkouts"
             " WHERE account_id = $1 AND key = $2", account_id, req.idempotency_key)
         if stored is not None:
             if stored["request_hash"] != fingerprint:
@@ -203,7 +203,7 @@ class Checkout:
         text = json.dumps(body, separators=(",", ":"))
         winner: str | None = await self._pool.fetchval(
             """
-            INSERT INTO checkouts (account_id, key, request_hash, response)
+            INSERT INTO balance.checkouts (account_id, key, request_hash, response)
             VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT DO NOTHING RETURNING response::text
             """,
             account_id, req.idempotency_key, fingerprint, text)

@@ -33,13 +33,13 @@ from server.payments.events import (
 log = logging.getLogger("balance.payments")
 
 _PURCHASE_SQL = (
-    "SELECT (r).* FROM (SELECT balance_purchase($1,$2,$3,$4,$5,$6,$7,$8::jsonb,$9,$10) r) s"
+    "SELECT (r).* FROM (SELECT balance.balance_purchase($1,$2,$3,$4,$5,$6,$7,$8::jsonb,$9,$10) r) s"
 )
 _REFUND_SQL = (
-    "SELECT (r).* FROM (SELECT balance_refund($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) r) s"
+    "SELECT (r).* FROM (SELECT balance.balance_refund($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) r) s"
 )
-_DISPUTE_SQL = "SELECT (r).* FROM (SELECT balance_dispute($1,$2,$3,$4,$5,$6,$7) r) s"
-_UNFULFILLED_SQL = "SELECT balance_record_unfulfilled($1,$2,$3,$4,$5,$6::jsonb)"
+_DISPUTE_SQL = "SELECT (r).* FROM (SELECT balance.balance_dispute($1,$2,$3,$4,$5,$6,$7) r) s"
+_UNFULFILLED_SQL = "SELECT balance.balance_record_unfulfilled($1,$2,$3,$4,$5,$6::jsonb)"
 NOT_POSTED = "BL001"  # schema.sql: a reversal whose ledger row cannot be written
 
 
@@ -67,7 +67,7 @@ class Fulfilment:
                                                         payload)}
         if isinstance(action, PaymentFailed):
             await self._ledger.pool.execute(
-                "SELECT balance_top_up_failed(NULL, $1, $2, $3::jsonb)", action.payment_id,
+                "SELECT balance.balance_top_up_failed(NULL, $1, $2, $3::jsonb)", action.payment_id,
                 action.error, jsonb({"payment_intent": action.payment_id}))
             return {**answer, "result": "payment_failed"}
         if isinstance(action, Purchase):

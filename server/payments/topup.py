@@ -43,7 +43,7 @@ async def configure(pool: asyncpg.Pool, welcome: int, account_id: str,
     """Configure (armed at once unless a top-up is in flight) or turn off (None) the
     account's auto top-up: `{"auto_top_up": ... or null}`."""
     text: str = await pool.fetchval(
-        "SELECT balance_set_auto_top_up($1, $2, $3, $4, $5, $6)::text", account_id, welcome,
+        "SELECT balance.balance_set_auto_top_up($1, $2, $3, $4, $5, $6)::text", account_id, welcome,
         *((config.package, config.threshold, config.stripe_customer,
            config.stripe_payment_method) if config else (None,) * 4))
     return text.encode()
@@ -60,7 +60,8 @@ class TopUps:
     async def run_due(self, limit: int = 8) -> int:
         """Create the PaymentIntents of up to `limit` due requests, at once, each within
         DEADLINE (so the jobs loop around this is never held longer); how many."""
-        rows = await self._pool.fetch("SELECT * FROM balance_claim_top_ups($1, $2)", limit, LEASE)
+        rows = await self._pool.fetch("SELECT * FROM balance.balance_claim_top_ups($1, $2)",
+                                      limit, LEASE)
         await asyncio.gather(*(self._create(row) for row in rows))
         return len(rows)
 
@@ -111,7 +112,7 @@ class TopUps:
             return
         except _TRANSIENT as exc:
             log.warning("auto top-up %s: stripe unavailable: %s", request, type(exc).__name__)
-            await self._pool.execute("SELECT balance_top_up_later($1, $2, $3)", row["id"],
+            await self._pool.execute("SELECT balance.balance_top_up_later($1, $2, $3)", row["id"],
                                      RETRY_IN, type(exc).__name__)
             return
         except stripe.StripeError as exc:  # refused for good (bad customer, key, ...)
@@ -123,9 +124,10 @@ class TopUps:
             # Off session nobody can authenticate: as good as a decline.
             await self._failed(request, f"payment_intent_{intent.status}", data)
             return
-        await self._pool.execute("SELECT balance_top_up_created($1, $2, $3::jsonb)", row["id"],
-                                 intent.id, json.dumps(data))
+        await self._pool.execute("SELECT balance.balance_top_up_created($1, $2, $3::jsonb)",
+                                 row["id"], intent.id, json.dumps(data))
 
     async def _failed(self, request: str, error: str, data: dict[str, Any]) -> None:
-        await self._pool.execute("SELECT balance_top_up_failed($1::uuid, NULL, $2, $3::jsonb)",
-                                 request, error, json.dumps(data))
+        await self._pool.execute(
+            "SELECT balance.balance_top_up_failed($1::uuid, NULL, $2, $3::jsonb)",
+            request, error, json.dumps(data))

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -31,19 +32,37 @@ async def test_new_account_springs_into_being(client: httpx.AsyncClient, account
     assert (body["plan"], body["period_end"], body["low"]) == (None, None, True)
 
 
-async def test_welcome_credits_granted_once(start_app: StartApp, account: str) -> None:
+async def test_welcome_credits_granted_once(
+    start_app: StartApp, db: asyncpg.Pool, account: str
+) -> None:
+    """Reads never write: an unknown account reads as a new one would (its welcome credits
+    included), and nothing is created until its first movement, which grants them once."""
     app = await start_app(welcome_credits=25)
     async with app.client() as c:
         first = await c.get(f"/v1/accounts/{account}")
+        assert first.json()["balance"] == 25 and first.json()["version"] == 1
+        for path in ("", "/transactions", "/usage", "/grants", "/plan"):
+            assert (await c.get(f"/v1/accounts/{account}{path}")).status_code == 200, path
+        assert (await c.get(f"/v1/accounts/{account}/transactions")).json() == {
+            "transactions": [], "next": None}
+        assert await db.fetchval(
+            "SELECT count(*) FROM accounts WHERE account_id = $1", account) == 0
+        r = await c.post(f"/v1/accounts/{account}/debit",
+                         json={"amount": 5, "reason": "r", "idempotency_key": key()})
+        assert r.status_code == 200 and r.json()["account"]["balance"] == 20
+        assert r.json()["account"]["version"] == 2
         second = await c.get(f"/v1/accounts/{account}")
-        assert first.json()["balance"] == 25 and second.json()["balance"] == 25
+        assert second.json()["balance"] == 20
         history = (await c.get(f"/v1/accounts/{account}/transactions")).json()["transactions"]
-    assert [(t["kind"], t["amount"]) for t in history] == [("grant", 25)]
-    async with app.client() as c:  # history is the first mention: the grant is in it
-        fresh = f"{account}-h"
-        history = (await c.get(f"/v1/accounts/{fresh}/transactions")).json()
-    assert [(t["kind"], t["amount"]) for t in history["transactions"]] == [("grant", 25)]
-    assert history["next"] is None
+    assert [(t["kind"], t["amount"]) for t in history] == [("usage", -5), ("grant", 25)]
+    async with app.client() as c:  # or an explicit create, at signup: once, however often
+        fresh = f"{account}-signup"
+        for _ in range(2):
+            r = await c.post(f"/v1/accounts/{fresh}")
+            assert r.status_code == 200 and r.json()["balance"] == 25, r.text
+        history = (await c.get(f"/v1/accounts/{fresh}/transactions")).json()["transactions"]
+    assert [(t["kind"], t["amount"], t["reason"]) for t in history] == [
+        ("grant", 25, "welcome credits")]
     await app.stop()
 
 
