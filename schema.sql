@@ -2393,6 +2393,29 @@ BEGIN
     RETURN 'recorded';
 END $$;
 
+-- ================================================================ import
+
+-- definitions: import
+-- What `balance-server import` would do with each row, read without writing anything
+-- (server/importer.py): whether the account exists (the import adds to its balance), and
+-- whether its import keys are taken: 'same' by this very row (a re-run: replayed),
+-- 'other' by another balance, expiry or plan (a conflict), NULL while free.
+CREATE OR REPLACE FUNCTION balance_import_preview(
+    p_accounts text[], p_key text, p_hashes bytea[], p_plan_key text, p_plan_hashes bytea[]
+) RETURNS TABLE (idx int, existed boolean, credit_key text, plan_key text)
+LANGUAGE sql STABLE AS $$
+    SELECT t.i::int, a.account_id IS NOT NULL,
+           CASE WHEN k.request_hash IS NULL THEN NULL
+                WHEN k.request_hash = t.h THEN 'same' ELSE 'other' END,
+           CASE WHEN pk.request_hash IS NULL THEN NULL
+                WHEN pk.request_hash = t.ph THEN 'same' ELSE 'other' END
+    FROM unnest(p_accounts, p_hashes, p_plan_hashes) WITH ORDINALITY AS t(acc, h, ph, i)
+    LEFT JOIN accounts a ON a.account_id = t.acc
+    LEFT JOIN idempotency_keys k ON k.account_id = t.acc AND k.key = p_key
+    LEFT JOIN idempotency_keys pk ON pk.account_id = t.acc AND pk.key = p_plan_key
+    ORDER BY t.i
+$$;
+
 -- ================================================================ retention
 
 -- definitions: retention
