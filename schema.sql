@@ -2462,6 +2462,78 @@ BEGIN
     RETURN 'recorded';
 END $$;
 
+-- ================================================================ import
+
+-- definitions: import
+-- What `balance-server import` would do with each row, read without writing anything
+-- (server/importer.py): whether the account exists (the import adds to its balance), and
+-- whether its import keys are taken: 'same' by this very row (a re-run: replayed),
+-- 'other' by another balance, expiry or plan (a conflict), NULL while free.
+CREATE OR REPLACE FUNCTION balance_import_preview(
+    p_accounts text[], p_key text, p_hashes bytea[], p_plan_key text, p_plan_hashes bytea[]
+) RETURNS TABLE (idx int, existed boolean, credit_key text, plan_key text)
+LANGUAGE sql STABLE AS $$
+    SELECT t.i::int, a.account_id IS NOT NULL,
+           CASE WHEN k.request_hash IS NULL THEN NULL
+                WHEN k.request_hash = t.h THEN 'same' ELSE 'other' END,
+           CASE WHEN pk.request_hash IS NULL THEN NULL
+                WHEN pk.request_hash = t.ph THEN 'same' ELSE 'other' END
+    FROM unnest(p_accounts, p_hashes, p_plan_hashes) WITH ORDINALITY AS t(acc, h, ph, i)
+    LEFT JOIN accounts a ON a.account_id = t.acc
+    LEFT JOIN idempotency_keys k ON k.account_id = t.acc AND k.key = p_key
+    LEFT JOIN idempotency_keys pk ON pk.account_id = t.acc AND pk.key = p_plan_key
+    ORDER BY t.i
+$$;
+
+-- ================================================================ retention
+
+-- definitions: retention
+-- One batch of retention (server/retention.py loops until a batch comes back short):
+-- idempotency keys older than p_key_days, and app webhook events delivered more than
+-- p_event_days ago with their attempts, at most p_batch of each. Pending events are still
+-- owed to the app and failed ones are an operator's to look at (and retry): both stay.
+-- Kept too, whatever their age: the keys of `balance-server import` (system:import...),
+-- the only record that an account's old balance came in, so a re-run years later cannot
+-- credit it twice. Payments need no key kept: their rows (payments, payment_refunds,
+-- payment_disputes) are what makes each happen once; a key only caches a response.
+-- One instance at a time: a transaction-scoped advisory lock (a session lock would outlive
+-- the transaction on a PgBouncer connection in transaction mode, held by a stranger); a
+-- caller that does not get it skips (ran false) and leaves the work to the holder.
+CREATE OR REPLACE FUNCTION balance_prune(p_key_days int, p_event_days int, p_batch int)
+RETURNS TABLE (ran boolean, keys_deleted int, events_deleted int, attempts_deleted int)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_events bigint[];
+BEGIN
+    ran := false;
+    keys_deleted := 0;
+    events_deleted := 0;
+    attempts_deleted := 0;
+    -- 0x7072756E ('prun') namespaces it away from migrate's and the payments' locks.
+    IF NOT pg_try_advisory_xact_lock(1886549358, 0) THEN
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    ran := true;
+    DELETE FROM idempotency_keys k USING (
+        SELECT o.account_id, o.key FROM idempotency_keys o
+        WHERE o.created_at < now() - make_interval(days => p_key_days)
+          AND o.key NOT LIKE 'system:import%'
+        ORDER BY o.created_at LIMIT p_batch FOR UPDATE SKIP LOCKED) d
+    WHERE k.account_id = d.account_id AND k.key = d.key;
+    GET DIAGNOSTICS keys_deleted = ROW_COUNT;
+    SELECT COALESCE(array_agg(e.id), '{}') INTO v_events FROM (
+        SELECT o.id FROM events o
+        WHERE o.status = 'delivered'
+          AND o.delivered_at < now() - make_interval(days => p_event_days)
+        ORDER BY o.delivered_at LIMIT p_batch FOR UPDATE SKIP LOCKED) e;
+    DELETE FROM event_attempts WHERE event_id = ANY(v_events);
+    GET DIAGNOSTICS attempts_deleted = ROW_COUNT;
+    DELETE FROM events WHERE id = ANY(v_events);
+    GET DIAGNOSTICS events_deleted = ROW_COUNT;
+    RETURN NEXT;
+END $$;
+
 -- ================================================================ indexes
 -- Built with CREATE INDEX CONCURRENTLY, after everything above commits: the ledger keeps
 -- taking writes while they build. Each section is named after its index.
@@ -2471,3 +2543,9 @@ END $$;
 -- usage (kind = 'usage'), without walking the account's whole ledger.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS transactions_account_kind_idx
     ON transactions (account_id, kind, id);
+
+-- index: events_delivered_idx
+-- Retention finds the events delivered before its cutoff without walking every delivered
+-- event each hour (balance_prune).
+CREATE INDEX CONCURRENTLY IF NOT EXISTS events_delivered_idx
+    ON events (delivered_at) WHERE status = 'delivered';

@@ -1,4 +1,4 @@
-"""balance-server serve | migrate | dev | reconcile | token ACCOUNT."""
+"""balance-server serve | migrate | dev | reconcile | import FILE | token ACCOUNT."""
 
 from __future__ import annotations
 
@@ -86,6 +86,22 @@ async def _reconcile(database: Database) -> int:
         )
     print(f"reconcile: {checked} accounts checked, {len(rows)} mismatched")
     return 1 if rows else 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    """With the server's database and catalog (its plans); the alert threshold and webhook
+    types the movements need are the database's own (the `settings` row the server wrote)."""
+    from server import importer
+    from server.catalog import load as load_catalog
+
+    catalog = load_catalog(os.environ.get("BALANCE_CATALOG_FILE") or None,
+                           os.environ.get("BALANCE_PRICES_FILE") or None)
+    try:
+        return asyncio.run(importer.main(Database.from_env(), catalog, args.file, args.format,
+                                         args.dry_run))
+    except importer.FileError as exc:
+        print(f"balance-server import: {exc}", file=sys.stderr)
+        return 2
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -214,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
                      help="allow a non-loopback --host, or a DATABASE_URL or REDIS_URL that dev "
                      "did not start")
     sub.add_parser("reconcile", help="check balance == sum(ledger) and held == active holds")
+    imp = sub.add_parser("import", help="move an existing credits table in (CSV or JSON lines: "
+                         "account_id, balance, plan?, expires_at?)")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--format", choices=("csv", "jsonl"),
+                     help="default: by extension (.csv, .jsonl, .ndjson)")
+    imp.add_argument("--dry-run", action="store_true",
+                     help="check the file and say what would happen; write nothing")
     token = sub.add_parser("token", help="print a user token for ACCOUNT")
     token.add_argument("account")
     token.add_argument("--ttl", type=int, default=3600)
@@ -238,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "reconcile":
             return asyncio.run(_reconcile(database))
+        if args.command == "import":
+            return _import(args)
         overrides: dict[str, object] = {}
         if args.host:
             overrides["host"] = args.host

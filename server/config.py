@@ -139,6 +139,8 @@ class Settings:
     db_batch_inflight: int = 1
     sweep_interval: float = 0.5
     idempotency_retention_days: int = 30
+    # Delivered app webhook events (and their attempts) are deleted this long after delivery.
+    event_retention_days: int = 30
     channel_prefix: str = "balance"
     metrics_token: str | None = field(default=None, repr=False)
     # Rate limits (server/limiter.py reads them), and sockets not yet authenticated: per
@@ -214,6 +216,9 @@ class Settings:
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1 (sockets that may wait for "
                                   "their auth frame)")
+        event_retention = _int(env, "BALANCE_EVENT_RETENTION_DAYS", 30)
+        if event_retention < 1:
+            raise ConfigError("BALANCE_EVENT_RETENTION_DAYS must be at least 1")
         welcome = _int(env, "BALANCE_WELCOME_CREDITS", 0)
         if not 0 <= welcome <= 10**12:
             raise ConfigError("BALANCE_WELCOME_CREDITS must be between 0 and 10^12")
@@ -253,6 +258,7 @@ class Settings:
             db_pooler=database.pooler,
             sweep_interval=_float(env, "BALANCE_SWEEP_INTERVAL", 0.5),
             idempotency_retention_days=_int(env, "BALANCE_IDEMPOTENCY_RETENTION_DAYS", 30),
+            event_retention_days=event_retention,
             channel_prefix=env.get("BALANCE_CHANNEL_PREFIX", "balance"),
             metrics_token=env.get("BALANCE_METRICS_TOKEN") or None,
             rate_limits=env.get("BALANCE_RATE_LIMITS", ""),

@@ -1,5 +1,6 @@
 """Periodic work, in every instance: expire due holds and grants, renew plans whose period
-ended, create the PaymentIntents of due auto top-ups, forget old keys.
+ended, create the PaymentIntents of due auto top-ups, and (one instance at a time) delete
+old idempotency keys and delivered app webhook events.
 
 Several instances run the same jobs safely: the SQL claims due rows with SKIP LOCKED, and
 each change it commits leaves through the ledger's door like any other.
@@ -9,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
-from server import metrics
+from server import metrics, retention
 from server.config import Settings
 from server.ledger import Ledger
 from server.payments.topup import TopUps
@@ -19,7 +19,7 @@ from server.plans import Plans
 
 log = logging.getLogger("balance.jobs")
 
-KEY_CLEANUP_EVERY = 3600.0  # seconds
+PRUNE_EVERY = 3600.0  # seconds
 
 
 class Jobs:
@@ -32,10 +32,13 @@ class Jobs:
         self._top_ups = top_ups
         self._interval = settings.sweep_interval
         self._retention_days = settings.idempotency_retention_days
+        self._event_retention_days = settings.event_retention_days
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._run(), name="jobs"))
+        # Apart: a long prune (batches, with pauses) must not hold up expiries and renewals.
+        self._tasks.append(asyncio.create_task(self._run_retention(), name="retention"))
         if self._top_ups is not None:
             # Apart: a slow Stripe must not hold up expiries and renewals.
             self._tasks.append(asyncio.create_task(self._run_top_ups(self._top_ups),
@@ -60,8 +63,21 @@ class Jobs:
                 log.warning("auto top-up failed: %s", type(exc).__name__)
             await asyncio.sleep(self._interval)
 
+    async def _run_retention(self) -> None:
+        while True:
+            try:
+                pruned = await retention.prune(self._ledger.pool, self._retention_days,
+                                               self._event_retention_days)
+                if pruned.keys or pruned.events:
+                    log.info("retention: deleted %d idempotency keys, %d delivered events",
+                             pruned.keys, pruned.events)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # must outlive a database outage
+                log.warning("retention failed: %s", type(exc).__name__)
+            await asyncio.sleep(PRUNE_EVERY)
+
     async def _run(self) -> None:
-        last_cleanup = 0.0
         while True:
             try:
                 await self._ledger.write_settings()  # if the database was down at start
@@ -71,9 +87,6 @@ class Jobs:
                 renewed = await self._plans.renew()
                 if renewed:
                     metrics.sweeps.labels("renewal").inc(renewed)
-                if time.monotonic() - last_cleanup > KEY_CLEANUP_EVERY:
-                    await self._ledger.forget_old_keys(self._retention_days)
-                    last_cleanup = time.monotonic()
                 if kinds or renewed:
                     continue  # more may be due; sweep again at once
             except asyncio.CancelledError:

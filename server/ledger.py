@@ -270,15 +270,6 @@ class Ledger:
                                        a["version"], a["low"]))
         return frames
 
-    async def forget_old_keys(self, days: int) -> int:
-        """Drop idempotency records past retention; keys older than that may be reused."""
-        result: str = await self.pool.execute(
-            "DELETE FROM balance.idempotency_keys"
-            " WHERE created_at < now() - make_interval(days => $1)",
-            days,
-        )
-        return int(result.split()[-1])
-
     async def reconcile(self) -> list[asyncpg.Record]:
         """Accounts whose totals disagree with the ledger or with their holds."""
         return list(await self.pool.fetch("SELECT * FROM balance.balance_reconcile()"))

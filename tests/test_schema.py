@@ -39,7 +39,8 @@ def test_schema_sql_reads_as_steps_then_definitions_then_indexes() -> None:
     kinds = [s.kind for s in found]
     assert kinds == sorted(kinds, key=("step", "definitions", "index").index)
     assert [s.name for s in found if s.kind == "definitions"] == [
-        "json_shapes", "movements", "jobs", "plans", "alerts", "top_ups", "payments"]
+        "json_shapes", "movements", "jobs", "plans", "alerts", "top_ups", "payments", "import",
+        "retention"]
     assert all("CONCURRENTLY" in s.sql for s in found if s.kind == "index")
 
 
@@ -98,7 +99,8 @@ async def test_changed_definitions_rerun_and_a_changed_step_is_refused(
         "-- ================================================================ JSON shapes")
     # A new step runs once, and the definitions after it are applied again.
     assert await migrate(fresh_db, added) == [
-        "003_note", "json_shapes", "movements", "jobs", "plans", "alerts", "top_ups", "payments"]
+        "003_note", "json_shapes", "movements", "jobs", "plans", "alerts", "top_ups", "payments",
+        "import", "retention"]
     assert await fresh_db.fetchval(
         "SELECT count(*) FROM information_schema.columns"
         " WHERE table_name = 'accounts' AND column_name = 'note'") == 1
