@@ -2534,6 +2534,48 @@ BEGIN
     RETURN NEXT;
 END $$;
 
+-- definitions: history
+-- The reads of an account's history, as the API answers them (server/history.py).
+
+-- A page of transactions, newest first: the JSON array of up to p_limit, and the cursor of
+-- the next page (NULL when this is the last).
+CREATE OR REPLACE FUNCTION balance_history(p_account text, p_before bigint, p_kind text,
+                                           p_limit int, OUT page text, OUT cursor bigint)
+LANGUAGE sql STABLE AS $$
+    WITH page AS (
+        SELECT t FROM transactions t
+        WHERE t.account_id = p_account AND (p_before IS NULL OR t.id < p_before)
+          AND (p_kind IS NULL OR t.kind = p_kind)
+        ORDER BY t.id DESC LIMIT p_limit + 1
+    ), shown AS (SELECT t FROM page LIMIT p_limit)
+    SELECT COALESCE((SELECT jsonb_agg(balance__tx_json(s.t) ORDER BY (s.t).id DESC)
+                     FROM shown s), '[]'::jsonb)::text,
+           CASE WHEN (SELECT count(*) FROM page) > p_limit
+                THEN (SELECT min((s.t).id) FROM shown s) END
+$$;
+
+-- `{"grants": [...]}`: the account's open grants in the order they are spent. Spending not
+-- yet settled into the grants comes off them here, in spending order.
+CREATE OR REPLACE FUNCTION balance_grants(p_account text) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    WITH open AS (
+        SELECT l.*, COALESCE(sum(l.remaining) OVER (
+            ORDER BY l.priority, l.expires_at, l.id
+            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS ahead
+        FROM credit_lots l WHERE l.account_id = p_account AND l.remaining > 0
+    ), shown AS (
+        SELECT o.*, o.remaining - LEAST(o.remaining,
+            GREATEST(a.unsettled - o.ahead, 0)) AS left_over
+        FROM open o, accounts a WHERE a.account_id = p_account
+    )
+    SELECT jsonb_build_object('grants', COALESCE(jsonb_agg(jsonb_build_object(
+        'id', g.id, 'kind', g.kind, 'amount', g.amount, 'remaining', g.left_over,
+        'priority', g.priority, 'expires_at', balance__ts(g.expires_at),
+        'created_at', balance__ts(g.created_at))
+        ORDER BY g.priority, g.expires_at, g.id), '[]'::jsonb))
+    FROM shown g WHERE g.left_over > 0
+$$;
+
 -- ================================================================ indexes
 -- Built with CREATE INDEX CONCURRENTLY, after everything above commits: the ledger keeps
 -- taking writes while they build. Each section is named after its index.

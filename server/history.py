@@ -28,21 +28,8 @@ class History:
         self, account_id: str, limit: int, before: int | None, kind: str | None
     ) -> tuple[str, int | None]:
         """(JSON array of up to `limit` transactions, cursor for the next page or None)."""
-        row = await self._pool.fetchrow(
-            """
-            WITH page AS (
-                SELECT t FROM balance.transactions t
-                WHERE t.account_id = $1 AND ($2::bigint IS NULL OR t.id < $2)
-                  AND ($3::text IS NULL OR t.kind = $3)
-                ORDER BY t.id DESC LIMIT $4
-            ), shown AS (SELECT t FROM page LIMIT $5)
-            SELECT COALESCE((SELECT jsonb_agg(balance.balance__tx_json(s.t) ORDER BY (s.t).id DESC)
-                             FROM shown s), '[]'::jsonb)::text AS page,
-                   CASE WHEN (SELECT count(*) FROM page) > $5
-                        THEN (SELECT min((s.t).id) FROM shown s) END AS cursor
-            """,
-            account_id, before, kind, limit + 1, limit,
-        )
+        row = await self._pool.fetchrow("SELECT * FROM balance.balance_history($1, $2, $3, $4)",
+                                        account_id, before, kind, limit)
         assert row is not None
         return row["page"], row["cursor"]
 
@@ -73,28 +60,8 @@ class History:
 
     async def grants(self, account_id: str) -> bytes:
         """`{"grants": [...]}`: the account's open grants in the order they are spent."""
-        # Spending not yet settled into the grants comes off them here, in spending order.
-        text: str = await self._pool.fetchval(
-            """
-            WITH open AS (
-                SELECT l.*, COALESCE(sum(l.remaining) OVER (
-                    ORDER BY l.priority, l.expires_at, l.id
-                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS ahead
-                FROM balance.credit_lots l WHERE l.account_id = $1 AND l.remaining > 0
-            ), shown AS (
-                SELECT o.*, o.remaining - LEAST(o.remaining,
-                    GREATEST(a.unsettled - o.ahead, 0)) AS left_over
-                FROM open o, balance.accounts a WHERE a.account_id = $1
-            )
-            SELECT jsonb_build_object('grants', COALESCE(jsonb_agg(jsonb_build_object(
-                'id', g.id, 'kind', g.kind, 'amount', g.amount, 'remaining', g.left_over,
-                'priority', g.priority, 'expires_at', balance.balance__ts(g.expires_at),
-                'created_at', balance.balance__ts(g.created_at))
-                ORDER BY g.priority, g.expires_at, g.id), '[]'::jsonb))::text
-            FROM shown g WHERE g.left_over > 0
-            """,
-            account_id,
-        )
+        text: str = await self._pool.fetchval("SELECT balance.balance_grants($1)::text",
+                                              account_id)
         return text.encode()
 
     async def latest(self, account_id: str, limit: int = 20) -> bytes:
