@@ -40,8 +40,10 @@ DEV_CATALOG = {
 
 
 def _serve(settings: Settings, *, dev: bool = False) -> None:
-    from server import serve
+    from server import logs, serve
     from server.app import create_app
+
+    logs.setup(settings)
 
     extra = None
     if dev:
@@ -49,7 +51,7 @@ def _serve(settings: Settings, *, dev: bool = False) -> None:
 
         extra = routes.routes()
     app = create_app(settings, extra_routes=extra)
-    serve.server(app, settings, log_level="info" if dev else "warning").run()
+    serve.server(app, settings, log_level=settings.log_level).run()
 
 
 async def _migrate(database_url: str) -> list[str]:
