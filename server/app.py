@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from server.api import ops
 from server.api.cors import BrowserCors
 from server.api.http import exception_handlers
+from server.api.request_ids import RequestIds
 from server.api.routes import routes as api_routes
 from server.auth import TokenVerifier
 from server.catalog import load as load_catalog
@@ -115,6 +116,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
         routes=[*api_routes(), *ops.routes(), WebSocketRoute(WS_PATH, misconfigured),
                 *(extra_routes or [])],
         middleware=[
+            Middleware(RequestIds),  # outermost: every answer carries the id, even a 500
             Middleware(ops.MetricsMiddleware),
             *([Middleware(BrowserCors, origins=settings.allowed_origins)]
               if settings.allowed_origins else []),

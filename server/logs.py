@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterable
 from contextvars import ContextVar
+from random import getrandbits
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ from server.config import Settings
 REQUEST_ID: ContextVar[str | None] = ContextVar("balance.request_id", default=None)
 ACCOUNT: ContextVar[str | None] = ContextVar("balance.account", default=None)
 
+_REQUEST_ID = re.compile(r"[\x20-\x7e]{1,128}")
 _REDACTED = "***"
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/?#@\s]*:)[^@\s/]+@", re.IGNORECASE)
 _SECRET_PARAM = re.compile(
@@ -31,6 +33,14 @@ _SECRET_PARAM = re.compile(
 _BEARER = re.compile(r"(\bbearer\s+)[^\s\"',]+", re.IGNORECASE)
 _JWT = re.compile(r"\beyJ[\w-]*\.[\w-]+\.[\w-]+")
 _SHORTEST_SECRET = 8  # a shorter configured value would blank out ordinary words
+
+
+def request_id(given: str | None) -> str:
+    """The caller's request id when it is fit to log and echo (printable ASCII, at most 128
+    characters), else a new one: 16 hex digits, unique enough to find a request's lines."""
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return getrandbits(64).to_bytes(8).hex()
 
 
 class Scrubber:

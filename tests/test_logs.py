@@ -136,3 +136,12 @@ def test_log_settings_fail_by_name() -> None:
         Settings.from_env({**ENV, "BALANCE_LOG_FORMAT": "xml"})
     with pytest.raises(ConfigError, match="BALANCE_LOG_LEVEL"):
         Settings.from_env({**ENV, "BALANCE_LOG_LEVEL": "verbose"})
+
+
+def test_a_request_id_is_kept_when_fit_to_log_and_made_otherwise() -> None:
+    assert logs.request_id("abc-123_XYZ:1") == "abc-123_XYZ:1"
+    assert logs.request_id("x" * 128) == "x" * 128
+    for unfit in (None, "", "x" * 129, "tab\there", "new\nline", "ünïcode"):
+        made = logs.request_id(unfit)
+        assert re.fullmatch(r"[0-9a-f]{16}", made), unfit
+    assert logs.request_id(None) != logs.request_id(None)

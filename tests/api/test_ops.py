@@ -1,17 +1,30 @@
-"""The operators' routes that anyone may call cost a bounded amount, however often called."""
+"""The operators' routes, and what every request gets: an id, and a JSON 500 with one log
+line when nothing else answered it. What anyone may call costs a bounded amount."""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from websockets.asyncio.client import connect
 
+from server import logs
 from server.api import openapi
+from server.api.http import account_param
 from server.api.ops import Readiness
-from tests.conftest import StartApp
+from server.logs import Scrubber
+from tests.conftest import RunningApp, StartApp
 
 
 async def test_a_flood_of_readyz_costs_one_database_check_a_second(
@@ -87,3 +100,76 @@ async def test_openapi_is_built_once_and_served_as_the_same_bytes(
         assert built == 1
     finally:
         await app.stop()
+
+
+HEX16 = re.compile(r"[0-9a-f]{16}")
+
+
+async def test_every_answer_carries_a_request_id(app: RunningApp, account: str) -> None:
+    async with app.client() as c:
+        made = [await c.get("/healthz"), await c.get("/healthz")]
+        refused = await c.get(f"/v1/accounts/{account}",
+                              headers={"Authorization": "Bearer not-a-key"})
+        missing = await c.get("/v1/nope")
+        kept = await c.get("/healthz", headers={"X-Request-Id": "lb-7f3a:42"})
+        too_long = await c.get("/healthz", headers={"X-Request-Id": "x" * 129})
+        unprintable = await c.get("/healthz", headers={b"X-Request-Id": "ü".encode("latin-1")})
+    for r in (*made, refused, missing, too_long, unprintable):
+        assert HEX16.fullmatch(r.headers["x-request-id"]), r.headers
+    assert made[0].headers["x-request-id"] != made[1].headers["x-request-id"]
+    assert (refused.status_code, missing.status_code) == (401, 404)
+    assert kept.headers["x-request-id"] == "lb-7f3a:42"
+    assert len(kept.headers.get_list("x-request-id")) == 1
+
+
+async def test_a_socket_upgrade_carries_its_request_id(app: RunningApp) -> None:
+    async with connect(app.ws_url) as ws:
+        assert ws.response is not None
+        assert HEX16.fullmatch(ws.response.headers["X-Request-Id"])
+    async with connect(app.ws_url, additional_headers={"X-Request-Id": "mine-1"}) as ws:
+        assert ws.response is not None and ws.response.headers["X-Request-Id"] == "mine-1"
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """Our loggers' lines as `serve` writes them with BALANCE_LOG_FORMAT=json."""
+    out = io.StringIO()
+    handler = logs.handler("json", Scrubber(), out)
+    ours = logging.getLogger("balance")
+    ours.addHandler(handler)
+    try:
+        yield out
+    finally:
+        ours.removeHandler(handler)
+
+
+async def test_an_unexpected_failure_is_a_json_500_and_one_line_with_its_traceback(
+    start_app: StartApp, account: str, json_log: io.StringIO, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def boom(request: Request) -> Response:
+        account_param(request)
+        raise RuntimeError("the route broke")
+
+    app = await start_app(extra_routes=[Route("/test/boom/{account_id}", boom)])
+    try:
+        async with app.client() as c:
+            r = await c.get(f"/test/boom/{account}", params={"token": "secret-in-query"},
+                            headers={"X-Request-Id": "req-500"})
+    finally:
+        await app.stop()
+    assert r.status_code == 500 and r.headers["x-request-id"] == "req-500"
+    assert r.json() == {"error": "internal_error", "message": "unexpected server error; retry",
+                        "request_id": "req-500"}
+    failures = [line for line in map(json.loads, json_log.getvalue().splitlines())
+                if line["level"] == "error"]
+    assert len(failures) == 1, failures
+    (line,) = failures
+    assert (line["logger"], line["request_id"], line["account"]) == (
+        "balance.api", "req-500", account)
+    assert line["msg"] == f"unhandled error answering GET /test/boom/{account}"
+    assert "Traceback" in line["exc"] and "RuntimeError: the route broke" in line["exc"]
+    assert "secret-in-query" not in json_log.getvalue()
+    assert app.service_key not in json_log.getvalue()
+    # Nobody else logged it again (uvicorn's "Exception in ASGI application").
+    assert [rec for rec in caplog.records if rec.levelno >= logging.ERROR
+            and not rec.name.startswith("balance")] == []
