@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import re
 import sys
 import time
 from collections.abc import Iterable
 from contextvars import ContextVar
 from random import getrandbits
+from time import monotonic
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
@@ -162,3 +164,25 @@ def setup(settings: Settings, stream: TextIO | None = None) -> None:
         ours.propagate = True
 
 
+class Failures:
+    """A background loop's failures, logged with their traceback at most once a minute per
+    exception type, the next line counting the ones left out: an outage of a minute is a
+    line, not one per retry."""
+
+    EVERY = 60.0  # seconds
+
+    def __init__(self, logger: logging.Logger, what: str) -> None:
+        self._log = logger
+        self._what = what
+        self._last: dict[type[BaseException], tuple[float, int]] = {}  # at, left out since
+
+    def __call__(self, exc: BaseException) -> None:
+        kind = type(exc)
+        now = monotonic()
+        at, left_out = self._last.get(kind, (-math.inf, 0))
+        if now - at < self.EVERY:
+            self._last[kind] = (at, left_out + 1)
+            return
+        self._last[kind] = (now, 0)
+        more = f" ({left_out} more since the last, not shown)" if left_out else ""
+        self._log.error("%s: %s%s", self._what, kind.__name__, more, exc_info=exc)

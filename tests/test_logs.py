@@ -13,7 +13,7 @@ import pytest
 
 from server import logs
 from server.config import ConfigError, Settings
-from server.logs import Scrubber
+from server.logs import Failures, Scrubber
 
 ENV = {"DATABASE_URL": "postgresql://app:pg-password-1@db.example/credits",
        "BALANCE_SERVICE_KEYS": "sk_live_service_key_0001,sk_live_service_key_0002",
@@ -145,3 +145,33 @@ def test_a_request_id_is_kept_when_fit_to_log_and_made_otherwise() -> None:
         made = logs.request_id(unfit)
         assert re.fullmatch(r"[0-9a-f]{16}", made), unfit
     assert logs.request_id(None) != logs.request_id(None)
+
+
+def test_a_loop_failing_all_minute_logs_one_traceback_per_kind(
+    captured: tuple[logging.Logger, io.StringIO], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logger, out = captured
+    now = 1000.0
+    monkeypatch.setattr(logs, "monotonic", lambda: now)
+    failed = Failures(logger, "sweep failed")
+
+    def fail(exc: Exception) -> None:
+        try:
+            raise exc
+        except Exception as raised:
+            failed(raised)
+
+    for _ in range(100):  # a database outage, a retry every half second
+        fail(ConnectionRefusedError("refused"))
+        now += 0.5
+    fail(TimeoutError())  # another kind has a line of its own
+    now += 11
+    fail(ConnectionRefusedError("refused"))
+    got = lines(out)
+    assert [line["msg"] for line in got] == [
+        "sweep failed: ConnectionRefusedError",
+        "sweep failed: TimeoutError",
+        "sweep failed: ConnectionRefusedError (99 more since the last, not shown)",
+    ]
+    assert all(line["level"] == "error" and "Traceback" in line["exc"] for line in got)
+    assert "ConnectionRefusedError: refused" in got[0]["exc"]
