@@ -35,6 +35,7 @@ frames_conflated = Counter(
 )
 publish_failures = Counter("balance_publish_failures_total", "Broker publishes that failed")
 pubsub_lag = Gauge("pubsub_lag_seconds", "Age of the last canary seen through the broker")
+broker_up = Gauge("balance_broker_up", "1 while the broker delivers (a canary came back)")
 
 # Payments
 purchases = Counter("balance_purchases_total", "Purchases credited from webhooks", ["provider"])
