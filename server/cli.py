@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from server import __version__
 from server.catalog import CatalogError
 from server.config import ConfigError, Settings
 from server.limiter import LimitsError
@@ -197,6 +198,7 @@ def _dev(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="balance-server", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server (configured by the environment)")
     serve.add_argument("--host")
