@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, WebSocketRoute
 
+from server import metrics
 from server.api import ops
 from server.api.cors import BrowserCors
 from server.api.http import exception_handlers
@@ -58,6 +59,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Resources]]:
         pool = await open_pool(settings, catalog.alerts.low_balance)
+        metrics.database.watch(pool)
         ledger = Ledger(pool, settings.welcome_credits, settings.db_batch_inflight)
         broker = make_broker(settings.redis_url)
         hub = Hub(broker, snapshot=ledger.snapshot, settings=settings)
@@ -110,6 +112,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
             await hub.stop()  # drains what is left, disconnects the broker
             await checkout.close()
             await tokens.stop()
+            metrics.database.forget(pool)
             await pool.close()
 
     app = Starlette(

@@ -22,6 +22,7 @@ import asyncpg
 import httpx
 from standardwebhooks.webhooks import Webhook
 
+from server import metrics
 from server.config import Settings, standard_webhooks_key
 from server.logs import Failures
 
@@ -172,6 +173,9 @@ class Outbox:
             status = response.status_code
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
+            else:  # since the event's creation (its transaction's now(): the database's clock)
+                age = datetime.now(UTC) - row["created_at"]
+                metrics.app_webhook_delivery.observe(max(0.0, age.total_seconds()))
         except (httpx.HTTPError, TimeoutError) as exc:
             error = type(exc).__name__
         return status, int((time.perf_counter() - started) * 1000), error

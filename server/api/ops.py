@@ -88,6 +88,7 @@ async def metrics_endpoint(request: Request) -> Response:
     token = resources(request).settings.metrics_token
     if token is not None:
         check_service_key(request.headers.get("authorization"), (token.encode(),))
+    await metrics.database.refresh()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

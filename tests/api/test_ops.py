@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import logging
+import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -19,12 +20,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from websockets.asyncio.client import connect
 
-from server import logs
+import server
+from server import logs, metrics
 from server.api import openapi
 from server.api.http import account_param
 from server.api.ops import Readiness
 from server.dev.servers import free_port
 from server.logs import Scrubber
+from server.metrics import DatabaseGauges
 from tests.conftest import RunningApp, StartApp, scraped
 
 
@@ -197,3 +200,51 @@ async def test_readyz_follows_the_database_and_only_reports_the_broker(
         assert await scraped(app, "balance_broker_up") == 1
     finally:
         await app.stop()
+
+
+async def test_metrics_of_the_build_the_pool_and_what_waits_in_the_database(
+    app: RunningApp, db: asyncpg.Pool, account: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert await scraped(app, "balance_build_info", version=server.__version__) == 1
+    assert await scraped(app, "balance_db_pool_max_size") == app.settings.db_pool_size
+    size = await scraped(app, "balance_db_pool_size")
+    in_use = await scraped(app, "balance_db_pool_in_use")
+    assert size is not None and in_use is not None and 0 <= in_use <= size >= 1
+    monkeypatch.setattr(DatabaseGauges, "FRESH", 0.0)
+
+    async def waiting() -> tuple[float | None, ...]:
+        return (await scraped(app, "balance_outbox_events", status="pending"),
+                await scraped(app, "balance_outbox_events", status="failed"),
+                await scraped(app, "balance_payments_needing_review"))
+
+    before = await waiting()
+    assert None not in before
+    event_id = f"evt_test_{account}"
+    await db.execute("INSERT INTO events (type, account_id, data, status) VALUES"
+                     " ('balance.low', $1, '{}', 'failed')", account)
+    await db.execute("INSERT INTO webhook_events_unfulfilled (provider, event_id, event_type,"
+                     " problem, payload) VALUES ('stripe', $1, 'test', 'test', '{}')", event_id)
+    try:
+        after = await waiting()
+    finally:
+        await db.execute("DELETE FROM events WHERE account_id = $1", account)
+        await db.execute("DELETE FROM webhook_events_unfulfilled WHERE event_id = $1", event_id)
+    assert after == (before[0], before[1] + 1, before[2] + 1)  # type: ignore[operator]
+
+
+async def test_scrapes_count_in_the_database_at_most_every_five_seconds(
+    app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted = 0
+    fetchrow = asyncpg.Pool.fetchrow
+
+    async def counting(self: asyncpg.Pool, query: str, *args: Any, **kwargs: Any) -> Any:
+        nonlocal counted
+        counted += query == DatabaseGauges.SQL
+        return await fetchrow(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.Pool, "fetchrow", counting)
+    monkeypatch.setattr(metrics.database, "_at", -math.inf)  # whatever earlier tests scraped
+    for _ in range(20):
+        assert await scraped(app, "balance_outbox_events", status="pending") is not None
+    assert counted == 1
