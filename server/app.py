@@ -11,9 +11,11 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, WebSocketRoute
 
+from server import metrics
 from server.api import ops
 from server.api.cors import BrowserCors
 from server.api.http import exception_handlers
+from server.api.request_ids import RequestIds
 from server.api.routes import routes as api_routes
 from server.auth import TokenVerifier
 from server.catalog import load as load_catalog
@@ -57,6 +59,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Resources]]:
         pool = await open_pool(settings)
+        metrics.database.watch(pool)
         ledger = Ledger(pool, settings.welcome_credits, settings.db_batch_inflight)
         broker = make_broker(settings.redis_url)
         hub = Hub(broker, snapshot=ledger.snapshot, settings=settings)
@@ -112,12 +115,14 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
             await hub.stop()  # drains what is left, disconnects the broker
             await checkout.close()
             await tokens.stop()
+            metrics.database.forget(pool)
             await pool.close()
 
     app = Starlette(
         routes=[*api_routes(), *ops.routes(), WebSocketRoute(WS_PATH, misconfigured),
                 *(extra_routes or [])],
         middleware=[
+            Middleware(RequestIds),  # outermost: every answer carries the id, even a 500
             Middleware(ops.MetricsMiddleware),
             *([Middleware(BrowserCors, origins=settings.allowed_origins)]
               if settings.allowed_origins else []),

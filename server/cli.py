@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from server import __version__
 from server.catalog import CatalogError
 from server.config import ConfigError, Database, Settings
 from server.limiter import LimitsError
@@ -40,8 +41,10 @@ DEV_CATALOG = {
 
 
 def _serve(settings: Settings, *, dev: bool = False) -> None:
-    from server import serve
+    from server import logs, serve
     from server.app import create_app
+
+    logs.setup(settings)
 
     extra = None
     if dev:
@@ -49,7 +52,7 @@ def _serve(settings: Settings, *, dev: bool = False) -> None:
 
         extra = routes.routes()
     app = create_app(settings, extra_routes=extra)
-    serve.server(app, settings, log_level="info" if dev else "warning").run()
+    serve.server(app, settings, log_level=settings.log_level).run()
 
 
 async def _migrate(database: Database) -> list[str]:
@@ -217,6 +220,7 @@ def _dev(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="balance-server", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server (configured by the environment)")
     serve.add_argument("--host")

@@ -44,6 +44,7 @@ EVENT_TYPES = (
     "plan.renewed", "top_up.requested", "top_up.failed",
 )
 DEFAULT_EVENTS = tuple(t for t in EVENT_TYPES if t != "transaction.created")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -162,6 +163,9 @@ class Settings:
     app_webhook_retry: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0,
                                             36000.0)
     outbox_lease: float = 30.0
+    # Logs (server/logs.py): "text" or "json" lines, and the level of ours and uvicorn's.
+    log_format: str = "text"
+    log_level: str = "info"
 
     @property
     def database(self) -> Database:
@@ -219,6 +223,13 @@ class Settings:
         event_retention = _int(env, "BALANCE_EVENT_RETENTION_DAYS", 30)
         if event_retention < 1:
             raise ConfigError("BALANCE_EVENT_RETENTION_DAYS must be at least 1")
+        log_format = env.get("BALANCE_LOG_FORMAT", "text").strip().lower() or "text"
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"BALANCE_LOG_FORMAT must be 'text' or 'json', got {log_format!r}")
+        log_level = env.get("BALANCE_LOG_LEVEL", "info").strip().lower() or "info"
+        if log_level not in LOG_LEVELS:
+            raise ConfigError(f"BALANCE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+                              f"got {log_level!r}")
         welcome = _int(env, "BALANCE_WELCOME_CREDITS", 0)
         if not 0 <= welcome <= 10**12:
             raise ConfigError("BALANCE_WELCOME_CREDITS must be between 0 and 10^12")
@@ -269,6 +280,8 @@ class Settings:
             app_webhook_events=events if webhook_url else (),
             app_webhook_timeout=_float(env, "BALANCE_APP_WEBHOOK_TIMEOUT", 10.0),
             outbox_lease=_float(env, "BALANCE_OUTBOX_LEASE", 30.0),
+            log_format=log_format,
+            log_level=log_level,
         )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ import logging
 from server import metrics, retention
 from server.config import Settings
 from server.ledger import Ledger
+from server.logs import Failures
 from server.payments.topup import TopUps
 from server.plans import Plans
 
@@ -34,6 +35,8 @@ class Jobs:
         self._retention_days = settings.idempotency_retention_days
         self._event_retention_days = settings.event_retention_days
         self._tasks: list[asyncio.Task[None]] = []
+        self._sweep_failed = Failures(log, "sweep failed")
+        self._top_up_failed = Failures(log, "auto top-up failed")
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._run(), name="jobs"))
@@ -60,7 +63,7 @@ class Jobs:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # must outlive a database outage
-                log.warning("auto top-up failed: %s", type(exc).__name__)
+                self._top_up_failed(exc)
             await asyncio.sleep(self._interval)
 
     async def _run_retention(self) -> None:
@@ -92,5 +95,5 @@ class Jobs:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the jobs must outlive a database outage
-                log.warning("sweep failed: %s", type(exc).__name__)
+                self._sweep_failed(exc)
             await asyncio.sleep(self._interval)

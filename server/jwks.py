@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import jwt
 
+from server.logs import Failures
+
 log = logging.getLogger("balance.jwks")
 
 REFRESH = 300.0  # seconds between scheduled fetches
@@ -33,6 +35,7 @@ class KeySet:
         self._fetched_at = 0.0
         self._wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._fetch_failed = Failures(log, "could not fetch BALANCE_JWKS_URL")
         if file:
             with open(file) as f:
                 self._load(f.read())
@@ -86,4 +89,4 @@ class KeySet:
                 response.raise_for_status()
             self._load(response.text)
         except (httpx.HTTPError, jwt.PyJWTError, ValueError) as exc:
-            log.warning("could not fetch BALANCE_JWKS_URL: %s", type(exc).__name__)
+            self._fetch_failed(exc)

@@ -22,7 +22,9 @@ import asyncpg
 import httpx
 from standardwebhooks.webhooks import Webhook
 
+from server import metrics
 from server.config import Settings, standard_webhooks_key
+from server.logs import Failures
 
 log = logging.getLogger("balance.outbox")
 # httpx logs every request at INFO: one line per delivery is the outbox's to write, on failure.
@@ -74,6 +76,8 @@ class Outbox:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._claim_failed = Failures(log, "outbox claim failed")
+        self._record_failed = Failures(log, "outbox could not record attempts")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox")
@@ -100,7 +104,7 @@ class Outbox:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the dispatcher must outlive a database outage
-                log.warning("outbox claim failed: %s", type(exc).__name__)
+                self._claim_failed(exc)
                 drained = True
             if drained:
                 self._wake.clear()
@@ -138,8 +142,7 @@ class Outbox:
                 [r[1] for r in results], [r[2] for r in results],
                 [self._retry[a - 1] if a <= len(self._retry) else None for a in attempts])
         except Exception as exc:  # their leases run out and they go again: at least once
-            log.warning("outbox could not record %d attempts: %s", len(rows),
-                        type(exc).__name__)
+            self._record_failed(exc)
         for row, (_, _, error) in zip(rows, results, strict=True):
             if error is not None:
                 log.info("app webhook %s (%s) attempt %d: %s", row["webhook_id"], row["type"],
@@ -170,6 +173,9 @@ class Outbox:
             status = response.status_code
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
+            else:  # since the event's creation (its transaction's now(): the database's clock)
+                age = datetime.now(UTC) - row["created_at"]
+                metrics.app_webhook_delivery.observe(max(0.0, age.total_seconds()))
         except (httpx.HTTPError, TimeoutError) as exc:
             error = type(exc).__name__
         return status, int((time.perf_counter() - started) * 1000), error

@@ -22,6 +22,9 @@ def config(
         host=settings.host,
         port=settings.port,
         log_level=log_level,
+        # No logging configuration of uvicorn's own: its lines reach the root logger, where
+        # `balance-server serve` puts one handler for every line (server/logs.py).
+        log_config=None,
         lifespan="on",
         # Our WebSocket protocol (push/ws.py): one object per socket, pre-framed writes, a
         # shutdown that closes sockets over drain_seconds. It never negotiates compression.
@@ -35,7 +38,9 @@ def config(
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_interval,
         proxy_headers=False,  # nothing reads the client address; one layer less per request
-        access_log=False,  # a log line per request costs more than the debit path can spare
+        # A log line per request costs more than the debit path can spare; each response
+        # carries its X-Request-Id, each failure logs a line with it, and /metrics counts.
+        access_log=False,
         backlog=4096,  # reconnect storms: thousands of sockets arrive at once
         timeout_graceful_shutdown=max(5, int(settings.drain_seconds) + 5),
     )

@@ -19,6 +19,7 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
 from server import serve
@@ -227,6 +228,17 @@ def account() -> str:
 
 def key() -> str:
     return f"idem-{uuid.uuid4().hex}"
+
+
+async def scraped(app: RunningApp, name: str, **labels: str) -> float | None:
+    """One sample of the app's GET /metrics (None: not exported)."""
+    async with httpx.AsyncClient(base_url=app.base_url) as scraper:
+        text = (await scraper.get("/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None
 
 
 async def age_plan(

@@ -8,12 +8,15 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
+from pathlib import Path
 
 import asyncpg
 import httpx
 import jwt
 import pytest
 
+import server
 from server.dev.servers import free_port
 from tests.conftest import key
 
@@ -30,6 +33,13 @@ def test_migrate_twice_from_the_command_line(migrated: str) -> None:
         done = run_cli("migrate", env={"DATABASE_URL": migrated})
         assert done.returncode == 0, done.stderr
         assert "schema applied" in done.stdout
+
+
+def test_version() -> None:
+    done = run_cli("--version", env={})
+    assert done.returncode == 0 and done.stdout == f"balance-server {server.__version__}\n"
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert server.__version__ == pyproject["project"]["version"]
 
 
 def test_missing_database_url_names_it() -> None:

@@ -25,7 +25,7 @@ from websockets.asyncio.client import connect
 
 from server.auth import mint_token
 from server.dev.servers import free_port
-from tests.conftest import RunningApp, StartApp, age_plan, key
+from tests.conftest import RunningApp, StartApp, age_plan, key, scraped
 from tests.receiver import SECRET, Receiver
 
 REPO = Path(__file__).resolve().parent.parent
@@ -152,10 +152,16 @@ async def test_a_failing_receiver_gets_every_attempt_with_one_webhook_id(
 ) -> None:
     receiver.answers = [500, 500, 500]  # then 200
     app = await start_hooked()
+    latency = "balance_app_webhook_delivery_seconds"
     try:
+        delivered = await scraped(app, f"{latency}_count") or 0.0
+        took = await scraped(app, f"{latency}_sum") or 0.0
         async with app.client() as c:
             await cross_low(c, account)
         await wait_for(lambda: len(receiver.of(account)) >= 4)
+        # One delivery, timed from the event's creation: three retries 0.2 s apart included.
+        assert await scraped(app, f"{latency}_count") == delivered + 1
+        assert (await scraped(app, f"{latency}_sum") or 0.0) - took >= 0.6
         got = receiver.of(account)
         assert len(got) == 4 and len({g.webhook_id for g in got}) == 1
         # Every attempt is the same event: the same body, not a state evaluated again.

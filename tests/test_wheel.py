@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
          cwd=workdir, env=_pip_env(), timeout=PIP_TIMEOUT)
     (wheel,) = (base / "dist").glob("balance_server-*.whl")
     result.timed(f"pip wheel . -> {wheel.name}", started)
+    with zipfile.ZipFile(wheel) as built:
+        assert any(name.endswith(".dist-info/licenses/LICENSE") for name in built.namelist())
 
     started = time.monotonic()
     _run([sys.executable, "-m", "venv", venv], cwd=workdir, env=_pip_env(), timeout=120)

@@ -30,9 +30,10 @@ class BrowserCors:
             app,
             allow_origins=list(origins),
             allow_methods=["GET", "POST"],
-            allow_headers=["authorization", "content-type"],
-            # A 429's wait and a replayed checkout are readable by the page too.
-            expose_headers=["Retry-After", "Idempotent-Replayed"],
+            allow_headers=["authorization", "content-type", "x-request-id"],
+            # A 429's wait, a replayed checkout and the request's id (to quote in a support
+            # request) are readable by the page too.
+            expose_headers=["Retry-After", "Idempotent-Replayed", "X-Request-Id"],
             max_age=PREFLIGHT_CACHE_SECONDS,
         )
 

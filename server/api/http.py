@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from server import errors
+from server import errors, logs
 from server.auth import Identity, bearer
 from server.db import DB_DOWN
 from server.history import KINDS
@@ -66,6 +66,7 @@ def account_param(request: Request) -> str:
     account_id: str = request.path_params["account_id"]
     if not is_account_id(account_id):
         raise errors.invalid_request(f"account_id: {ACCOUNT_ID_RULE}")
+    logs.ACCOUNT.set(account_id)  # this request's log lines name it
     return account_id
 
 
@@ -87,7 +88,9 @@ def event_param(request: Request) -> int:
 
 def user(request: Request) -> Identity:
     """The account a browser's user token speaks for, or 401."""
-    return resources(request).tokens.verify(bearer(request.headers.get("authorization")))
+    identity = resources(request).tokens.verify(bearer(request.headers.get("authorization")))
+    logs.ACCOUNT.set(identity.account_id)  # this request's log lines name it
+    return identity
 
 
 async def limited_user(request: Request, limit: str) -> Identity:

@@ -29,7 +29,12 @@ async def healthz(request: Request) -> Response:
 
 
 class Readiness:
-    """GET /readyz: ready when PostgreSQL answers and the broker delivers.
+    """GET /readyz: ready when this instance can serve, that is when PostgreSQL answers.
+
+    The broker's state is in the body (and in balance_broker_up), not in the status: every
+    instance shares the one Redis, so dropping instances from a load balancer for its outage
+    would turn a push delay (balances still move, sockets are resynced when it is back) into
+    a full outage.
 
     Anyone may ask, as often as they like, and a probe takes a pool connection: so one probe
     runs at a time, every request meanwhile shares its answer, and an answer is reused for
@@ -39,17 +44,18 @@ class Readiness:
     FRESH = 1.0  # seconds
 
     def __init__(self) -> None:
-        self._answer: dict[str, bool] = {}
+        self._answer = False
         self._at = -math.inf  # monotonic time the answer was had
-        self._probe: asyncio.Task[dict[str, bool]] | None = None
+        self._probe: asyncio.Task[bool] | None = None
 
     async def endpoint(self, request: Request) -> Response:
-        checks = await self.checks(resources(request))
-        ok = all(checks.values())
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+        res = resources(request)
+        database = await self.database(res)
+        body = {"ready": database, "database": _state(database), "broker": _state(res.hub.ready())}
+        return JSONResponse(body, status_code=200 if database else 503)
 
-    async def checks(self, res: Resources) -> dict[str, bool]:
-        """Each check's result, from a probe at most FRESH seconds old."""
+    async def database(self, res: Resources) -> bool:
+        """Whether PostgreSQL answered a probe at most FRESH seconds old."""
         if time.monotonic() - self._at < self.FRESH:
             return self._answer
         if self._probe is None:
@@ -58,21 +64,23 @@ class Readiness:
         # Shielded: a client that hangs up does not cancel the probe the others wait for.
         return await asyncio.shield(self._probe)
 
-    async def _run(self, res: Resources) -> dict[str, bool]:
-        checks: dict[str, bool] = {}
+    async def _run(self, res: Resources) -> bool:
         try:
             await asyncio.wait_for(res.pool.fetchval("SELECT 1"), 2)
-            checks["database"] = True
+            answer = True
         except _NOT_READY:
-            checks["database"] = False
-        checks["broker"] = await res.hub.ready()
-        self._answer, self._at = checks, time.monotonic()
-        return checks
+            answer = False
+        self._answer, self._at = answer, time.monotonic()
+        return answer
 
-    def _done(self, probe: asyncio.Task[dict[str, bool]]) -> None:
+    def _done(self, probe: asyncio.Task[bool]) -> None:
         self._probe = None
         if not probe.cancelled():
             probe.exception()  # retrieved, if every request that waited for it has gone
+
+
+def _state(up: bool) -> str:
+    return "ok" if up else "down"
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -80,6 +88,7 @@ async def metrics_endpoint(request: Request) -> Response:
     token = resources(request).settings.metrics_token
     if token is not None:
         check_service_key(request.headers.get("authorization"), (token.encode(),))
+    await metrics.database.refresh()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

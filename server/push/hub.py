@@ -121,6 +121,7 @@ class Hub:
         await self.broker.subscribe(self._resync_channel)
         self._tasks = [asyncio.create_task(self._canary(), name="hub-canary")]
         metrics.pubsub_lag.set_function(self.lag)
+        metrics.broker_up.set_function(lambda: float(self.ready()))
         self.accepting = True
 
     async def stop(self) -> None:
@@ -164,7 +165,7 @@ class Hub:
             return float("inf") if self._tasks else 0.0
         return time.monotonic() - self._canary_sent_at
 
-    async def ready(self) -> bool:
+    def ready(self) -> bool:
         """Broker connected and a canary came back through it recently."""
         return self.broker.connected and self.lag() < self._canary_interval * 2.5
 

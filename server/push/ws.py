@@ -28,7 +28,7 @@ import msgspec
 from starlette.websockets import WebSocket
 from websockets.http11 import Request, Response
 
-from server import errors, metrics
+from server import errors, logs, metrics
 from server.auth import Identity
 from server.errors import (
     CLOSE_AUTH_TIMEOUT,
@@ -72,6 +72,7 @@ class Connection(WebSocketProtocol):
         "_backlog_since",
         "_invalid",
         "_pending",
+        "_request_id",
         "_res",
         "_stage",
         "_stall",
@@ -84,6 +85,7 @@ class Connection(WebSocketProtocol):
 
     def setup(self, app_state: dict[str, Any]) -> None:
         self._res: Resources | None = app_state.get(RESOURCES)
+        self._request_id = ""  # the upgrade request's X-Request-Id, or one made for it
         self._stage = _OPENING
         self.account_id = ""
         self.expires_at = 0.0
@@ -98,6 +100,8 @@ class Connection(WebSocketProtocol):
     # ------------------------------------------------------------ admission
 
     def on_request(self, request: Request, response: Response) -> None:
+        self._request_id = logs.request_id(request.headers.get("X-Request-Id"))
+        response.headers["X-Request-Id"] = self._request_id
         res = self._res
         if res is None:  # no lifespan state: not served by serve.py's configuration
             log.error("/v1/ws needs the app's lifespan (serve.py's uvicorn configuration)")
@@ -112,10 +116,14 @@ class Connection(WebSocketProtocol):
         if allowed and (len(origins) != 1 or origins[0] not in allowed):
             # Refused at the handshake: the browser sees HTTP 403, no socket is opened.
             self.reject(403, encoder.encode({"error": "forbidden",
-                                             "message": "this origin may not open a socket"}))
+                                             "message": "this origin may not open a socket"}),
+                        {"X-Request-Id": self._request_id})
             return
         token = parse_qs(query).get("token", [None])[-1]
+        # The admission's task and its done callback copy the context: their lines carry the id.
+        context = logs.REQUEST_ID.set(self._request_id)
         self._run(self._admit(res, response, token))
+        logs.REQUEST_ID.reset(context)
 
     async def _admit(self, res: Resources, response: Response, token: str | None) -> None:
         peer = self.transport.get_extra_info("peername") if self.transport else None
@@ -149,7 +157,8 @@ class Connection(WebSocketProtocol):
 
     def _refuse(self, problem: Problem, headers: dict[str, str] | None = None) -> None:
         self._stage = _CLOSED
-        self.reject(problem.status, encoder.encode(problem.body()), headers)
+        self.reject(problem.status, encoder.encode(problem.body()),
+                    {**(headers or {}), "X-Request-Id": self._request_id})
 
     def _verify(self, token: str) -> Identity | None:
         assert self._res is not None

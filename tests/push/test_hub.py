@@ -264,7 +264,7 @@ async def test_memory_broker_delivers_locally(
         await grant(node.ledger, acct, 3)
         assert sink.versions == [0, 1]  # delivered before the commit call returned
         await eventually(lambda: node.hub.lag() < 1.0)
-        assert await node.hub.ready()
+        assert node.hub.ready()
     finally:
         await node.stop()
 
@@ -282,7 +282,7 @@ async def test_canary_and_resync_across_a_redis_outage(
         sink = Sink()
         await hub.register(sink, [acct])
         await eventually(lambda: hub.lag() < 0.5)
-        assert await hub.ready()
+        assert hub.ready()
 
         own_redis.stop()
         failures = sample("balance_publish_failures_total")
@@ -290,7 +290,7 @@ async def test_canary_and_resync_across_a_redis_outage(
         await grant(node.ledger, acct, 9)  # committed while Redis is down
         await eventually(lambda: sample("balance_publish_failures_total") > failures)
         await eventually(lambda: hub.lag() > 0.6)
-        assert not await hub.ready()
+        assert not hub.ready()
         assert sample("pubsub_lag_seconds") > 0.5  # the gauge reads hub.lag()
 
         # Changed in PostgreSQL while Redis is down, never published at all:
@@ -299,7 +299,7 @@ async def test_canary_and_resync_across_a_redis_outage(
         await eventually(lambda: sink.versions[-1] == 2)  # resynced from PostgreSQL
         assert b'"balance":10' in sink.frames[-1].data
         await eventually(lambda: hub.lag() < 0.5)
-        assert await hub.ready()
+        assert hub.ready()
     finally:
         await node.stop()
 
