@@ -68,9 +68,15 @@ _STATUS = {
     413: "the body is over 64 KiB",
     422: "invalid_request: `detail` names the field and the rule",
     429: "rate_limited: see Retry-After",
+    500: "internal_error: a failure of ours; `request_id` names its log line",
     502: "the payment provider did not answer; nothing was created here",
     503: "unavailable (the database is unreachable), or outcome_unknown",
 }
+
+
+# On every answer: the caller's X-Request-Id (printable, at most 128 characters) or ours.
+_REQUEST_ID = {"X-Request-Id": {"description": "this request's id, as its log lines carry it",
+                                "schema": {"type": "string", "maxLength": 128}}}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -78,7 +84,7 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def _statuses(op: Operation) -> list[int]:
-    found = {401, 429, 503, *op.refusals}
+    found = {401, 429, 500, 503, *op.refusals}
     if op.body is not None:
         found |= {400, 413, 422}
     if op.query or "{" in op.path:
@@ -145,11 +151,13 @@ def build(catalog: Catalog, checkout: Checkout) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         responses: dict[str, Any] = {
-            str(op.status): {"description": "success", "content": {"application/json": {}}}}
+            str(op.status): {"description": "success", "content": {"application/json": {}},
+                             "headers": _REQUEST_ID}}
         for status in _statuses(op):
             responses[str(status)] = {
                 "description": _STATUS[status],
                 "content": {"application/json": {"schema": _ref("Error")}},
+                "headers": _REQUEST_ID,
             }
         doc: dict[str, Any] = {
             "summary": op.summary,
@@ -176,7 +184,7 @@ def build(catalog: Catalog, checkout: Checkout) -> dict[str, Any]:
         paths.setdefault(op.path, {})[op.method.lower()] = doc
     return {
         "openapi": "3.1.0",
-        "info": {"title": "balance-server", "version": "1.1"},
+        "info": {"title": "balance-server", "version": "1.2"},
         "paths": paths,
         "components": {
             "schemas": components,
