@@ -7,7 +7,7 @@
 #   make lint       ruff + mypy
 #   make pytest     the Python tests only (CI runs them again on a second interpreter:
 #                   make pytest PYTHON=python3.13 VENV=.venv-3.13)
-#   make bench      bench/debit.py, push.py, renewal.py and outbox.py
+#   make bench      bench/debit.py, push.py, renewal.py, outbox.py and pooler.py
 #   make fuzz       schemathesis (every check) against a real server, 500 examples per operation
 #
 # Python lives only in .venv/ (git-ignored): nothing is installed into the system's or the
@@ -149,5 +149,5 @@ fuzz: setup
 		$(PY) -m pytest -q -s tests/api/test_openapi.py -k schemathesis
 
 bench: setup system-bench
-	@for b in bench/debit.py bench/push.py bench/renewal.py bench/outbox.py; do \
+	@for b in bench/debit.py bench/push.py bench/renewal.py bench/outbox.py bench/pooler.py; do \
 		echo "== $$b"; $(PY) "$$b"; done

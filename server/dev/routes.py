@@ -41,7 +41,10 @@ class DevSpend(msgspec.Struct):
 
 
 async def dev_token(request: Request) -> Response:
+    """What an app's sign-in does: create the account (its welcome credits, once; a read
+    never creates it) and mint its browser token."""
     body = decode_body(DevToken, await read_body(request))
+    await resources(request).ledger.open(body.account_id)
     token, expires_at = resources(request).tokens.mint(body.account_id, 3600)
     return json_response(encoder.encode({"token": token, "expires_at": expires_at}))
 
