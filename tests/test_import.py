@@ -193,7 +193,8 @@ async def test_an_unknown_extension_or_header_is_refused(
     assert code == 2 and "unknown: user, credits" in err and "missing: account_id, balance" in err
 
 
-def test_a_hundred_thousand_rows(env: dict[str, str], tmp_path: Path) -> None:
+def test_a_hundred_thousand_rows(env: dict[str, str], tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
     """30-40 s on a 2-core machine, 50 s beside other work (PostgreSQL's side of
     balance_post is most of it): not async, so the suite's 60 s hang guard does not fail it
     on a loaded machine; the command's own timeout bounds it."""
@@ -207,7 +208,6 @@ def test_a_hundred_thousand_rows(env: dict[str, str], tmp_path: Path) -> None:
                           env={**os.environ, **env}, capture_output=True, text=True,
                           timeout=300)
     elapsed = time.monotonic() - started
-    print(f"\nimport of {n} rows: {elapsed:.1f} s ({n / elapsed:.0f} rows/s)\n{done.stdout}")
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{n} rows, imported {n}, already imported 0" in done.stdout
     total = sum(i % 1000 for i in range(n))
@@ -224,3 +224,15 @@ def test_a_hundred_thousand_rows(env: dict[str, str], tmp_path: Path) -> None:
 
     found = asyncio.run(count())
     assert found is not None and (found["accounts"], found["credits"]) == (n, total)
+    # The same file again changes nothing.
+    started = time.monotonic()
+    again = subprocess.run([sys.executable, "-m", "server.cli", "import", str(path)],
+                           env={**os.environ, **env}, capture_output=True, text=True,
+                           timeout=300)
+    rerun = time.monotonic() - started
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"{n} rows, imported 0, already imported {n}" in again.stdout
+    assert asyncio.run(count()) == found
+    with capsys.disabled():
+        print(f"\nimport of {n} rows: {elapsed:.1f} s ({n / elapsed:.0f} rows/s); the same "
+              f"file again: {rerun:.1f} s, nothing changed\n{done.stdout}{again.stdout}")

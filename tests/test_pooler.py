@@ -87,7 +87,7 @@ async def timed_debits(c: httpx.AsyncClient) -> float:
 
 async def test_money_alerts_and_app_webhooks_through_pgbouncer(
     start_app: StartApp, bouncer: PgBouncer, pooled_db: str, postgres: devservers.PostgresServer,
-    receiver: Receiver, tmp_path: Path,
+    receiver: Receiver, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     catalog = tmp_path / "catalog.json"
     catalog.write_text(json.dumps({"prices": {"gen": 6}, "alerts": {"low_balance": 50}}))
@@ -143,10 +143,11 @@ async def test_money_alerts_and_app_webhooks_through_pgbouncer(
     finally:
         await direct_app.stop()
     n = ACCOUNTS * DEBITS_EACH
-    print(f"\npooler: {n} concurrent debits through PgBouncer (transaction mode, "
-          f"{SERVER_SESSIONS} server sessions) {n / pooled_seconds:.0f}/s (replays "
-          f"{n / again:.0f}/s); direct, same run {n / direct_seconds:.0f}/s; "
-          f"ratio {direct_seconds / pooled_seconds:.2f}")
+    with capsys.disabled():
+        print(f"\npooler: {n} concurrent debits through PgBouncer (transaction mode, "
+              f"{SERVER_SESSIONS} server sessions) {n / pooled_seconds:.0f}/s (replays "
+              f"{n / again:.0f}/s); direct, same run {n / direct_seconds:.0f}/s; "
+              f"ratio {direct_seconds / pooled_seconds:.2f}")
 
 
 
