@@ -142,8 +142,9 @@ def pool_options(database: Database) -> dict[str, Any]:
     unknown ones (and `ignore_startup_parameters` would drop them silently). Behind a
     transaction-mode pooler, asyncpg keeps no prepared statement across statements
     (statement_cache_size=0, its documented setting): each transaction may run on another
-    server session. Its unnamed statements still work there, since a Parse and its Bind
-    travel before one Sync.
+    server session. It then sends each statement's Parse again with its Bind, Execute and
+    Sync (asyncpg#1065: PgBouncer may hand the Bind to another session after the Flush that
+    ends the describe), so nothing relies on a session's state.
     """
     options: dict[str, Any] = {
         "dsn": dsn(database),
