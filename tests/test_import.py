@@ -195,9 +195,9 @@ async def test_an_unknown_extension_or_header_is_refused(
 
 def test_a_hundred_thousand_rows(env: dict[str, str], tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
-    """30-40 s on a 2-core machine, 50 s beside other work (PostgreSQL's side of
-    balance_post is most of it): not async, so the suite's 60 s hang guard does not fail it
-    on a loaded machine; the command's own timeout bounds it."""
+    """30-50 s on a 2-core machine, and 7-9 s to import the same file again (PostgreSQL's
+    side of balance_post is most of it): not async, so the suite's 60 s hang guard does not
+    fail it on a loaded machine; the command's own timeout bounds it."""
     n = 100_000
     ids = accounts(n)
     path = tmp_path / "big.jsonl"
