@@ -1692,12 +1692,20 @@ END $$;
 -- The value is kept with a leading marker ('v'): an unset setting reads '' once any earlier
 -- transaction of the session has set it, and '' must mean "not read yet".
 
--- The server's configuration, written by each instance as it starts (server/ledger.py).
+-- The server's configuration, written by each instance as it starts (server/ledger.py):
+-- the catalog's threshold by every instance, the webhook types (p_events) only by one that
+-- delivers app webhooks (NULL: one without BALANCE_APP_WEBHOOK_URL has no say, so a push-only
+-- instance cannot turn delivery off for the others). The types now subscribed.
 CREATE OR REPLACE FUNCTION balance_configure(p_events text[], p_low_balance bigint)
-RETURNS void LANGUAGE sql AS $$
-    UPDATE settings SET events = p_events, low_balance = p_low_balance
-    WHERE (events, low_balance) IS DISTINCT FROM (p_events, p_low_balance)
-$$;
+RETURNS text[] LANGUAGE plpgsql AS $$
+DECLARE
+    v_events text[];
+BEGIN
+    UPDATE settings SET events = COALESCE(p_events, events), low_balance = p_low_balance
+    WHERE (events, low_balance) IS DISTINCT FROM (COALESCE(p_events, events), p_low_balance);
+    SELECT events INTO v_events FROM settings;
+    RETURN v_events;
+END $$;
 
 -- The event types subscribed, as ',type,type,' (',' for none), read once per transaction.
 CREATE OR REPLACE FUNCTION balance__events() RETURNS text LANGUAGE plpgsql AS $$

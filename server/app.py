@@ -67,7 +67,8 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
         ledger.on_commit(publisher.publish)
         outbox = Outbox(pool, settings) if settings.app_webhook_url else None
         plans = Plans(ledger, catalog)
-        ledger.configure(settings.app_webhook_events, catalog.alerts.low_balance)
+        ledger.configure(settings.app_webhook_events if settings.app_webhook_url else None,
+                         catalog.alerts.low_balance)
         with contextlib.suppress(*DB_DOWN):  # else the jobs loop writes them when it is up
             await ledger.write_settings()
         await plans.sync()

@@ -13,6 +13,7 @@ import secrets
 import signal
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -59,8 +60,10 @@ async def _migrate(database: Database) -> list[str]:
     from server.db import behind_pooler, dsn
     from server.schema import migrate
 
-    if behind_pooler(database):
-        # Its index builds (CREATE INDEX CONCURRENTLY, under a session lock) need a session.
+    # Its index builds (CREATE INDEX CONCURRENTLY, under a session lock) need a session. By
+    # the URL alone: BALANCE_DB_POOLER describes serve's URL, which the release step's
+    # environment carries beside the direct one it gives migrate.
+    if behind_pooler(replace(database, pooler="auto")):
         raise ConfigError("migrate needs a session of its own: give it the direct (or "
                           "session-mode) URL, not the transaction pooler's")
     conn = await asyncpg.connect(dsn(database))

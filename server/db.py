@@ -74,24 +74,29 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 def behind_pooler(database: Database) -> bool:
     """Whether DATABASE_URL is a transaction-mode pooler: as configured, else as the URL
-    says. Prisma's `?pgbouncer=true`; Supabase's pooler on port 6543 (5432 there is session
-    mode); Neon's pooled endpoints, whose host ends its first label in `-pooler`."""
+    says. Prisma's `?pgbouncer=true`; Supabase's poolers on port 6543 (5432 there is session
+    mode or direct); Neon's pooled endpoints, whose host ends its first label in `-pooler`."""
     if database.pooler != "auto":
         return database.pooler == "transaction"
     parts = urlsplit(database.url)
     if dict(parse_qsl(parts.query)).get("pgbouncer", "").lower() in ("true", "1"):
         return True
     host = parts.hostname or ""
-    return ((host.endswith(".pooler.supabase.com") and parts.port == 6543)
+    return ((host.endswith((".pooler.supabase.com", ".supabase.co")) and parts.port == 6543)
             or host.split(".", 1)[0].endswith("-pooler"))
 
 
+# Prisma's own URL parameters: a URL copied from a Prisma app carries them, and asyncpg
+# would send each as a startup parameter, which PostgreSQL and poolers refuse.
+_PRISMA_ONLY = frozenset({"pgbouncer", "connection_limit", "pool_timeout", "socket_timeout",
+                          "schema", "statement_cache_size"})
+
+
 def dsn(database: Database) -> str:
-    """DATABASE_URL without `pgbouncer=`: asyncpg would send an unknown query parameter as a
-    startup parameter, and a pooler refuses the connection for it."""
+    """DATABASE_URL without Prisma's parameters (the pooler it names is read first)."""
     parts = urlsplit(database.url)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-             if k != "pgbouncer"]
+             if k not in _PRISMA_ONLY]
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 

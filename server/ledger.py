@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,8 @@ from server import errors, metrics
 from server.db import movement, movements
 from server.group_commit import GroupCommit
 from server.messages import BalanceFrame, ChangeInfo
+
+log = logging.getLogger("balance.ledger")
 
 OnCommit = Callable[[BalanceFrame], None]
 """Called once per committed change with the account's new state; must not block or raise."""
@@ -107,21 +110,27 @@ class Ledger:
         self.welcome = welcome_credits
         self._hooks: list[OnCommit] = []
         self._group = GroupCommit(pool, welcome_credits, max_inflight)
-        self._settings: tuple[list[str], int | None] | None = None
+        self._settings: tuple[list[str] | None, int | None] | None = None
 
-    def configure(self, events: Sequence[str], low_balance: int | None) -> None:
+    def configure(self, events: Sequence[str] | None, low_balance: int | None) -> None:
         """What the database's triggers need of this deployment's configuration: the app
-        webhook types subscribed, and the catalog's default low-balance threshold (schema.sql
-        `settings`). Written by `write_settings`, at start and, if the database was down
-        then, by the jobs loop until it is."""
-        self._settings = (list(events), low_balance)
+        webhook types subscribed (None: this instance delivers none, and has no say), and
+        the catalog's default low-balance threshold (schema.sql `settings`). Written by
+        `write_settings`, at start and, if the database was down then, by the jobs loop."""
+        self._settings = (None if events is None else list(events), low_balance)
 
     async def write_settings(self) -> None:
         """Write what `configure` was given, once (every instance, at start)."""
-        if self._settings is not None:
-            await self.pool.execute("SELECT balance.balance_configure($1::text[], $2)",
-                                    *self._settings)
-            self._settings = None
+        if self._settings is None:
+            return
+        events, low_balance = self._settings
+        subscribed = await self.pool.fetchval(
+            "SELECT balance.balance_configure($1::text[], $2)", events, low_balance)
+        self._settings = None
+        if events is None and subscribed:
+            log.warning("app webhooks %s are subscribed (by an instance with "
+                        "BALANCE_APP_WEBHOOK_URL): this one writes them, and delivers none",
+                        ", ".join(subscribed))
 
     def on_commit(self, hook: OnCommit) -> None:
         """Hand every committed change to `hook` from now on (the push publisher)."""
@@ -250,9 +259,9 @@ class Ledger:
     async def open(self, account_id: str) -> bytes:
         """Create the account if new (its welcome credits granted once), as JSON. Being
         created moves nothing a reader did not already see (it read as new), so no push."""
-        text: str = await self.pool.fetchval(
-            "SELECT balance.balance_open_account($1, $2)::text", account_id, self.welcome)
-        return text.encode()
+        row = await movement(self.pool, "SELECT balance.balance_open_account($1, $2)::text AS a",
+                             account_id, self.welcome)
+        return str(row["a"]).encode()
 
     async def snapshot(self, account_ids: Sequence[str]) -> list[BalanceFrame]:
         """Current state of each account (as a new one would read if unknown), for

@@ -86,8 +86,15 @@ async def migrate(conn: asyncpg.Connection, text: str | None = None, *,
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATE_LOCK)
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {ident}")
-        # pg_temp last: a temporary table of the session can never stand in for ours.
-        await conn.execute(f"SET LOCAL search_path = {ident}, pg_catalog, pg_temp")
+        if await conn.fetchval(
+                "SELECT to_regclass($1 || '.schema_migrations') IS NULL AND EXISTS"
+                " (SELECT 1 FROM pg_class WHERE relnamespace = $1::regnamespace)", ident):
+            raise MigrationError(f"schema {schema} holds tables that are not balance-server's:"
+                                 " set BALANCE_DB_SCHEMA to a schema of its own")
+        # Ours first, where CREATE puts things; pg_catalog, not named, is searched before it
+        # (nothing can shadow a built-in) and pg_temp, named, last (a temporary table of the
+        # session can never stand in for ours).
+        await conn.execute(f"SET LOCAL search_path = {ident}, pg_temp")
         moved = await _adopt_public(conn, text, schema)
         await conn.execute(
             """
@@ -136,16 +143,39 @@ async def migrate(conn: asyncpg.Connection, text: str | None = None, *,
     return ran
 
 
-async def _adopt_public(conn: asyncpg.Connection, text: str, schema: str) -> bool:
-    """Move an install of 0.1.x from `public` into `schema`, once; whether it did.
+# What release 0.1.0 created in `public` (it kept no schema_migrations): only these move.
+_RELEASE_0_1_0 = {
+    "TABLE": {"accounts", "transactions", "idempotency_keys", "holds", "credit_lots",
+              "payments", "payment_refunds", "webhook_events_unfulfilled"},
+    "TYPE": {"balance_result"},
+    "VIEW": {"pending_refunds"},
+}
+_FUNCTION = re.compile(r"\b(?:FUNCTION|FUNCTION IF EXISTS) (balance_\w+)\s*\(")
+_RELEASE_0_1_0_FUNCTIONS = {
+    "balance__account_json", "balance__apply_refunds", "balance__claim_key",
+    "balance__consume_lots", "balance__ensure", "balance__forbid_change", "balance__hold_json",
+    "balance__payment_lock", "balance__ts", "balance__tx_json", "balance_account",
+    "balance_hold", "balance_post", "balance_post_many", "balance_purchase",
+    "balance_reconcile", "balance_record_unfulfilled", "balance_refund",
+    "balance_resolve_hold", "balance_sweep",
+}
 
-    Only what is certainly ours moves: there must be no install in `schema` yet, and
-    `public` must hold our ledger (accounts, transactions and the function balance_post
-    beside them), so an app's own `accounts` table is never taken. Tables move with their
-    indexes, constraints, triggers and identity sequences; ALTER ... SET SCHEMA rewrites
-    no row.
+
+async def _adopt_public(conn: asyncpg.Connection, text: str, schema: str) -> bool:
+    """Move an install of an earlier release from `public` into `schema`, once; whether it
+    did.
+
+    Only into the default schema (a deployment naming another schema is a new install,
+    and must not take one that still serves from `public`), only when that schema has no
+    install yet, and only what is certainly ours: `public` must hold our ledger (accounts,
+    transactions and the function balance_post beside them); then the relations the steps
+    recorded in its schema_migrations created (0.1.0, which recorded none: its own list),
+    and the functions schema.sql or 0.1.0 ever named. An app's own `settings`, `events` or
+    `schema_migrations` (Rails, Ecto and dbmate use that name) stays. Tables move with
+    their indexes, constraints, triggers, grants and identity sequences; ALTER ... SET
+    SCHEMA rewrites no row. The roles granted our tables get USAGE on the schema.
     """
-    if schema == "public" or await conn.fetchval(
+    if schema != "balance" or await conn.fetchval(
             "SELECT to_regclass(quote_ident($1) || '.accounts') IS NOT NULL", schema):
         return False
     ours = await conn.fetchval("""
@@ -156,23 +186,43 @@ async def _adopt_public(conn: asyncpg.Connection, text: str, schema: str) -> boo
     if not ours:
         return False
     ident = _quoted(schema)
-    named = {kind: {name for k, name in _CREATED.findall(text) if k == kind}
-             for kind in ("TABLE", "TYPE", "VIEW")}
-    named["TABLE"].add("schema_migrations")
+    recorded = None
+    if await conn.fetchval("""
+            SELECT array_agg(attname::text ORDER BY attname) @> '{checksum,kind,name}'
+            FROM pg_attribute WHERE attrelid = to_regclass('public.schema_migrations')
+              AND attnum > 0 AND NOT attisdropped"""):
+        recorded = {r[0] for r in await conn.fetch("SELECT name FROM public.schema_migrations")}
+    if recorded is None or "001_tables" not in recorded:
+        named = {kind: set(names) for kind, names in _RELEASE_0_1_0.items()}
+    else:
+        named = {"TABLE": {"schema_migrations"}, "TYPE": set(), "VIEW": set()}
+        for section in sections(text):
+            if section.name in recorded:
+                for kind, name in _CREATED.findall(section.sql):
+                    named[kind].add(name)
+    functions = set(_FUNCTION.findall(text)) | _RELEASE_0_1_0_FUNCTIONS
+    grantees: set[str] = set()
     for kind, relkinds in (("VIEW", ["v"]), ("TABLE", ["r", "p"])):
-        for name in await conn.fetch(
-                "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+        for row in await conn.fetch(
+                "SELECT relname, (SELECT array_agg(DISTINCT a.grantee::regrole::text)"
+                "  FROM aclexplode(relacl) a WHERE a.grantee <> 0 AND a.grantee <> relowner)"
+                " FROM pg_class WHERE relnamespace = 'public'::regnamespace"
                 " AND relkind = ANY($1::char[]) AND relname = ANY($2::text[])",
                 relkinds, sorted(named[kind])):
-            await conn.execute(f'ALTER {kind} public."{name[0]}" SET SCHEMA {ident}')
+            grantees.update(row[1] or ())
+            await conn.execute(f'ALTER {kind} public."{row[0]}" SET SCHEMA {ident}')
     for name in await conn.fetch(
             "SELECT typname FROM pg_type WHERE typnamespace = 'public'::regnamespace"
             " AND typtype IN ('c', 'e', 'd') AND typname = ANY($1::text[])",
             sorted(named["TYPE"])):
         await conn.execute(f'ALTER TYPE public."{name[0]}" SET SCHEMA {ident}')
-    for signature in await conn.fetch(_SIGNATURES + " AND p.proname LIKE 'balance\\_%'",
-                                      "public"):
+    for signature in await conn.fetch(
+            _SIGNATURES + " AND p.proname = ANY($2::text[]) AND NOT EXISTS (SELECT 1"
+            " FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')",
+            "public", sorted(functions)):
         await conn.execute(f"ALTER FUNCTION {signature[0]} SET SCHEMA {ident}")
+    for role in sorted(grantees):
+        await conn.execute(f"GRANT USAGE ON SCHEMA {ident} TO {role}")
     return True
 
 
@@ -196,8 +246,7 @@ async def _pin_functions(conn: asyncpg.Connection, schema: str) -> None:
             " FROM pg_trigger t WHERE t.tgfoid = p.oid AND t.tginitdeferred)) AND NOT EXISTS"
             " (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%')", schema):
         await conn.execute(
-            f"ALTER FUNCTION {signature[0]} SET search_path = {_quoted(schema)}, pg_catalog,"
-            " pg_temp")
+            f"ALTER FUNCTION {signature[0]} SET search_path = {_quoted(schema)}, pg_temp")
 
 
 async def _build_index(conn: asyncpg.Connection, section: Section, ident: str) -> None:
@@ -209,13 +258,14 @@ async def _build_index(conn: asyncpg.Connection, section: Section, ident: str) -
     # needs a session of its own: a direct or session-mode URL, never a transaction pooler);
     # the caller's is given back.
     caller_path = await conn.fetchval("SELECT current_setting('search_path')")
-    await conn.execute(f"SET search_path = {ident}, pg_catalog, pg_temp")
+    await conn.execute(f"SET search_path = {ident}, pg_temp")
     try:
         if await conn.fetchval("SELECT 1 FROM schema_migrations WHERE name = $1", section.name):
             return  # another migrator built it meanwhile
         valid = await conn.fetchval(
             "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-            " WHERE c.relname = $1", section.name)
+            " WHERE c.relname = $1 AND c.relnamespace = $2::regnamespace", section.name,
+            ident)
         if valid is False:
             await conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{section.name}"')
         await conn.execute(section.sql)

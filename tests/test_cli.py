@@ -35,6 +35,15 @@ def test_migrate_twice_from_the_command_line(migrated: str) -> None:
         assert "schema applied" in done.stdout
 
 
+def test_migrate_refuses_a_transaction_pooler_and_takes_the_direct_url(migrated: str) -> None:
+    """The release step carries serve's BALANCE_DB_POOLER beside the direct URL it gives
+    migrate: the URL decides. A pooler's URL is refused, saying what to give instead."""
+    direct = run_cli("migrate", env={"DATABASE_URL": migrated, "BALANCE_DB_POOLER": "transaction"})
+    assert direct.returncode == 0, direct.stderr
+    pooled = run_cli("migrate", env={"DATABASE_URL": migrated + "?pgbouncer=true"})
+    assert pooled.returncode == 2 and "direct" in pooled.stderr, pooled.stderr
+
+
 def test_version() -> None:
     done = run_cli("--version", env={})
     assert done.returncode == 0 and done.stdout == f"balance-server {server.__version__}\n"

@@ -279,9 +279,25 @@ async def test_an_instance_killed_mid_delivery_loses_nothing(
         log.close()
 
 
+async def test_an_instance_without_the_url_leaves_the_subscription_alone(
+    start_app: StartApp, db: asyncpg.Pool, catalog_file: str
+) -> None:
+    """A push-only instance (no BALANCE_APP_WEBHOOK_URL) starting beside those that deliver
+    must not turn their delivery off: it writes the catalog's threshold, not the types."""
+    await db.execute("SELECT balance_configure($1::text[], 50)", list(ALERTS))
+    app = await start_app(catalog_file=catalog_file)
+    try:
+        assert await db.fetchval("SELECT events FROM settings") == list(ALERTS)
+    finally:
+        await app.stop()
+
+
 async def test_without_a_subscription_nothing_is_written(
     start_app: StartApp, db: asyncpg.Pool, account: str, catalog_file: str
 ) -> None:
+    # No instance of this deployment delivers app webhooks (an instance without
+    # BALANCE_APP_WEBHOOK_URL leaves the subscription to those with one).
+    await db.execute("UPDATE settings SET events = '{}'")
     app = await start_app(catalog_file=catalog_file)  # no BALANCE_APP_WEBHOOK_URL
     try:
         await post(app, f"/v1/accounts/{account}/credit", {"amount": 10, "kind": "grant"})
@@ -314,12 +330,10 @@ async def settled_alerts(db: asyncpg.Pool, receiver: Receiver, account: str,
 
 @asynccontextmanager
 async def server_session(db: asyncpg.Pool) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
-    """A transaction with the session settings a hooked server's connections carry
-    (server/db.py), for paths driven here in SQL."""
+    """A transaction under the settings a hooked server writes (schema.sql `settings`: the
+    alerts subscribed, the catalog's threshold of 50), for paths driven here in SQL."""
     async with db.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "SELECT set_config('balance.events', $1, true),"
-            " set_config('balance.low_balance', '50', true)", ",".join(ALERTS))
+        await conn.execute("SELECT balance_configure($1::text[], 50)", list(ALERTS))
         yield conn
 
 

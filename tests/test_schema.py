@@ -109,6 +109,14 @@ async def test_changed_definitions_rerun_and_a_changed_step_is_refused(
 async def test_upgrade_from_release_0_1_0_keeps_every_row(fresh_db: asyncpg.Connection) -> None:
     db = fresh_db
     await db.execute(RELEASE_0_1_0.read_text())
+    # Beside it in `public`, the app's own objects, with names we use too.
+    reader = f"reader_{uuid.uuid4().hex[:8]}"
+    await db.execute(f"""
+        CREATE TABLE public.settings (key text PRIMARY KEY, value text);
+        CREATE TABLE public.schema_migrations (version varchar PRIMARY KEY);
+        CREATE FUNCTION public.balance_for_user(text) RETURNS int LANGUAGE sql AS 'SELECT 1';
+        CREATE ROLE {reader};
+        GRANT SELECT ON public.accounts TO {reader};""")
     later = datetime.now(UTC) + timedelta(days=30)
     # Written by 0.1.0's own functions: credits (one lot expiring), a debit, a hold, a
     # purchase and a partial refund of it.
@@ -138,13 +146,25 @@ async def test_upgrade_from_release_0_1_0_keeps_every_row(fresh_db: asyncpg.Conn
     ran = await migrate(db)
     assert ran == [s.name for s in sections(SCHEMA_PATH.read_text())]
     assert await migrate(db) == []
-    # 0.1.0 lived in `public`: everything of it moved to the schema of our own, rows kept.
-    assert await db.fetchval("SELECT to_regclass('public.accounts')") is None
-    assert await db.fetchval(
-        "SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace") == 0
-    assert await db.fetchval("SELECT count(*) FROM pg_class"
-                             " WHERE relnamespace = 'public'::regnamespace") == 0
-    assert await db.fetchval("SELECT count(*) FROM balance.transactions") == rows_before[0]
+    # 0.1.0 lived in `public`: everything of it moved to the schema of our own, rows kept;
+    # the app's own objects stayed, and who could read our tables still can.
+    try:
+        assert await db.fetchval("SELECT to_regclass('public.accounts')") is None
+        assert await db.fetchval(
+            "SELECT array_agg(proname::text) FROM pg_proc"
+            " WHERE pronamespace = 'public'::regnamespace") == ["balance_for_user"]
+        assert await db.fetchval(
+            "SELECT array_agg(relname::text ORDER BY relname) FROM pg_class"
+            " WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'") == [
+            "schema_migrations", "settings"]
+        assert await db.fetchval("SELECT count(*) FROM public.schema_migrations") == 0
+        assert await db.fetchval("SELECT count(*) FROM balance.transactions") == rows_before[0]
+        assert await db.fetchval("SELECT has_schema_privilege($1, 'balance', 'USAGE')"
+                                 " AND has_table_privilege($1, 'balance.accounts', 'SELECT')",
+                                 reader)
+    finally:
+        await db.execute(f"REVOKE ALL ON balance.accounts FROM {reader};"
+                         f" REVOKE ALL ON SCHEMA balance FROM {reader}; DROP ROLE {reader}")
     # ...and each function finds the tables from a session whose search_path has no `balance`.
     await db.execute("SET search_path = public")
     assert await db.fetch("SELECT * FROM balance.balance_reconcile()") == []
@@ -272,3 +292,23 @@ async def test_another_schema_name(fresh_db: asyncpg.Connection) -> None:
         " NULL, 'available')).result") == "ok"
     assert await fresh_db.fetch("SELECT * FROM credits.balance_reconcile()") == []
     assert await migrate(fresh_db, schema="credits") == []
+
+
+async def test_a_schema_that_holds_the_apps_tables_is_refused(
+    fresh_db: asyncpg.Connection
+) -> None:
+    await fresh_db.execute("CREATE SCHEMA balance; CREATE TABLE balance.things (id int)")
+    with pytest.raises(MigrationError, match="not balance-server's"):
+        await migrate(fresh_db)
+    assert await fresh_db.fetchval("SELECT to_regclass('balance.accounts')") is None
+
+
+async def test_another_schema_leaves_an_install_in_public_alone(
+    fresh_db: asyncpg.Connection
+) -> None:
+    """A staging deployment naming its own schema on the database where 0.1.0 still serves
+    from `public` starts afresh; it does not take production's ledger."""
+    await fresh_db.execute(RELEASE_0_1_0.read_text())
+    await migrate(fresh_db, schema="staging")
+    assert await fresh_db.fetchval("SELECT to_regclass('public.accounts')") is not None
+    assert await fresh_db.fetchval("SELECT count(*) FROM staging.accounts") == 0
