@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,23 +40,36 @@ def bouncer(postgres: devservers.PostgresServer) -> Iterator[PgBouncer]:
         yield running
 
 
-@pytest.fixture(scope="module")
-async def pooled_db(postgres: devservers.PostgresServer) -> AsyncIterator[str]:
-    """A database of its own, migrated directly (migrate needs a session): its settings
-    (webhooks on, a catalog threshold) are this deployment's, not the shared one's."""
+@asynccontextmanager
+async def own_database(postgres: devservers.PostgresServer, schema: str = "balance"
+                       ) -> AsyncIterator[tuple[str, asyncpg.Connection]]:
+    """A database of its own, migrated directly (migrate needs a session), and a direct
+    connection to it; dropped after."""
     name = f"pooled_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(postgres.url)
     await admin.execute(f"CREATE DATABASE {name}")
-    conn = await asyncpg.connect(postgres.url.rsplit("/", 1)[0] + f"/{name}")
-    await migrate(conn)
-    await conn.close()
-    yield name
-    await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-    await admin.close()
+    conn = await asyncpg.connect(postgres.url.rsplit("/", 1)[0] + f"/{name}",
+                                 server_settings=IN_SCHEMA)
+    try:
+        await migrate(conn, schema=schema)
+        yield name, conn
+    finally:
+        await conn.close()
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.close()
+
+
+@pytest.fixture(scope="module")
+async def pooled_db(postgres: devservers.PostgresServer) -> AsyncIterator[str]:
+    """Its settings (webhooks on, a catalog threshold) are this deployment's, not the shared
+    database's."""
+    async with own_database(postgres) as (name, _):
+        yield name
 
 
 async def test_a_custom_startup_parameter_is_refused(bouncer: PgBouncer, pooled_db: str) -> None:
-    """Why the settings moved into a table: what the server sent before cannot connect."""
+    """This PgBouncer is as strict as the hosted ones, so the test below fails for a server
+    that sends a parameter of its own (the server sent `balance.events` before)."""
     url = bouncer.url(pooled_db).split("?")[0]
     with pytest.raises(asyncpg.PostgresError, match="unsupported startup parameter"):
         await asyncpg.connect(url, server_settings={"balance.events": "balance.low"})
@@ -156,13 +170,7 @@ async def test_a_schema_of_another_name_through_the_pooler(
 ) -> None:
     """BALANCE_DB_SCHEMA=credits: migrate creates everything there and the server's SQL
     names it there (server/db.py renames `balance.` in its statements)."""
-    name = f"other_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(postgres.url)
-    await admin.execute(f"CREATE DATABASE {name}")
-    direct = postgres.url.rsplit("/", 1)[0] + f"/{name}"
-    conn = await asyncpg.connect(direct)
-    try:
-        await migrate(conn, schema="credits")
+    async with own_database(postgres, schema="credits") as (name, conn):
         app = await start_app(database_url=bouncer.url(name), db_schema="credits",
                               welcome_credits=7)
         account = f"other-{uuid.uuid4().hex[:8]}"
@@ -178,7 +186,3 @@ async def test_a_schema_of_another_name_through_the_pooler(
         await app.stop()
         assert await conn.fetchval("SELECT balance FROM credits.accounts") == 5
         assert await conn.fetchval("SELECT to_regclass('balance.accounts')") is None
-    finally:
-        await conn.close()
-        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-        await admin.close()
