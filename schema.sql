@@ -459,40 +459,61 @@ CREATE TABLE IF NOT EXISTS settings (
 );
 INSERT INTO settings DEFAULT VALUES ON CONFLICT DO NOTHING;
 
+-- step: 014_one_write_per_key
+-- An idempotency key is written once, with its response, when its movement is done
+-- (balance__keep), instead of claimed first and filled in after: one row version per key
+-- instead of two, and none for a refusal. These helpers went with the old way; the
+-- definitions recreate the others with their new parameters.
+DROP FUNCTION IF EXISTS balance__claim(text, text, bytea);
+DROP FUNCTION IF EXISTS balance__remember(text, text, jsonb);
+DROP FUNCTION IF EXISTS balance__refuse(text, text, bigint);
+DROP FUNCTION IF EXISTS balance__over_limit(accounts, text, text, bigint, bigint);
+-- Nothing ever filters or sorts by a stored response: ANALYZE sorting a sample of them (a
+-- twentieth of PostgreSQL's time under a steady debit load) buys no plan.
+ALTER TABLE idempotency_keys ALTER COLUMN response SET STATISTICS 0;
+
 -- ================================================================ JSON shapes of API.md
 
 -- definitions: json_shapes
+-- PL/pgSQL, not SQL, though each is one expression: called from PL/pgSQL (every movement),
+-- a SQL function is parsed and planned again in each transaction (its cached plan lives
+-- in the caller's per-transaction expression state), which was a third of a debit's cost
+-- in PostgreSQL. A PL/pgSQL function is compiled once per session and keeps its plans.
 
 CREATE OR REPLACE FUNCTION balance__ts(t timestamptz) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-$$;
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+BEGIN
+    RETURN to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
+END $$;
 
 CREATE OR REPLACE FUNCTION balance__account_json(a accounts) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT jsonb_build_object(
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN jsonb_build_object(
         'account_id', a.account_id, 'balance', a.balance, 'held', a.held,
         'available', a.balance - a.held, 'version', a.version,
         'purchased', a.purchased, 'used', a.used, 'updated_at', balance__ts(a.updated_at),
         'plan', a.plan, 'period_end', balance__ts(a.period_end),
-        'low', a.alert_state <> 'ok')
-$$;
+        'low', a.alert_state <> 'ok');
+END $$;
 
 CREATE OR REPLACE FUNCTION balance__tx_json(t transactions) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT jsonb_build_object(
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN jsonb_build_object(
         'id', t.id, 'account_id', t.account_id, 'kind', t.kind, 'amount', t.amount,
         'balance_after', t.balance_after, 'version', t.version, 'reason', t.reason,
-        'metadata', t.metadata, 'hold_id', t.hold_id, 'created_at', balance__ts(t.created_at))
-$$;
+        'metadata', t.metadata, 'hold_id', t.hold_id, 'created_at', balance__ts(t.created_at));
+END $$;
 
 CREATE OR REPLACE FUNCTION balance__hold_json(h holds) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT jsonb_build_object(
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN jsonb_build_object(
         'id', h.id, 'account_id', h.account_id, 'amount', h.amount, 'status', h.status,
         'captured', h.captured, 'reason', h.reason, 'metadata', h.metadata,
-        'expires_at', balance__ts(h.expires_at), 'created_at', balance__ts(h.created_at))
-$$;
+        'expires_at', balance__ts(h.expires_at), 'created_at', balance__ts(h.created_at));
+END $$;
 
 -- ================================================================ money movements
 --
@@ -602,56 +623,67 @@ BEGIN
 END $$;
 
 -- The default priority of a grant opened by a movement of this kind (API.md "Grants").
+-- PL/pgSQL, as the JSON shapes are: called from PL/pgSQL, a SQL function is planned anew in
+-- every transaction.
 CREATE OR REPLACE FUNCTION balance__priority(p_kind text) RETURNS int
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE p_kind WHEN 'allowance' THEN 10 WHEN 'grant' THEN 20 WHEN 'refund' THEN 30
-                       WHEN 'adjustment' THEN 40 ELSE 50 END
-$$;
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN CASE p_kind WHEN 'allowance' THEN 10 WHEN 'grant' THEN 20 WHEN 'refund' THEN 30
+                       WHEN 'adjustment' THEN 40 ELSE 50 END;
+END $$;
 
--- Claims an idempotency key inside the caller's transaction. A NULL result when the key is
--- new (the caller proceeds); otherwise the stored response to replay, or 'conflict' for
--- another body. A concurrent duplicate blocks on the unique index until the first
--- commits, then replays.
-CREATE OR REPLACE FUNCTION balance__claim(p_account text, p_key text, p_hash bytea)
+-- Idempotency, in two halves around a movement, so that a key costs one write.
+-- balance__replay reads the key and writes nothing: NULL result for a new key (the caller
+-- proceeds), else the stored response to replay, or 'conflict' for another body.
+-- balance__keep stores the key, its fingerprint and the response in one INSERT once the
+-- movement is done; a refusal stores nothing, so a retry after a top-up can succeed.
+-- The unique key is what makes a movement happen once. A concurrent request with the same
+-- key that committed after our read (it held the account's row, which we then waited for)
+-- or is still inserting it makes our INSERT conflict: the statement then fails whole with
+-- serialization_failure, writing nothing, and the server runs it again (server/db.py),
+-- when the read replays it. A key repeated within one transaction (a batch) is seen by the
+-- read, as the batch's rows run in (account, key) order.
+CREATE OR REPLACE FUNCTION balance__replay(p_account text, p_key text, p_hash bytea)
 RETURNS balance_result LANGUAGE plpgsql AS $$
 DECLARE
-    v_row idempotency_keys;
+    v_hash bytea;
+    v_body jsonb;
     v_res balance_result;
 BEGIN
-    INSERT INTO idempotency_keys (account_id, key, request_hash)
-    VALUES (p_account, p_key, p_hash) ON CONFLICT DO NOTHING;
+    SELECT k.request_hash, k.response INTO v_hash, v_body
+    FROM idempotency_keys k WHERE k.account_id = p_account AND k.key = p_key;
     IF FOUND THEN
-        RETURN v_res;
-    END IF;
-    SELECT * INTO v_row FROM idempotency_keys k WHERE k.account_id = p_account AND k.key = p_key;
-    v_res.replayed := true;
-    IF v_row.request_hash <> p_hash THEN
-        v_res.result := 'conflict';
-    ELSE
-        v_res.result := 'ok';
-        v_res.body := v_row.response;
+        v_res.replayed := true;
+        IF v_hash <> p_hash THEN
+            v_res.result := 'conflict';
+        ELSE
+            v_res.result := 'ok';
+            v_res.body := v_body;
+        END IF;
     END IF;
     RETURN v_res;
 END $$;
 
--- Stores the response a key replays from now on. plpgsql, not sql: a SQL-language function
--- that writes is planned again on every call, which cost the debit path a fifth.
-CREATE OR REPLACE FUNCTION balance__remember(p_account text, p_key text, p_body jsonb)
+CREATE OR REPLACE FUNCTION balance__keep(p_account text, p_key text, p_hash bytea,
+                                         p_body jsonb)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE idempotency_keys k SET response = p_body
-    WHERE k.account_id = p_account AND k.key = p_key;
+    INSERT INTO idempotency_keys (account_id, key, request_hash, response)
+    VALUES (p_account, p_key, p_hash, p_body) ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'BL003: account %: a request with the same idempotency key committed '
+            'meanwhile; run it again to replay that one', p_account
+            USING ERRCODE = 'serialization_failure';
+    END IF;
 END $$;
 
--- 'insufficient': writes nothing, and gives the key back so a retry after a top-up can
--- succeed.
-CREATE OR REPLACE FUNCTION balance__refuse(p_account text, p_key text, p_required bigint)
+-- 'insufficient': writes nothing.
+CREATE OR REPLACE FUNCTION balance__refuse(p_account text, p_required bigint)
 RETURNS balance_result LANGUAGE plpgsql AS $$
 DECLARE
     v_acc accounts;
     v_res balance_result;
 BEGIN
-    DELETE FROM idempotency_keys k WHERE k.account_id = p_account AND k.key = p_key;
     SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
     v_res.result := 'insufficient';
     v_res.replayed := false;
@@ -662,10 +694,9 @@ END $$;
 
 -- 'limit_reached' when charging p_quantity more of p_operation would pass its plan's limit
 -- in the account's current period (one that has not ended: balance_post renews first):
--- writes nothing and gives the key back, as a refusal for insufficient credits does. NULL
--- result when the charge fits.
+-- writes nothing, as a refusal for insufficient credits. NULL result when the charge fits.
 CREATE OR REPLACE FUNCTION balance__over_limit(
-    p_acc accounts, p_key text, p_operation text, p_quantity bigint, p_limit bigint
+    p_acc accounts, p_operation text, p_quantity bigint, p_limit bigint
 ) RETURNS balance_result LANGUAGE plpgsql AS $$
 DECLARE
     v_used bigint;
@@ -675,7 +706,6 @@ BEGIN
         AND u.operation = p_operation AND u.period_start = p_acc.period_start;
     v_used := COALESCE(v_used, 0);
     IF v_used + p_quantity > p_limit THEN
-        DELETE FROM idempotency_keys k WHERE k.account_id = p_acc.account_id AND k.key = p_key;
         v_res.result := 'limit_reached';
         v_res.replayed := false;
         v_res.body := jsonb_build_object('operation', p_operation, 'limit', p_limit,
@@ -696,7 +726,11 @@ END $$;
 -- first (balance__renew_due), so it never counts in a period that has ended nor spends
 -- allowance that should have expired. While the period runs that costs the debit one
 -- comparison on the row it updates anyway.
-CREATE OR REPLACE FUNCTION balance_post(
+-- balance__post is the movement; balance_post, below, is how the server calls one alone.
+-- Our other functions call balance__post: an entry function is pinned to its search_path
+-- (server/schema.py), which costs each call a save and restore of the setting, and a
+-- batch (balance_post_many) would pay it per movement.
+CREATE OR REPLACE FUNCTION balance__post(
     p_account text, p_welcome bigint, p_key text, p_hash bytea, p_kind text,
     p_amount bigint, p_reason text, p_metadata jsonb, p_expires_at timestamptz,
     p_mode text, p_hold uuid DEFAULT NULL, p_priority int DEFAULT NULL,
@@ -712,7 +746,7 @@ DECLARE
     v_limit bigint;
     v_renewed balance_result;
 BEGIN
-    v_res := balance__claim(p_account, p_key, p_hash);
+    v_res := balance__replay(p_account, p_key, p_hash);
     IF v_res.result IS NOT NULL THEN
         RETURN v_res;
     END IF;
@@ -733,7 +767,7 @@ BEGIN
             END IF;
             v_amount := p_amount;
             IF v_limit IS NOT NULL THEN
-                v_res := balance__over_limit(v_acc, p_key, p_operation, p_quantity, v_limit);
+                v_res := balance__over_limit(v_acc, p_operation, p_quantity, v_limit);
                 IF v_res.result IS NOT NULL THEN
                     RETURN balance__after_renewal(v_res, v_renewed);
                 END IF;
@@ -762,8 +796,7 @@ BEGIN
             RETURNING * INTO v_acc;
         END IF;
         IF NOT FOUND THEN
-            RETURN balance__after_renewal(balance__refuse(p_account, p_key, -p_amount),
-                                          v_renewed);
+            RETURN balance__after_renewal(balance__refuse(p_account, -p_amount), v_renewed);
         END IF;
     ELSE
         PERFORM balance__ensure(p_account, p_welcome);
@@ -819,7 +852,7 @@ BEGIN
     IF v_short <> 0 THEN
         v_res.body := v_res.body || jsonb_build_object('unrecovered', v_short);
     END IF;
-    PERFORM balance__remember(p_account, p_key, v_res.body);
+    PERFORM balance__keep(p_account, p_key, p_hash, v_res.body);
     IF v_amount <> 0 THEN
         v_res.account_id := p_account;
         v_res.balance := v_acc.balance;
@@ -834,6 +867,18 @@ BEGIN
         v_res := balance__after_renewal(v_res, v_renewed);
     END IF;
     RETURN v_res;
+END $$;
+
+CREATE OR REPLACE FUNCTION balance_post(
+    p_account text, p_welcome bigint, p_key text, p_hash bytea, p_kind text,
+    p_amount bigint, p_reason text, p_metadata jsonb, p_expires_at timestamptz,
+    p_mode text, p_hold uuid DEFAULT NULL, p_priority int DEFAULT NULL,
+    p_operation text DEFAULT NULL, p_quantity bigint DEFAULT NULL
+) RETURNS balance_result LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN balance__post(p_account, p_welcome, p_key, p_hash, p_kind, p_amount, p_reason,
+                         p_metadata, p_expires_at, p_mode, p_hold, p_priority, p_operation,
+                         p_quantity);
 END $$;
 
 -- Group commit: many independent balance_post calls in one round trip and one commit.
@@ -852,10 +897,10 @@ BEGIN
         ORDER BY p_accounts[s.i], p_keys[s.i], s.i
     LOOP
         idx := i;
-        result := balance_post(p_accounts[i], p_welcome, p_keys[i], p_hashes[i], p_kinds[i],
-                               p_amounts[i], p_reasons[i], p_metadata[i], p_expires[i],
-                               p_modes[i], NULL, p_priorities[i], p_operations[i],
-                               p_quantities[i]);
+        result := balance__post(p_accounts[i], p_welcome, p_keys[i], p_hashes[i], p_kinds[i],
+                                p_amounts[i], p_reasons[i], p_metadata[i], p_expires[i],
+                                p_modes[i], NULL, p_priorities[i], p_operations[i],
+                                p_quantities[i]);
         RETURN NEXT;
     END LOOP;
 END $$;
@@ -871,7 +916,7 @@ DECLARE
     v_res balance_result;
     v_renewed balance_result;
 BEGIN
-    v_res := balance__claim(p_account, p_key, p_hash);
+    v_res := balance__replay(p_account, p_key, p_hash);
     IF v_res.result IS NOT NULL THEN
         RETURN v_res;
     END IF;
@@ -888,7 +933,7 @@ BEGIN
         RETURNING * INTO v_acc;
     END IF;
     IF NOT FOUND THEN
-        RETURN balance__after_renewal(balance__refuse(p_account, p_key, p_amount), v_renewed);
+        RETURN balance__after_renewal(balance__refuse(p_account, p_amount), v_renewed);
     END IF;
     INSERT INTO holds (account_id, amount, reason, metadata, expires_at)
     VALUES (p_account, p_amount, p_reason, p_metadata, now() + make_interval(secs => p_ttl_seconds))
@@ -898,7 +943,7 @@ BEGIN
                                  'account', balance__account_json(v_acc)),
               p_account, v_acc.balance, v_acc.held, v_acc.version, 'hold_placed', 0, NULL, v_hold.id,
               v_acc.alert_state <> 'ok');
-    PERFORM balance__remember(p_account, p_key, v_res.body);
+    PERFORM balance__keep(p_account, p_key, p_hash, v_res.body);
     RETURN v_res;
 END $$;
 
@@ -1092,11 +1137,13 @@ BEGIN
     RETURN balance_account(p_account, p_welcome);
 END $$;
 
--- The account object; an unknown account reads as a new one would.
+-- The account object; an unknown account reads as a new one would. PL/pgSQL: a SQL function
+-- pinned to its search_path is never inlined, so each call would parse and plan it again.
 CREATE OR REPLACE FUNCTION balance_account(p_account text, p_welcome bigint) RETURNS jsonb
-LANGUAGE sql AS $$
-    SELECT balance__account_json(balance__account_row(p_account, p_welcome))
-$$;
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN balance__account_json(balance__account_row(p_account, p_welcome));
+END $$;
 -- ================================================================ jobs
 
 -- definitions: jobs
@@ -1182,12 +1229,14 @@ $$;
 
 -- The start of period k of a plan anchored at p_anchor (k may be negative), in UTC, so a
 -- month is a calendar month: Jan 31 + 1 month = Feb 28 (29), + 2 months = Mar 31.
+-- PL/pgSQL for the reason the JSON shapes are.
 CREATE OR REPLACE FUNCTION balance__period_edge(p_anchor timestamptz, p_period text, p_k int)
-RETURNS timestamptz LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT ((p_anchor AT TIME ZONE 'UTC') + p_k * CASE p_period
+RETURNS timestamptz LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN ((p_anchor AT TIME ZONE 'UTC') + p_k * CASE p_period
         WHEN 'month' THEN interval '1 month' WHEN 'week' THEN interval '7 days'
-        ELSE interval '1 day' END) AT TIME ZONE 'UTC'
-$$;
+        ELSE interval '1 day' END) AT TIME ZONE 'UTC';
+END $$;
 
 -- The k whose period [edge(k), edge(k+1)) holds p_at.
 CREATE OR REPLACE FUNCTION balance__period_index(p_anchor timestamptz, p_period text,
@@ -1366,7 +1415,7 @@ DECLARE
     v_reserved bigint;
     v_res balance_result;
 BEGIN
-    v_res := balance__claim(p_account, p_key, p_hash);
+    v_res := balance__replay(p_account, p_key, p_hash);
     IF v_res.result IS NOT NULL THEN
         RETURN NEXT v_res;
         RETURN;
@@ -1382,7 +1431,7 @@ BEGIN
        AND (p_anchor IS NULL OR p_anchor = v_acc.plan_anchor) THEN
         v_res := ('ok', false, jsonb_build_object('account', balance__account_json(v_acc)),
                   NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
-        PERFORM balance__remember(p_account, p_key, v_res.body);
+        PERFORM balance__keep(p_account, p_key, p_hash, v_res.body);
         RETURN NEXT v_res;
         RETURN;
     END IF;
@@ -1492,7 +1541,7 @@ BEGIN
     END IF;
     SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
     v_res.body := jsonb_build_object('account', balance__account_json(v_acc));
-    PERFORM balance__remember(p_account, p_key, v_res.body);
+    PERFORM balance__keep(p_account, p_key, p_hash, v_res.body);
     RETURN NEXT v_res;
 END $$;
 
@@ -1707,16 +1756,30 @@ BEGIN
     RETURN v_events;
 END $$;
 
+-- Reads the settings row into the transaction's settings, both values at once (a debit
+-- needs both, in two triggers). The event types as 'v,type,type,' ('v,' for none), the
+-- threshold as 'v' and its digits ('v' for none).
+CREATE OR REPLACE FUNCTION balance__read_settings() RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_events text;
+    v_low text;
+BEGIN
+    SELECT 'v,' || array_to_string(events, ',') || ',', 'v' || COALESCE(low_balance::text, '')
+    INTO v_events, v_low FROM settings;
+    PERFORM set_config('balance.settings_events', COALESCE(v_events, 'v,'), true);
+    PERFORM set_config('balance.settings_low_balance', COALESCE(v_low, 'v'), true);
+END $$;
+
 -- The event types subscribed, as ',type,type,' (',' for none), read once per transaction.
 CREATE OR REPLACE FUNCTION balance__events() RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v text := current_setting('balance.settings_events', true);
 BEGIN
     IF v IS NULL OR v = '' THEN
-        SELECT 'v,' || array_to_string(events, ',') || ',' INTO v FROM settings;
-        PERFORM set_config('balance.settings_events', COALESCE(v, 'v,'), true);
+        PERFORM balance__read_settings();
+        v := current_setting('balance.settings_events');
     END IF;
-    RETURN substr(COALESCE(v, 'v,'), 2);
+    RETURN substr(v, 2);
 END $$;
 
 -- Writes an app webhook into the outbox, in the caller's transaction, if subscribed.
@@ -1730,11 +1793,13 @@ END $$;
 
 -- Where `available` stands against a threshold: 'ok', 'low' (below it) or 'depleted' (0
 -- or less, whatever the threshold). What accounts.alert_state holds and `low` shows.
+-- PL/pgSQL: the alert trigger calls it on every debit (see the JSON shapes).
 CREATE OR REPLACE FUNCTION balance__standing(p_available bigint, p_threshold bigint)
-RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN p_available <= 0 THEN 'depleted'
-                WHEN p_available < COALESCE(p_threshold, 0) THEN 'low' ELSE 'ok' END
-$$;
+RETURNS text LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN CASE WHEN p_available <= 0 THEN 'depleted'
+                WHEN p_available < COALESCE(p_threshold, 0) THEN 'low' ELSE 'ok' END;
+END $$;
 
 -- The catalog's default threshold (NULL: none), for an account without its own or a plan's.
 CREATE OR REPLACE FUNCTION balance__default_threshold() RETURNS bigint
@@ -1743,10 +1808,10 @@ DECLARE
     v text := current_setting('balance.settings_low_balance', true);
 BEGIN
     IF v IS NULL OR v = '' THEN
-        SELECT 'v' || COALESCE(low_balance::text, '') INTO v FROM settings;
-        PERFORM set_config('balance.settings_low_balance', COALESCE(v, 'v'), true);
+        PERFORM balance__read_settings();
+        v := current_setting('balance.settings_low_balance');
     END IF;
-    RETURN NULLIF(substr(COALESCE(v, 'v'), 2), '')::bigint;
+    RETURN NULLIF(substr(v, 2), '')::bigint;
 END $$;
 
 -- Before an account row changes: where does `available` now stand against the account's
@@ -2192,7 +2257,7 @@ BEGIN
     PERFORM balance__apply_disputes(p_provider, p_payment, p_welcome);
 
     v_key := 'webhook:' || p_provider || ':' || p_payment || ':reversed:' || v_target;
-    v_res := balance_post(
+    v_res := balance__post(
         v_pay.account_id, p_welcome, v_key, sha256(convert_to(v_key, 'UTF8')), 'reversal',
         -v_delta, 'refund via ' || p_provider,
         jsonb_build_object('provider', p_provider, 'payment_id', p_payment,
@@ -2259,7 +2324,7 @@ BEGIN
         CONTINUE WHEN v_target = v_dispute.taken;
         v_key := 'webhook:' || p_provider || ':' || p_payment || ':dispute:'
                  || v_dispute.dispute_id || ':' || v_target;
-        v_step := balance_post(
+        v_step := balance__post(
             v_pay.account_id, p_welcome, v_key, sha256(convert_to(v_key, 'UTF8')), 'reversal',
             v_dispute.taken - v_target,
             CASE WHEN v_target < v_dispute.taken THEN 'dispute won via '
@@ -2351,7 +2416,7 @@ BEGIN
     -- The credits and what refunds and disputes that came first take back are one movement.
     PERFORM balance__ensure(p_account, p_welcome);
     v_began := balance__alerts_begin(p_account);
-    v_res := balance_post(
+    v_res := balance__post(
         p_account, p_welcome, v_key, sha256(convert_to('purchase:' || v_key, 'UTF8')),
         'purchase', p_credits, 'purchase via ' || p_provider, p_metadata, NULL, 'available');
     IF v_res.result <> 'ok' OR v_res.replayed THEN

@@ -36,20 +36,27 @@ LOST_AFTER_SENDING: tuple[type[Exception], ...] = (
 )
 
 
+# The statement failed whole and wrote nothing, and running it again is how it succeeds: a
+# concurrent request with the same idempotency key committed first (schema.sql
+# balance__keep; the run again replays it), or a deadlock with a batch holding the account.
+RUN_AGAIN: tuple[type[Exception], ...] = (
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+)
+ATTEMPTS = 3
+
+
 async def movement(pool: asyncpg.Pool, sql: str, *args: Any) -> asyncpg.Record:
     """Run one statement that writes; its one row.
 
     A failure to get a connection is the DB_DOWN 503 `unavailable` (nothing was sent); a
     failure after sending is 503 `outcome_unknown`, never "nothing was written": a retry
-    with the same idempotency key returns what committed, or performs it once.
+    with the same idempotency key returns what committed, or performs it once. A statement
+    that failed whole for a reason in RUN_AGAIN is run again, up to ATTEMPTS times.
     """
-    async with pool.acquire() as conn:
-        try:
-            row = await conn.fetchrow(sql, *args)
-        except LOST_AFTER_SENDING as exc:
-            raise _unknown(exc) from None
-    assert row is not None
-    return row
+    rows = await movements(pool, sql, *args)
+    assert len(rows) == 1
+    return rows[0]
 
 
 def _unknown(exc: Exception) -> Exception:
@@ -61,10 +68,15 @@ def _unknown(exc: Exception) -> Exception:
 async def movements(pool: asyncpg.Pool, sql: str, *args: Any) -> list[asyncpg.Record]:
     """As `movement`, for a statement that answers several rows."""
     async with pool.acquire() as conn:
-        try:
-            return list(await conn.fetch(sql, *args))
-        except LOST_AFTER_SENDING as exc:
-            raise _unknown(exc) from None
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return list(await conn.fetch(sql, *args))
+            except RUN_AGAIN:
+                if attempt == ATTEMPTS:
+                    raise
+            except LOST_AFTER_SENDING as exc:
+                raise _unknown(exc) from None
+    raise AssertionError("unreachable")
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

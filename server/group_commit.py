@@ -71,20 +71,9 @@ class GroupCommit:
             self._inflight -= 1
             self._dispatch()
 
-    async def _fetch_one(self, args: PostArgs) -> asyncpg.Record:
-        for attempt in range(3):
-            try:
-                return await movement(self._pool, _POST_SQL, args[0], self._welcome, *args[1:])
-            except asyncpg.DeadlockDetectedError:
-                # A batch holding this account waited on our idempotency key (a concurrent
-                # duplicate); the loser rolled back whole, so retrying is safe.
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
     async def _one(self, args: PostArgs, future: asyncio.Future[asyncpg.Record]) -> None:
         try:
-            row = await self._fetch_one(args)
+            row = await movement(self._pool, _POST_SQL, args[0], self._welcome, *args[1:])
         except BaseException as exc:
             if not future.done():
                 future.set_exception(exc)
@@ -100,8 +89,9 @@ class GroupCommit:
             rows = await movements(self._pool, _POST_MANY_SQL, columns[0], self._welcome,
                                    *columns[1:])
         except asyncpg.PostgresError:
-            # One bad item (or a deadlock with another multi-account transaction) rolled
-            # the whole batch back, so nothing of it committed: run each on its own.
+            # One bad item, a deadlock with another multi-account transaction, or a key that
+            # a concurrent request committed first rolled the whole batch back, so nothing
+            # of it committed: run each on its own.
             await asyncio.gather(*(self._one(args, future) for args, future in batch))
             return
         except BaseException as exc:

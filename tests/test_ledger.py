@@ -78,6 +78,43 @@ async def test_40_concurrent_requests_one_key_one_transaction(
     await other.stop()
 
 
+_POST = ("SELECT (r).* FROM (SELECT balance_post($1, 0, $2, '\\x01'::bytea, 'usage', $3, 'x',"
+         " NULL, NULL, 'available') r) s")
+
+
+async def test_a_key_committed_meanwhile_fails_the_statement_whole_and_its_run_again_replays(
+    db: asyncpg.Pool, account: str
+) -> None:
+    """A key is written once, with its response, when the movement is done: a request that
+    read the key as new while another with the same key was under way must not move the
+    balance a second time. Its statement fails whole (serialization_failure), and running it
+    again replays the first. Also: a refusal leaves no key behind."""
+    async with db.acquire() as first, db.acquire() as second:
+        await first.execute("SELECT balance_post($1, 0, 'seed', '\\x00'::bytea, 'grant', 10,"
+                            " 'seed', NULL, NULL, 'available')", account)
+        same = key()
+        async with first.transaction():
+            row = await first.fetchrow(_POST, account, same, -3)
+            assert (row["result"], row["balance"]) == ("ok", 7)
+            racing = asyncio.create_task(second.fetchrow(_POST, account, same, -3))
+            await asyncio.sleep(0.3)
+            assert not racing.done()  # waits for the account's row
+        try:
+            await racing
+            raise AssertionError("the second request with the same key moved the balance")
+        except asyncpg.SerializationError as exc:
+            assert "BL003" in str(exc)
+        again = await second.fetchrow(_POST, account, same, -3)
+        assert (again["result"], again["replayed"]) == ("ok", True)
+        assert json.loads(again["body"])["account"]["balance"] == 7
+        refused = key()
+        row = await second.fetchrow(_POST, account, refused, -100)
+        assert row["result"] == "insufficient"
+    assert await db.fetchval("SELECT balance FROM accounts WHERE account_id = $1", account) == 7
+    assert await db.fetchval("SELECT count(*) FROM idempotency_keys WHERE account_id = $1"
+                             " AND key = $2", account, refused) == 0
+
+
 async def test_hold_expires_by_itself(client: httpx.AsyncClient, account: str,
                                       db: asyncpg.Pool) -> None:
     await grant(client, account, 10)
