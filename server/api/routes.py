@@ -14,11 +14,11 @@ from typing import Literal
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.api import backend, browser, webhooks
-from server.api.http import json_response, resources, user
+from server.api.http import resources, user
 from server.auth import check_service_key
 from server.errors import Problem, rate_limited
 from server.ledger import Outcome
@@ -140,39 +140,62 @@ async def _authenticate(request: Request, auth: Auth) -> None:
             user(request)
 
 
-def _endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
-    handler, status, auth = op.handler, op.status, op.auth
+_JSON_HEADER = (b"content-type", b"application/json")
+_REPLAYED_HEADER = (b"idempotent-replayed", b"true")
 
-    async def endpoint(request: Request) -> Response:
-        await _authenticate(request, auth)
-        result = await handler(request)
+
+class _Endpoint:
+    """One operation as an ASGI app, which Starlette's Route takes as it is (its supported
+    alternative to a request -> response function). It writes its answer as the two ASGI
+    messages directly: Starlette's function wrapper would add a Response object and a layer
+    of exception handling per request that the ExceptionMiddleware around the router
+    already does, and the debit path is hot. Problems raised here reach that middleware."""
+
+    __slots__ = ("auth", "handler", "status")
+
+    def __init__(self, op: Operation) -> None:
+        self.handler, self.status, self.auth = op.handler, op.status, op.auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        await _authenticate(request, self.auth)
+        result = await self.handler(request)
+        headers = [_JSON_HEADER]
         if isinstance(result, Outcome):
-            return json_response(result.body, status, result.replayed)
-        return json_response(result, status)
-
-    endpoint.__name__ = handler.__name__
-    endpoint.__doc__ = handler.__doc__
-    return endpoint
+            body = result.body
+            if result.replayed:
+                headers.append(_REPLAYED_HEADER)
+        else:
+            body = result
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 def routes() -> list[Route]:
     """Starlette routes for every operation: one per path, so a 405 names (in Allow) every
     method the path has."""
-    by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
+    by_path: dict[str, dict[str, ASGIApp]] = {}
     for op in OPERATIONS:
-        by_path.setdefault(op.path, {})[op.method] = _endpoint(op)
+        by_path.setdefault(op.path, {})[op.method] = _Endpoint(op)
     return [Route(path, _by_method(endpoints), methods=list(endpoints))
             for path, endpoints in by_path.items()]
 
 
-def _by_method(
-    endpoints: dict[str, Callable[[Request], Awaitable[Response]]],
-) -> Callable[[Request], Awaitable[Response]]:
+def _by_method(endpoints: dict[str, ASGIApp]) -> ASGIApp:
     if len(endpoints) == 1:
         return next(iter(endpoints.values()))
+    return _ByMethod(endpoints)
 
-    async def endpoint(request: Request) -> Response:
-        method = "GET" if request.method == "HEAD" else request.method
-        return await endpoints[method](request)
 
-    return endpoint
+class _ByMethod:
+    """A path's operations, by method (an ASGI app, as each of them is)."""
+
+    __slots__ = ("endpoints",)
+
+    def __init__(self, endpoints: dict[str, ASGIApp]) -> None:
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = "GET" if scope["method"] == "HEAD" else scope["method"]
+        await self.endpoints[method](scope, receive, send)
