@@ -283,7 +283,7 @@ async def test_a_closed_socket_is_freed_without_the_cyclic_collector(
     await raw.message()
     (conn,) = hub._accounts[account].listeners
     assert isinstance(conn, Connection)
-    gone = weakref.ref(conn.conn)  # its parser: freed with it (a slotted object has no weakref)
+    gone = weakref.ref(conn)
     del conn
     gc.disable()
     try:
