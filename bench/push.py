@@ -256,8 +256,11 @@ def ours_role(port: int, database_url: str, redis_url: str) -> None:
         env, port=port, channel_prefix=PREFIX, ws_max_sockets_per_account=1000, db_pool_size=10,
         rate_limits="me=",
     )
-    pauses: list[tuple[float, float, int]] = []  # (wall-clock start, ms, generation)
-    started: list[float] = [0.0, 0.0]
+    # (wall-clock start, ms, generation, CPU ms): the wall time is what the event loop waits,
+    # the CPU time what the collection itself costs (on 2 shared cores, a collection that
+    # loses its core meanwhile waits for the rest of the other process's time slice).
+    pauses: list[tuple[float, float, int, float]] = []
+    started: list[float] = [0.0, 0.0, 0.0]
     census = bool(os.environ.get("BENCH_GC_CENSUS"))
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
@@ -265,13 +268,15 @@ def ours_role(port: int, database_url: str, redis_url: str) -> None:
         if phase == "start":
             if census and generation == 2:
                 print_census()
-            started[0], started[1] = time.perf_counter(), time.time()
+            started[:] = time.perf_counter(), time.time(), time.thread_time()
         else:
             ms = (time.perf_counter() - started[0]) * 1000
+            cpu_ms = (time.thread_time() - started[2]) * 1000
             if ms >= 1.0 or generation == 2:  # every full collection counts, however short
-                pauses.append((started[1], ms, generation))
-            if ms > 20:
-                print(f"# GC pause {ms:.0f} ms (gen {generation}) at {time.time():.1f}",
+                pauses.append((started[1], ms, generation, cpu_ms))
+            if ms > (3 if census else 20):
+                print(f"# GC pause {ms:.0f} ms (gen {generation}, {cpu_ms:.1f} ms CPU, "
+                      f"{info['collected']} collected) at {time.time():.1f}",
                       file=sys.stderr, flush=True)
 
     def print_census() -> None:
@@ -397,17 +402,20 @@ class Proc:
         assert self.popen.stdout is not None
         for line in self.popen.stdout.read().splitlines():
             with contextlib.suppress(ValueError, TypeError, KeyError):
-                return [Pause(float(t), float(ms), int(g)) for t, ms, g in json.loads(line)["gc"]]
+                return [Pause(float(t), float(ms), int(g), float(cpu))
+                        for t, ms, g, cpu in json.loads(line)["gc"]]
         return []
 
 
 @dataclass(frozen=True)
 class Pause:
-    """One collection a server reported: when it began (wall clock), how long, which generation."""
+    """One collection a server reported: when it began (wall clock), how long (wall and the
+    process's CPU time), which generation."""
 
     at: float
     ms: float
     generation: int
+    cpu_ms: float
 
 
 def in_windows(pauses: list[Pause], windows: Sequence[tuple[float, float]]) -> list[Pause]:
@@ -415,15 +423,15 @@ def in_windows(pauses: list[Pause], windows: Sequence[tuple[float, float]]) -> l
     return [p for p in pauses if any(start <= p.at <= end for start, end in windows)]
 
 
-def longest(pauses: list[Pause]) -> float:
-    return max((p.ms for p in pauses), default=0.0)
+def longest(pauses: list[Pause], *, cpu: bool = False) -> float:
+    return max((p.cpu_ms if cpu else p.ms for p in pauses), default=0.0)
 
 
 def gc_note(name: str, pauses: list[Pause]) -> str:
     """`name`: n full (gen-2) collections, the longest pause of any generation."""
     full = [p for p in pauses if p.generation == 2]
     return (f"{name} {len(full)} gen-2 collections (longest {longest(full):.1f} ms), "
-            f"longest pause {longest(pauses):.1f} ms")
+            f"longest pause {longest(pauses):.1f} ms ({longest(pauses, cpu=True):.1f} ms CPU)")
 
 
 def rss_kib(pid: int) -> int:
@@ -1010,6 +1018,8 @@ async def orchestrate(args: argparse.Namespace, run: int) -> list[Figure]:
         measured = [in_windows(g, [e2e.window, injected.window]) for g in gc_a]
         gc_connect = max(longest(g) for g in connecting)
         gc_window = max(longest(g) for g in measured)
+        gc_connect_cpu = max(longest(g, cpu=True) for g in connecting)
+        gc_window_cpu = max(longest(g, cpu=True) for g in measured)
         notes.append("A GC, per process: " + "; ".join(
             gc_note(f"#{i + 1} while sockets connect", c) + ", " + gc_note("in the windows", m)
             for i, (c, m) in enumerate(zip(connecting, measured, strict=True))))
@@ -1086,6 +1096,10 @@ async def orchestrate(args: argparse.Namespace, run: int) -> list[Figure]:
                    gc_connect, None, "ms", value_goal=("<=", 5.0)),
             Figure("A longest GC pause per process in the measured windows",
                    gc_window, None, "ms", value_goal=("<=", 5.0)),
+            Figure("A the same two, in the collection's CPU time: while sockets connect",
+                   gc_connect_cpu, None, "ms", value_goal=("<=", 5.0)),
+            Figure("A the same two, in the collection's CPU time: in the windows",
+                   gc_window_cpu, None, "ms", value_goal=("<=", 5.0)),
             Figure(f"B frames/s per server CPU-second, one process ({s} sockets) vs bare "
                    "websockets", ours_b[2], bare_b[2], "", ratio_goal=(">=", 1.3)),
             Figure("B frames/s per server CPU-second vs python-socketio",

@@ -457,16 +457,23 @@ class Keepalive:
 
     A timer per socket would be thousands of objects, each re-created every interval and
     living through it: the cyclic collector's full passes would walk them all. Here sockets
-    sit in TICKS buckets; each tick visits one bucket, so each socket is visited once per
+    sit in buckets, and each tick visits one bucket, so each socket is visited once per
     interval (a pong must come back before the next visit: the ping timeout is the interval).
+
+    A socket's bucket is picked by its hash, not by when it arrived, and a tick is short
+    (TICK): the thousands of sockets of a reconnect herd, arriving within seconds, are
+    pinged spread over the whole interval, a few per tick. Buckets by arrival held a herd's
+    second in one bucket, and its visit (hundreds of pings, then their pongs) held the
+    event loop, and every frame queued behind it, for milliseconds at a time.
     """
 
-    TICKS = 20
+    TICK = 0.05  # seconds between visits
     _wheels: ClassVar[dict[tuple[asyncio.AbstractEventLoop, float], Keepalive]] = {}
 
     def __init__(self, interval: float) -> None:
-        self._buckets: list[set[WebSocketProtocol]] = [set() for _ in range(self.TICKS)]
-        self._tick = interval / self.TICKS
+        ticks = max(1, round(interval / self.TICK))
+        self._buckets: list[set[WebSocketProtocol]] = [set() for _ in range(ticks)]
+        self._tick = interval / ticks
         self._at = 0
         self._timer: asyncio.TimerHandle | None = None
         self._count = 0
@@ -481,22 +488,21 @@ class Keepalive:
         return wheel
 
     def add(self, socket: WebSocketProtocol) -> None:
-        # In the bucket visited last: its first ping comes one whole interval from now.
-        self._buckets[(self._at - 1) % self.TICKS].add(socket)
+        # Its first ping comes within an interval; its pong has a whole one after that.
+        self._buckets[hash(socket) % len(self._buckets)].add(socket)
         self._count += 1
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._tick, self._visit)
 
     def discard(self, socket: WebSocketProtocol) -> None:
-        for bucket in self._buckets:
-            if socket in bucket:
-                bucket.discard(socket)
-                self._count -= 1
-                return
+        bucket = self._buckets[hash(socket) % len(self._buckets)]
+        if socket in bucket:
+            bucket.discard(socket)
+            self._count -= 1
 
     def _visit(self) -> None:
         bucket = self._buckets[self._at]
-        self._at = (self._at + 1) % self.TICKS
+        self._at = (self._at + 1) % len(self._buckets)
         for socket in list(bucket):
             socket.keepalive()
         if self._count:
