@@ -22,6 +22,11 @@ for CPU, which the table says.
      (sharded pub/sub), side by side, with what each debit costs the servers, PostgreSQL and
      Redis in CPU (the inputs of docs/scaling.md).
 
+  BENCH_GC_CENSUS=1 (diagnosis; it slows the servers): each server prints to stderr what
+     generation 2 holds at the start of every full collection (by type, and its largest
+     containers), every collection over 3 ms (wall and CPU time), and every time its event
+     loop ran a 5 ms timer over 3 ms late.
+
     python bench/push.py [--sockets 10000] [--rate 1000] [--seconds 8] [--clients 4]
                          [--redis single|cluster] [--repeat 3]
 """
@@ -293,8 +298,31 @@ def ours_role(port: int, database_url: str, redis_url: str) -> None:
 
     gc.callbacks.append(on_gc)
     # The production configuration (serve.py): uvloop, httptools, our WebSocket protocol.
+    server = serve.server(create_app(settings), settings)
+    if census:  # and how late the event loop runs a 5 ms timer (its stalls, whatever the cause)
+        serving = server.serve
+
+        async def serve_watched(sockets: list[socket.socket] | None = None) -> None:
+            async def watch() -> None:
+                while True:
+                    started = time.perf_counter()
+                    cpu = time.thread_time()
+                    await asyncio.sleep(0.005)
+                    late = (time.perf_counter() - started) * 1000 - 5
+                    cpu_ms = (time.thread_time() - cpu) * 1000
+                    if late > 3:
+                        print(f"# loop late {late:.0f} ms ({cpu_ms:.1f} ms CPU) at "
+                              f"{time.time():.1f}", file=sys.stderr, flush=True)
+
+            task = asyncio.create_task(watch())
+            try:
+                await serving(sockets)
+            finally:
+                task.cancel()
+
+        server.serve = serve_watched  # type: ignore[method-assign]
     try:
-        serve.server(create_app(settings), settings).run()
+        server.run()
     finally:  # uvicorn re-raises the SIGINT it stopped on
         print(json.dumps({"gc": pauses}), flush=True)  # read by Proc.stop()
 
