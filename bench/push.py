@@ -26,6 +26,8 @@ for CPU, which the table says.
      generation 2 holds at the start of every full collection (by type, and its largest
      containers), every collection over 3 ms (wall and CPU time), and every time its event
      loop ran a 5 ms timer over 3 ms late.
+  BENCH_GC_GARBAGE=1 (diagnosis): each server prints, by type, the cyclic garbage each
+     collection found (what reference counting could not free).
 
     python bench/push.py [--sockets 10000] [--rate 1000] [--seconds 8] [--clients 4]
                          [--redis single|cluster] [--repeat 3]
@@ -267,6 +269,9 @@ def ours_role(port: int, database_url: str, redis_url: str) -> None:
     pauses: list[tuple[float, float, int, float]] = []
     started: list[float] = [0.0, 0.0, 0.0]
     census = bool(os.environ.get("BENCH_GC_CENSUS"))
+    garbage = bool(os.environ.get("BENCH_GC_GARBAGE"))
+    if garbage:
+        gc.set_debug(gc.DEBUG_SAVEALL)  # what each collection freed, counted by on_gc
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
         generation = info["generation"]
@@ -279,6 +284,11 @@ def ours_role(port: int, database_url: str, redis_url: str) -> None:
             cpu_ms = (time.thread_time() - started[2]) * 1000
             if ms >= 1.0 or generation == 2:  # every full collection counts, however short
                 pauses.append((started[1], ms, generation, cpu_ms))
+            if garbage and gc.garbage:
+                kinds = collections.Counter(type(o).__qualname__ for o in gc.garbage)
+                print(f"# garbage (gen {generation}): {len(gc.garbage)} objects, "
+                      f"{kinds.most_common(12)}", file=sys.stderr, flush=True)
+                gc.garbage.clear()
             if ms > (3 if census else 20):
                 print(f"# GC pause {ms:.0f} ms (gen {generation}, {cpu_ms:.1f} ms CPU, "
                       f"{info['collected']} collected) at {time.time():.1f}",
