@@ -101,7 +101,9 @@ class WebSocketProtocol(asyncio.Protocol):
         self.open = False  # the 101 went out and no close frame has been sent
         self.paused = False  # the transport's buffer is over its high-water mark
         self._rx = _HANDSHAKE
-        self._unparsed = b""  # the start of a frame not yet whole
+        # The start of a frame not yet whole: a bytearray, so a frame that arrives in many
+        # pieces is copied once, not once per piece.
+        self._unparsed: bytearray | None = None
         # A fragmented message being received: its first frame's opcode, then its payloads.
         self._fragments: list[Any] | None = None
         self._frames = 0  # received since the last keepalive visit (MAX_FRAMES)
@@ -144,7 +146,12 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _receive(self, data: bytes) -> None:
         if self._rx == _FRAMES:
-            self._parse(self._unparsed + data if self._unparsed else data)
+            unparsed = self._unparsed
+            if unparsed is None:
+                self._parse(data)
+            else:
+                unparsed += data
+                self._parse(unparsed)
             return
         conn = self.conn
         if self._rx == _DISCARD or conn is None:
@@ -324,7 +331,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------ receiving
 
-    def _parse(self, buf: bytes) -> None:
+    def _parse(self, buf: bytes | bytearray) -> None:
         """The whole frames in `buf` (RFC 6455 5.2); what follows them waits for more."""
         pos, end = 0, len(buf)
         max_size = self._config.ws_max_size
@@ -370,7 +377,12 @@ class WebSocketProtocol(asyncio.Protocol):
             payload = apply_mask(buf[start:start + length], buf[start - 4:start])
             pos = start + length
             self._on_frame(opcode, bool(b0 & 0x80), payload)
-        self._unparsed = buf[pos:] if self._rx == _FRAMES else b""
+        if pos == end or self._rx != _FRAMES:
+            self._unparsed = None
+        elif isinstance(buf, bytearray):
+            del buf[:pos]
+        else:
+            self._unparsed = bytearray(buf[pos:])
 
     def _on_frame(self, opcode: int, fin: bool, payload: bytes) -> None:
         self._frames += 1
