@@ -88,7 +88,6 @@ class RateLimits:
         self._items = parse(spec)
         self._storage = _storage(redis_url, f"{prefix}:limits")
         self._limiter = SlidingWindowCounterRateLimiter(self._storage)
-        self._local = SlidingWindowCounterRateLimiter(MemoryStorage())
         self._in_flight = asyncio.Semaphore(self.IN_FLIGHT)
         self._paused_until = 0.0
         self._logged_at = -math.inf
@@ -110,13 +109,11 @@ class RateLimits:
                 await self._limiter.hit(item, "start", "start")
                 await self._limiter.get_window_stats(item, "start", "start")
 
-    async def hit(self, name: str, key: str, *, local: bool = False) -> float | None:
-        """Count one `name` for `key`; `local` keeps the count in this process (per socket)."""
+    async def hit(self, name: str, key: str) -> float | None:
+        """Count one `name` for `key` in the shared store."""
         item = self._items[name]
         if item is None:
             return None
-        if local:
-            return await self._check(self._local, item, name, key)
         if time.monotonic() < self._paused_until:
             self._unchecked(name, None)
             return None
@@ -134,6 +131,27 @@ class RateLimits:
             return None
         finally:
             self._in_flight.release()
+
+    def local(self, name: str, due: float, now: float) -> tuple[float, float | None]:
+        """Count one `name` against a limit whose whole state the caller keeps in `due`
+        (0.0 at first; GCRA's theoretical arrival time): (the new `due`, None) when
+        allowed, else (`due` unchanged, the seconds to wait).
+
+        For limits per socket: a counter per socket in a store is an entry, a lock and a
+        timer living as long as the socket, which the collector's full passes walk; one
+        float in the socket's own slot is no object at all. Like the store's counters,
+        `amount` calls may come at once, then one per period / amount.
+        """
+        item = self._items[name]
+        if item is None:
+            return due, None
+        period = item.get_expiry()
+        step = period / item.amount
+        due = max(due, now)
+        wait = due + step - now - period
+        if wait > 0:
+            return due, max(1.0, math.ceil(wait))
+        return due + step, None
 
     async def _check(self, limiter: SlidingWindowCounterRateLimiter,
                      item: RateLimitItem, name: str, key: str) -> float | None:

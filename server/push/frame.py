@@ -26,3 +26,7 @@ def text_frame(payload: bytes) -> bytes:
         return struct.pack("!BBH", 0x81, 126, n) + payload
     return struct.pack("!BBQ", 0x81, 127, n) + payload
 
+
+def control_frame(opcode: int, payload: bytes) -> bytes:
+    """A final, unmasked ping, pong or close frame (RFC 6455 5.5: at most 125 bytes)."""
+    return bytes((0x80 | opcode, len(payload))) + payload

@@ -69,6 +69,7 @@ class Connection(WebSocketProtocol):
     """One browser socket of one account: the hub's listener (hub.Listener)."""
 
     __slots__ = (
+        "__weakref__",  # tests see a closed socket freed without the cyclic collector
         "_backlog_since",
         "_invalid",
         "_pending",
@@ -77,6 +78,7 @@ class Connection(WebSocketProtocol):
         "_stage",
         "_stall",
         "_step",
+        "_sync_due",
         "_timer",
         "_version",
         "account_id",
@@ -93,6 +95,7 @@ class Connection(WebSocketProtocol):
         self._pending: Frame | None = None  # the newest frame not yet written
         self._backlog_since = 0.0
         self._invalid = 0  # frames that were no message (MAX_INVALID)
+        self._sync_due = 0.0  # the ws_sync limit's state (RateLimits.local)
         self._stall: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None  # auth deadline, then token expiry
         self._step: asyncio.Task[None] | None = None  # the async work under way, if any
@@ -267,15 +270,17 @@ class Connection(WebSocketProtocol):
                 if self._step is not None and not self._step.done():
                     self._send_error("rate_limited", "a sync is already being answered")
                     return
+                assert self._res is not None
+                due, retry = self._res.limits.local("ws_sync", self._sync_due, time.monotonic())
+                if retry is not None:  # each costs a database read: an error, not a close
+                    self._send_error("rate_limited", f"sync again in {retry:g} s")
+                    return
+                self._sync_due = due
                 self._run(self._sync(versions))
 
     async def _sync(self, versions: dict[str, int]) -> None:
         res = self._res
         assert res is not None
-        retry = await res.limits.hit("ws_sync", str(id(self)), local=True)
-        if retry is not None:  # each costs a database read: an error, not a close
-            self._send_error("rate_limited", f"sync again in {retry:g} s")
-            return
         # Read from PostgreSQL even if we believe the client is current: a lost publish is
         # exactly what sync exists to heal.
         try:

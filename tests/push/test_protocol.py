@@ -15,6 +15,7 @@ import weakref
 from typing import Any
 
 import pytest
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -283,7 +284,7 @@ async def test_a_closed_socket_is_freed_without_the_cyclic_collector(
     await raw.message()
     (conn,) = hub._accounts[account].listeners
     assert isinstance(conn, Connection)
-    gone = weakref.ref(conn.conn)  # its parser: freed with it (a slotted object has no weakref)
+    gone = weakref.ref(conn)
     del conn
     gc.disable()
     try:
@@ -294,6 +295,30 @@ async def test_a_closed_socket_is_freed_without_the_cyclic_collector(
                 break
             await asyncio.sleep(0.02)
         assert gone() is None, "a reference cycle keeps a closed socket"
+    finally:
+        gc.enable()
+
+
+async def test_the_http_protocol_of_an_upgrade_is_freed_without_the_cyclic_collector(
+    app: RunningApp, account: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn's HTTP protocol hands the upgrade over and is dropped: freed at once by
+    reference counting, not left in a cycle for the collector (protocol._release_http)."""
+    handed: list[weakref.ref[HttpToolsProtocol]] = []
+    upgrade = HttpToolsProtocol.handle_websocket_upgrade
+
+    def watched(self: HttpToolsProtocol) -> None:
+        handed.append(weakref.ref(self))
+        upgrade(self)
+
+    monkeypatch.setattr(HttpToolsProtocol, "handle_websocket_upgrade", watched)
+    gc.disable()
+    try:
+        raw = await Raw.open(app, f"/v1/ws?token={token(app, account)}")
+        assert raw.status == 101 and len(handed) == 1
+        assert handed[0]() is None, "the HTTP protocol waits for the cyclic collector"
+        assert (await raw.message())["type"] == "balance"
+        raw.close()
     finally:
         gc.enable()
 
