@@ -128,7 +128,7 @@ def main() -> None:
                 server = start_server(pg, redis, port, extra_env=extra)
                 try:
                     wrk(port, 8, False, 1, f"warm{r}{len(name)}")
-                    results[name].append(wrk(port, 32, False, args.seconds, f"r{r}{len(name)}"))
+                    results[name].append(wrk(port, 32, False, args.seconds, f"r{r}{len(name)}")[0])
                 finally:
                     server.terminate()
                     server.wait(timeout=60)

@@ -50,8 +50,8 @@ def main() -> None:
                 wrk(port, 8, False, 2, f"warmup{port}")
             for run in range(args.repeat):
                 for n in clients:
-                    straight = wrk(direct_port, n, False, args.seconds, f"d{run}{n}")
-                    through = wrk(pooled_port, n, False, args.seconds, f"p{run}{n}")
+                    straight = wrk(direct_port, n, False, args.seconds, f"d{run}{n}")[0]
+                    through = wrk(pooled_port, n, False, args.seconds, f"p{run}{n}")[0]
                     runs[n].append((through, straight))
                     print(f"# run {run + 1}: x{n}: pooled {through:.0f} vs direct "
                           f"{straight:.0f} ({through / straight:.2f})", flush=True)

@@ -95,7 +95,7 @@ async def test_a_key_committed_meanwhile_fails_the_statement_whole_and_its_run_a
         same = key()
         async with first.transaction():
             row = await first.fetchrow(_POST, account, same, -3)
-            assert (row["result"], row["balance"]) == ("ok", 7)
+            assert row is not None and (row["result"], row["balance"]) == ("ok", 7)
             racing = asyncio.create_task(second.fetchrow(_POST, account, same, -3))
             await asyncio.sleep(0.3)
             assert not racing.done()  # waits for the account's row
@@ -105,11 +105,11 @@ async def test_a_key_committed_meanwhile_fails_the_statement_whole_and_its_run_a
         except asyncpg.SerializationError as exc:
             assert "BL003" in str(exc)
         again = await second.fetchrow(_POST, account, same, -3)
-        assert (again["result"], again["replayed"]) == ("ok", True)
+        assert again is not None and (again["result"], again["replayed"]) == ("ok", True)
         assert json.loads(again["body"])["account"]["balance"] == 7
         refused = key()
         row = await second.fetchrow(_POST, account, refused, -100)
-        assert row["result"] == "insufficient"
+        assert row is not None and row["result"] == "insufficient"
     assert await db.fetchval("SELECT balance FROM accounts WHERE account_id = $1", account) == 7
     assert await db.fetchval("SELECT count(*) FROM idempotency_keys WHERE account_id = $1"
                              " AND key = $2", account, refused) == 0
