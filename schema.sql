@@ -636,7 +636,8 @@ END $$;
 -- balance__replay reads the key and writes nothing: NULL result for a new key (the caller
 -- proceeds), else the stored response to replay, or 'conflict' for another body.
 -- balance__keep stores the key, its fingerprint and the response in one INSERT once the
--- movement is done; a refusal stores nothing, so a retry after a top-up can succeed.
+-- movement is done; a refusal stores nothing, so a retry after a top-up can succeed (but
+-- reads the key again first: balance__refusal).
 -- The unique key is what makes a movement happen once. A concurrent request with the same
 -- key that committed after our read (it held the account's row, which we then waited for)
 -- or is still inserting it makes our INSERT conflict: the statement then fails whole with
@@ -675,6 +676,23 @@ BEGIN
             'meanwhile; run it again to replay that one', p_account
             USING ERRCODE = 'serialization_failure';
     END IF;
+END $$;
+
+-- A refusal (p_res), unless a request with the same key committed while this one waited for
+-- the account's row: then that request's answer, replayed (or 'conflict' for another body).
+-- The key is read again in a snapshot taken after the wait. Without it, the retry of a
+-- debit that took the last credits, sent while the first was still committing, would
+-- answer 402 though the first was charged: one key, two answers.
+CREATE OR REPLACE FUNCTION balance__refusal(p_account text, p_key text, p_hash bytea,
+                                            p_res balance_result)
+RETURNS balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_res balance_result := balance__replay(p_account, p_key, p_hash);
+BEGIN
+    IF v_res.result IS NOT NULL THEN
+        RETURN v_res;
+    END IF;
+    RETURN p_res;
 END $$;
 
 -- 'insufficient': writes nothing.
@@ -769,7 +787,8 @@ BEGIN
             IF v_limit IS NOT NULL THEN
                 v_res := balance__over_limit(v_acc, p_operation, p_quantity, v_limit);
                 IF v_res.result IS NOT NULL THEN
-                    RETURN balance__after_renewal(v_res, v_renewed);
+                    RETURN balance__after_renewal(
+                        balance__refusal(p_account, p_key, p_hash, v_res), v_renewed);
                 END IF;
             END IF;
         END IF;
@@ -796,7 +815,9 @@ BEGIN
             RETURNING * INTO v_acc;
         END IF;
         IF NOT FOUND THEN
-            RETURN balance__after_renewal(balance__refuse(p_account, -p_amount), v_renewed);
+            RETURN balance__after_renewal(
+                balance__refusal(p_account, p_key, p_hash, balance__refuse(p_account, -p_amount)),
+                v_renewed);
         END IF;
     ELSE
         PERFORM balance__ensure(p_account, p_welcome);
@@ -933,7 +954,9 @@ BEGIN
         RETURNING * INTO v_acc;
     END IF;
     IF NOT FOUND THEN
-        RETURN balance__after_renewal(balance__refuse(p_account, p_amount), v_renewed);
+        RETURN balance__after_renewal(
+            balance__refusal(p_account, p_key, p_hash, balance__refuse(p_account, p_amount)),
+            v_renewed);
     END IF;
     INSERT INTO holds (account_id, amount, reason, metadata, expires_at)
     VALUES (p_account, p_amount, p_reason, p_metadata, now() + make_interval(secs => p_ttl_seconds))

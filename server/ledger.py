@@ -1,6 +1,6 @@
 """Money movements: each one SQL function call, one transaction, and one door out.
 
-The functions in schema.sql do the work inside PostgreSQL (idempotency claim, conditional
+The functions in schema.sql do the work inside PostgreSQL (idempotency read, conditional
 UPDATE, ledger insert, stored response) so a movement never reads and then writes from
 Python. They answer result codes; a refusal becomes an `errors.Problem` here, and the HTTP
 layer alone turns its code into a status.

@@ -115,6 +115,31 @@ async def test_a_key_committed_meanwhile_fails_the_statement_whole_and_its_run_a
                              " AND key = $2", account, refused) == 0
 
 
+async def test_the_copy_of_a_debit_that_took_the_last_credits_replays_it_not_402(
+    db: asyncpg.Pool, account: str
+) -> None:
+    """A retry sent while the first request was still committing waits for the account's
+    row, then finds no credits left: it must answer what the first did (a replay), or 409
+    for another body, never a 402 for a key that was charged."""
+    async with db.acquire() as first, db.acquire() as second, db.acquire() as third:
+        await first.execute("SELECT balance_post($1, 0, 'seed', '\\x00'::bytea, 'grant', 3,"
+                            " 'seed', NULL, NULL, 'available')", account)
+        same = key()
+        other_body = _POST.replace("'\\x01'", "'\\x02'")
+        async with first.transaction():
+            row = await first.fetchrow(_POST, account, same, -3)
+            assert row is not None and (row["result"], row["balance"]) == ("ok", 0)
+            copy = asyncio.create_task(second.fetchrow(_POST, account, same, -3))
+            changed = asyncio.create_task(third.fetchrow(other_body, account, same, -3))
+            await asyncio.sleep(0.3)
+            assert not copy.done() and not changed.done()  # both wait for the row
+        replayed, conflict = await copy, await changed
+        assert replayed is not None and (replayed["result"], replayed["replayed"]) == ("ok", True)
+        assert json.loads(replayed["body"]) == json.loads(row["body"])
+        assert conflict is not None and conflict["result"] == "conflict"
+    assert await db.fetchval("SELECT balance FROM accounts WHERE account_id = $1", account) == 0
+
+
 async def test_hold_expires_by_itself(client: httpx.AsyncClient, account: str,
                                       db: asyncpg.Pool) -> None:
     await grant(client, account, 10)
