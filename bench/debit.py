@@ -100,16 +100,17 @@ async def seed(url: str) -> None:
         await conn.close()
 
 
-def stat_seconds(pid: int, fields: slice) -> float:
-    """User + system CPU seconds of a process from /proc (`fields` of its stat after the name)."""
-    values = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[fields]
-    return sum(int(v) for v in values) / TICK
+def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """User + system CPU seconds of a process so far (`reaped`: and of its children that
+    have exited and been waited for), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15 if reaped else 13]) / TICK
 
 
 def postgres_cpu(postmaster: int) -> float:
     """CPU seconds of PostgreSQL so far: the postmaster's own and its reaped children's
     (pgbench's backends exit when it disconnects), plus its live children's."""
-    total = stat_seconds(postmaster, slice(11, 15))  # utime, stime, cutime, cstime
+    total = cpu_seconds(postmaster, reaped=True)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
@@ -291,9 +292,9 @@ def main() -> None:
                     spy = None
                     if args.profile and run == 0 and (hot, clients) == (False, 32):
                         spy = profile(server.pid, args.seconds, spied)
-                    cpu0, pg0 = stat_seconds(server.pid, slice(11, 13)), postgres_cpu(postmaster)
+                    cpu0, pg0 = cpu_seconds(server.pid), postgres_cpu(postmaster)
                     rate, done = wrk(port, clients, hot, args.seconds, f"{run}{int(hot)}{clients}")
-                    cpu = stat_seconds(server.pid, slice(11, 13)) - cpu0
+                    cpu = cpu_seconds(server.pid) - cpu0
                     pg_cpu = postgres_cpu(postmaster) - pg0
                     if spy is not None:
                         spy.wait(timeout=60)

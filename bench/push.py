@@ -63,6 +63,8 @@ from typing import Any, cast
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.debit import cpu_seconds, postgres_cpu  # noqa: E402 (needs the path above)
+
 PREFIX = "bench"
 SERVICE_KEY = "sk_bench_" + "x" * 24
 TOKEN_SECRET = "bench-token-secret-" + "y" * 32
@@ -489,11 +491,6 @@ def wait_port(port: int, timeout: float = 30) -> None:
                 return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {port}")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -1209,18 +1206,6 @@ async def orchestrate(args: argparse.Namespace, run: int) -> list[Figure]:
 # ================================================================ --redis cluster
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds of a process and its children (PostgreSQL: the postmaster and backends)."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            pid = int(stat.parent.name)
-            if pid == root or int(fields[1]) == root:
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 async def wal_bytes(database_url: str) -> int:
     import asyncpg
 
@@ -1267,7 +1252,7 @@ async def broker_run(
             return sum(cpu_seconds(node.pid) for node in nodes if node.pid)
 
         async def costs() -> tuple[float, float, float, int]:
-            return (sum(cpu_seconds(pr.pid) for pr in procs), tree_cpu_seconds(postmaster),
+            return (sum(cpu_seconds(pr.pid) for pr in procs), postgres_cpu(postmaster),
                     redis_cpu(), await wal_bytes(database_url))
 
         before = await costs()

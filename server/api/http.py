@@ -55,10 +55,10 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def json_response(body: bytes, status: int = 200, replayed: bool = False) -> Response:
-    """Already-encoded JSON; `Idempotent-Replayed: true` when it replays an earlier answer."""
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
-    return Response(body, status_code=status, media_type=JSON, headers=headers)
+def json_response(body: bytes, status: int = 200) -> Response:
+    """Already-encoded JSON, from a request function (the dev routes); the API's operations
+    answer through routes._Endpoint, which also says when a response is a replay."""
+    return Response(body, status_code=status, media_type=JSON)
 
 
 def account_param(request: Request) -> str:
