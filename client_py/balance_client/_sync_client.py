@@ -1,0 +1,360 @@
+"""The sync client: generated from _async_client.py by scripts/make_sync.py. Do not
+edit: change the async client and run the script."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import httpx
+
+from balance_client._core import (
+    Attempts,
+    Call,
+    Settings,
+    body,
+    decode,
+    need_key,
+    path,
+    query,
+    wait_sync,
+)
+from balance_client.errors import BalanceError
+from balance_client.models import (
+    Account,
+    AccountResult,
+    AutoTopUpResult,
+    Capture,
+    CheckoutSession,
+    CheckResult,
+    Event,
+    EventPage,
+    EventRetry,
+    Grants,
+    HoldResult,
+    Movement,
+    PlanStatus,
+    Token,
+    Transaction,
+    TransactionPage,
+    Usage,
+)
+
+T = TypeVar("T")
+CreditKind = Literal["grant", "purchase", "refund"]
+
+
+class Balance:
+    """balance-server's backend API, with the service key.
+
+    Every call that moves credits takes `key`, your own id for the work (a job, an order):
+    the same work gives the same key, so a retry (ours after a network failure, or yours
+    after a crash) is answered with the first result instead of charging twice. Network
+    errors, timeouts and 503s are retried with that key until `deadline` seconds pass.
+    """
+
+    def __init__(self, base_url: str | None = None, service_key: str | None = None, *,
+                 timeout: float = 10.0, deadline: float = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self._settings = Settings.resolve(base_url, service_key, timeout, deadline)
+        self._http = httpx.Client(base_url=self._settings.base_url,
+                                       headers=self._settings.headers(), transport=transport)
+
+    def __enter__(self) -> Balance:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _run(self, call: Call[T]) -> T:
+        attempts = Attempts(call, self._settings)
+        while True:
+            try:
+                response = self._http.request(
+                    call.method, call.path, content=call.content, params=call.params,
+                    headers=call.headers(), timeout=attempts.timeout())
+            except httpx.TransportError as exc:
+                delay = attempts.failed(exc)
+            else:
+                wait = attempts.retry_after(response)
+                if wait is None:
+                    return decode(call, response)
+                delay = wait
+            wait_sync(delay)
+
+    def _move(self, url: str, result: type[T], key: str, fields: dict[str, Any],
+              method: str = "POST", **optional: Any) -> Call[T]:
+        """A keyed mutation: the key goes in the body as idempotency_key."""
+        fields["idempotency_key"] = need_key(key)
+        return Call(method, url, result, body(fields, **optional), key=key, mutation=True)
+
+    # -- accounts and money -------------------------------------------------------------
+
+    def get_account(self, account: str) -> Account:
+        """The account; an unknown one reads as a new one would (nothing is created)."""
+        return self._run(Call("GET", path("/v1/accounts/{}", account), Account))
+
+    def open_account(self, account: str) -> Account:
+        """Create the account now (at your signup), with its welcome credits; again is a
+        no-op."""
+        return self._run(Call("POST", path("/v1/accounts/{}", account), Account,
+                                    mutation=True))
+
+    def debit(self, account: str, *, amount: int, reason: str, key: str,
+                    metadata: dict[str, Any] | None = None) -> Movement:
+        """Spend `amount` credits; InsufficientCredits unless available >= amount."""
+        return self._run(self._move(
+            path("/v1/accounts/{}/debit", account), Movement, key,
+            {"amount": amount, "reason": reason}, metadata=metadata))
+
+    def charge(self, account: str, *, operation: str, key: str, quantity: int = 1,
+                     metadata: dict[str, Any] | None = None) -> Movement:
+        """Spend the price of `quantity` x `operation` (the catalog's, or the plan's)."""
+        return self._run(self._move(
+            path("/v1/accounts/{}/charge", account), Movement, key,
+            {"operation": operation, "quantity": quantity}, metadata=metadata))
+
+    def credit(self, account: str, *, amount: int, kind: CreditKind, key: str,
+                     reason: str | None = None, expires_at: datetime | None = None,
+                     priority: int | None = None,
+                     metadata: dict[str, Any] | None = None) -> Movement:
+        """Add credits: a grant, a purchase or a refund, optionally expiring."""
+        return self._run(self._move(
+            path("/v1/accounts/{}/credit", account), Movement, key,
+            {"amount": amount, "kind": kind}, reason=reason, expires_at=expires_at,
+            priority=priority, metadata=metadata))
+
+    def adjust(self, account: str, *, amount: int, reason: str, actor: str,
+                     key: str) -> Movement:
+        """An operator's signed correction (a negative one may not overdraw)."""
+        return self._run(self._move(
+            path("/v1/accounts/{}/adjust", account), Movement, key,
+            {"amount": amount, "reason": reason, "actor": actor}))
+
+    def check(self, account: str, *, operation: str | None = None,
+                    quantity: int | None = None, amount: int | None = None) -> CheckResult:
+        """What a charge (operation) or debit (amount) would answer now; writes nothing."""
+        return self._run(Call("POST", path("/v1/accounts/{}/check", account),
+                                    CheckResult, body({}, operation=operation,
+                                                      quantity=quantity, amount=amount)))
+
+    # -- holds -------------------------------------------------------------------------
+
+    def place_hold(self, account: str, *, key: str, amount: int | None = None,
+                         operation: str | None = None, quantity: int | None = None,
+                         reason: str | None = None, ttl_seconds: int | None = None,
+                         metadata: dict[str, Any] | None = None) -> HoldResult:
+        """Reserve `amount` credits, or the price of `quantity` x `operation`, for
+        `ttl_seconds` (default 300); InsufficientCredits or LimitReached when it cannot."""
+        return self._run(self._move(
+            path("/v1/accounts/{}/holds", account), HoldResult, key, {}, amount=amount,
+            operation=operation, quantity=quantity, reason=reason, ttl_seconds=ttl_seconds,
+            metadata=metadata))
+
+    def capture_hold(self, hold_id: str, *, amount: int | None = None,
+                           metadata: dict[str, Any] | None = None) -> Capture:
+        """Spend `amount` of the hold (default all of it) and release the rest. The hold is
+        the key: the same capture again answers the first one, replayed."""
+        return self._run(Call("POST", path("/v1/holds/{}/capture", hold_id), Capture,
+                                    body({}, amount=amount, metadata=metadata),
+                                    key=hold_id, mutation=True))
+
+    def release_hold(self, hold_id: str) -> HoldResult:
+        """Give the hold's credits back; a release again answers the first one, replayed."""
+        return self._run(Call("POST", path("/v1/holds/{}/release", hold_id), HoldResult,
+                                    key=hold_id, mutation=True))
+
+    def reserve(self, account: str, *, key: str, amount: int | None = None,
+                operation: str | None = None, quantity: int = 1, reason: str | None = None,
+                ttl_seconds: int = 300,
+                metadata: dict[str, Any] | None = None) -> Reservation:
+        """Pay for work that succeeded: `(async) with balance.reserve(...) as r:` holds the
+        credits, runs the block, captures them when it ends (`r.settle(n)` for less, 0 for
+        nothing) and releases them when it raises. `key` is the work's own id."""
+        return Reservation(self, account, key=key, amount=amount, operation=operation,
+                                quantity=quantity, reason=reason, ttl_seconds=ttl_seconds,
+                                metadata=metadata)
+
+    # -- history -----------------------------------------------------------------------
+
+    def list_transactions(self, account: str, *, limit: int | None = None,
+                                before: str | None = None,
+                                kind: str | None = None) -> TransactionPage:
+        """One page of history, newest first (`before`: the previous page's `next`)."""
+        return self._run(Call("GET", path("/v1/accounts/{}/transactions", account),
+                                    TransactionPage,
+                                    params=query(limit=limit, before=before, kind=kind)))
+
+    def iter_transactions(self, account: str, *, kind: str | None = None,
+                                page_size: int = 50) -> Iterator[Transaction]:
+        """Every transaction, newest first, a page at a time."""
+        before: str | None = None
+        while True:
+            page = self.list_transactions(account, limit=page_size, before=before,
+                                                kind=kind)
+            for transaction in page.transactions:
+                yield transaction
+            if page.next is None:
+                return
+            before = page.next
+
+    def usage(self, account: str, *, group_by: Literal["reason", "day"] | None = None,
+                    since: datetime | None = None, until: datetime | None = None) -> Usage:
+        """Credits spent, grouped by reason or UTC day, in [since, until)."""
+        return self._run(Call("GET", path("/v1/accounts/{}/usage", account), Usage,
+                                    params=query(group_by=group_by, since=since, until=until)))
+
+    def list_grants(self, account: str) -> Grants:
+        """Open credit lots, in the order they are spent."""
+        return self._run(Call("GET", path("/v1/accounts/{}/grants", account), Grants))
+
+    # -- plans, alerts, auto top-up -----------------------------------------------------
+
+    def set_plan(self, account: str, plan: str | None, *, key: str,
+                       anchor: datetime | None = None) -> AccountResult:
+        """Assign, change or remove (None) the account's plan."""
+        return self._run(self._move(
+            path("/v1/accounts/{}/plan", account), AccountResult, key, {"plan": plan}, "PUT",
+            anchor=anchor))
+
+    def get_plan(self, account: str) -> PlanStatus:
+        """The plan, its period, the allowance left and each limit's use."""
+        return self._run(Call("GET", path("/v1/accounts/{}/plan", account), PlanStatus))
+
+    def set_alerts(self, account: str, *, low_balance: int | None) -> AccountResult:
+        """The account's own low-balance threshold (None: its plan's or the default)."""
+        return self._run(Call("PUT", path("/v1/accounts/{}/alerts", account),
+                                    AccountResult, body({"low_balance": low_balance})))
+
+    def set_auto_top_up(self, account: str, *, package: str, threshold: int,
+                              stripe_customer: str,
+                              stripe_payment_method: str) -> AutoTopUpResult:
+        """Buy `package` off-session with Stripe whenever available falls below
+        `threshold`."""
+        return self._run(Call(
+            "PUT", path("/v1/accounts/{}/auto-top-up", account), AutoTopUpResult,
+            body({"package": package, "threshold": threshold,
+                  "stripe_customer": stripe_customer,
+                  "stripe_payment_method": stripe_payment_method})))
+
+    def disable_auto_top_up(self, account: str) -> AutoTopUpResult:
+        """Turn the account's auto top-up off."""
+        return self._run(Call("PUT", path("/v1/accounts/{}/auto-top-up", account),
+                                    AutoTopUpResult, b"null"))
+
+    # -- payments, browser tokens, catalog ----------------------------------------------
+
+    def checkout(self, account: str, *, provider: Literal["stripe", "dodo"],
+                       success_url: str, key: str, package: str | None = None,
+                       amount: int | None = None, currency: str | None = None,
+                       cancel_url: str | None = None,
+                       customer_email: str | None = None) -> CheckoutSession:
+        """A provider's checkout page for a package (or a pay-as-you-go amount): send the
+        buyer to `.url`; the credits arrive through the provider's webhook."""
+        return self._run(self._move(
+            path("/v1/accounts/{}/checkout", account), CheckoutSession, key,
+            {"provider": provider, "success_url": success_url}, package=package,
+            amount=amount, currency=currency, cancel_url=cancel_url,
+            customer_email=customer_email))
+
+    def create_token(self, account: str, *, ttl_seconds: int | None = None) -> Token:
+        """A short-lived token for this account's browser (WebSocket, /v1/me)."""
+        return self._run(Call("POST", "/v1/tokens", Token,
+                                    body({"account_id": account}, ttl_seconds=ttl_seconds)))
+
+    def prices(self) -> dict[str, int]:
+        """The price list: operation -> credits per unit."""
+        return self._run(Call("GET", "/v1/prices", dict[str, int]))
+
+    def catalog(self) -> dict[str, Any]:
+        """Prices, packages, pay-as-you-go rates, plans and alert defaults."""
+        return self._run(Call("GET", "/v1/catalog", dict[str, Any]))
+
+    # -- app webhooks ---------------------------------------------------------------------
+
+    def list_events(self, *, status: Literal["pending", "delivered", "failed"] | None
+                          = None, limit: int | None = None,
+                          before: int | None = None) -> EventPage:
+        """App webhooks, newest first, with their delivery attempts."""
+        return self._run(Call("GET", "/v1/events", EventPage,
+                                    params=query(status=status, limit=limit, before=before)))
+
+    def iter_events(self, *, status: Literal["pending", "delivered", "failed"] | None
+                          = None, page_size: int = 50) -> Iterator[Event]:
+        """Every app webhook, newest first, a page at a time."""
+        before: int | None = None
+        while True:
+            page = self.list_events(status=status, limit=page_size, before=before)
+            for event in page.events:
+                yield event
+            if page.next is None:
+                return
+            before = page.next
+
+    def retry_event(self, event_id: int) -> EventRetry:
+        """Deliver an app webhook again now, whatever its status."""
+        return self._run(Call("POST", path("/v1/events/{}/retry", event_id), EventRetry))
+
+
+class Reservation:
+    """A hold around a piece of work (see `AsyncBalance.reserve`): after the block,
+    `.captured` is the capture (None when the work raised or settled 0)."""
+
+    def __init__(self, client: Balance, account: str, *, key: str, amount: int | None,
+                 operation: str | None, quantity: int, reason: str | None, ttl_seconds: int,
+                 metadata: dict[str, Any] | None) -> None:
+        if (amount is None) == (operation is None):
+            raise TypeError("reserve: give an amount or an operation (one of the two)")
+        if amount is not None and reason is None:
+            raise TypeError("reserve: an amount needs a reason (what the credits pay for)")
+        self._client = client
+        self._account = account
+        self._key = need_key(key)
+        self._amount, self._operation, self._reason = amount, operation, reason
+        self._quantity = None if operation is None else quantity
+        self._ttl_seconds, self._metadata = ttl_seconds, metadata
+        self._final: int | None = None
+        self.held: HoldResult | None = None
+        self.captured: Capture | None = None
+
+    @property
+    def amount(self) -> int:
+        """The credits held."""
+        if self.held is None:
+            raise RuntimeError("the reservation has not been placed yet")
+        return self.held.hold.amount
+
+    def settle(self, amount: int) -> None:
+        """Capture `amount` (at most what is held; 0: release all) instead of all of it."""
+        if not 0 <= amount <= self.amount:
+            raise ValueError(f"settle: between 0 and the {self.amount} credits held")
+        self._final = amount
+
+    def __enter__(self) -> Reservation:
+        self.held = self._client.place_hold(
+            self._account, key=self._key, amount=self._amount, operation=self._operation,
+            quantity=self._quantity, reason=self._reason, ttl_seconds=self._ttl_seconds,
+            metadata=self._metadata)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        assert self.held is not None
+        hold_id = self.held.hold.id
+        if exc is None:
+            if self._final == 0:
+                self._client.release_hold(hold_id)
+            else:
+                self.captured = self._client.capture_hold(hold_id, amount=self._final)
+            return
+        try:
+            self._client.release_hold(hold_id)
+        except BalanceError as failed:
+            # The work's error is the one to raise; the hold expires on its own anyway.
+            exc.add_note(f"balance: the hold {hold_id} was not released ({failed}); it "
+                         f"expires at {self.held.hold.expires_at.isoformat()}")

@@ -1,0 +1,167 @@
+"""The Python SDK against a real server (PostgreSQL, Redis): every call it makes, typed
+answers and errors, replays, reservations, pagination; the sync client through a thread
+(the server runs on this test's event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from balance_client import (
+    AsyncBalance,
+    Balance,
+    HoldNotActive,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+)
+from tests.conftest import RunningApp
+
+
+@pytest.fixture
+async def balance(app: RunningApp) -> AsyncIterator[AsyncBalance]:
+    async with AsyncBalance(app.base_url, app.service_key, deadline=10) as client:
+        yield client
+
+
+def job() -> str:
+    return f"job-{uuid.uuid4().hex}"
+
+
+async def test_money_moves_once_per_key_with_typed_answers_and_errors(
+        balance: AsyncBalance, account: str) -> None:
+    opened = await balance.open_account(account)
+    assert (opened.account_id, opened.balance) == (account, 0)
+    bought = await balance.credit(account, amount=50, kind="purchase", key="order-1")
+    assert (bought.transaction.kind, bought.account.balance, bought.replayed) == (
+        "purchase", 50, False)
+    key = job()
+    spent = await balance.debit(account, amount=20, reason="generation", key=key)
+    again = await balance.debit(account, amount=20, reason="generation", key=key)
+    assert again.replayed and not spent.replayed
+    assert again.transaction.id == spent.transaction.id and again.account.balance == 30
+    with pytest.raises(IdempotencyConflict):
+        await balance.debit(account, amount=21, reason="generation", key=key)
+    with pytest.raises(InsufficientCredits) as refused:
+        await balance.debit(account, amount=31, reason="generation", key=job())
+    assert (refused.value.required, refused.value.available, refused.value.status) == (31, 30, 402)
+    charged = await balance.charge(account, operation="generate_image", key=job(), quantity=2)
+    assert charged.transaction.amount == -10 and charged.transaction.metadata is not None
+    with pytest.raises(InvalidRequest) as unknown:
+        await balance.charge(account, operation="nope", key=job())
+    assert unknown.value.detail and "operation" in unknown.value.detail
+    fixed = await balance.adjust(account, amount=-5, reason="support", actor="ops@x", key=job())
+    assert fixed.account.balance == 15
+    check = await balance.check(account, operation="generate_image", quantity=4)
+    assert (check.allowed, check.cost, check.error, check.required) == (
+        False, 20, "insufficient_credits", 20)
+    assert (await balance.get_account(account)).balance == 15
+    grants = await balance.list_grants(account)
+    assert sum(g.remaining for g in grants.grants) == 15
+    usage = await balance.usage(account, group_by="reason")
+    assert {g.key: g.amount for g in usage.groups} == {"generation": 20, "generate_image": 10}
+    assert await balance.prices() == {"generate_image": 5, "upscale": 2, "generate_video": 40}
+    assert "prices" in await balance.catalog()
+    token = await balance.create_token(account, ttl_seconds=60)
+    assert token.token.count(".") == 2 and token.expires_at > datetime.now(UTC).timestamp()
+    with pytest.raises(NotFound):
+        await balance.capture_hold(str(uuid.uuid4()))
+
+
+async def test_every_mutation_needs_the_callers_key(balance: AsyncBalance, account: str) -> None:
+    for bad in ("", None, 7):
+        with pytest.raises(TypeError, match="idempotency key"):
+            await balance.debit(account, amount=1, reason="x", key=bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await balance.debit(account, amount=1, reason="x")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="200"):
+        await balance.credit(account, amount=1, kind="grant", key="k" * 201)
+    assert (await balance.get_account(account)).version == 0  # nothing was sent
+
+
+async def test_a_reservation_charges_only_work_that_succeeded(
+        balance: AsyncBalance, account: str) -> None:
+    await balance.credit(account, amount=20, kind="grant", key="welcome")
+
+    class ModelFailed(Exception):
+        pass
+
+    with pytest.raises(ModelFailed):
+        async with balance.reserve(account, amount=5, reason="generation", key="job-1") as r:
+            assert (await balance.get_account(account)).available == 15
+            assert r.amount == 5
+            raise ModelFailed
+    after = await balance.get_account(account)
+    assert (after.balance, after.held, after.available) == (20, 0, 20)
+
+    async with balance.reserve(account, amount=5, reason="generation", key="job-2") as r:
+        r.settle(3)  # the work turned out cheaper
+    assert r.captured is not None and r.captured.transaction.amount == -3
+    assert (await balance.get_account(account)).balance == 17
+
+    # The same job again (the app retried it): the same hold, captured once.
+    async with balance.reserve(account, amount=5, reason="generation", key="job-2") as r:
+        r.settle(3)
+    assert r.captured is not None and r.captured.replayed
+    assert (await balance.get_account(account)).balance == 17
+
+    async with balance.reserve(account, amount=5, reason="generation", key="job-3") as r:
+        r.settle(0)  # nothing to charge after all
+    assert r.captured is None and (await balance.get_account(account)).available == 17
+
+    with pytest.raises(InsufficientCredits):
+        async with balance.reserve(account, amount=18, reason="generation", key="job-4"):
+            raise AssertionError("the work must not start without the credits")
+    history = [t async for t in balance.iter_transactions(account)]
+    assert [t.amount for t in history] == [-3, 20]
+
+
+async def test_a_hold_that_expired_is_not_captured(balance: AsyncBalance, account: str) -> None:
+    await balance.credit(account, amount=10, kind="grant", key="g")
+    placed = await balance.place_hold(account, amount=4, reason="slow", ttl_seconds=1, key="h")
+    await asyncio.sleep(1.2)
+    with pytest.raises(HoldNotActive) as late:
+        await balance.capture_hold(placed.hold.id)
+    assert late.value.hold_status == "expired"
+
+
+async def test_iterators_walk_every_page(balance: AsyncBalance, account: str) -> None:
+    for n in range(7):
+        await balance.credit(account, amount=n + 1, kind="grant", key=f"g{n}")
+    seen = [t.amount async for t in balance.iter_transactions(account, page_size=3)]
+    assert seen == [7, 6, 5, 4, 3, 2, 1]
+    grants = [t.amount async for t in balance.iter_transactions(account, kind="grant",
+                                                                page_size=2)]
+    assert len(grants) == 7
+    first = await balance.list_transactions(account, limit=3)
+    assert first.next is not None and len(first.transactions) == 3
+
+
+async def test_a_wrong_key_is_unauthorized_and_not_retried(app: RunningApp) -> None:
+    async with AsyncBalance(app.base_url, "sk_wrong", deadline=5) as wrong:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(Unauthorized):
+            await wrong.get_account("anyone")
+        assert asyncio.get_running_loop().time() - started < 1
+
+
+async def test_the_sync_client_is_the_same_calls(app: RunningApp, account: str) -> None:
+    def run() -> tuple[int, bool, int]:
+        with Balance(app.base_url, app.service_key) as balance:
+            balance.credit(account, amount=9, kind="grant", key="g",
+                           expires_at=datetime.now(UTC) + timedelta(days=1))
+            first = balance.debit(account, amount=4, reason="x", key="d")
+            again = balance.debit(account, amount=4, reason="x", key="d")
+            with balance.reserve(account, operation="upscale", key="u") as r:
+                pass
+            assert r.captured is not None
+            return again.account.balance, again.replayed and not first.replayed, len(
+                list(balance.iter_transactions(account, page_size=1)))
+
+    assert await asyncio.to_thread(run) == (3, True, 3)
