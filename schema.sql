@@ -472,6 +472,17 @@ DROP FUNCTION IF EXISTS balance__over_limit(accounts, text, text, bigint, bigint
 -- twentieth of PostgreSQL's time under a steady debit load) buys no plan.
 ALTER TABLE idempotency_keys ALTER COLUMN response SET STATISTICS 0;
 
+-- step: 015_hold_operations
+-- A hold may name a priced operation (POST /v1/accounts/{id}/holds {"operation",
+-- "quantity"}), priced and limited as a charge. `counted_in` is the plan period whose
+-- plan_usage counted its quantity at placement (NULL: the plan does not limit it): a
+-- release or an expiry within that period gives the units back. balance_hold gains the
+-- operation's parameters: a new signature, so the old one goes.
+ALTER TABLE holds ADD COLUMN IF NOT EXISTS operation text;
+ALTER TABLE holds ADD COLUMN IF NOT EXISTS quantity bigint;
+ALTER TABLE holds ADD COLUMN IF NOT EXISTS counted_in timestamptz;
+DROP FUNCTION IF EXISTS balance_hold(text, bigint, text, bytea, bigint, int, text, jsonb);
+
 -- ================================================================ JSON shapes of API.md
 
 -- definitions: json_shapes
@@ -512,6 +523,7 @@ BEGIN
     RETURN jsonb_build_object(
         'id', h.id, 'account_id', h.account_id, 'amount', h.amount, 'status', h.status,
         'captured', h.captured, 'reason', h.reason, 'metadata', h.metadata,
+        'operation', h.operation, 'quantity', h.quantity,
         'expires_at', balance__ts(h.expires_at), 'created_at', balance__ts(h.created_at));
 END $$;
 
@@ -926,29 +938,60 @@ BEGIN
     END LOOP;
 END $$;
 
--- Reserves credits: 'ok' with the hold, or 'insufficient'.
+-- Reserves credits: 'ok' with the hold, 'insufficient', or (an operation's hold)
+-- 'limit_reached'. A hold for p_operation is priced and limited as a charge is
+-- (balance__post): p_amount is the catalog's price times p_quantity unless the plan prices
+-- it, and its quantity counts against the plan's limit now, under the account's row lock,
+-- so holds and charges together never pass it.
 CREATE OR REPLACE FUNCTION balance_hold(
     p_account text, p_welcome bigint, p_key text, p_hash bytea, p_amount bigint,
-    p_ttl_seconds int, p_reason text, p_metadata jsonb
+    p_ttl_seconds int, p_reason text, p_metadata jsonb,
+    p_operation text DEFAULT NULL, p_quantity bigint DEFAULT NULL
 ) RETURNS balance_result LANGUAGE plpgsql AS $$
 DECLARE
     v_acc accounts;
     v_hold holds;
     v_res balance_result;
     v_renewed balance_result;
+    v_price bigint;
+    v_limit bigint;
 BEGIN
     v_res := balance__replay(p_account, p_key, p_hash);
     IF v_res.result IS NOT NULL THEN
         RETURN v_res;
     END IF;
     PERFORM balance__ensure(p_account, p_welcome);
+    IF p_operation IS NOT NULL THEN
+        SELECT * INTO v_acc FROM accounts WHERE account_id = p_account FOR UPDATE;
+        IF v_acc.period_end <= now() THEN
+            v_renewed := balance__renew_due(p_account);
+            SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
+        END IF;
+        IF v_acc.plan IS NOT NULL THEN
+            SELECT (p.prices ->> p_operation)::bigint, (p.limits ->> p_operation)::bigint
+            INTO v_price, v_limit FROM plans p WHERE p.id = v_acc.plan;
+            IF v_price IS NOT NULL THEN
+                p_metadata := p_metadata || jsonb_build_object('unit_cost', v_price);
+                p_amount := v_price * p_quantity;
+            END IF;
+            IF v_limit IS NOT NULL THEN
+                v_res := balance__over_limit(v_acc, p_operation, p_quantity, v_limit);
+                IF v_res.result IS NOT NULL THEN
+                    RETURN balance__after_renewal(
+                        balance__refusal(p_account, p_key, p_hash, v_res), v_renewed);
+                END IF;
+            END IF;
+        END IF;
+    END IF;
     -- As a debit: at or after the period's end, the plan is renewed first.
     UPDATE accounts SET held = held + p_amount, version = version + 1, updated_at = now()
     WHERE account_id = p_account AND balance - held >= p_amount
       AND (period_end > now() OR period_end IS NULL)
     RETURNING * INTO v_acc;
     IF NOT FOUND THEN
-        v_renewed := balance__renew_due(p_account);
+        IF v_renewed.account_id IS NULL THEN
+            v_renewed := balance__renew_due(p_account);
+        END IF;
         UPDATE accounts SET held = held + p_amount, version = version + 1, updated_at = now()
         WHERE account_id = p_account AND balance - held >= p_amount
         RETURNING * INTO v_acc;
@@ -958,8 +1001,17 @@ BEGIN
             balance__refusal(p_account, p_key, p_hash, balance__refuse(p_account, p_amount)),
             v_renewed);
     END IF;
-    INSERT INTO holds (account_id, amount, reason, metadata, expires_at)
-    VALUES (p_account, p_amount, p_reason, p_metadata, now() + make_interval(secs => p_ttl_seconds))
+    IF v_limit IS NOT NULL THEN
+        INSERT INTO plan_usage AS u (account_id, operation, period_start, used)
+        VALUES (p_account, p_operation, v_acc.period_start, p_quantity)
+        ON CONFLICT (account_id, operation, period_start)
+        DO UPDATE SET used = u.used + EXCLUDED.used;
+    END IF;
+    INSERT INTO holds (account_id, amount, reason, metadata, expires_at, operation, quantity,
+                       counted_in)
+    VALUES (p_account, p_amount, p_reason, p_metadata,
+            now() + make_interval(secs => p_ttl_seconds), p_operation, p_quantity,
+            CASE WHEN v_limit IS NOT NULL THEN v_acc.period_start END)
     RETURNING * INTO v_hold;
     v_res := ('ok', false,
               jsonb_build_object('hold', balance__hold_json(v_hold),
@@ -975,6 +1027,9 @@ END $$;
 -- 'expire' is the sweeper's release of a hold past its deadline. Credits that expired
 -- while held (accounts.expired_held) are spent by a capture; what a hold releases of them
 -- leaves as an `expiry` transaction.
+-- The hold's id is the capture's and release's idempotency key: the same resolution again
+-- (a capture of the amount captured, NULL meaning all of the hold; a release of a released
+-- hold) replays the first answer with the account as it is now, and writes nothing.
 CREATE OR REPLACE FUNCTION balance_resolve_hold(
     p_hold uuid, p_action text, p_capture bigint, p_metadata jsonb
 ) RETURNS balance_result LANGUAGE plpgsql AS $$
@@ -993,6 +1048,25 @@ BEGIN
     SELECT * INTO v_hold FROM holds WHERE id = p_hold FOR UPDATE;
     IF NOT FOUND THEN
         v_res.result := 'not_found';
+        RETURN v_res;
+    END IF;
+    IF p_action = 'capture' AND v_hold.status = 'captured'
+       AND COALESCE(p_capture, v_hold.amount) = v_hold.captured THEN
+        SELECT * INTO v_tx FROM transactions t WHERE t.hold_id = p_hold AND t.kind = 'usage';
+        SELECT * INTO v_acc FROM accounts WHERE account_id = v_hold.account_id;
+        v_res.result := 'ok';
+        v_res.replayed := true;
+        v_res.body := jsonb_build_object('transaction', balance__tx_json(v_tx),
+                                         'hold', balance__hold_json(v_hold),
+                                         'account', balance__account_json(v_acc));
+        RETURN v_res;
+    END IF;
+    IF p_action = 'release' AND v_hold.status = 'released' THEN
+        SELECT * INTO v_acc FROM accounts WHERE account_id = v_hold.account_id;
+        v_res.result := 'ok';
+        v_res.replayed := true;
+        v_res.body := jsonb_build_object('hold', balance__hold_json(v_hold),
+                                         'account', balance__account_json(v_acc));
         RETURN v_res;
     END IF;
     IF v_hold.status <> 'active' OR (v_hold.expires_at <= now() AND p_action <> 'expire') THEN
@@ -1032,6 +1106,14 @@ BEGIN
         version = version + 1, updated_at = now()
     WHERE account_id = v_hold.account_id
     RETURNING * INTO v_acc;
+    -- Units an operation's hold counted against its plan's limit come back when it is
+    -- released or expires in the period that counted them (a capture keeps them; a later
+    -- period never counted them).
+    IF p_action <> 'capture' AND v_hold.counted_in = v_acc.period_start THEN
+        UPDATE plan_usage SET used = used - v_hold.quantity
+        WHERE account_id = v_hold.account_id AND operation = v_hold.operation
+          AND period_start = v_hold.counted_in;
+    END IF;
 
     UPDATE holds SET
         status = CASE p_action WHEN 'capture' THEN 'captured'
@@ -2687,3 +2769,10 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS transactions_account_kind_idx
 -- event each hour (balance_prune).
 CREATE INDEX CONCURRENTLY IF NOT EXISTS events_delivered_idx
     ON events (delivered_at) WHERE status = 'delivered';
+
+-- index: transactions_hold_idx
+-- A capture sent again finds the first one's transaction (balance_resolve_hold). Partial:
+-- only the rows of holds (captures, and credits that expired while held) pay for it, not
+-- every debit.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS transactions_hold_idx
+    ON transactions (hold_id) WHERE hold_id IS NOT NULL;

@@ -96,7 +96,9 @@ def frame_from_row(row: asyncpg.Record, reason: str | None) -> BalanceFrame:
     )
 
 
-_HOLD_SQL = "SELECT (r).* FROM (SELECT balance.balance_hold($1,$2,$3,$4,$5,$6,$7,$8::jsonb) r) s"
+_HOLD_SQL = (
+    "SELECT (r).* FROM (SELECT balance.balance_hold($1,$2,$3,$4,$5,$6,$7,$8::jsonb,$9,$10) r) s"
+)
 _RESOLVE_SQL = (
     "SELECT (r).* FROM (SELECT balance.balance_resolve_hold($1::uuid,$2,$3,$4::jsonb) r) s"
 )
@@ -196,11 +198,15 @@ class Ledger:
         idempotency_key: str,
         fingerprint: bytes,
         metadata: dict[str, Any] | None,
+        operation: str | None = None,
+        quantity: int | None = None,
     ) -> Outcome:
-        """Reserve `amount` of the available credits until captured, released or expired."""
+        """Reserve `amount` of the available credits until captured, released or expired.
+        A hold for `operation` (amount: the catalog's price x quantity) is priced and limited
+        by the account's plan as a charge is, in SQL."""
         row = await movement(
             self.pool, _HOLD_SQL, account_id, self.welcome, idempotency_key, fingerprint,
-            amount, ttl_seconds, reason, jsonb(metadata),
+            amount, ttl_seconds, reason, jsonb(metadata), operation, quantity,
         )
         return self._outcome(row, reason)
 
@@ -208,10 +214,11 @@ class Ledger:
         self, hold_id: str, action: str, *, amount: int | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Outcome:
-        """'capture' amount (None: all) and release the rest, or 'release' it all."""
+        """'capture' amount (None: all) and release the rest, or 'release' it all. The same
+        capture or release of a hold already resolved so replays."""
         row = await movement(self.pool, _RESOLVE_SQL, hold_id, action, amount, jsonb(metadata))
         outcome = self._outcome(row, None)
-        if action == "capture":
+        if action == "capture" and not outcome.replayed:
             metrics.debits.inc()
         return outcome
 

@@ -87,9 +87,14 @@ class ChargeRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class HoldRequest(msgspec.Struct, forbid_unknown_fields=True):
-    amount: Amount
-    reason: Reason
+    """An `amount` (with its `reason`), or an `operation` and `quantity` priced as a charge
+    (reason: the operation's name unless given): one of the two."""
+
     idempotency_key: IdempotencyKey
+    amount: Amount | None = None
+    operation: Name | None = None
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUANTITY)] = 1
+    reason: Reason | None = None
     ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=86400)] = 300
     metadata: Metadata | None = None
 

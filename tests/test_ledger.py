@@ -461,3 +461,25 @@ async def test_batched_posts_keep_every_field(client: httpx.AsyncClient, account
     assert [r["amount"] for r in rows] == [i + 1 for i in range(30) if i % 2]
     acct = await balance_of(client, account)
     assert acct["balance"] == sum(range(1, 31)) and acct["version"] == 30
+
+
+async def test_a_capture_sent_ten_times_at_once_is_written_once(
+    client: httpx.AsyncClient, account: str, db: asyncpg.Pool
+) -> None:
+    """An SDK retries a capture whose connection was cut, maybe while the first still runs:
+    each copy waits for the hold's row, then replays what the first wrote."""
+    await grant(client, account, 100)
+    r = await client.post(f"/v1/accounts/{account}/holds",
+                          json={"amount": 40, "reason": "job", "idempotency_key": key()})
+    hold_id = r.json()["hold"]["id"]
+    answers = await asyncio.gather(*(
+        client.post(f"/v1/holds/{hold_id}/capture", json={"amount": 30}) for _ in range(10)))
+    assert {a.status_code for a in answers} == {200}
+    assert sum(a.headers.get("idempotent-replayed") == "true" for a in answers) == 9
+    assert len({a.json()["transaction"]["id"] for a in answers}) == 1
+    final = await balance_of(client, account)
+    assert (final["balance"], final["held"], final["used"]) == (70, 0, 30)
+    assert await db.fetchval("SELECT count(*) FROM transactions WHERE hold_id = $1::uuid",
+                             hold_id) == 1
+    assert await db.fetch("SELECT * FROM balance_reconcile() WHERE account_id = $1",
+                          account) == []

@@ -665,3 +665,128 @@ async def test_check_after_the_period_end_answers_as_the_renewing_charge_would(
     # The new period has no usage yet, and resets a day after the old one ended.
     assert (answer["error"], answer["used"], answer["limit"]) == ("limit_reached", 0, 5)
     assert ts(answer["resets_at"]) == ts(acc["period_end"]) + DAY
+
+
+async def hold(api: httpx.AsyncClient, account: str, operation: str, quantity: int = 1,
+               **extra: Any) -> httpx.Response:
+    return await api.post(f"/v1/accounts/{account}/holds", json={
+        "operation": operation, "quantity": quantity, "idempotency_key": key(), **extra})
+
+
+async def used(api: httpx.AsyncClient, account: str, operation: str) -> int:
+    plan = (await api.get(f"/v1/accounts/{account}/plan")).json()
+    count: int = plan["limits"][operation]["used"]
+    return count
+
+
+async def test_a_hold_for_an_operation_is_priced_and_limited_as_a_charge(
+    db: asyncpg.Pool, api: httpx.AsyncClient, account: str
+) -> None:
+    await put_plan(api, account, "daily")
+    r = await hold(api, account, "generate_image", 2)
+    assert r.status_code == 201, r.text
+    h = r.json()["hold"]
+    assert h["amount"] == 6 and h["metadata"]["unit_cost"] == 3  # the plan's price, not 5
+    await api.post(f"/v1/accounts/{account}/credit",
+                   json={"amount": 1000, "kind": "purchase", "idempotency_key": key()})
+    r = await api.post(f"/v1/holds/{h['id']}/capture", json={})
+    assert r.json()["transaction"]["metadata"] == {
+        "operation": "generate_image", "quantity": 2, "unit_cost": 3}
+    # The limit counts at placement: a hold of 3 leaves 2 for holds and charges alike.
+    first = await hold(api, account, "video", 3)
+    assert first.status_code == 201 and await used(api, account, "video") == 3
+    before = (await api.get(f"/v1/accounts/{account}")).json()
+    over = await hold(api, account, "video", 3)
+    assert over.status_code == 402
+    assert (over.json()["error"], over.json()["limit"], over.json()["used"]) == (
+        "limit_reached", 5, 3)
+    assert (await charge(api, account, "video", 3)).json()["error"] == "limit_reached"
+    assert (await api.get(f"/v1/accounts/{account}")).json() == before  # nothing written
+    # A release gives its units back; a capture keeps them.
+    r = await api.post(f"/v1/holds/{first.json()['hold']['id']}/release")
+    assert r.status_code == 200 and await used(api, account, "video") == 0
+    again = await api.post(f"/v1/holds/{first.json()['hold']['id']}/release")
+    assert again.headers["idempotent-replayed"] == "true"
+    assert await used(api, account, "video") == 0  # a replay gives nothing back twice
+    second = await hold(api, account, "video", 5)
+    assert second.status_code == 201 and await used(api, account, "video") == 5
+    r = await api.post(f"/v1/holds/{second.json()['hold']['id']}/capture", json={"amount": 1})
+    assert r.status_code == 200 and await used(api, account, "video") == 5
+    assert (await hold(api, account, "video")).json()["error"] == "limit_reached"
+    await assert_reconciled(db, account)
+
+
+async def test_an_expired_hold_gives_its_units_back(
+    db: asyncpg.Pool, api: httpx.AsyncClient, account: str
+) -> None:
+    await put_plan(api, account, "daily")
+    r = await hold(api, account, "video", 4, ttl_seconds=1)
+    assert r.status_code == 402 and r.json()["error"] == "insufficient_credits"
+    assert await used(api, account, "video") == 0  # a hold refused counts nothing
+    await api.post(f"/v1/accounts/{account}/credit",
+                   json={"amount": 1000, "kind": "purchase", "idempotency_key": key()})
+    r = await hold(api, account, "video", 4, ttl_seconds=1)
+    assert r.status_code == 201 and await used(api, account, "video") == 4
+    hold_id = r.json()["hold"]["id"]
+
+    async def expired() -> bool:
+        status = await db.fetchval("SELECT status FROM holds WHERE id = $1::uuid", hold_id)
+        return bool(status == "expired")
+
+    await wait_for(expired)
+    assert await used(api, account, "video") == 0
+    r = await api.post(f"/v1/holds/{hold_id}/release")
+    assert (r.status_code, r.json()["status"]) == (409, "expired")
+    await assert_reconciled(db, account)
+
+
+async def test_a_hold_resolved_in_a_later_period_gives_nothing_back(
+    db: asyncpg.Pool, api: httpx.AsyncClient, account: str
+) -> None:
+    await put_plan(api, account, "daily", datetime.now(UTC) - DAY + timedelta(seconds=1.5))
+    r = await hold(api, account, "video", 2, ttl_seconds=600)
+    assert r.status_code == 201
+    old_start = await db.fetchval("SELECT period_start FROM accounts WHERE account_id = $1",
+                                  account)
+
+    async def renewed() -> bool:
+        start = await db.fetchval("SELECT period_start FROM accounts WHERE account_id = $1",
+                                  account)
+        return bool(start != old_start)
+
+    await wait_for(renewed)
+    assert (await charge(api, account, "video")).status_code == 200  # the new period's
+    r = await api.post(f"/v1/holds/{r.json()['hold']['id']}/release")
+    assert r.status_code == 200
+    counts = {row["period_start"]: row["used"] for row in await db.fetch(
+        "SELECT period_start, used FROM plan_usage WHERE account_id = $1", account)}
+    assert counts[old_start] == 2 and await used(api, account, "video") == 1
+    await assert_reconciled(db, account)
+
+
+async def test_20_concurrent_holds_pass_a_limit_exactly(
+    shop: RunningApp, start_app: StartApp, db: asyncpg.Pool, api: httpx.AsyncClient,
+    account: str,
+) -> None:
+    other = await start_app(catalog_file=shop.settings.catalog_file)
+    await put_plan(api, account, "daily")
+    await api.post(f"/v1/accounts/{account}/credit",
+                   json={"amount": 100_000, "kind": "purchase", "idempotency_key": key()})
+    async with other.client() as api2:
+        answers = await asyncio.gather(*(
+            hold((api, api2)[i % 2], account, "video") for i in range(20)))
+    await other.stop()
+    assert sorted(a.status_code for a in answers) == [201] * 5 + [402] * 15
+    assert {a.json()["error"] for a in answers if a.status_code == 402} == {"limit_reached"}
+    assert await used(api, account, "video") == 5
+    placed = [a.json()["hold"] for a in answers if a.status_code == 201]
+    acct = (await api.get(f"/v1/accounts/{account}")).json()
+    assert acct["held"] == sum(h["amount"] for h in placed) == 5 * 40
+    # Captured and released at once, each twice: two captures' units stay, three come back.
+    resolutions = await asyncio.gather(*(
+        api.post(f"/v1/holds/{h['id']}/{'capture' if i < 2 else 'release'}")
+        for i, h in enumerate(placed) for _ in range(2)))
+    assert {r.status_code for r in resolutions} == {200}
+    assert sum(r.headers.get("idempotent-replayed") == "true" for r in resolutions) == 5
+    assert await used(api, account, "video") == 2
+    await assert_reconciled(db, account)

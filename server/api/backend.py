@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import msgspec
 from starlette.requests import Request
 
 from server import errors, outbox
@@ -105,6 +107,14 @@ def _catalog_price(catalog: Catalog, operation: str, quantity: int) -> int:
     return price
 
 
+def _priced(metadata: dict[str, Any] | None, operation: str, quantity: int,
+            price: int) -> dict[str, Any]:
+    """A charge's (or an operation's hold's) metadata: what was priced, and at what; the
+    plan's price replaces unit_cost in SQL."""
+    return {**(metadata or {}), "operation": operation, "quantity": quantity,
+            "unit_cost": price}
+
+
 async def charge(request: Request) -> Outcome:
     """Debit the price-list cost of an operation times quantity."""
     account_id = account_param(request)
@@ -115,8 +125,7 @@ async def charge(request: Request) -> Outcome:
 async def charge_operation(res: Resources, account_id: str, body: ChargeRequest) -> Outcome:
     """A charge: the catalog's price, which the account's plan may override (in SQL)."""
     price = _catalog_price(res.catalog, body.operation, body.quantity)
-    metadata = {**(body.metadata or {}), "operation": body.operation, "quantity": body.quantity,
-                "unit_cost": price}
+    metadata = _priced(body.metadata, body.operation, body.quantity, price)
     return await res.ledger.post(
         account_id, kind="usage", amount=-price * body.quantity, reason=body.operation,
         idempotency_key=body.idempotency_key, fingerprint=request_hash("charge", body),
@@ -124,14 +133,41 @@ async def charge_operation(res: Resources, account_id: str, body: ChargeRequest)
     )
 
 
+class _AmountHold(msgspec.Struct):
+    """A hold of an amount as it was fingerprinted before holds could name an operation: a
+    retry sent across the upgrade replays instead of conflicting with its own key."""
+
+    amount: int
+    reason: str
+    idempotency_key: str
+    ttl_seconds: int
+    metadata: dict[str, Any] | None
+
+
 async def place_hold(request: Request) -> Outcome:
-    """Reserve credits for an operation in progress: 201, or 402."""
+    """Reserve credits for an operation in progress, an amount or a priced operation
+    (limited as a charge is): 201, or 402."""
     account_id = account_param(request)
     body = decode_body(HoldRequest, await read_body(request))
-    return await resources(request).ledger.hold(
+    res = resources(request)
+    if body.operation is not None and body.amount is None:
+        price = _catalog_price(res.catalog, body.operation, body.quantity)
+        return await res.ledger.hold(
+            account_id, amount=price * body.quantity, ttl_seconds=body.ttl_seconds,
+            reason=body.operation if body.reason is None else body.reason,
+            idempotency_key=body.idempotency_key, fingerprint=request_hash("hold", body),
+            metadata=_priced(body.metadata, body.operation, body.quantity, price),
+            operation=body.operation, quantity=body.quantity,
+        )
+    if body.amount is None or body.operation is not None:
+        raise errors.invalid_request("operation: give an operation (and quantity) or an amount")
+    if body.reason is None:
+        raise errors.invalid_request("reason: required with an amount")
+    fingerprint = request_hash("hold", _AmountHold(
+        body.amount, body.reason, body.idempotency_key, body.ttl_seconds, body.metadata))
+    return await res.ledger.hold(
         account_id, amount=body.amount, ttl_seconds=body.ttl_seconds, reason=body.reason,
-        idempotency_key=body.idempotency_key, fingerprint=request_hash("hold", body),
-        metadata=body.metadata,
+        idempotency_key=body.idempotency_key, fingerprint=fingerprint, metadata=body.metadata,
     )
 
 

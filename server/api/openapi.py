@@ -120,6 +120,16 @@ def _check_rules(catalog: Catalog) -> dict[str, Any]:
     return {"anyOf": [operation, amount]}
 
 
+def _hold_rules(catalog: Catalog) -> dict[str, Any]:
+    """As a check's: an operation (its reason defaults to the operation's name) or an
+    amount, which names its reason."""
+    rules = _check_rules(catalog)
+    amount = rules["anyOf"][1]
+    amount["required"].append("reason")
+    amount["properties"]["reason"] = {"type": "string"}
+    return rules
+
+
 def _merge(schema: dict[str, Any], rules: dict[str, Any]) -> None:
     for key, value in rules.items():
         if key == "properties":
@@ -137,6 +147,7 @@ def build(catalog: Catalog, checkout: Checkout) -> dict[str, Any]:
     components["JsonValue"] = JSON_VALUE_SCHEMA
     _merge(components["ChargeRequest"], _charge_rules(catalog))
     _merge(components["CheckRequest"], _check_rules(catalog))
+    _merge(components["HoldRequest"], _hold_rules(catalog))
     components["PlanRequest"]["properties"]["plan"] = {
         "anyOf": [{"enum": sorted(catalog.plans)}, {"type": "null"}] if catalog.plans
         else [{"type": "null"}], "description": "a catalog plan, or null to remove the plan"}

@@ -195,9 +195,13 @@ async def test_hold_capture_partial_releases_rest(client: httpx.AsyncClient, acc
     t, acct = r.json()["transaction"], r.json()["account"]
     assert (t["kind"], t["amount"], t["hold_id"]) == ("usage", -25, hold["id"])
     assert (acct["balance"], acct["held"], acct["available"]) == (75, 0, 75)
+    # All of it (60) is not what was captured (25): another capture, refused.
     again = await client.post(f"/v1/holds/{hold['id']}/capture", json={})
     assert again.status_code == 409 and again.json()["error"] == "hold_not_active"
     assert again.json()["status"] == "captured"
+    same = await client.post(f"/v1/holds/{hold['id']}/capture", json={"amount": 25})
+    assert same.status_code == 200 and same.headers["idempotent-replayed"] == "true"
+    assert same.json()["transaction"] == t
     release = await client.post(f"/v1/holds/{hold['id']}/release")
     assert release.status_code == 409
 
@@ -218,7 +222,56 @@ async def test_hold_capture_all_and_release(client: httpx.AsyncClient, account: 
     assert r.status_code == 200
     assert r.json()["hold"]["status"] == "released"
     assert (r.json()["account"]["balance"], r.json()["account"]["held"]) == (30, 0)
-    assert (await client.post(f"/v1/holds/{h2['hold']['id']}/release")).status_code == 409
+    again = await client.post(f"/v1/holds/{h2['hold']['id']}/release")
+    assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+    assert again.json() == r.json()
+
+
+async def test_a_capture_or_release_sent_again_replays(
+    client: httpx.AsyncClient, account: str
+) -> None:
+    """The hold's id is the key of its capture and release (an SDK retries them after a cut
+    connection): the same resolution again answers as the first did, with the account as it
+    is now; any other is still refused."""
+    await credit(client, account, 100)
+
+    async def place(amount: int) -> str:
+        r = await client.post(f"/v1/accounts/{account}/holds", json={
+            "amount": amount, "reason": "job", "idempotency_key": key()})
+        assert r.status_code == 201, r.text
+        hold_id: str = r.json()["hold"]["id"]
+        return hold_id
+
+    captured = await place(30)
+    first = await client.post(f"/v1/holds/{captured}/capture", json={"metadata": {"run": 1}})
+    assert first.status_code == 200 and "idempotent-replayed" not in first.headers
+    assert set(first.json()) == {"transaction", "hold", "account"}
+    await client.post(f"/v1/accounts/{account}/debit",
+                      json={"amount": 5, "reason": "meanwhile", "idempotency_key": key()})
+    for body in ({}, {"amount": 30}, None):
+        again = await client.post(f"/v1/holds/{captured}/capture", json=body)
+        assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+        assert again.json()["transaction"] == first.json()["transaction"]
+        assert again.json()["hold"] == first.json()["hold"]
+        assert again.json()["account"]["balance"] == 65  # as it is now, after the debit
+    other = await client.post(f"/v1/holds/{captured}/capture", json={"amount": 29})
+    assert other.status_code == 409
+    assert (other.json()["error"], other.json()["status"]) == ("hold_not_active", "captured")
+    r = await client.post(f"/v1/holds/{captured}/release")
+    assert r.status_code == 409 and r.json()["status"] == "captured"
+
+    released = await place(20)
+    first = await client.post(f"/v1/holds/{released}/release")
+    again = await client.post(f"/v1/holds/{released}/release")
+    assert first.status_code == again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true" and again.json() == first.json()
+    r = await client.post(f"/v1/holds/{released}/capture")
+    assert r.status_code == 409 and r.json()["status"] == "released"
+    acct = (await client.get(f"/v1/accounts/{account}")).json()
+    assert (acct["balance"], acct["held"], acct["used"]) == (65, 0, 35)
+    usage = (await client.get(f"/v1/accounts/{account}/transactions",
+                              params={"kind": "usage"})).json()["transactions"]
+    assert [t["amount"] for t in usage] == [-5, -30]  # one capture, written once
 
 
 async def test_unknown_hold_is_404(client: httpx.AsyncClient) -> None:
