@@ -1,5 +1,6 @@
-"""/openapi.json, generated from the route table, the msgspec request types and this app's
-catalog and checkout settings.
+"""/openapi.json, generated from the route table, the msgspec request types, the shapes of
+the answers (api/shapes.py: every success body, and the error body of every code each status
+may carry) and this app's catalog and checkout settings.
 
 Rules that depend on configuration (which operations have a price, which packages and
 providers a checkout may name, which return URLs are allowed) are part of the document, so
@@ -18,22 +19,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server import outbox
+from server.api import shapes
 from server.api.backend import MAX_USAGE_RANGE
 from server.api.http import CURSOR, PAGE_SIZE, resources
 from server.api.routes import OPERATIONS, Operation
 from server.catalog import MAX_QUANTITY, Catalog
+from server.errors import HTTP_STATUS
 from server.history import KINDS
 from server.messages import ACCOUNT_ID_PATTERN, JSON_VALUE_SCHEMA, BalanceFrame
 from server.payments.checkout import Checkout
 from server.resources import Resources
 
 _REF = "#/components/schemas/{name}"
-_ERROR = {
-    "type": "object",
-    "required": ["error", "message"],
-    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
-    "additionalProperties": True,
-}
 _PATH_PARAMS: dict[str, dict[str, Any]] = {
     "account_id": {"type": "string", "pattern": ACCOUNT_ID_PATTERN},
     "hold_id": {"type": "string", "format": "uuid"},
@@ -44,7 +41,7 @@ _QUERY_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
     "limit": ({"type": "integer", "minimum": PAGE_SIZE[0], "maximum": PAGE_SIZE[1],
                "default": 50}, "page size"),
     "before": ({"type": "integer", "minimum": CURSOR[0], "maximum": CURSOR[1]},
-               "the previous page's next_cursor"),
+               "the previous page's `next`"),
     "kind": ({"type": "string", "enum": list(KINDS)}, "only transactions of this kind"),
     "status": ({"type": "string", "enum": list(outbox.STATUSES)}, "only events in this state"),
     "group_by": ({"type": "string", "enum": ["reason", "day"], "default": "reason"},
@@ -59,37 +56,52 @@ _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "service_or_user": [{"serviceKey": []}, {"userToken": []}],
     "signature": [],  # the provider's signature headers, checked on the raw body
 }
-_STATUS = {
-    400: "the body is not JSON",
-    401: "missing or invalid credentials (or webhook signature)",
-    402: "insufficient_credits: `required` and `available` say by how much",
-    404: "no such hold or event",
-    409: "idempotency_conflict (the key was used with another body), or hold_not_active",
-    413: "the body is over 64 KiB",
-    422: "invalid_request: `detail` names the field and the rule",
-    429: "rate_limited: see Retry-After",
-    500: "internal_error: a failure of ours; `request_id` names its log line",
-    502: "the payment provider did not answer; nothing was created here",
-    503: "unavailable (the database is unreachable), or outcome_unknown",
-}
-
-
+# What every operation may answer, beyond its own refusals (routes.Operation.refusals).
+_ALWAYS = ("unauthorized", "rate_limited", "internal_error", "unavailable")
+_BODY = ("invalid_json", "payload_too_large", "invalid_request")  # an operation with a body
 # On every answer: the caller's X-Request-Id (printable, at most 128 characters) or ours.
 _REQUEST_ID = {"X-Request-Id": {"description": "this request's id, as its log lines carry it",
                                 "schema": {"type": "string", "maxLength": 128}}}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait, whole", "required": True,
+                                "schema": {"type": "integer", "minimum": 0}}}
+# On the answers of operations that may replay an earlier answer (_replays).
+_REPLAYED = {"Idempotent-Replayed": {
+    "description": "`true`: the answer of an earlier request with this idempotency_key",
+    "schema": {"type": "string", "enum": ["true"]}}}
 
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": _REF.format(name=name)}
 
 
-def _statuses(op: Operation) -> list[int]:
-    found = {401, 429, 500, 503, *op.refusals}
+def _refusals(op: Operation) -> dict[int, list[str]]:
+    """The error codes the operation may answer, by status."""
+    codes = {*_ALWAYS, *op.refusals}
     if op.body is not None:
-        found |= {400, 413, 422}
-    if op.query or "{" in op.path:
-        found.add(422)
-    return sorted(found)
+        codes.update(_BODY)
+    if op.query or "{account_id}" in op.path:  # a hold or event id that is not one: 404
+        codes.add("invalid_request")
+    by_status: dict[int, list[str]] = {}
+    for code, status in HTTP_STATUS.items():
+        if code in codes:
+            by_status.setdefault(status, []).append(code)
+    return dict(sorted(by_status.items()))
+
+
+def _error_response(codes: list[str]) -> dict[str, Any]:
+    """A status's answer: the error body of one of `codes`, told apart by `error`."""
+    description = " ".join(f"`{code}`: {_doc(shapes.ERRORS[code])}" for code in codes)
+    refs = {code: _REF.format(name=shapes.ERRORS[code].__name__) for code in codes}
+    schema: dict[str, Any] = {"$ref": refs[codes[0]]} if len(codes) == 1 else {
+        "oneOf": [{"$ref": ref} for ref in refs.values()],
+        "discriminator": {"propertyName": "error", "mapping": refs}}
+    return {"description": description, "content": {"application/json": {"schema": schema}},
+            "headers": _REQUEST_ID | (_RETRY_AFTER if "rate_limited" in codes else {})}
+
+
+def _doc(kind: type) -> str:
+    """The first paragraph of a shape's docstring, on one line."""
+    return " ".join((kind.__doc__ or "").split("\n\n")[0].split())
 
 
 def _charge_rules(catalog: Catalog) -> dict[str, Any]:
@@ -139,11 +151,49 @@ def _merge(schema: dict[str, Any], rules: dict[str, Any]) -> None:
             schema[key] = value
 
 
+def _answers(schemas: dict[Any, dict[str, Any]], components: dict[str, Any]) -> None:
+    """Name the answers msgspec cannot name (shapes.Component), and require every field of
+    the catalog's Structs, which GET /v1/catalog writes whole."""
+    for op in OPERATIONS:
+        if isinstance(op.answer, shapes.Component):
+            found = [schemas[kind] for kind in op.answer.types]
+            schema = found[0] if len(found) == 1 else {"oneOf": found}
+            components[op.answer.name] = {"description": op.answer.description, **schema}
+    for kind in shapes.CATALOG:
+        component = components[kind.__name__]
+        component["required"] = list(component["properties"])
+
+
+def _answer_types() -> list[Any]:
+    found: list[Any] = []
+    for op in OPERATIONS:
+        found.extend(op.answer.types if isinstance(op.answer, shapes.Component)
+                     else [op.answer])
+    return found
+
+
+def _replays(op: Operation) -> bool:
+    """Whether an answer may be a replay: the body requires an idempotency_key, or the
+    operation resolves a hold (whose id is the key of its capture and release)."""
+    if op.path.startswith("/v1/holds/"):
+        return True
+    return op.body is not None and any(
+        f.name == "idempotency_key" and f.required for f in msgspec.structs.fields(op.body))
+
+
 def build(catalog: Catalog, checkout: Checkout) -> dict[str, Any]:
     """The OpenAPI 3.1 document for an app with this catalog and checkout."""
     types = [op.body for op in OPERATIONS if op.body is not None] + [BalanceFrame]
-    _, components = msgspec.json.schema_components(types, ref_template=_REF)
-    components["Error"] = _ERROR
+    types += _answer_types() + list(shapes.ERRORS.values())
+    found, components = msgspec.json.schema_components(types, ref_template=_REF)
+    schemas = dict(zip(types, found, strict=True))
+    _answers(schemas, components)
+    components["Error"] = {
+        "description": "Every error: `error` is the code, `message` for a human; the details "
+                       "depend on the code",
+        "oneOf": [_ref(kind.__name__) for kind in shapes.ERRORS.values()],
+        "discriminator": {"propertyName": "error", "mapping": {
+            code: _REF.format(name=kind.__name__) for code, kind in shapes.ERRORS.items()}}}
     components["JsonValue"] = JSON_VALUE_SCHEMA
     _merge(components["ChargeRequest"], _charge_rules(catalog))
     _merge(components["CheckRequest"], _check_rules(catalog))
@@ -161,15 +211,15 @@ def build(catalog: Catalog, checkout: Checkout) -> dict[str, Any]:
         "when the grant's unspent credits expire; must be in the future")
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
-        responses: dict[str, Any] = {
-            str(op.status): {"description": "success", "content": {"application/json": {}},
-                             "headers": _REQUEST_ID}}
-        for status in _statuses(op):
-            responses[str(status)] = {
-                "description": _STATUS[status],
-                "content": {"application/json": {"schema": _ref("Error")}},
-                "headers": _REQUEST_ID,
-            }
+        answer = (_ref(op.answer.name) if isinstance(op.answer, shapes.Component)
+                  else schemas[op.answer])
+        responses: dict[str, Any] = {str(op.status): {
+            "description": (_doc(op.answer) if isinstance(op.answer, type)
+                            else op.answer.description) or "success",
+            "content": {"application/json": {"schema": answer}},
+            "headers": _REQUEST_ID | (_REPLAYED if _replays(op) else {})}}
+        for status, codes in _refusals(op).items():
+            responses[str(status)] = _error_response(codes)
         doc: dict[str, Any] = {
             "summary": op.summary,
             "operationId": op.handler.__name__,

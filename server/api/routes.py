@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import msgspec
 from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.api import backend, browser, webhooks
+from server.api import backend, browser, shapes, webhooks
 from server.api.http import resources, user
 from server.auth import check_service_key
+from server.catalog import Catalog
 from server.errors import Problem, rate_limited
 from server.ledger import Outcome
 from server.messages import (
@@ -50,74 +51,105 @@ class Operation:
     auth: Auth
     body: type[msgspec.Struct] | None = None
     status: int = 200
-    refusals: tuple[int, ...] = ()  # what it answers beyond 400/401/413/422/429/503
+    # The error codes it answers beyond what every operation may (openapi.py `_ALWAYS`, and
+    # a body's or a parameter's own); OUTCOME: it writes through server/db.py `movement`.
+    refusals: tuple[str, ...] = ()
     query: tuple[str, ...] = ()  # its query parameters, by name (openapi.py has their rules)
     body_required: bool = True  # False: no body means an empty one (capture: all of it)
     body_nullable: bool = False  # a body of `null` means "none" (turn the setting off)
+    # What it answers with `status`: a shapes Struct (or an alias msgspec can describe).
+    answer: Any = field(kw_only=True)
 
+
+# Refusals, by error code (errors.HTTP_STATUS gives each one's status).
+OUTCOME = "outcome_unknown"  # a movement: the database may have gone away after it was sent
+_SPEND = ("insufficient_credits", "idempotency_conflict", OUTCOME)
+_HOLD = ("not_found", "hold_not_active", OUTCOME)
+_CHECKOUT = ("idempotency_conflict", "provider_unavailable")
+_WEBHOOK = ("invalid_json", "not_found", "payload_too_large", "invalid_request", OUTCOME)
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/v1/accounts/{account_id}", backend.get_account,
-              "Read an account (an unknown one reads as new; nothing is created)", "service"),
+              "Read an account (an unknown one reads as new; nothing is created)", "service",
+              answer=shapes.Account),
     Operation("POST", "/v1/accounts/{account_id}", backend.open_account,
               "Create the account now, with its welcome credits (idempotent)", "service",
-              body_required=False),
+              refusals=(OUTCOME,), body_required=False, answer=shapes.Account),
     Operation("POST", "/v1/accounts/{account_id}/debit", backend.debit,
-              "Spend credits", "service", DebitRequest, refusals=(402, 409)),
+              "Spend credits", "service", DebitRequest, refusals=_SPEND,
+              answer=shapes.TransactionResult),
     Operation("POST", "/v1/accounts/{account_id}/credit", backend.credit,
-              "Add credits", "service", CreditRequest, refusals=(409,)),
+              "Add credits", "service", CreditRequest, refusals=("idempotency_conflict", OUTCOME),
+              answer=shapes.TransactionResult),
     Operation("POST", "/v1/accounts/{account_id}/adjust", backend.adjust,
-              "Operator adjustment", "service", AdjustRequest, refusals=(402, 409)),
+              "Operator adjustment", "service", AdjustRequest, refusals=_SPEND,
+              answer=shapes.TransactionResult),
     Operation("POST", "/v1/accounts/{account_id}/charge", backend.charge,
-              "Charge a priced operation", "service", ChargeRequest, refusals=(402, 409)),
+              "Charge a priced operation", "service", ChargeRequest,
+              refusals=(*_SPEND, "limit_reached"), answer=shapes.TransactionResult),
     Operation("POST", "/v1/accounts/{account_id}/holds", backend.place_hold,
-              "Reserve credits", "service", HoldRequest, 201, refusals=(402, 409)),
+              "Reserve credits", "service", HoldRequest, 201,
+              refusals=(*_SPEND, "limit_reached"),
+              answer=shapes.HoldResult),
     Operation("GET", "/v1/accounts/{account_id}/transactions", backend.list_transactions,
-              "History, newest first", "service", query=("limit", "before", "kind")),
+              "History, newest first", "service", query=("limit", "before", "kind"),
+              answer=shapes.TransactionPage),
     Operation("GET", "/v1/accounts/{account_id}/usage", backend.usage,
-              "Spending grouped", "service", query=("group_by", "since", "until")),
+              "Spending grouped", "service", query=("group_by", "since", "until"),
+              answer=shapes.Usage),
     Operation("GET", "/v1/accounts/{account_id}/grants", backend.list_grants,
-              "Open grants, in spending order", "service"),
+              "Open grants, in spending order", "service", answer=shapes.GrantList),
     Operation("PUT", "/v1/accounts/{account_id}/plan", backend.set_plan,
-              "Assign, change or remove the plan", "service", PlanRequest, refusals=(409,)),
+              "Assign, change or remove the plan", "service", PlanRequest,
+              refusals=("idempotency_conflict", OUTCOME), answer=shapes.AccountResult),
     Operation("GET", "/v1/accounts/{account_id}/plan", backend.get_plan,
-              "Plan, period, allowance left, limits used", "service"),
+              "Plan, period, allowance left, limits used", "service",
+              answer=shapes.PlanDashboard),
     Operation("POST", "/v1/accounts/{account_id}/check", backend.check,
-              "What a charge or debit would answer (writes nothing)", "service", CheckRequest),
+              "What a charge or debit would answer (writes nothing)", "service", CheckRequest,
+              answer=shapes.CheckResult),
     Operation("PUT", "/v1/accounts/{account_id}/alerts", backend.set_alerts,
-              "Set the account's low_balance threshold", "service", AlertsRequest),
+              "Set the account's low_balance threshold", "service", AlertsRequest,
+              refusals=(OUTCOME,), answer=shapes.AlertsResult),
     Operation("PUT", "/v1/accounts/{account_id}/auto-top-up", backend.set_auto_top_up,
               "Configure auto top-up (Stripe), or turn it off with null", "service",
-              AutoTopUpRequest, body_nullable=True),
+              AutoTopUpRequest, body_nullable=True, answer=shapes.AutoTopUpResult),
     Operation("GET", "/v1/events", backend.list_events,
               "App webhooks and their attempts, newest first", "service",
-              query=("status", "limit", "before")),
+              query=("status", "limit", "before"), answer=shapes.EventPage),
     Operation("POST", "/v1/events/{event_id}/retry", backend.retry_event,
-              "Deliver an app webhook again now", "service", refusals=(404,)),
+              "Deliver an app webhook again now", "service", refusals=("not_found",),
+              answer=shapes.EventRetry),
     Operation("POST", "/v1/holds/{hold_id}/capture", backend.capture_hold,
-              "Capture a hold", "service", CaptureRequest, refusals=(404, 409),
-              body_required=False),
+              "Capture a hold", "service", CaptureRequest, refusals=_HOLD,
+              body_required=False, answer=shapes.CaptureResult),
     Operation("POST", "/v1/holds/{hold_id}/release", backend.release_hold,
-              "Release a hold", "service", refusals=(404, 409)),
+              "Release a hold", "service", refusals=(*_HOLD, "payload_too_large"),
+              answer=shapes.HoldResult),
     Operation("POST", "/v1/accounts/{account_id}/checkout", backend.checkout,
-              "Open a provider checkout", "service", CheckoutRequest, 201, refusals=(409, 502)),
+              "Open a provider checkout", "service", CheckoutRequest, 201, refusals=_CHECKOUT,
+              answer=shapes.CheckoutSession),
     Operation("POST", "/v1/tokens", backend.mint_token,
-              "Mint a browser token", "service", TokenRequest),
-    Operation("GET", "/v1/prices", backend.prices, "The price list", "service"),
-    Operation("GET", "/v1/catalog", backend.catalog, "The catalog", "service_or_user"),
-    Operation("GET", "/v1/me", browser.me, "The token's account", "user"),
+              "Mint a browser token", "service", TokenRequest, answer=shapes.Token),
+    Operation("GET", "/v1/prices", backend.prices, "The price list", "service",
+              answer=shapes.Prices),
+    Operation("GET", "/v1/catalog", backend.catalog, "The catalog", "service_or_user",
+              answer=Catalog),
+    Operation("GET", "/v1/me", browser.me, "The token's account", "user", answer=shapes.Me),
     Operation("GET", "/v1/me/transactions", browser.my_transactions,
-              "The token's history", "user", query=("limit", "before", "kind")),
+              "The token's history", "user", query=("limit", "before", "kind"),
+              answer=shapes.TransactionPage),
     Operation("GET", "/v1/me/plan", browser.my_plan,
-              "The token's account's plan and allowance", "user"),
+              "The token's account's plan and allowance", "user", answer=shapes.PlanDashboard),
     Operation("POST", "/v1/me/checkout", browser.my_checkout,
               "Open a provider checkout for the token's account", "user", CheckoutRequest, 201,
-              refusals=(409, 502)),
+              refusals=_CHECKOUT, answer=shapes.CheckoutSession),
     Operation("POST", "/v1/webhooks/stripe", webhooks.stripe_webhook,
-              "Stripe events (Stripe-Signature)", "signature", refusals=(400, 404, 422)),
+              "Stripe events (Stripe-Signature)", "signature", refusals=_WEBHOOK,
+              answer=shapes.WebhookAck),
     Operation("POST", "/v1/webhooks/dodo", webhooks.dodo_webhook,
-              "Dodo Payments events (Standard Webhooks)", "signature",
-              refusals=(400, 404, 422)),
+              "Dodo Payments events (Standard Webhooks)", "signature", refusals=_WEBHOOK,
+              answer=shapes.WebhookAck),
 )
 
 

@@ -33,8 +33,9 @@ async def test_the_fastapi_example_charges_once_per_job_and_never_for_failures(
     async with app.client() as admin:
         await admin.post(f"/v1/accounts/{account}/credit",
                          json={"amount": 12, "kind": "grant", "idempotency_key": "g"})
-    balance = AsyncBalance(app.base_url, app.service_key)
-    async with (local_server(example.create_app(balance)) as url,
+    # Closed here: local_server cuts the example off without running its lifespan's end.
+    async with (AsyncBalance(app.base_url, app.service_key) as balance,
+                local_server(example.create_app(balance)) as url,
                 httpx.AsyncClient(base_url=url, headers={"x-user": account}) as web):
         answers = [await web.post("/generations", json={"job_id": job, "prompt": prompt})
                    for job, prompt in [("1", "a cat"), ("1", "a cat"), ("2", "fail"),
