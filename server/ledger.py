@@ -217,7 +217,12 @@ class Ledger:
         """'capture' amount (None: all) and release the rest, or 'release' it all. The same
         capture or release of a hold already resolved so replays."""
         row = await movement(self.pool, _RESOLVE_SQL, hold_id, action, amount, jsonb(metadata))
-        outcome = self._outcome(row, None)
+        # A capture's transaction carries the hold's reason, which the result row does not:
+        # read it from the body, so the pushed change names it as the ledger row does.
+        reason = None
+        if row["result"] == "ok" and row["tx_id"] is not None and not row["replayed"]:
+            reason = msgspec.json.decode(row["body"])["transaction"]["reason"]
+        outcome = self._outcome(row, reason)
         if action == "capture" and not outcome.replayed:
             metrics.debits.inc()
         return outcome

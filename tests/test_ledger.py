@@ -355,6 +355,23 @@ async def test_grants_are_spent_by_priority_then_expiry_then_age(
     assert r.status_code == 422
 
 
+async def test_a_captures_pushed_change_names_its_holds_reason(
+    db: asyncpg.Pool, account: str
+) -> None:
+    """The capture's transaction has the hold's reason; its pushed change says the same (a
+    live ledger row in the browser is built from it)."""
+    ledger = Ledger(db, 10)
+    frames: list[Any] = []
+    ledger.on_commit(frames.append)
+    placed = await ledger.hold(account, amount=5, ttl_seconds=60, reason="generate_image",
+                               idempotency_key=key(), fingerprint=b"f", metadata=None)
+    hold_id = json.loads(placed.body)["hold"]["id"]
+    captured = await ledger.resolve_hold(hold_id, "capture")
+    assert json.loads(captured.body)["transaction"]["reason"] == "generate_image"
+    assert [(f.change.kind, f.change.reason) for f in frames] == [
+        ("hold_placed", "generate_image"), ("usage", "generate_image")]
+
+
 async def test_a_capture_spends_what_its_hold_reserved_in_spending_order(
     client: httpx.AsyncClient, account: str, db: asyncpg.Pool
 ) -> None:

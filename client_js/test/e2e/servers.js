@@ -22,6 +22,11 @@ export async function missingPrerequisite() {
   } catch {
     return 'playwright-core is not installed (npm install in client_js/)';
   }
+  return missingServer();
+}
+
+/** Why the Python server cannot run here, or null when it can. */
+export function missingServer() {
   const py = spawnSync(PYTHON, ['-c', 'import server.dev.servers, server.cli, server.dev.routes'], { cwd: REPO, encoding: 'utf8' });
   if (py.status !== 0) return `the Python server does not import (${PYTHON}): ${(py.stderr || py.error?.message || '').trim().split('\n').at(-1)}`;
   return null;

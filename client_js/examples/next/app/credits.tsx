@@ -46,12 +46,18 @@ function Studio() {
   const { items } = useLedger({ pageSize: 5 });
   const [message, setMessage] = useState('');
 
-  async function generate() {
-    // The app's backend charges by operation with the service key; the browser never does.
-    const res = await fetch('/api/generate', { method: 'POST' });
+  // One job id per click, sent again on a retry of the same job: the app's backend reserves
+  // the credits under it (the catalog's price, with the service key) and takes them only if
+  // the work succeeds; the browser never names an amount.
+  async function generate(jobId = crypto.randomUUID()): Promise<void> {
+    let res = await fetch('/api/generate', { method: 'POST', body: JSON.stringify({ jobId }) });
+    for (let retry = 1; res.status === 503 && retry <= 2; retry++) {
+      await new Promise((resolve) => setTimeout(resolve, 1000 * retry));
+      res = await fetch('/api/generate', { method: 'POST', body: JSON.stringify({ jobId }) });
+    }
     if (res.status === 402) {
       const outcome = await gate.current?.show((await res.json()) as PaymentRequired, { action: 'Generate image' });
-      if (outcome === 'continue') return generate();
+      if (outcome === 'continue') return generate(); // topped up: a new attempt, a new job
       return;
     }
     setMessage(res.ok ? 'Generated.' : `Failed (${res.status}).`);
@@ -61,7 +67,7 @@ function Studio() {
     <section>
       <h1>Create</h1>
       <p>Plan: {plan?.plan ?? 'none'} · last change: {items[0] ? `${items[0].amount} (${items[0].reason ?? items[0].kind})` : '—'}</p>
-      <button type="button" onClick={generate}>Generate image</button>
+      <button type="button" onClick={() => generate()}>Generate image</button>
       <p role="status">{message}</p>
       <h2>Buy credits</h2>
       <CreditPurchase featured="popular" onCheckout={(e) => console.info('checkout', e.detail.session_id)} />

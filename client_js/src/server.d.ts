@@ -1,0 +1,321 @@
+// balance-client/server: balance-server's backend API for the app's own backend (service
+// key). Self-contained: no DOM types, nothing of the browser client.
+
+import type { WebhookVerificationError } from 'standardwebhooks';
+
+export { WebhookVerificationError };
+
+// ---------------------------------------------------------------- wire objects
+
+export interface Account {
+  readonly account_id: string;
+  readonly balance: number;
+  readonly held: number;
+  readonly available: number;
+  readonly version: number;
+  readonly purchased: number;
+  readonly used: number;
+  readonly updated_at: string | null;
+  readonly plan: string | null;
+  readonly period_end: string | null;
+  readonly low: boolean;
+}
+
+export type TransactionKind = 'grant' | 'purchase' | 'usage' | 'refund' | 'reversal' | 'adjustment' | 'expiry' | 'allowance';
+
+export interface Transaction {
+  readonly id: number;
+  readonly account_id: string;
+  readonly kind: TransactionKind | (string & {});
+  /** Signed: negative takes credits. */
+  readonly amount: number;
+  readonly balance_after: number;
+  readonly version: number;
+  readonly reason: string | null;
+  readonly metadata: Record<string, unknown> | null;
+  readonly hold_id: string | null;
+  readonly created_at: string;
+}
+
+export interface Hold {
+  readonly id: string;
+  readonly account_id: string;
+  readonly amount: number;
+  readonly status: 'active' | 'captured' | 'released' | 'expired';
+  readonly expires_at: string;
+}
+
+/** Whether the answer was a replay of an earlier request with the same key (Idempotent-Replayed). */
+export interface Replayable {
+  readonly replayed: boolean;
+}
+
+export interface Movement extends Replayable {
+  readonly transaction: Transaction;
+  readonly account: Account;
+}
+
+export interface HoldPlaced extends Replayable {
+  readonly hold: Hold;
+  readonly account: Account;
+}
+
+export interface TransactionPage {
+  readonly transactions: Transaction[];
+  /** The cursor of the next older page, or null at the end. */
+  readonly next: string | null;
+}
+
+export interface UsageGroup {
+  readonly key: string;
+  readonly amount: number;
+  readonly count: number;
+}
+
+export interface Grant {
+  readonly id: number;
+  readonly kind: string;
+  readonly amount: number;
+  readonly remaining: number;
+  readonly priority: number;
+  readonly expires_at: string | null;
+  readonly created_at: string;
+}
+
+export interface PlanState {
+  readonly plan: string | null;
+  readonly period_start: string | null;
+  readonly period_end: string | null;
+  readonly allowance: number;
+  readonly allowance_remaining: number;
+  readonly limits: Record<string, { limit: number; used: number }>;
+}
+
+export interface CheckResult {
+  readonly allowed: boolean;
+  readonly cost: number;
+  readonly available: number;
+  /** When not allowed: the code a charge or debit would answer, with its details beside it. */
+  readonly error?: string;
+  readonly [detail: string]: unknown;
+}
+
+/** An app webhook and its delivery attempts, as GET /v1/events lists it. */
+export interface EventRecord {
+  readonly id: number;
+  readonly type: string;
+  readonly status: 'pending' | 'delivered' | 'failed';
+  readonly [field: string]: unknown;
+}
+
+export interface EventPage {
+  readonly events: EventRecord[];
+  readonly next: string | number | null;
+}
+
+export interface CheckoutSession extends Replayable {
+  readonly url: string;
+  readonly provider: 'stripe' | 'dodo';
+  readonly session_id: string;
+  readonly credits: number;
+  readonly amount: number;
+  readonly currency: string;
+}
+
+export interface Catalog {
+  readonly prices: Record<string, number>;
+  readonly packages: Record<string, { credits: number; price: Record<string, number>; stripe_price?: string | null; dodo_product?: string | null }>;
+  readonly [section: string]: unknown;
+}
+
+/** A verified app webhook. */
+export interface WebhookEvent {
+  /** The webhook-id header: the same on every redelivery, so the app can skip repeats. */
+  readonly id: string;
+  readonly type: string;
+  readonly timestamp: string;
+  readonly data: Record<string, unknown>;
+}
+
+// ---------------------------------------------------------------- errors
+
+/** Any error answer of balance-server; `body` is its JSON as it came. */
+export class BalanceError extends Error {
+  constructor(status: number, code: string, message: string, body?: Record<string, any> | null, requestId?: string | null, options?: { cause?: unknown; key?: string | null });
+  /** The HTTP status; 503 when no attempt got an answer (Unavailable, OutcomeUnknown). */
+  readonly status: number;
+  /** The contract's error code ('insufficient_credits', ...), or http_<status> for a body without one. */
+  readonly code: string;
+  readonly body: Record<string, any> | null;
+  /** X-Request-Id of the answer, for the server's logs. */
+  readonly requestId: string | null;
+}
+export class InsufficientCredits extends BalanceError {
+  readonly required: number;
+  readonly available: number;
+}
+export class LimitReached extends BalanceError {
+  readonly limit: number;
+  readonly used: number;
+  readonly resetsAt: string;
+  readonly operation: string;
+}
+export class IdempotencyConflict extends BalanceError {}
+export class HoldNotActive extends BalanceError {
+  readonly holdStatus: 'captured' | 'released' | 'expired' | (string & {});
+}
+export class NotFound extends BalanceError {}
+/** invalid_request, invalid_json or payload_too_large. */
+export class InvalidRequest extends BalanceError {
+  /** Which field and why (invalid_request). */
+  readonly detail: string | undefined;
+}
+export class Unauthorized extends BalanceError {}
+export class Forbidden extends BalanceError {
+  readonly scope: string | undefined;
+}
+/** Not retried: the app decides whether to wait `retryAfter` seconds. */
+export class RateLimited extends BalanceError {
+  readonly retryAfter: number;
+}
+export class ProviderUnavailable extends BalanceError {}
+/** Nothing was written: every attempt failed before reaching the database. */
+export class Unavailable extends BalanceError {}
+/** An attempt may have been committed: repeat the call with the same key to learn which. */
+export class OutcomeUnknown extends BalanceError {
+  /** The call's idempotency key (a capture or release: the hold id); null for a call without one. */
+  readonly key: string | null;
+}
+
+/** The typed error for an error answer. */
+export function errorFor(status: number, body: Record<string, any> | null, requestId?: string | null, options?: { cause?: unknown; key?: string | null }): BalanceError;
+
+// ---------------------------------------------------------------- the client
+
+export interface BalanceOptions {
+  /** Where balance-server answers; default BALANCE_API_URL. */
+  baseUrl?: string;
+  /** A service key; default BALANCE_SERVICE_KEY. */
+  serviceKey?: string;
+  /** Bounds one attempt. Default 10000. */
+  timeoutMs?: number;
+  /** Bounds one call, every retry included. Default 30000. */
+  deadlineMs?: number;
+  /** Default the global fetch. */
+  fetch?: typeof fetch;
+  /** Full-jitter backoff between attempts; default base 100 ms, cap 2000 ms. */
+  backoff?: { base?: number; cap?: number; random?: () => number };
+  /** How to wait between attempts (tests); default setTimeout. */
+  sleep?: (ms: number) => Promise<void>;
+}
+
+/** Your own idempotency key: a job, order or request id, the same on every retry of the same work. */
+export interface Keyed {
+  key: string;
+}
+
+type Metadata = Record<string, unknown>;
+
+/** A hold of a fixed amount, or of an operation's price (the plan's price when it has one). */
+export type HoldOptions = Keyed & {
+  /** Seconds until the server releases it on its own. Default 300, at most 86400. */
+  ttlSeconds?: number;
+  metadata?: Metadata;
+} & (
+  | { amount: number; reason: string; operation?: never; quantity?: never }
+  | { operation: string; quantity?: number; reason?: string; amount?: never }
+);
+
+export interface Reservation {
+  readonly hold: Hold;
+  /** The hold was placed before under this key (this job started earlier): the work may have run. */
+  readonly replayed: boolean;
+  /** Capture `amount` (1 … the held amount) instead of all of it; the rest is released. */
+  settle(amount: number): void;
+}
+
+export class Balance {
+  constructor(options?: BalanceOptions);
+
+  /** The account; an unknown one reads as new (nothing is created). */
+  getAccount(account: string): Promise<Account>;
+  /** Create the account now, with its welcome credits (the same account again changes nothing). */
+  openAccount(account: string): Promise<Account>;
+  /** Spend `amount` credits: InsufficientCredits unless available >= amount. */
+  debit(account: string, options: Keyed & { amount: number; reason: string; metadata?: Metadata }): Promise<Movement>;
+  /** Add credits (grant, purchase or refund), optionally expiring. */
+  credit(account: string, options: Keyed & { amount: number; kind: 'grant' | 'purchase' | 'refund'; reason?: string; expiresAt?: Date | string; priority?: number; metadata?: Metadata }): Promise<Movement>;
+  /** An operator's signed correction (never 0). */
+  adjust(account: string, options: Keyed & { amount: number; reason: string; actor: string }): Promise<Movement>;
+  /** Charge the catalog's price of `operation` times `quantity` (default 1). */
+  charge(account: string, options: Keyed & { operation: string; quantity?: number; metadata?: Metadata }): Promise<Movement>;
+  /** Reserve credits until captured, released or expired. */
+  hold(account: string, options: HoldOptions): Promise<HoldPlaced>;
+  /** Spend all of a hold, or `amount` of it (the rest is released). A repeat replays. */
+  capture(holdId: string, options?: { amount?: number; metadata?: Metadata }): Promise<Movement>;
+  /** Give a hold's credits back. A repeat replays. */
+  release(holdId: string): Promise<HoldPlaced>;
+  /**
+   * Pay for work that succeeded: hold, run `work`, capture on success (all, or what
+   * `r.settle(n)` says), release when it throws (and rethrow). `work`'s value is returned
+   * beside the capture's transaction and account.
+   */
+  withHold<T>(account: string, options: HoldOptions, work: (r: Reservation) => Promise<T> | T): Promise<{ value: T; capture: Movement }>;
+
+  /** One page of history, newest first. */
+  transactionsPage(account: string, options?: { limit?: number; before?: string | null; kind?: TransactionKind }): Promise<TransactionPage>;
+  /** Every transaction, newest first, a page at a time: `for await (const t of balance.transactions(id))`. */
+  transactions(account: string, options?: { kind?: TransactionKind; pageSize?: number }): AsyncGenerator<Transaction, void, undefined>;
+  /** Spending grouped by reason or day. */
+  usage(account: string, options?: { groupBy?: 'reason' | 'day'; since?: Date | string; until?: Date | string }): Promise<{ groups: UsageGroup[] }>;
+  /** Open grants, in spending order. */
+  grants(account: string): Promise<{ grants: Grant[] }>;
+  /** Assign a catalog plan, or null to remove it; periods start at `anchor` (default now). */
+  setPlan(account: string, options: Keyed & { plan: string | null; anchor?: Date | string }): Promise<{ account: Account } & Replayable>;
+  getPlan(account: string): Promise<PlanState>;
+  /** What a charge (`operation`) or a debit (`amount`) would answer; writes nothing. */
+  check(account: string, options: { operation: string; quantity?: number } | { amount: number }): Promise<CheckResult>;
+  /** The account's own low_balance threshold, or null for its plan's or the catalog's. */
+  setAlerts(account: string, options: { lowBalance: number | null }): Promise<{ account: Account }>;
+  /** Buy `package` off session (Stripe) when available falls below `threshold`; null turns it off. */
+  setAutoTopUp(account: string, config: { package: string; threshold: number; stripeCustomer: string; stripePaymentMethod: string } | null): Promise<Record<string, unknown>>;
+  /** One page of app webhooks with their attempts, newest first. */
+  eventsPage(options?: { status?: 'pending' | 'delivered' | 'failed'; limit?: number; before?: string | number | null }): Promise<EventPage>;
+  /** Every app webhook (of `status`), newest first, a page at a time. */
+  events(options?: { status?: 'pending' | 'delivered' | 'failed'; pageSize?: number }): AsyncGenerator<EventRecord, void, undefined>;
+  /** Deliver an app webhook again now. */
+  retryEvent(eventId: number | string): Promise<{ id: number; webhook_id: string; status: 'pending' }>;
+  /** Open a provider checkout: a package, or amount + currency (pay-as-you-go). */
+  checkout(account: string, options: Keyed & { provider: 'stripe' | 'dodo'; successUrl: string; cancelUrl?: string; customerEmail?: string; package?: string; amount?: number; currency?: string }): Promise<CheckoutSession>;
+  /** A user token for the browser. */
+  createToken(account: string, options?: { ttlSeconds?: number }): Promise<{ token: string; expires_at: string }>;
+  /** The price list `{operation: cost}`. */
+  prices(): Promise<Record<string, number>>;
+  catalog(): Promise<Catalog>;
+}
+
+/**
+ * Verify an app webhook (Standard Webhooks) against `secret` (whsec_...) and return its
+ * event. `body` is the raw body as received (not re-serialized JSON). Throws
+ * WebhookVerificationError for a forged, altered or stale (over 5 minutes) one.
+ */
+export function verifyWebhook(secret: string, body: string | Uint8Array | ArrayBuffer, headers: Headers | Record<string, string | string[] | undefined>): WebhookEvent;
+
+export interface OperationSpec {
+  readonly method: 'GET' | 'POST' | 'PUT';
+  readonly path: string;
+  /** The Balance method that calls it. */
+  readonly call: string;
+  /** The request body fields it can send. */
+  readonly fields: readonly string[];
+  readonly query: readonly string[];
+  /** Needs the caller's idempotency key. */
+  readonly keyed: boolean;
+  /** Its result says `replayed`. */
+  readonly replays: boolean;
+}
+
+/** Every backend operation, by OpenAPI operationId. */
+export const OPERATIONS: Readonly<Record<string, OperationSpec>>;
+/** The operationIds deliberately not covered, with the reason. */
+export const LEFT_OUT: Readonly<Record<string, string>>;
