@@ -218,6 +218,28 @@ def test_migrate_then_serve(installed: Installed, wheel_db: str, redis: RedisSer
                 20, "usage", -30), frame
     installed.timed("credit, token, WebSocket snapshot, debit frame", started)
 
+    # The backend SDK as an app installs it: its own wheel, beside the server's here.
+    started = time.monotonic()
+    dist = installed.workdir / "sdk-dist"
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist, ROOT / "client_py"],
+         cwd=installed.workdir, env=_pip_env(), timeout=PIP_TIMEOUT)
+    (sdk,) = dist.glob("balance_client-*.whl")
+    with zipfile.ZipFile(sdk) as built:
+        assert "balance_client/py.typed" in built.namelist()
+    _run([installed.venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-compile", sdk],
+         cwd=installed.workdir, env=_pip_env(), timeout=PIP_TIMEOUT)
+    script = (
+        "import sys; from balance_client import Balance\n"
+        "b = Balance(sys.argv[1], sys.argv[2])\n"
+        "with b.reserve(sys.argv[3], amount=5, reason='render', key='job-2'): pass\n"
+        "again = b.capture_hold(b.place_hold(sys.argv[3], amount=5, reason='render',\n"
+        "                                    key='job-2').hold.id)\n"
+        "print(again.account.balance, again.replayed)\n")
+    used = _run([installed.venv / "bin" / "python", "-c", script, base, key, account],
+                cwd=installed.workdir, env=installed.env(), timeout=60)
+    assert used.stdout.split() == ["15", "True"], used.stdout
+    installed.timed("the SDK's wheel: installed, a reservation captured once", started)
+
     started = time.monotonic()
     code = _stop(proc, log)
     assert code in (0, -signal.SIGTERM), log.read_text()

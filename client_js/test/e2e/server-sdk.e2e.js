@@ -10,7 +10,7 @@ import { createServer, connect } from 'node:net';
 import { once } from 'node:events';
 import { Webhook } from 'standardwebhooks';
 import {
-  Balance, HoldNotActive, InsufficientCredits, InvalidRequest, LEFT_OUT, OPERATIONS, WebhookVerificationError, verifyWebhook,
+  Balance, HoldNotActive, InsufficientCredits, LEFT_OUT, OPERATIONS, WebhookVerificationError, verifyWebhook,
 } from '../../src/server.js';
 import { databasesFor, freePort, missingServer, startServer } from './servers.js';
 
@@ -137,26 +137,21 @@ test('balance-client/server against the real balance-server', { skip: skip ?? fa
     assert.equal(capture.account.held, 0);
   });
 
-  await t.test('holds by operation, and a repeated capture that replays (once the server has them)', async (t) => {
+  await t.test('a hold by operation is priced by the server; a capture sent again replays', async () => {
     const account = unique('op');
     await balance.openAccount(account);
-    let placed;
-    try {
-      placed = await balance.hold(account, { operation: 'generate_image', key: `${account}-1` });
-    } catch (err) {
-      if (err instanceof InvalidRequest) return t.skip(`this server prices no holds by operation yet: ${err.detail}`);
-      throw err;
-    }
-    assert.equal(placed.hold.amount, 5);
+    const { account: before } = await balance.credit(account, { amount: 20, kind: 'grant', key: `${account}-g` });
+    const placed = await balance.hold(account, { operation: 'generate_image', quantity: 2, key: `${account}-1` });
+    assert.equal(placed.hold.amount, 10);
+    assert.equal(placed.hold.operation, 'generate_image');
     const first = await balance.capture(placed.hold.id);
-    try {
-      const repeat = await balance.capture(placed.hold.id);
-      assert.equal(repeat.replayed, true);
-      assert.equal(repeat.transaction.id, first.transaction.id);
-    } catch (err) {
-      if (err instanceof HoldNotActive) return t.skip('this server answers a repeated capture 409 hold_not_active (not yet a replay)');
-      throw err;
-    }
+    assert.equal(first.replayed, false);
+    const repeat = await balance.capture(placed.hold.id);
+    assert.equal(repeat.replayed, true);
+    assert.equal(repeat.transaction.id, first.transaction.id);
+    assert.deepEqual(first.transaction.metadata, { operation: 'generate_image', quantity: 2, unit_cost: 5 });
+    await assert.rejects(balance.release(placed.hold.id), HoldNotActive);
+    assert.equal((await balance.getAccount(account)).balance, before.balance - 10);
   });
 
   await t.test('transactions() walks more than one page', async () => {
