@@ -958,6 +958,12 @@ DECLARE
 BEGIN
     v_res := balance__replay(p_account, p_key, p_hash);
     IF v_res.result IS NOT NULL THEN
+        -- A placement sent again answers its hold as it is now: the retry of work already
+        -- captured (or released) learns so before doing the work again.
+        IF v_res.result = 'ok' THEN
+            SELECT * INTO v_hold FROM holds WHERE id = (v_res.body -> 'hold' ->> 'id')::uuid;
+            v_res.body := jsonb_set(v_res.body, '{hold}', balance__hold_json(v_hold));
+        END IF;
         RETURN v_res;
     END IF;
     PERFORM balance__ensure(p_account, p_welcome);

@@ -228,7 +228,7 @@ export type HoldOptions = Keyed & {
 
 export interface Reservation {
   readonly hold: Hold;
-  /** The hold was placed before under this key (this job started earlier): the work may have run. */
+  /** The hold was placed before under this key (the same job is running now, or ran and failed to settle). */
   readonly replayed: boolean;
   /** Capture `amount` (1 … the held amount) instead of all of it; the rest is released. */
   settle(amount: number): void;
@@ -258,7 +258,9 @@ export class Balance {
   /**
    * Pay for work that succeeded: hold, run `work`, capture on success (all, or what
    * `r.settle(n)` says), release when it throws (and rethrow). `work`'s value is returned
-   * beside the capture's transaction and account.
+   * beside the capture's transaction and account. The same `key` while the first runs
+   * shares its hold (one charge); once that hold was settled, HoldNotActive (`holdStatus`)
+   * before `work` runs.
    */
   withHold<T>(account: string, options: HoldOptions, work: (r: Reservation) => Promise<T> | T): Promise<{ value: T; capture: Movement }>;
 

@@ -250,6 +250,12 @@ export class Balance {
     if (typeof work !== 'function') throw new TypeError('withHold: the third argument is the work, an async function');
     const placed = await this.hold(account, options);
     const { hold } = placed;
+    if (hold.status !== 'active') {
+      // This key's work was settled before (a retry after its capture, release or expiry):
+      // doing it again would go unpaid. A new attempt of failed work takes a new key.
+      const message = `the work keyed ${JSON.stringify(options.key)} was already settled: its hold ${hold.id} is ${hold.status}; a new attempt of the work needs a new key`;
+      throw new HoldNotActive(409, 'hold_not_active', message, { error: 'hold_not_active', message, status: hold.status, hold: hold.id });
+    }
     let settled;
     const reservation = {
       hold,

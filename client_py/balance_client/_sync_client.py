@@ -21,7 +21,7 @@ from balance_client._core import (
     query,
     wait_sync,
 )
-from balance_client.errors import BalanceError
+from balance_client.errors import BalanceError, HoldNotActive
 from balance_client.models import (
     Account,
     AccountResult,
@@ -175,7 +175,9 @@ class Balance:
                 metadata: dict[str, Any] | None = None) -> Reservation:
         """Pay for work that succeeded: `(async) with balance.reserve(...) as r:` holds the
         credits, runs the block, captures them when it ends (`r.settle(n)` for less, 0 for
-        nothing) and releases them when it raises. `key` is the work's own id."""
+        nothing) and releases them when it raises. `key` is the work's own id: the same key
+        again while the first runs shares its hold (charged once); after the first settled,
+        HoldNotActive (`hold_status`) before the block runs."""
         return Reservation(self, account, key=key, amount=amount, operation=operation,
                                 quantity=quantity, reason=reason, ttl_seconds=ttl_seconds,
                                 metadata=metadata)
@@ -340,6 +342,14 @@ class Reservation:
             self._account, key=self._key, amount=self._amount, operation=self._operation,
             quantity=self._quantity, reason=self._reason, ttl_seconds=self._ttl_seconds,
             metadata=self._metadata)
+        hold = self.held.hold
+        if hold.status != "active":
+            # This key's work was done before (a retry after it was captured, released or
+            # expired): doing it again would go unpaid, or be paid by nothing.
+            raise HoldNotActive(409, "hold_not_active", (
+                f"the work keyed {self._key!r} was already settled: its hold {hold.id} is "
+                f"{hold.status}; a new attempt of the work needs a new key"),
+                {"error": "hold_not_active", "status": hold.status, "hold": hold.id})
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None,

@@ -453,3 +453,21 @@ async def test_operations_endpoints(client: httpx.AsyncClient, account: str) -> 
     debit_schema = spec["components"]["schemas"]["DebitRequest"]
     assert set(debit_schema["required"]) == {"amount", "reason", "idempotency_key"}
     assert "/v1/accounts/{account_id}/debit" in spec["paths"]
+
+
+async def test_a_hold_placed_again_answers_the_hold_as_it_is_now(
+    client: httpx.AsyncClient, account: str
+) -> None:
+    """The retry of work already paid for learns so from the placement's replay (the SDKs'
+    reserve then refuses to run the work again): the same hold, with its status now."""
+    await credit(client, account, 100)
+    body = {"amount": 10, "reason": "job", "idempotency_key": key()}
+    first = await client.post(f"/v1/accounts/{account}/holds", json=body)
+    hold = first.json()["hold"]
+    assert (first.status_code, hold["status"]) == (201, "active")
+    await client.post(f"/v1/holds/{hold['id']}/capture", json={"amount": 4})
+    again = await client.post(f"/v1/accounts/{account}/holds", json=body)
+    assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
+    assert again.json()["hold"] == {**hold, "status": "captured", "captured": 4}
+    assert again.json()["account"] == first.json()["account"]  # the answer it first gave
+    assert (await client.get(f"/v1/accounts/{account}")).json()["held"] == 0

@@ -14,6 +14,7 @@ import pytest
 from balance_client import (
     AsyncBalance,
     Balance,
+    Capture,
     HoldNotActive,
     IdempotencyConflict,
     InsufficientCredits,
@@ -105,21 +106,34 @@ async def test_a_reservation_charges_only_work_that_succeeded(
     assert r.captured is not None and r.captured.transaction.amount == -3
     assert (await balance.get_account(account)).balance == 17
 
-    # The same job again (the app retried it): the same hold, captured once.
-    async with balance.reserve(account, amount=5, reason="generation", key="job-2") as r:
-        r.settle(3)
-    assert r.captured is not None and r.captured.replayed
+    # The same job again once it was paid for (the app retried it): refused before the work.
+    for key, status in (("job-2", "captured"), ("job-1", "released")):
+        with pytest.raises(HoldNotActive) as refused:
+            async with balance.reserve(account, amount=5, reason="generation", key=key):
+                raise AssertionError("work already settled must not run again")
+        assert refused.value.hold_status == status
     assert (await balance.get_account(account)).balance == 17
+
+    # The same job twice at once (a double click): one hold, both run, charged once.
+    async def job() -> Capture | None:
+        async with balance.reserve(account, amount=2, reason="generation", key="job-5") as r:
+            await asyncio.sleep(0.05)
+        return r.captured
+
+    both = await asyncio.gather(job(), job())
+    assert sorted(c.replayed for c in both if c is not None) == [False, True]
+    assert len({c.transaction.id for c in both if c is not None}) == 1
+    assert (await balance.get_account(account)).balance == 15
 
     async with balance.reserve(account, amount=5, reason="generation", key="job-3") as r:
         r.settle(0)  # nothing to charge after all
-    assert r.captured is None and (await balance.get_account(account)).available == 17
+    assert r.captured is None and (await balance.get_account(account)).available == 15
 
     with pytest.raises(InsufficientCredits):
-        async with balance.reserve(account, amount=18, reason="generation", key="job-4"):
+        async with balance.reserve(account, amount=16, reason="generation", key="job-4"):
             raise AssertionError("the work must not start without the credits")
     history = [t async for t in balance.iter_transactions(account)]
-    assert [t.amount for t in history] == [-3, 20]
+    assert [t.amount for t in history] == [-2, -3, 20]
 
 
 async def test_a_hold_that_expired_is_not_captured(balance: AsyncBalance, account: str) -> None:

@@ -151,6 +151,12 @@ test('balance-client/server against the real balance-server', { skip: skip ?? fa
     assert.equal(repeat.transaction.id, first.transaction.id);
     assert.deepEqual(first.transaction.metadata, { operation: 'generate_image', quantity: 2, unit_cost: 5 });
     await assert.rejects(balance.release(placed.hold.id), HoldNotActive);
+    // The same job again, after it was paid for: refused before the work runs.
+    let ran = false;
+    await assert.rejects(
+      balance.withHold(account, { operation: 'generate_image', quantity: 2, key: `${account}-1` }, () => { ran = true; }),
+      (err) => err instanceof HoldNotActive && err.holdStatus === 'captured');
+    assert.equal(ran, false);
     assert.equal((await balance.getAccount(account)).balance, before.balance - 10);
   });
 

@@ -6,7 +6,9 @@
 POST /generations {"job_id": "..."} charges the catalog's price of `generate_image` only
 when the generation succeeds: the credits are held first (402 when there are too few),
 released when it fails, captured when it succeeds. The job id is the key, so a retry of the
-same job (a double click, the browser's retry after a timeout) is charged once.
+same job (a double click, the browser's retry after a timeout) is charged once: while the
+first runs it shares the first's hold, and once that settled it answers 409 without doing
+the work again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from balance_client import (
     AsyncBalance,
+    HoldNotActive,
     InsufficientCredits,
     LimitReached,
     WebhookVerificationError,
@@ -73,6 +76,11 @@ def create_app(balance: AsyncBalance | None = None,
                                       "available": exc.available}) from None
         except LimitReached as exc:
             raise HTTPException(402, {"error": exc.code, "limit": exc.limit}) from None
+        except HoldNotActive as exc:
+            # This job was already settled (paid for, or failed and released): your app
+            # answers the job's stored result here; a new attempt is a new job id.
+            raise HTTPException(409, {"error": "job_already_settled",
+                                      "status": exc.hold_status}) from None
         except RuntimeError as exc:
             raise HTTPException(502, f"generation failed, nothing charged: {exc}") from None
         assert charge.captured is not None

@@ -4,7 +4,7 @@
 // captures them, or releases them when the work fails. What it costs comes from the
 // server's catalog, never from the browser. A 402 body goes back to the browser as it is,
 // for <credit-gate> to explain.
-import { Balance, InsufficientCredits, LimitReached, OutcomeUnknown, Unavailable } from 'balance-client/server';
+import { Balance, HoldNotActive, InsufficientCredits, LimitReached, OutcomeUnknown, Unavailable } from 'balance-client/server';
 
 const OPERATION = 'generate_image';
 
@@ -23,6 +23,9 @@ export async function POST(request: Request): Promise<Response> {
     return Response.json({ image: value });
   } catch (err) {
     if (err instanceof InsufficientCredits || err instanceof LimitReached) return Response.json(err.body, { status: 402 });
+    // This job was settled before (paid for, or failed and released): answer its stored
+    // result in your app; a new attempt is a new job id.
+    if (err instanceof HoldNotActive) return Response.json({ error: 'job_already_settled', status: err.holdStatus }, { status: 409 });
     // Nothing is known to be charged twice: the browser may send the same jobId again.
     if (err instanceof OutcomeUnknown || err instanceof Unavailable) return Response.json({ error: err.code }, { status: 503 });
     throw err;
