@@ -475,8 +475,8 @@ ALTER TABLE idempotency_keys ALTER COLUMN response SET STATISTICS 0;
 -- step: 015_hold_operations
 -- A hold may name a priced operation (POST /v1/accounts/{id}/holds {"operation",
 -- "quantity"}), priced and limited as a charge. `counted_in` is the plan period whose
--- plan_usage counted its quantity at placement (NULL: the plan does not limit it): a
--- release or an expiry within that period gives the units back. balance_hold gains the
+-- plan_usage counted its quantity at placement (NULL: the plan does not limit it): what
+-- its resolution does not use goes back there (balance_resolve_hold). balance_hold gains the
 -- operation's parameters: a new signature, so the old one goes.
 ALTER TABLE holds ADD COLUMN IF NOT EXISTS operation text;
 ALTER TABLE holds ADD COLUMN IF NOT EXISTS quantity bigint;
@@ -1047,6 +1047,7 @@ DECLARE
     v_spent_expired bigint;
     v_expire bigint;
     v_take bigint;
+    v_units bigint;
     v_began boolean := false;
     v_res balance_result;
 BEGIN
@@ -1112,13 +1113,18 @@ BEGIN
         version = version + 1, updated_at = now()
     WHERE account_id = v_hold.account_id
     RETURNING * INTO v_acc;
-    -- Units an operation's hold counted against its plan's limit come back when it is
-    -- released or expires in the period that counted them (a capture keeps them; a later
-    -- period never counted them).
-    IF p_action <> 'capture' AND v_hold.counted_in = v_acc.period_start THEN
-        UPDATE plan_usage SET used = used - v_hold.quantity
-        WHERE account_id = v_hold.account_id AND operation = v_hold.operation
-          AND period_start = v_hold.counted_in;
+    -- The units an operation's hold counted against its plan's limit at placement: a
+    -- capture keeps those its amount pays for (rounded up: a capture of 3 units' credits
+    -- out of 10 counts 3), a release or an expiry none. The rest go back to the period that
+    -- counted them, whichever period the account is in now.
+    IF v_hold.counted_in IS NOT NULL THEN
+        v_units := v_hold.quantity - CASE WHEN p_action = 'capture'
+            THEN ceil(v_spend::numeric * v_hold.quantity / v_hold.amount)::bigint ELSE 0 END;
+        IF v_units > 0 THEN
+            UPDATE plan_usage SET used = used - v_units
+            WHERE account_id = v_hold.account_id AND operation = v_hold.operation
+              AND period_start = v_hold.counted_in;
+        END IF;
     END IF;
 
     UPDATE holds SET

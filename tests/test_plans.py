@@ -702,7 +702,7 @@ async def test_a_hold_for_an_operation_is_priced_and_limited_as_a_charge(
         "limit_reached", 5, 3)
     assert (await charge(api, account, "video", 3)).json()["error"] == "limit_reached"
     assert (await api.get(f"/v1/accounts/{account}")).json() == before  # nothing written
-    # A release gives its units back; a capture keeps them.
+    # A release gives its units back; a capture keeps those its amount pays for.
     r = await api.post(f"/v1/holds/{first.json()['hold']['id']}/release")
     assert r.status_code == 200 and await used(api, account, "video") == 0
     again = await api.post(f"/v1/holds/{first.json()['hold']['id']}/release")
@@ -710,8 +710,14 @@ async def test_a_hold_for_an_operation_is_priced_and_limited_as_a_charge(
     assert await used(api, account, "video") == 0  # a replay gives nothing back twice
     second = await hold(api, account, "video", 5)
     assert second.status_code == 201 and await used(api, account, "video") == 5
-    r = await api.post(f"/v1/holds/{second.json()['hold']['id']}/capture", json={"amount": 1})
-    assert r.status_code == 200 and await used(api, account, "video") == 5
+    # 81 of its 200 credits: three videos' worth (rounded up), the other two come back.
+    r = await api.post(f"/v1/holds/{second.json()['hold']['id']}/capture", json={"amount": 81})
+    assert r.status_code == 200 and await used(api, account, "video") == 3
+    again = await api.post(f"/v1/holds/{second.json()['hold']['id']}/capture",
+                           json={"amount": 81})
+    assert again.headers["idempotent-replayed"] == "true"
+    assert await used(api, account, "video") == 3  # a replay gives nothing back twice
+    assert (await hold(api, account, "video", 2)).status_code == 201
     assert (await hold(api, account, "video")).json()["error"] == "limit_reached"
     await assert_reconciled(db, account)
 
@@ -740,7 +746,7 @@ async def test_an_expired_hold_gives_its_units_back(
     await assert_reconciled(db, account)
 
 
-async def test_a_hold_resolved_in_a_later_period_gives_nothing_back(
+async def test_a_hold_resolved_in_a_later_period_gives_back_to_its_own(
     db: asyncpg.Pool, api: httpx.AsyncClient, account: str
 ) -> None:
     await put_plan(api, account, "daily", datetime.now(UTC) - DAY + timedelta(seconds=1.5))
@@ -760,7 +766,8 @@ async def test_a_hold_resolved_in_a_later_period_gives_nothing_back(
     assert r.status_code == 200
     counts = {row["period_start"]: row["used"] for row in await db.fetch(
         "SELECT period_start, used FROM plan_usage WHERE account_id = $1", account)}
-    assert counts[old_start] == 2 and await used(api, account, "video") == 1
+    # Its units go back to the period that counted them; the new one keeps its charge.
+    assert counts[old_start] == 0 and await used(api, account, "video") == 1
     await assert_reconciled(db, account)
 
 

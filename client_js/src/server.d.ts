@@ -259,8 +259,9 @@ export class Balance {
    * Pay for work that succeeded: hold, run `work`, capture on success (all, or what
    * `r.settle(n)` says), release when it throws (and rethrow). `work`'s value is returned
    * beside the capture's transaction and account. The same `key` while the first runs
-   * shares its hold (one charge); once that hold was settled, HoldNotActive (`holdStatus`)
-   * before `work` runs.
+   * shares its hold (one charge; if this attempt throws, it leaves the hold to the first or
+   * to its expiry); once that hold was settled, HoldNotActive (`holdStatus`) before `work`
+   * runs.
    */
   withHold<T>(account: string, options: HoldOptions, work: (r: Reservation) => Promise<T> | T): Promise<{ value: T; capture: Movement }>;
 

@@ -271,6 +271,10 @@ export class Balance {
     try {
       value = await work(reservation);
     } catch (err) {
+      // A hold placed by an earlier attempt of this work (replayed) is left to that attempt,
+      // which may still succeed and capture it, or to its expiry: releasing it here would
+      // leave that attempt's work unpaid.
+      if (placed.replayed) throw err;
       try {
         await this.release(hold.id);
       } catch {

@@ -197,6 +197,22 @@ test('withHold: a failed release still rethrows the work\'s error', async () => 
   }), /work failed/);
 });
 
+test('withHold: an attempt that shares an earlier attempt\'s hold leaves it when it fails; a settled one is refused before the work', async () => {
+  const hold = { id: 'h_3', account_id: 'u1', amount: 5, status: 'active', expires_at: '2030-01-01T00:00:00Z' };
+  const replayed = (h) => json(201, { hold: h, account: {} }, { 'idempotent-replayed': 'true' });
+  const { fetch, calls } = fakeFetch(replayed(hold), replayed({ ...hold, status: 'captured', captured: 5 }));
+  const { balance } = client(fetch);
+  await assert.rejects(balance.withHold('u1', { amount: 5, reason: 'r', key: 'job-7' }, () => {
+    throw new Error('work failed');
+  }), /work failed/);
+  assert.equal(calls.length, 1, 'no release of a hold the first attempt may still capture');
+  let ran = false;
+  await assert.rejects(balance.withHold('u1', { amount: 5, reason: 'r', key: 'job-7' }, () => { ran = true; }),
+    (err) => err instanceof HoldNotActive && err.holdStatus === 'captured');
+  assert.equal(ran, false);
+  assert.equal(calls.length, 2);
+});
+
 test('transactions() walks every page through the next cursors', async () => {
   const page = (ids, next) => json(200, { transactions: ids.map((id) => ({ id })), next });
   const { fetch, calls } = fakeFetch(page([5, 4], '4'), page([3, 2], '2'), page([1], null));

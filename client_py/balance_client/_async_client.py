@@ -176,7 +176,8 @@ class AsyncBalance:
         """Pay for work that succeeded: `(async) with balance.reserve(...) as r:` holds the
         credits, runs the block, captures them when it ends (`r.settle(n)` for less, 0 for
         nothing) and releases them when it raises. `key` is the work's own id: the same key
-        again while the first runs shares its hold (charged once); after the first settled,
+        again while the first runs shares its hold (charged once; if that attempt raises, it
+        leaves the hold to the first or to its expiry); after the first settled,
         HoldNotActive (`hold_status`) before the block runs."""
         return AsyncReservation(self, account, key=key, amount=amount, operation=operation,
                                 quantity=quantity, reason=reason, ttl_seconds=ttl_seconds,
@@ -361,6 +362,14 @@ class AsyncReservation:
                 await self._client.release_hold(hold_id)
             else:
                 self.captured = await self._client.capture_hold(hold_id, amount=self._final)
+            return
+        if self.held.replayed:
+            # Another attempt of this work placed the hold and may still succeed and capture
+            # it: releasing it under that attempt would leave its work unpaid. The first
+            # attempt resolves it, or it expires.
+            exc.add_note(f"balance: the hold {hold_id} is shared with an earlier attempt of "
+                         f"this work: left to it, or to expire at "
+                         f"{self.held.hold.expires_at.isoformat()}")
             return
         try:
             await self._client.release_hold(hold_id)

@@ -125,15 +125,31 @@ async def test_a_reservation_charges_only_work_that_succeeded(
     assert len({c.transaction.id for c in both if c is not None}) == 1
     assert (await balance.get_account(account)).balance == 15
 
+    # One of the two fails: it leaves the shared hold to the other, whose success is paid.
+    async def attempt(fails: bool) -> Capture | None:
+        async with balance.reserve(account, amount=2, reason="generation", key="job-6") as r:
+            await asyncio.sleep(0.05 if fails else 0.2)
+            if fails:
+                raise ModelFailed
+        return r.captured
+
+    succeeding = asyncio.create_task(attempt(False))
+    await asyncio.sleep(0.05)  # it places the hold first
+    with pytest.raises(ModelFailed):
+        await attempt(True)
+    paid = await succeeding
+    assert paid is not None and not paid.replayed and paid.transaction.amount == -2
+    assert (await balance.get_account(account)).balance == 13
+
     async with balance.reserve(account, amount=5, reason="generation", key="job-3") as r:
         r.settle(0)  # nothing to charge after all
-    assert r.captured is None and (await balance.get_account(account)).available == 15
+    assert r.captured is None and (await balance.get_account(account)).available == 13
 
     with pytest.raises(InsufficientCredits):
         async with balance.reserve(account, amount=16, reason="generation", key="job-4"):
             raise AssertionError("the work must not start without the credits")
     history = [t async for t in balance.iter_transactions(account)]
-    assert [t.amount for t in history] == [-2, -3, 20]
+    assert [t.amount for t in history] == [-2, -2, -3, 20]
 
 
 async def test_a_hold_that_expired_is_not_captured(balance: AsyncBalance, account: str) -> None:
