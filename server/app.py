@@ -92,7 +92,7 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
             hub=hub,
             lobby=Lobby(settings.ws_max_unauthenticated,
                         settings.ws_max_unauthenticated_per_address),
-            service_keys=tuple(k.encode() for k in settings.service_keys),
+            service_keys=settings.service_keys,
         )
         await tokens.start()  # the app's JWKS, fetched before the first request
         await hub.start()  # connects the broker

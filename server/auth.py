@@ -10,7 +10,7 @@ from typing import Any
 import jwt
 
 from server import errors
-from server.config import Settings
+from server.config import Scope, ServiceKey, Settings
 from server.jwks import KeySet
 from server.messages import ACCOUNT_ID_RULE, is_account_id
 
@@ -18,16 +18,31 @@ TOKEN_ISSUER = "balance-server"
 TOKEN_AUDIENCE = "balance-server:user"
 
 
-def check_service_key(header: str | None, keys: tuple[bytes, ...]) -> None:
-    """Accept `Bearer <key>` for any configured key, comparing in constant time."""
+def check_service_key(header: str | None, keys: tuple[ServiceKey, ...]) -> ServiceKey:
+    """The configured key that `Bearer <key>` is, compared in constant time, or 401."""
     if not header or not header.startswith("Bearer "):
         raise errors.unauthorized("missing service key (Authorization: Bearer <key>)")
     given = header[7:].strip().encode()
-    ok = False
+    found: ServiceKey | None = None
     for key in keys:  # no early exit: the time taken does not say which key nearly matched
-        ok |= hmac.compare_digest(given, key)
-    if not ok:
+        if hmac.compare_digest(given, key.secret.encode()):
+            found = key
+    if found is None:
         raise errors.unauthorized("invalid service key")
+    return found
+
+
+def check_scope(key: ServiceKey, needed: Scope) -> None:
+    """403 unless `key` may do what `needed` allows."""
+    if not key.allows(needed):
+        raise errors.forbidden(needed, key.name, key.scope)
+
+
+def check_secret(header: str | None, secret: str) -> None:
+    """Accept `Bearer <secret>` (the metrics token), compared in constant time."""
+    given = bearer(header).encode()
+    if not hmac.compare_digest(given, secret.encode()):
+        raise errors.unauthorized("invalid token")
 
 
 def bearer(header: str | None) -> str:

@@ -188,7 +188,7 @@ def _dev(args: argparse.Namespace) -> int:
             env["BALANCE_APP_WEBHOOK_SECRET"] = "whsec_" + base64.b64encode(
                 secrets.token_bytes(24)).decode()
         settings = Settings.from_env(env)
-        key = settings.service_keys[0]
+        key = settings.service_keys[0].secret
         from server.auth import mint_token
 
         token, _ = mint_token(settings.token_secret, "demo-user", 3600)

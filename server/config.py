@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 # A PostgreSQL schema name we create and quote ourselves (server/schema.py).
 SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -49,6 +50,53 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
+
+
+Scope = Literal["read", "spend", "admin"]
+# A service key's scopes, each allowing what the ones before it do: `read` the GET routes,
+# `spend` also what a worker needs (debit, charge, check, holds, tokens, checkout), `admin`
+# everything (credit, adjust, plans, settings, event retries).
+SCOPES: tuple[Scope, ...] = ("read", "spend", "admin")
+_KEY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceKey:
+    """A backend's key: its name (what logs say instead of the key), its scope, the key."""
+
+    name: str
+    scope: Scope
+    secret: str = field(repr=False)
+
+    def allows(self, needed: Scope) -> bool:
+        return SCOPES.index(self.scope) >= SCOPES.index(needed)
+
+
+def service_keys(entries: tuple[str, ...]) -> tuple[ServiceKey, ...]:
+    """BALANCE_SERVICE_KEYS: `name:scope:key` entries, or a bare key (an admin key named
+    key1, key2... by position, as every key was before scopes)."""
+    keys: list[ServiceKey] = []
+    for i, entry in enumerate(entries, 1):
+        parts = entry.split(":")
+        if len(parts) == 3:
+            name, scope, secret = parts
+            if scope not in SCOPES:
+                raise ConfigError(f"BALANCE_SERVICE_KEYS: key {name!r}: scope {scope!r} is "
+                                  f"not one of {', '.join(SCOPES)}")
+            if not _KEY_NAME.fullmatch(name):
+                raise ConfigError(f"BALANCE_SERVICE_KEYS: key name {name!r}: 1-64 of "
+                                  "A-Za-z0-9_.-")
+            keys.append(ServiceKey(name, scope, secret))
+        else:
+            keys.append(ServiceKey(f"key{i}", "admin", entry))
+    for key in keys:
+        if len(key.secret) < 16:
+            raise ConfigError(f"BALANCE_SERVICE_KEYS: key {key.name!r} must be at least 16 "
+                              "characters")
+    names = [key.name for key in keys]
+    if len(set(names)) < len(names) or len({k.secret for k in keys}) < len(keys):
+        raise ConfigError("BALANCE_SERVICE_KEYS: each key needs its own name and its own key")
+    return tuple(keys)
 
 
 def standard_webhooks_key(name: str, secret: str) -> bytes:
@@ -96,7 +144,7 @@ class Database:
 class Settings:
     # Secrets (and URLs that may carry a password) stay out of repr, and so out of logs.
     database_url: str = field(repr=False)
-    service_keys: tuple[str, ...] = field(repr=False)
+    service_keys: tuple[ServiceKey, ...] = field(repr=False)
     token_secret: str = field(repr=False)
     redis_url: str | None = field(default=None, repr=False)
     welcome_credits: int = 0
@@ -176,11 +224,10 @@ class Settings:
         """Read every setting from the environment (os.environ by default)."""
         env = os.environ if env is None else env
         database = Database.from_env(env)
-        keys = _list(env, "BALANCE_SERVICE_KEYS")
-        if not keys:
+        entries = _list(env, "BALANCE_SERVICE_KEYS")
+        if not entries:
             raise ConfigError("BALANCE_SERVICE_KEYS is required: a comma list of service keys")
-        if any(len(k) < 16 for k in keys):
-            raise ConfigError("BALANCE_SERVICE_KEYS: every key must be at least 16 characters")
+        keys = service_keys(entries)
         token_secret = env.get("BALANCE_TOKEN_SECRET", "")
         if len(token_secret) < 32:
             raise ConfigError("BALANCE_TOKEN_SECRET is required, at least 32 characters")

@@ -14,6 +14,7 @@ from typing import Any
 HTTP_STATUS: dict[str, int] = {
     "invalid_json": 400,
     "unauthorized": 401,
+    "forbidden": 403,
     "insufficient_credits": 402,
     "limit_reached": 402,
     "not_found": 404,
@@ -53,6 +54,11 @@ def invalid_json(message: str = "request body is not valid JSON") -> Problem:
 
 def unauthorized(message: str = "missing or invalid credentials") -> Problem:
     return Problem("unauthorized", message)
+
+
+def forbidden(scope: str, key_name: str, key_scope: str) -> Problem:
+    return Problem("forbidden", f"the service key {key_name!r} has scope {key_scope!r}; this "
+                   f"operation needs {scope!r}", scope=scope)
 
 
 def insufficient_credits(required: int, available: int) -> Problem:

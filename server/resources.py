@@ -8,7 +8,7 @@ import asyncpg
 
 from server.auth import TokenVerifier
 from server.catalog import Catalog
-from server.config import Settings
+from server.config import ServiceKey, Settings
 from server.history import History
 from server.ledger import Ledger
 from server.limiter import RateLimits
@@ -37,4 +37,4 @@ class Resources:
     limits: RateLimits
     hub: Hub
     lobby: Lobby  # sockets waiting for their auth frame
-    service_keys: tuple[bytes, ...]
+    service_keys: tuple[ServiceKey, ...]

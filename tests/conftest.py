@@ -145,7 +145,7 @@ class RunningApp:
 
     @property
     def service_key(self) -> str:
-        return self.settings.service_keys[0]
+        return self.settings.service_keys[0].secret
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         """An HTTP client that sends the service key."""

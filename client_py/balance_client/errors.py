@@ -88,7 +88,11 @@ class Unauthorized(BalanceError):
 
 
 class Forbidden(BalanceError):
-    """403: the service key's scope does not allow this call."""
+    """403: the service key's scope does not allow this call; `scope` is the one it needs."""
+
+    @property
+    def scope(self) -> str | None:
+        return self.body.get("scope")
 
 
 class RateLimited(BalanceError):

@@ -56,6 +56,15 @@ _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "service_or_user": [{"serviceKey": []}, {"userToken": []}],
     "signature": [],  # the provider's signature headers, checked on the raw body
 }
+
+
+def _security(op: Operation) -> list[dict[str, list[str]]]:
+    """How the operation authenticates; a service key's with the scope it needs, as the
+    role OpenAPI 3.1 lets a requirement name (the key's scope must be it or wider)."""
+    return [{name: [op.scope] if name == "serviceKey" else roles
+             for name, roles in requirement.items()} for requirement in _SECURITY[op.auth]]
+
+
 # What every operation may answer, beyond its own refusals (routes.Operation.refusals).
 _ALWAYS = ("unauthorized", "rate_limited", "internal_error", "unavailable")
 _BODY = ("invalid_json", "payload_too_large", "invalid_request")  # an operation with a body
@@ -77,6 +86,8 @@ def _ref(name: str) -> dict[str, str]:
 def _refusals(op: Operation) -> dict[int, list[str]]:
     """The error codes the operation may answer, by status."""
     codes = {*_ALWAYS, *op.refusals}
+    if op.auth == "service" and op.scope != "read":  # a key of a narrower scope: 403
+        codes.add("forbidden")
     if op.body is not None:
         codes.update(_BODY)
     if op.query or "{account_id}" in op.path:  # a hold or event id that is not one: 404
@@ -232,7 +243,7 @@ def build(catalog: Catalog, checkout: Checkout) -> dict[str, Any]:
                 for name in op.query
             ],
             "responses": responses,
-            "security": _SECURITY[op.auth],
+            "security": _security(op),
         }
         if op.body is not None:
             schema: dict[str, Any] = _ref(op.body.__name__)
@@ -250,7 +261,12 @@ def build(catalog: Catalog, checkout: Checkout) -> dict[str, Any]:
         "components": {
             "schemas": components,
             "securitySchemes": {
-                "serviceKey": {"type": "http", "scheme": "bearer"},
+                "serviceKey": {"type": "http", "scheme": "bearer", "description": (
+                    "A service key (BALANCE_SERVICE_KEYS). Its scope is `read` (GET routes), "
+                    "`spend` (also debit, charge, check, holds, tokens, checkout, opening an "
+                    "account) or `admin` (everything); each operation names the scope it "
+                    "needs as its security requirement's role, and a narrower key gets 403 "
+                    "`forbidden`.")},
                 "userToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
             },
         },

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server import metrics
 from server.api import openapi
 from server.api.http import resources
-from server.auth import check_service_key
+from server.auth import check_secret
 from server.db import DB_DOWN
 from server.resources import Resources
 
@@ -87,7 +87,7 @@ async def metrics_endpoint(request: Request) -> Response:
     """Prometheus text exposition of server.metrics (behind BALANCE_METRICS_TOKEN if set)."""
     token = resources(request).settings.metrics_token
     if token is not None:
-        check_service_key(request.headers.get("authorization"), (token.encode(),))
+        check_secret(request.headers.get("authorization"), token)
     await metrics.database.refresh()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

@@ -7,7 +7,6 @@ the operation's status, after checking the service key where the table asks for 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -15,12 +14,14 @@ from typing import Any, Literal
 import msgspec
 from starlette.requests import Request
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Send
+from starlette.types import Scope as ASGIScope
 
 from server.api import backend, browser, shapes, webhooks
 from server.api.http import resources, user
-from server.auth import check_service_key
+from server.auth import check_scope, check_service_key
 from server.catalog import Catalog
+from server.config import Scope
 from server.errors import Problem, rate_limited
 from server.ledger import Outcome
 from server.messages import (
@@ -59,6 +60,8 @@ class Operation:
     body_nullable: bool = False  # a body of `null` means "none" (turn the setting off)
     # What it answers with `status`: a shapes Struct (or an alias msgspec can describe).
     answer: Any = field(kw_only=True)
+    # The service key scope it needs (config.SCOPES), on the routes a service key may call.
+    scope: Scope = field(default="admin", kw_only=True)
 
 
 # Refusals, by error code (errors.HTTP_STATUS gives each one's status).
@@ -71,13 +74,13 @@ _WEBHOOK = ("invalid_json", "not_found", "payload_too_large", "invalid_request",
 OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/v1/accounts/{account_id}", backend.get_account,
               "Read an account (an unknown one reads as new; nothing is created)", "service",
-              answer=shapes.Account),
+              answer=shapes.Account, scope="read"),
     Operation("POST", "/v1/accounts/{account_id}", backend.open_account,
               "Create the account now, with its welcome credits (idempotent)", "service",
-              refusals=(OUTCOME,), body_required=False, answer=shapes.Account),
+              refusals=(OUTCOME,), body_required=False, answer=shapes.Account, scope="spend"),
     Operation("POST", "/v1/accounts/{account_id}/debit", backend.debit,
               "Spend credits", "service", DebitRequest, refusals=_SPEND,
-              answer=shapes.TransactionResult),
+              answer=shapes.TransactionResult, scope="spend"),
     Operation("POST", "/v1/accounts/{account_id}/credit", backend.credit,
               "Add credits", "service", CreditRequest, refusals=("idempotency_conflict", OUTCOME),
               answer=shapes.TransactionResult),
@@ -86,28 +89,28 @@ OPERATIONS: tuple[Operation, ...] = (
               answer=shapes.TransactionResult),
     Operation("POST", "/v1/accounts/{account_id}/charge", backend.charge,
               "Charge a priced operation", "service", ChargeRequest,
-              refusals=(*_SPEND, "limit_reached"), answer=shapes.TransactionResult),
+              refusals=(*_SPEND, "limit_reached"), answer=shapes.TransactionResult, scope="spend"),
     Operation("POST", "/v1/accounts/{account_id}/holds", backend.place_hold,
               "Reserve credits", "service", HoldRequest, 201,
               refusals=(*_SPEND, "limit_reached"),
-              answer=shapes.HoldResult),
+              answer=shapes.HoldResult, scope="spend"),
     Operation("GET", "/v1/accounts/{account_id}/transactions", backend.list_transactions,
               "History, newest first", "service", query=("limit", "before", "kind"),
-              answer=shapes.TransactionPage),
+              answer=shapes.TransactionPage, scope="read"),
     Operation("GET", "/v1/accounts/{account_id}/usage", backend.usage,
               "Spending grouped", "service", query=("group_by", "since", "until"),
-              answer=shapes.Usage),
+              answer=shapes.Usage, scope="read"),
     Operation("GET", "/v1/accounts/{account_id}/grants", backend.list_grants,
-              "Open grants, in spending order", "service", answer=shapes.GrantList),
+              "Open grants, in spending order", "service", answer=shapes.GrantList, scope="read"),
     Operation("PUT", "/v1/accounts/{account_id}/plan", backend.set_plan,
               "Assign, change or remove the plan", "service", PlanRequest,
               refusals=("idempotency_conflict", OUTCOME), answer=shapes.AccountResult),
     Operation("GET", "/v1/accounts/{account_id}/plan", backend.get_plan,
               "Plan, period, allowance left, limits used", "service",
-              answer=shapes.PlanDashboard),
+              answer=shapes.PlanDashboard, scope="read"),
     Operation("POST", "/v1/accounts/{account_id}/check", backend.check,
               "What a charge or debit would answer (writes nothing)", "service", CheckRequest,
-              answer=shapes.CheckResult),
+              answer=shapes.CheckResult, scope="spend"),
     Operation("PUT", "/v1/accounts/{account_id}/alerts", backend.set_alerts,
               "Set the account's low_balance threshold", "service", AlertsRequest,
               refusals=(OUTCOME,), answer=shapes.AlertsResult),
@@ -116,25 +119,25 @@ OPERATIONS: tuple[Operation, ...] = (
               AutoTopUpRequest, body_nullable=True, answer=shapes.AutoTopUpResult),
     Operation("GET", "/v1/events", backend.list_events,
               "App webhooks and their attempts, newest first", "service",
-              query=("status", "limit", "before"), answer=shapes.EventPage),
+              query=("status", "limit", "before"), answer=shapes.EventPage, scope="read"),
     Operation("POST", "/v1/events/{event_id}/retry", backend.retry_event,
               "Deliver an app webhook again now", "service", refusals=("not_found",),
               answer=shapes.EventRetry),
     Operation("POST", "/v1/holds/{hold_id}/capture", backend.capture_hold,
               "Capture a hold", "service", CaptureRequest, refusals=_HOLD,
-              body_required=False, answer=shapes.CaptureResult),
+              body_required=False, answer=shapes.CaptureResult, scope="spend"),
     Operation("POST", "/v1/holds/{hold_id}/release", backend.release_hold,
               "Release a hold", "service", refusals=(*_HOLD, "payload_too_large"),
-              answer=shapes.HoldResult),
+              answer=shapes.HoldResult, scope="spend"),
     Operation("POST", "/v1/accounts/{account_id}/checkout", backend.checkout,
               "Open a provider checkout", "service", CheckoutRequest, 201, refusals=_CHECKOUT,
-              answer=shapes.CheckoutSession),
+              answer=shapes.CheckoutSession, scope="spend"),
     Operation("POST", "/v1/tokens", backend.mint_token,
-              "Mint a browser token", "service", TokenRequest, answer=shapes.Token),
+              "Mint a browser token", "service", TokenRequest, answer=shapes.Token, scope="spend"),
     Operation("GET", "/v1/prices", backend.prices, "The price list", "service",
-              answer=shapes.Prices),
+              answer=shapes.Prices, scope="read"),
     Operation("GET", "/v1/catalog", backend.catalog, "The catalog", "service_or_user",
-              answer=Catalog),
+              answer=Catalog, scope="read"),
     Operation("GET", "/v1/me", browser.me, "The token's account", "user", answer=shapes.Me),
     Operation("GET", "/v1/me/transactions", browser.my_transactions,
               "The token's history", "user", query=("limit", "before", "kind"),
@@ -153,16 +156,16 @@ OPERATIONS: tuple[Operation, ...] = (
 )
 
 
-async def _authenticate(request: Request, auth: Auth) -> None:
-    """Service-key routes check the key here (and its rate limit, when one is set); user
-    routes verify their token themselves."""
+async def _authenticate(request: Request, auth: Auth, scope: Scope) -> None:
+    """Service-key routes check the key and its scope here (and its rate limit, when one is
+    set); user routes verify their token themselves."""
     header = request.headers.get("authorization")
     if auth == "service":
         res = resources(request)
-        check_service_key(header, res.service_keys)
+        key = check_service_key(header, res.service_keys)
+        check_scope(key, scope)
         if res.limits.limits("service"):
-            key = hashlib.sha256((header or "").encode()).hexdigest()[:16]
-            retry = await res.limits.hit("service", key)
+            retry = await res.limits.hit("service", key.name)
             if retry is not None:
                 raise rate_limited(retry)
     elif auth == "service_or_user":
@@ -183,14 +186,14 @@ class _Endpoint:
     of exception handling per request that the ExceptionMiddleware around the router
     already does, and the debit path is hot. Problems raised here reach that middleware."""
 
-    __slots__ = ("auth", "handler", "status")
+    __slots__ = ("auth", "handler", "scope", "status")
 
     def __init__(self, op: Operation) -> None:
-        self.handler, self.status, self.auth = op.handler, op.status, op.auth
+        self.handler, self.status, self.auth, self.scope = op.handler, op.status, op.auth, op.scope
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        await _authenticate(request, self.auth)
+        await _authenticate(request, self.auth, self.scope)
         result = await self.handler(request)
         headers = [_JSON_HEADER]
         if isinstance(result, Outcome):
@@ -228,6 +231,6 @@ class _ByMethod:
     def __init__(self, endpoints: dict[str, ASGIApp]) -> None:
         self.endpoints = endpoints
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         method = "GET" if scope["method"] == "HEAD" else scope["method"]
         await self.endpoints[method](scope, receive, send)

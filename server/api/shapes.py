@@ -362,6 +362,12 @@ class UnauthorizedError(ErrorBody, tag="unauthorized"):
     """Missing or invalid service key, token or webhook signature."""
 
 
+class ForbiddenError(ErrorBody, tag="forbidden"):
+    """The service key's scope does not allow this operation; nothing was done."""
+
+    scope: Annotated[Literal["read", "spend", "admin"], _("the scope the operation needs")]
+
+
 class InsufficientCreditsError(ErrorBody, tag="insufficient_credits"):
     """available < what the movement needs; nothing was written."""
 

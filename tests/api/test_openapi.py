@@ -20,6 +20,7 @@ import pytest
 from server.auth import mint_token
 from server.errors import (
     Problem,
+    forbidden,
     hold_not_active,
     idempotency_conflict,
     insufficient_credits,
@@ -295,7 +296,8 @@ async def test_real_answers_match_the_document(
                         for method in methods if not path.startswith("/v1/webhooks/")}
     # Every error body errors.py can make is one the document declares.
     everything = _validator(doc, {"$ref": "#/components/schemas/Error"})
-    for problem in (invalid_json(), unauthorized(), insufficient_credits(3, 1),
+    for problem in (invalid_json(), unauthorized(), forbidden("admin", "worker", "spend"),
+                    insufficient_credits(3, 1),
                     limit_reached("op", 5, 5, "2026-01-31T00:00:00.000000Z"), not_found(),
                     idempotency_conflict(), hold_not_active("expired"), payload_too_large(10),
                     rate_limited(1.5), invalid_request("amount: too big"), unavailable(),
