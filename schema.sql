@@ -2744,6 +2744,16 @@ LANGUAGE sql STABLE AS $$
                 THEN (SELECT min((s.t).id) FROM shown s) END
 $$;
 
+-- `{"holds": [...]}`: the account's active holds, soonest to expire first (one past its
+-- expiry but not yet swept is expired, so not shown). Few: each reserves available credits.
+CREATE OR REPLACE FUNCTION balance_holds(p_account text) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('holds', COALESCE(jsonb_agg(balance__hold_json(h)
+        ORDER BY h.expires_at, h.id), '[]'::jsonb))
+    FROM holds h
+    WHERE h.account_id = p_account AND h.status = 'active' AND h.expires_at > now()
+$$;
+
 -- `{"grants": [...]}`: the account's open grants in the order they are spent. Spending not
 -- yet settled into the grants comes off them here, in spending order.
 CREATE OR REPLACE FUNCTION balance_grants(p_account text) RETURNS jsonb

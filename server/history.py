@@ -64,6 +64,12 @@ class History:
                                               account_id)
         return text.encode()
 
+    async def holds(self, account_id: str) -> bytes:
+        """`{"holds": [...]}`: the account's active holds, soonest to expire first."""
+        text: str = await self._pool.fetchval("SELECT balance.balance_holds($1)::text",
+                                              account_id)
+        return text.encode()
+
     async def latest(self, account_id: str, limit: int = 20) -> bytes:
         """`{"accounts": [account], "transactions": [latest]}` for GET /v1/me."""
         account = await self._ledger.account(account_id)

@@ -273,6 +273,8 @@ export class Balance {
   usage(account: string, options?: { groupBy?: 'reason' | 'day'; since?: Date | string; until?: Date | string }): Promise<{ groups: UsageGroup[] }>;
   /** Open grants, in spending order. */
   grants(account: string): Promise<{ grants: Grant[] }>;
+  /** The account's active holds, soonest to expire first. */
+  holds(account: string): Promise<{ holds: Hold[] }>;
   /** Assign a catalog plan, or null to remove it; periods start at `anchor` (default now). */
   setPlan(account: string, options: Keyed & { plan: string | null; anchor?: Date | string }): Promise<{ account: Account } & Replayable>;
   getPlan(account: string): Promise<PlanState>;

@@ -31,6 +31,7 @@ export const OPERATIONS = Object.freeze({
   list_transactions: op('GET', '/v1/accounts/{account_id}/transactions', 'transactionsPage', [], { query: ['limit', 'before', 'kind'] }),
   usage: op('GET', '/v1/accounts/{account_id}/usage', 'usage', [], { query: ['group_by', 'since', 'until'] }),
   list_grants: op('GET', '/v1/accounts/{account_id}/grants', 'grants'),
+  list_holds: op('GET', '/v1/accounts/{account_id}/holds', 'holds'),
   set_plan: op('PUT', '/v1/accounts/{account_id}/plan', 'setPlan', ['plan', 'idempotency_key', 'anchor'], { keyed: true }),
   get_plan: op('GET', '/v1/accounts/{account_id}/plan', 'getPlan'),
   check: op('POST', '/v1/accounts/{account_id}/check', 'check', ['operation', 'quantity', 'amount']),
@@ -309,6 +310,11 @@ export class Balance {
   /** The account's open grants, in spending order. */
   async grants(account) {
     return this.#call('list_grants', { account_id: account });
+  }
+
+  /** The account's active holds, soonest to expire first: `{holds}`. */
+  async holds(account) {
+    return this.#call('list_holds', { account_id: account });
   }
 
   /** Assign a catalog plan (or null to remove it); periods start at `anchor` (default now). */

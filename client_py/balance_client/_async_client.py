@@ -34,6 +34,7 @@ from balance_client.models import (
     EventRetry,
     Grants,
     HoldResult,
+    Holds,
     Movement,
     PlanStatus,
     Token,
@@ -215,6 +216,10 @@ class AsyncBalance:
     async def list_grants(self, account: str) -> Grants:
         """Open credit lots, in the order they are spent."""
         return await self._run(Call("GET", path("/v1/accounts/{}/grants", account), Grants))
+
+    async def list_holds(self, account: str) -> Holds:
+        """Active holds, soonest to expire first."""
+        return await self._run(Call("GET", path("/v1/accounts/{}/holds", account), Holds))
 
     # -- plans, alerts, auto top-up -----------------------------------------------------
 

@@ -34,6 +34,7 @@ from balance_client.models import (
     EventRetry,
     Grants,
     HoldResult,
+    Holds,
     Movement,
     PlanStatus,
     Token,
@@ -215,6 +216,10 @@ class Balance:
     def list_grants(self, account: str) -> Grants:
         """Open credit lots, in the order they are spent."""
         return self._run(Call("GET", path("/v1/accounts/{}/grants", account), Grants))
+
+    def list_holds(self, account: str) -> Holds:
+        """Active holds, soonest to expire first."""
+        return self._run(Call("GET", path("/v1/accounts/{}/holds", account), Holds))
 
     # -- plans, alerts, auto top-up -----------------------------------------------------
 

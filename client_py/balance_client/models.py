@@ -132,6 +132,10 @@ class Grants(_Model):
     grants: list[Grant]
 
 
+class Holds(_Model):
+    holds: list[Hold]
+
+
 class LimitUse(_Model):
     limit: int
     used: int

@@ -19,6 +19,7 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "list_transactions": ("list_transactions", "iter_transactions"),
     "usage": ("usage",),
     "list_grants": ("list_grants",),
+    "list_holds": ("list_holds",),
     "set_plan": ("set_plan",),
     "get_plan": ("get_plan",),
     "set_alerts": ("set_alerts",),

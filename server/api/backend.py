@@ -192,6 +192,11 @@ async def list_grants(request: Request) -> bytes:
     return await resources(request).history.grants(account_param(request))
 
 
+async def list_holds(request: Request) -> bytes:
+    """Active holds, soonest to expire first."""
+    return await resources(request).history.holds(account_param(request))
+
+
 async def list_transactions(request: Request) -> bytes:
     """History, newest first, cursor-paged."""
     return await history_page(request, account_param(request))

@@ -204,6 +204,12 @@ class GrantList(msgspec.Struct, forbid_unknown_fields=True):
     grants: list[Grant]
 
 
+class HoldList(msgspec.Struct, forbid_unknown_fields=True):
+    """The account's active holds, soonest to expire first."""
+
+    holds: list[Hold]
+
+
 class LimitUse(msgspec.Struct, forbid_unknown_fields=True):
     limit: Annotated[int, _("units allowed per period")]
     used: Annotated[int, _("units charged this period")]

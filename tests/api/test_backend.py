@@ -471,3 +471,20 @@ async def test_a_hold_placed_again_answers_the_hold_as_it_is_now(
     assert again.json()["hold"] == {**hold, "status": "captured", "captured": 4}
     assert again.json()["account"] == first.json()["account"]  # the answer it first gave
     assert (await client.get(f"/v1/accounts/{account}")).json()["held"] == 0
+
+
+async def test_an_accounts_active_holds_are_listed_soonest_to_expire_first(
+    client: httpx.AsyncClient, account: str
+) -> None:
+    await credit(client, account, 100)
+    assert (await client.get(f"/v1/accounts/{account}/holds")).json() == {"holds": []}
+    placed = []
+    for ttl in (600, 60, 300):
+        r = await client.post(f"/v1/accounts/{account}/holds", json={
+            "amount": 10, "reason": f"job-{ttl}", "ttl_seconds": ttl, "idempotency_key": key()})
+        placed.append(r.json()["hold"])
+    await client.post(f"/v1/holds/{placed[2]['id']}/capture", json={})
+    listed = (await client.get(f"/v1/accounts/{account}/holds")).json()["holds"]
+    assert listed == [placed[1], placed[0]]  # active only, soonest to expire first
+    acct = (await client.get(f"/v1/accounts/{account}")).json()
+    assert acct["held"] == sum(h["amount"] for h in listed)

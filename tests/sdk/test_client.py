@@ -155,7 +155,9 @@ async def test_a_reservation_charges_only_work_that_succeeded(
 async def test_a_hold_that_expired_is_not_captured(balance: AsyncBalance, account: str) -> None:
     await balance.credit(account, amount=10, kind="grant", key="g")
     placed = await balance.place_hold(account, amount=4, reason="slow", ttl_seconds=1, key="h")
+    assert [h.id for h in (await balance.list_holds(account)).holds] == [placed.hold.id]
     await asyncio.sleep(1.2)
+    assert (await balance.list_holds(account)).holds == []
     with pytest.raises(HoldNotActive) as late:
         await balance.capture_hold(placed.hold.id)
     assert late.value.hold_status == "expired"

@@ -144,7 +144,9 @@ test('balance-client/server against the real balance-server', { skip: skip ?? fa
     const placed = await balance.hold(account, { operation: 'generate_image', quantity: 2, key: `${account}-1` });
     assert.equal(placed.hold.amount, 10);
     assert.equal(placed.hold.operation, 'generate_image');
+    assert.deepEqual((await balance.holds(account)).holds.map((h) => h.id), [placed.hold.id]);
     const first = await balance.capture(placed.hold.id);
+    assert.deepEqual((await balance.holds(account)).holds, []);
     assert.equal(first.replayed, false);
     const repeat = await balance.capture(placed.hold.id);
     assert.equal(repeat.replayed, true);
