@@ -744,6 +744,42 @@ BEGIN
     RETURN v_res;
 END $$;
 
+-- The account's plan's terms for p_quantity of p_operation, for a charge or an operation's
+-- hold: takes the account's row lock (renewing first a plan whose period has ended, what
+-- `renewed` reports), then reads the plan's price (NULL: the catalog's) and per-period limit
+-- (NULL: none); `refusal` is 'limit_reached' when p_quantity more would pass that limit.
+CREATE OR REPLACE FUNCTION balance__operation_terms(
+    p_account text, p_operation text, p_quantity bigint, OUT price bigint,
+    OUT op_limit bigint, OUT refusal balance_result, OUT renewed balance_result
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_acc accounts;
+BEGIN
+    SELECT * INTO v_acc FROM accounts WHERE account_id = p_account FOR UPDATE;
+    IF v_acc.period_end <= now() THEN
+        renewed := balance__renew_due(p_account);
+        SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
+    END IF;
+    IF v_acc.plan IS NOT NULL THEN
+        SELECT (p.prices ->> p_operation)::bigint, (p.limits ->> p_operation)::bigint
+        INTO price, op_limit FROM plans p WHERE p.id = v_acc.plan;
+        IF op_limit IS NOT NULL THEN
+            refusal := balance__over_limit(v_acc, p_operation, p_quantity, op_limit);
+        END IF;
+    END IF;
+END $$;
+
+-- Counts p_quantity of p_operation against its plan's limit, in the period from p_start.
+CREATE OR REPLACE FUNCTION balance__count_use(
+    p_account text, p_operation text, p_start timestamptz, p_quantity bigint
+) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO plan_usage AS u (account_id, operation, period_start, used)
+    VALUES (p_account, p_operation, p_start, p_quantity)
+    ON CONFLICT (account_id, operation, period_start)
+    DO UPDATE SET used = u.used + EXCLUDED.used;
+END $$;
+
 -- One ledger row: debit ('usage', p_amount < 0), credits, adjustments, reversals.
 -- p_mode 'available': a negative amount needs balance - held >= |amount| (else
 -- 'insufficient'); 'debt': applied in full even below zero (reversals only);
@@ -773,7 +809,9 @@ DECLARE
     v_short bigint := 0;
     v_granted bigint;
     v_res balance_result;
+    v_price bigint;
     v_limit bigint;
+    v_terms record;  -- balance__operation_terms
     v_renewed balance_result;
 BEGIN
     v_res := balance__replay(p_account, p_key, p_hash);
@@ -783,26 +821,18 @@ BEGIN
 
     IF p_operation IS NOT NULL THEN
         PERFORM balance__ensure(p_account, p_welcome);
-        SELECT * INTO v_acc FROM accounts WHERE account_id = p_account FOR UPDATE;
-        IF v_acc.period_end <= now() THEN
-            v_renewed := balance__renew_due(p_account);
-            SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
+        SELECT * INTO v_terms FROM balance__operation_terms(p_account, p_operation, p_quantity);
+        v_price := v_terms.price;
+        v_limit := v_terms.op_limit;
+        v_renewed := v_terms.renewed;
+        IF (v_terms.refusal).result IS NOT NULL THEN
+            RETURN balance__after_renewal(
+                balance__refusal(p_account, p_key, p_hash, v_terms.refusal), v_renewed);
         END IF;
-        IF v_acc.plan IS NOT NULL THEN
-            SELECT (p.prices ->> p_operation)::bigint, (p.limits ->> p_operation)::bigint
-            INTO v_amount, v_limit FROM plans p WHERE p.id = v_acc.plan;
-            IF v_amount IS NOT NULL THEN
-                p_metadata := p_metadata || jsonb_build_object('unit_cost', v_amount);
-                p_amount := -(v_amount * p_quantity);
-            END IF;
+        IF v_price IS NOT NULL THEN
+            p_metadata := p_metadata || jsonb_build_object('unit_cost', v_price);
+            p_amount := -(v_price * p_quantity);
             v_amount := p_amount;
-            IF v_limit IS NOT NULL THEN
-                v_res := balance__over_limit(v_acc, p_operation, p_quantity, v_limit);
-                IF v_res.result IS NOT NULL THEN
-                    RETURN balance__after_renewal(
-                        balance__refusal(p_account, p_key, p_hash, v_res), v_renewed);
-                END IF;
-            END IF;
         END IF;
     END IF;
 
@@ -853,10 +883,7 @@ BEGIN
     END IF;
 
     IF v_limit IS NOT NULL THEN
-        INSERT INTO plan_usage AS u (account_id, operation, period_start, used)
-        VALUES (p_account, p_operation, v_acc.period_start, p_quantity)
-        ON CONFLICT (account_id, operation, period_start)
-        DO UPDATE SET used = u.used + EXCLUDED.used;
+        PERFORM balance__count_use(p_account, p_operation, v_acc.period_start, p_quantity);
     END IF;
 
     IF v_amount <> 0 THEN
@@ -955,6 +982,7 @@ DECLARE
     v_renewed balance_result;
     v_price bigint;
     v_limit bigint;
+    v_terms record;  -- balance__operation_terms
 BEGIN
     v_res := balance__replay(p_account, p_key, p_hash);
     IF v_res.result IS NOT NULL THEN
@@ -968,25 +996,17 @@ BEGIN
     END IF;
     PERFORM balance__ensure(p_account, p_welcome);
     IF p_operation IS NOT NULL THEN
-        SELECT * INTO v_acc FROM accounts WHERE account_id = p_account FOR UPDATE;
-        IF v_acc.period_end <= now() THEN
-            v_renewed := balance__renew_due(p_account);
-            SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
+        SELECT * INTO v_terms FROM balance__operation_terms(p_account, p_operation, p_quantity);
+        v_price := v_terms.price;
+        v_limit := v_terms.op_limit;
+        v_renewed := v_terms.renewed;
+        IF (v_terms.refusal).result IS NOT NULL THEN
+            RETURN balance__after_renewal(
+                balance__refusal(p_account, p_key, p_hash, v_terms.refusal), v_renewed);
         END IF;
-        IF v_acc.plan IS NOT NULL THEN
-            SELECT (p.prices ->> p_operation)::bigint, (p.limits ->> p_operation)::bigint
-            INTO v_price, v_limit FROM plans p WHERE p.id = v_acc.plan;
-            IF v_price IS NOT NULL THEN
-                p_metadata := p_metadata || jsonb_build_object('unit_cost', v_price);
-                p_amount := v_price * p_quantity;
-            END IF;
-            IF v_limit IS NOT NULL THEN
-                v_res := balance__over_limit(v_acc, p_operation, p_quantity, v_limit);
-                IF v_res.result IS NOT NULL THEN
-                    RETURN balance__after_renewal(
-                        balance__refusal(p_account, p_key, p_hash, v_res), v_renewed);
-                END IF;
-            END IF;
+        IF v_price IS NOT NULL THEN
+            p_metadata := p_metadata || jsonb_build_object('unit_cost', v_price);
+            p_amount := v_price * p_quantity;
         END IF;
     END IF;
     -- As a debit: at or after the period's end, the plan is renewed first.
@@ -1008,10 +1028,7 @@ BEGIN
             v_renewed);
     END IF;
     IF v_limit IS NOT NULL THEN
-        INSERT INTO plan_usage AS u (account_id, operation, period_start, used)
-        VALUES (p_account, p_operation, v_acc.period_start, p_quantity)
-        ON CONFLICT (account_id, operation, period_start)
-        DO UPDATE SET used = u.used + EXCLUDED.used;
+        PERFORM balance__count_use(p_account, p_operation, v_acc.period_start, p_quantity);
     END IF;
     INSERT INTO holds (account_id, amount, reason, metadata, expires_at, operation, quantity,
                        counted_in)

@@ -22,7 +22,7 @@ from time import monotonic
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from server.config import ServiceKey, Settings
+from server.config import Settings
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("balance.request_id", default=None)
 ACCOUNT: ContextVar[str | None] = ContextVar("balance.account", default=None)
@@ -81,8 +81,7 @@ def secrets_of(settings: Settings) -> list[str]:
         elif isinstance(value, str):
             found.append(value)
         elif isinstance(value, tuple):  # the service keys
-            found.extend(v.secret if isinstance(v, ServiceKey) else v for v in value
-                         if isinstance(v, str | ServiceKey))
+            found.extend(key.secret for key in value)
     return found
 
 

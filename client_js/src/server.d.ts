@@ -1,9 +1,11 @@
 // balance-client/server: balance-server's backend API for the app's own backend (service
-// key). Self-contained: no DOM types, nothing of the browser client.
+// key). No DOM types, nothing of the browser client: the wire objects both share are wire.d.ts.
 
 import type { WebhookVerificationError } from 'standardwebhooks';
+import type { Catalog, CheckoutSession as Checkout, PlanState, Transaction, TransactionKind } from './wire.js';
 
 export { WebhookVerificationError };
+export type { Catalog, PlanState, Transaction, TransactionKind };
 
 // ---------------------------------------------------------------- wire objects
 
@@ -21,28 +23,20 @@ export interface Account {
   readonly low: boolean;
 }
 
-export type TransactionKind = 'grant' | 'purchase' | 'usage' | 'refund' | 'reversal' | 'adjustment' | 'expiry' | 'allowance';
-
-export interface Transaction {
-  readonly id: number;
-  readonly account_id: string;
-  readonly kind: TransactionKind | (string & {});
-  /** Signed: negative takes credits. */
-  readonly amount: number;
-  readonly balance_after: number;
-  readonly version: number;
-  readonly reason: string | null;
-  readonly metadata: Record<string, unknown> | null;
-  readonly hold_id: string | null;
-  readonly created_at: string;
-}
-
 export interface Hold {
   readonly id: string;
   readonly account_id: string;
   readonly amount: number;
   readonly status: 'active' | 'captured' | 'released' | 'expired';
+  /** Credits the capture spent; null unless captured. */
+  readonly captured: number | null;
+  readonly reason: string | null;
+  readonly metadata: Record<string, unknown> | null;
+  /** A hold placed for a priced operation (null for a hold of an amount), and its quantity. */
+  readonly operation: string | null;
+  readonly quantity: number | null;
   readonly expires_at: string;
+  readonly created_at: string;
 }
 
 /** Whether the answer was a replay of an earlier request with the same key (Idempotent-Replayed). */
@@ -82,15 +76,6 @@ export interface Grant {
   readonly created_at: string;
 }
 
-export interface PlanState {
-  readonly plan: string | null;
-  readonly period_start: string | null;
-  readonly period_end: string | null;
-  readonly allowance: number;
-  readonly allowance_remaining: number;
-  readonly limits: Record<string, { limit: number; used: number }>;
-}
-
 export interface CheckResult {
   readonly allowed: boolean;
   readonly cost: number;
@@ -113,20 +98,7 @@ export interface EventPage {
   readonly next: string | number | null;
 }
 
-export interface CheckoutSession extends Replayable {
-  readonly url: string;
-  readonly provider: 'stripe' | 'dodo';
-  readonly session_id: string;
-  readonly credits: number;
-  readonly amount: number;
-  readonly currency: string;
-}
-
-export interface Catalog {
-  readonly prices: Record<string, number>;
-  readonly packages: Record<string, { credits: number; price: Record<string, number>; stripe_price?: string | null; dodo_product?: string | null }>;
-  readonly [section: string]: unknown;
-}
+export interface CheckoutSession extends Checkout, Replayable {}
 
 /** A verified app webhook. */
 export interface WebhookEvent {

@@ -1,4 +1,5 @@
 import type { BalanceClient, BalanceClientOptions, BalanceState, TokenSource } from './client.js';
+import type { CatalogPackage, Catalog, CheckoutSession, PlanState, Transaction as WireTransaction } from './wire.js';
 
 export interface CreditSessionOptions {
   /** Where balance-server answers HTTP; default the socket's host when wsUrl is given, else this page's origin. */
@@ -15,19 +16,12 @@ export interface CreditSessionOptions {
   document?: BalanceClientOptions['document'];
 }
 
-/** A transaction as GET /v1/me/transactions lists it. */
-export interface Transaction {
+export type { CatalogPackage, Catalog, CheckoutSession, PlanState };
+
+/** A transaction as GET /v1/me/transactions lists it; a live row (from a pushed frame) has a
+ * string id until the server's copy replaces it. */
+export interface Transaction extends Omit<WireTransaction, 'id'> {
   readonly id: number | string;
-  readonly account_id: string;
-  readonly kind: 'grant' | 'purchase' | 'usage' | 'refund' | 'reversal' | 'adjustment' | 'expiry' | 'allowance' | (string & {});
-  /** Signed: negative takes credits. */
-  readonly amount: number;
-  readonly balance_after: number;
-  readonly version: number;
-  readonly reason: string | null;
-  readonly metadata: Record<string, unknown> | null;
-  readonly hold_id: string | null;
-  readonly created_at: string;
   /** Set on a row built from a pushed frame (until the server's copy replaces it). */
   readonly live?: boolean;
 }
@@ -36,33 +30,6 @@ export interface TransactionPage {
   transactions: Transaction[];
   /** The cursor of the next older page, or null at the end. */
   next: string | number | null;
-}
-
-/** GET /v1/me/plan. */
-export interface PlanState {
-  plan: string | null;
-  period_start: string | null;
-  period_end: string | null;
-  allowance: number;
-  allowance_remaining: number;
-  limits: Record<string, { limit: number; used: number }>;
-}
-
-export interface CatalogPackage {
-  credits: number;
-  /** Minor units per currency. */
-  price: Record<string, number>;
-  stripe_price?: string | null;
-  dodo_product?: string | null;
-}
-
-/** GET /v1/catalog. */
-export interface Catalog {
-  prices: Record<string, number>;
-  packages: Record<string, CatalogPackage>;
-  pay_as_you_go: { credits_per_unit: Record<string, number>; min_amount: Record<string, number> } | null;
-  plans: Record<string, { allowance: number; period: 'month' | 'week' | 'day'; rollover: number; prices: Record<string, number>; limits: Record<string, number>; low_balance: number | null }>;
-  alerts: { low_balance: number | null };
 }
 
 export interface CheckoutOptions {
@@ -76,15 +43,6 @@ export interface CheckoutOptions {
   successUrl?: string;
   cancelUrl?: string;
   customerEmail?: string;
-}
-
-export interface CheckoutSession {
-  url: string;
-  provider: 'stripe' | 'dodo';
-  session_id: string;
-  credits: number;
-  amount: number;
-  currency: string;
 }
 
 /** A browser API call that failed, with the server's error body. */
