@@ -20,6 +20,7 @@ from server.api.routes import routes as api_routes
 from server.auth import TokenVerifier
 from server.catalog import load as load_catalog
 from server.config import Settings
+from server.console import routes as console
 from server.currencies import STRIPE
 from server.db import DB_DOWN, open_pool
 from server.history import History
@@ -120,7 +121,8 @@ def create_app(settings: Settings, extra_routes: list[BaseRoute] | None = None) 
             await pool.close()
 
     app = Starlette(
-        routes=[*api_routes(), *ops.routes(), WebSocketRoute(WS_PATH, misconfigured),
+        routes=[*api_routes(), *ops.routes(), *console.routes(),
+                WebSocketRoute(WS_PATH, misconfigured),
                 *(extra_routes or [])],
         middleware=[
             Middleware(RequestIds),  # outermost: every answer carries the id, even a 500

@@ -52,11 +52,16 @@ def bearer(header: str | None) -> str:
     return header[7:].strip()
 
 
-def mint_token(secret: str, account_id: str, ttl_seconds: int) -> tuple[str, int]:
-    """A browser token for one account; returns (token, expires_at unix seconds)."""
+def mint_token(secret: str, account_id: str, ttl_seconds: int,
+               read_only: bool = False) -> tuple[str, int]:
+    """A browser token for one account; returns (token, expires_at unix seconds).
+    `read_only`: it may watch and read the account, not buy for it (the console's)."""
     now = int(time.time())
     exp = now + ttl_seconds
-    claims = {"sub": account_id, "iat": now, "exp": exp, "iss": TOKEN_ISSUER, "aud": TOKEN_AUDIENCE}
+    claims: dict[str, Any] = {"sub": account_id, "iat": now, "exp": exp, "iss": TOKEN_ISSUER,
+                              "aud": TOKEN_AUDIENCE}
+    if read_only:
+        claims["ro"] = True
     return jwt.encode(claims, secret, algorithm="HS256"), exp
 
 
@@ -66,6 +71,7 @@ class Identity:
 
     account_id: str
     expires_at: float  # unix seconds
+    read_only: bool = False  # minted for the console: reads and watches, never buys
 
 
 class TokenVerifier:
@@ -93,9 +99,10 @@ class TokenVerifier:
         if self._keys is not None:
             await self._keys.stop()
 
-    def mint(self, account_id: str, ttl_seconds: int) -> tuple[str, int]:
+    def mint(self, account_id: str, ttl_seconds: int,
+             read_only: bool = False) -> tuple[str, int]:
         """A browser token for one account: (token, expires_at unix seconds)."""
-        return mint_token(self._secret, account_id, ttl_seconds)
+        return mint_token(self._secret, account_id, ttl_seconds, read_only)
 
     def verify(self, token: str) -> Identity:
         """The token's account and expiry; 401 `unauthorized` for anything else, whatever
@@ -110,7 +117,8 @@ class TokenVerifier:
             raise errors.unauthorized(f"invalid token: {exc}") from None
         except (TypeError, ValueError, KeyError) as exc:  # a key of the wrong type, and such
             raise errors.unauthorized(f"invalid token: {type(exc).__name__}") from None
-        account = claims.get("sub") if claims.get("iss") == TOKEN_ISSUER else None
+        ours = claims.get("iss") == TOKEN_ISSUER
+        account = claims.get("sub") if ours else None
         if account is None:
             account = claims.get(self._claim)
         if not is_account_id(account):
@@ -119,7 +127,7 @@ class TokenVerifier:
         exp = claims.get("exp")
         if not isinstance(exp, int | float):
             raise errors.unauthorized("token has no expiry")
-        return Identity(account, float(exp))
+        return Identity(account, float(exp), read_only=ours and claims.get("ro") is True)
 
     def _decode(self, token: str, header: dict[str, Any]) -> dict[str, Any]:
         alg = header.get("alg")

@@ -189,6 +189,9 @@ def _dev(args: argparse.Namespace) -> int:
                 secrets.token_bytes(24)).decode()
         settings = Settings.from_env(env)
         key = settings.service_keys[0].secret
+        # The console's sign-in: the first admin key, else whatever key there is.
+        operator = next((k for k in settings.service_keys if k.scope == "admin"),
+                        settings.service_keys[0])
         from server.auth import mint_token
 
         token, _ = mint_token(settings.token_secret, "demo-user", 3600)
@@ -199,6 +202,7 @@ def _dev(args: argparse.Namespace) -> int:
             f"  demo page     {base}/?account=demo-user\n"
             f"  app webhooks  {masked(settings.app_webhook_url or '')}   "
             "(what your backend would receive)\n"
+            f"  console       {base}/console   (operator key: {operator.secret})\n"
             f"  API           {base}/v1   (OpenAPI: {base}/openapi.json)\n"
             f"  WebSocket     ws://{settings.host}:{settings.port}/v1/ws\n"
             f"  DATABASE_URL  {masked(env['DATABASE_URL'])}\n"

@@ -33,6 +33,9 @@ DEFAULTS = {
     "me": "120/minute",  # /v1/me* per account
     "checkout": "10/minute",  # /v1/me/checkout per account
     "ws_sync": "12/minute",  # sync frames per socket (the JS client sends 2 a minute)
+    # Console sign-ins per client address: a browser can reach it, so keys are not guessed
+    # at speed (behind a load balancer the address is the balancer's: every operator shares it).
+    "console_login": "10/minute",
     # Off unless set: the client address is the TCP peer, which behind a load balancer is
     # the balancer itself (the server reads no forwarded-for header it cannot trust).
     "ws_connect": "",  # WebSocket handshakes per client address

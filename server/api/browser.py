@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from server import errors
 from server.api.http import checkout_for, history_page, limited_user, resources
 from server.ledger import Outcome
 
@@ -20,8 +21,12 @@ async def my_transactions(request: Request) -> bytes:
 
 
 async def my_checkout(request: Request) -> Outcome:
-    """A checkout session for the token's account."""
-    return await checkout_for(request, (await limited_user(request, "checkout")).account_id)
+    """A checkout session for the token's account (not for the console's read-only one)."""
+    identity = await limited_user(request, "checkout")
+    if identity.read_only:
+        raise errors.Problem("forbidden", "this token is read-only (the console's); it "
+                             "cannot open a checkout")
+    return await checkout_for(request, identity.account_id)
 
 
 async def my_plan(request: Request) -> bytes:

@@ -21,7 +21,8 @@ from server.api import backend, browser, shapes, webhooks
 from server.api.http import resources, user
 from server.auth import check_scope, check_service_key
 from server.catalog import Catalog
-from server.config import Scope
+from server.config import Scope, ServiceKey
+from server.console import session as console
 from server.errors import Problem, rate_limited
 from server.ledger import Outcome
 from server.messages import (
@@ -38,6 +39,7 @@ from server.messages import (
     PlanRequest,
     TokenRequest,
 )
+from server.resources import Resources
 
 Handler = Callable[[Request], Awaitable[bytes | Outcome]]
 Auth = Literal["service", "user", "service_or_user", "signature"]
@@ -161,11 +163,12 @@ OPERATIONS: tuple[Operation, ...] = (
 
 async def _authenticate(request: Request, auth: Auth, scope: Scope) -> None:
     """Service-key routes check the key and its scope here (and its rate limit, when one is
-    set); user routes verify their token themselves."""
+    set); user routes verify their token themselves. The operator console's session cookie
+    stands for the key it was opened with. Who acts is left in the scope's `balance.actor`."""
     header = request.headers.get("authorization")
     if auth == "service":
         res = resources(request)
-        key = check_service_key(header, res.service_keys)
+        key = _service_key(request, res, header)
         check_scope(key, scope)
         if res.limits.limits("service"):
             retry = await res.limits.hit("service", key.name)
@@ -173,9 +176,21 @@ async def _authenticate(request: Request, auth: Auth, scope: Scope) -> None:
                 raise rate_limited(retry)
     elif auth == "service_or_user":
         try:
-            check_service_key(header, resources(request).service_keys)
+            _service_key(request, resources(request), header)
         except Problem:
             user(request)
+
+
+def _service_key(request: Request, res: Resources, header: str | None) -> ServiceKey:
+    cookie = None if header else request.cookies.get(console.COOKIE)
+    if cookie:  # the operator console, signed in (server/console/session.py)
+        key = console.session_key(cookie, res.settings.token_secret, res.service_keys,
+                                  request.method, request.headers.get(console.CSRF_HEADER))
+        request.scope["balance.actor"] = f"console:{key.name}"
+    else:
+        key = check_service_key(header, res.service_keys)
+        request.scope["balance.actor"] = key.name
+    return key
 
 
 _JSON_HEADER = (b"content-type", b"application/json")
