@@ -669,7 +669,11 @@ function retryDialog(event, refresh) {
     summary: (v) => `Deliver ${event.type} (#${event.id}, ${event.attempts} attempts so far) to the app's webhook again now, because “${mustBeReason(v)}”.`,
     submit: async () => {
       await api('POST', `/v1/events/${event.id}/retry`);
-      return done(`Event #${event.id} queued again`, () => refresh('events', 'audit'));
+      // Delivery takes a moment: look again until it has had time to land.
+      return done(`Event #${event.id} queued again`, () => {
+        refresh('events', 'audit');
+        for (const ms of [1000, 3000, 6000]) setTimeout(() => refresh('events'), ms);
+      });
     },
   });
 }
