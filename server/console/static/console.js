@@ -539,7 +539,15 @@ async function usageChart(path) {
   const until = new Date();
   const since = new Date(Date.UTC(until.getUTCFullYear(), until.getUTCMonth(), until.getUTCDate() - 29));
   const q = new URLSearchParams({ group_by: 'day,reason', since: since.toISOString() });
-  const { groups } = await api('GET', `${path}/usage?${q}`);
+  let groups;
+  try {
+    ({ groups } = await api('GET', `${path}/usage?${q}`));
+  } catch (err) {
+    if (err.code !== 'invalid_request') throw err;
+    // A server without group_by=day,reason: one series for every operation.
+    q.set('group_by', 'day');
+    groups = (await api('GET', `${path}/usage?${q}`)).groups.map((g) => ({ ...g, reason: 'all operations' }));
+  }
   if (!groups.length) return h('p', { class: 'muted' }, 'No usage in the last 30 days.');
   const days = [];
   for (let d = since.getTime(); d <= until.getTime(); d += 86_400_000) days.push(d / 1000);
@@ -554,7 +562,7 @@ async function usageChart(path) {
   // Stacked: each series draws the running total up to it, the tallest first so each
   // shorter one paints over it; the legend shows each operation's own amount.
   const own = ops.map((op) => byOp.get(op));
-  const stacked = own.map((_, i) => days.map((__, d) => own.slice(i).reduce((sum, s) => sum + s[d], 0)));
+  const stacked = own.map((_, i) => days.map((__, d) => own.slice(i).reduce((sum, s) => sum + s[d], 0) || null));
   const palette = ['#3563e9', '#e9a23b', '#2f9e6e', '#c2410c', '#7c3aed', '#0891b2', '#be185d', '#65a30d'];
   const box = h('div', { class: 'chart', id: 'usage-chart' });
   const total = own.reduce((sum, s) => sum + s.reduce((a, b) => a + b, 0), 0);
@@ -565,7 +573,8 @@ async function usageChart(path) {
       {
         width,
         height: 240,
-        scales: { x: { time: true } },
+        // Half a day each side, so the first and last days' bars are drawn whole.
+        scales: { x: { time: true, range: (u, min, max) => [min - 43_200, max + 43_200] } },
         axes: [{}, { label: 'credits', size: 60 }],
         series: [
           { label: 'day (UTC)', value: (u, t) => (t == null ? '—' : new Date(t * 1000).toISOString().slice(0, 10)) },
@@ -574,6 +583,7 @@ async function usageChart(path) {
             stroke: palette[i % palette.length],
             fill: palette[i % palette.length] + 'cc',
             width: 1,
+            points: { show: false },
             paths: uPlot.paths.bars({ size: [0.7, 40] }),
             value: (u, v, si, idx) => (idx == null ? '—' : fmt.format(own[si - 1][idx])),
           })),
