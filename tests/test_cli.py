@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -115,6 +116,9 @@ def test_dev_starts_from_nothing_and_stops_cleanly(stop: str) -> None:
         assert service_key.startswith("sk_dev_")
         assert f"http://127.0.0.1:{port}/?account=demo-user" in text
         base = f"http://127.0.0.1:{port}"
+        console = re.search(r"console +(\S+) +\(operator key: (\S+)\)", text)
+        assert console is not None and console[1] == f"{base}/console", text
+        operator_key = console[2]
         for _ in range(100):
             try:
                 if httpx.get(f"{base}/readyz").status_code == 200:
@@ -128,6 +132,8 @@ def test_dev_starts_from_nothing_and_stops_cleanly(stop: str) -> None:
         r = httpx.post(f"{base}/dev/spend", json={"account_id": "dev-check", "amount": 5})
         assert r.status_code == 200 and r.json()["account"]["balance"] == 95
         assert httpx.get(f"{base}/v1/prices", headers=headers).json()["generate_image"] == 5
+        signed_in = httpx.post(f"{base}/console/session", json={"key": operator_key})
+        assert signed_in.status_code == 200 and signed_in.json()["scope"] == "admin"
     finally:
         if stop == "ctrl-c":
             os.killpg(proc.pid, signal.SIGINT)  # a terminal signals the whole group

@@ -280,7 +280,16 @@ def test_dev_serves_the_demo_page(installed: Installed, postgres: PostgresServer
             assert got.content == path.read_bytes(), f"{url}/{path.name} differs"
             served += 1
     assert served > 10
-    installed.timed(f"dev: /, /dev/webhooks and {served} demo + client files", started)
+    # The console's page and every file it loads come from inside the installed package.
+    assert "/console/static/console.js" in httpx.get(f"{base}/console", timeout=10).text
+    console = ROOT / "server" / "console" / "static"
+    for path in sorted(p for p in console.rglob("*") if p.is_file()):
+        url = f"{base}/console/static/{path.relative_to(console).as_posix()}"
+        got = httpx.get(url, timeout=10)
+        assert got.status_code == 200 and got.content == path.read_bytes(), url
+        served += 1
+    installed.timed(f"dev: /, /dev/webhooks and {served} demo + client + console files",
+                    started)
 
     started = time.monotonic()
     code = _stop(proc, log)
