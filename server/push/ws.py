@@ -116,7 +116,8 @@ class Connection(WebSocketProtocol):
             return
         allowed = res.settings.allowed_origins
         origins = request.headers.get_all("Origin")
-        if allowed and (len(origins) != 1 or origins[0] not in allowed):
+        if allowed and (len(origins) != 1 or not (
+                origins[0] in allowed or _same_origin(origins[0], request.headers.get("Host")))):
             # Refused at the handshake: the browser sees HTTP 403, no socket is opened.
             self.reject(403, encoder.encode({"error": "forbidden",
                                              "message": "this origin may not open a socket"}),
@@ -430,3 +431,9 @@ async def misconfigured(websocket: WebSocket) -> None:
     await websocket.accept()
     with contextlib.suppress(Exception):
         await websocket.close(CLOSE_INTERNAL.code, CLOSE_INTERNAL.name)
+
+
+def _same_origin(origin: str, host: str | None) -> bool:
+    """Whether a page of this server opens the socket (the operator console): its own
+    origin needs no place in BALANCE_ALLOWED_ORIGINS, which lists the app's pages."""
+    return host is not None and origin.partition("://")[2] == host

@@ -4,6 +4,7 @@ session's CSRF token; the page's headers; the read-only browser token."""
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -13,6 +14,8 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from server.config import service_keys
 from server.console import session
@@ -246,3 +249,21 @@ async def test_the_console_token_watches_but_cannot_buy(
         r = await page.post("/v1/me/checkout", json=checkout,
                             headers={"authorization": f"Bearer {normal}"})
         assert r.status_code != 403  # this server has no Stripe: refused, but not as forbidden
+
+
+async def test_the_console_opens_its_socket_where_only_the_app_s_origins_are_allowed(
+    start_app: StartApp, account: str
+) -> None:
+    app = await start(start_app, allowed_origins=("https://app.example",))
+    async with browser(app) as client:
+        csrf = (await sign_in(client, SUPPORT))["csrf"]
+        token = (await client.post("/console/token", json={"account_id": account},
+                                   headers={"x-csrf-token": csrf})).json()["token"]
+    own = f"http://127.0.0.1:{app.settings.port}"
+    async with connect(app.ws_url, origin=own) as ws:  # type: ignore[arg-type]
+        await ws.send(json.dumps({"type": "auth", "token": token}))
+        frame = json.loads(await ws.recv())
+        assert (frame["type"], frame["account_id"]) == ("balance", account)
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(app.ws_url, origin="http://127.0.0.1:1")  # type: ignore[arg-type]
+    assert refused.value.response.status_code == 403
