@@ -113,7 +113,8 @@ function table(columns, rows, empty = 'Nothing here.') {
  */
 function action({ title, fields = [], summary, submit, danger = false }) {
   const key = crypto.randomUUID();
-  const form = h('form', { method: 'dialog', class: 'form' });
+  // novalidate: the checks below say what is wrong in words, in the dialog itself.
+  const form = h('form', { method: 'dialog', class: 'form', novalidate: true });
   const inputs = {};
   for (const f of fields) {
     const input =
@@ -350,7 +351,8 @@ function accountPage(id) {
   sections.settings = section('Alerts and auto top-up', () => settingsView(path));
   sections.grants = section('Grants', async () => grantsView((await api('GET', `${path}/grants`)).grants), { id: 'grants' });
   sections.holds = section('Active holds', async () => holdsView((await api('GET', `${path}/holds`)).holds, refresh), { id: 'holds' });
-  sections.events = section('Events and deliveries', () => eventsView(id, refresh), { id: 'events' });
+  const openEvents = new Set(); // the events unfolded, kept unfolded when the list reloads
+  sections.events = section('Events and deliveries', () => eventsView(id, refresh, openEvents), { id: 'events' });
   sections.audit = section('Operator actions', () => auditView(id), { id: 'audit' });
 
   main.replaceChildren(
@@ -379,7 +381,7 @@ function accountPage(id) {
       show(frame);
       if (frame.change) {
         live.change.textContent = `Last change: ${signed(frame.change.amount)} ${frame.change.kind}${frame.change.reason ? ` (${frame.change.reason})` : ''}`;
-        refresh('ledger', 'grants', 'holds', 'plan', 'usage');
+        refresh('ledger', 'grants', 'holds', 'plan', 'usage', 'settings', 'events', 'audit');
       }
     },
   });
@@ -496,13 +498,13 @@ function holdsView(holds, refresh) {
   return table(columns, holds, 'No active holds.');
 }
 
-async function eventsView(id, refresh) {
+async function eventsView(id, refresh, openEvents) {
   const data = await api('GET', `/v1/events?account_id=${enc(id)}&limit=20`);
   if (!data.events.length) return h('p', { class: 'muted' }, 'No events for this account.');
-  return h('div', { class: 'events' }, data.events.map((e) => eventRow(e, refresh)));
+  return h('div', { class: 'events' }, data.events.map((e) => eventRow(e, refresh, openEvents)));
 }
 
-function eventRow(e, refresh) {
+function eventRow(e, refresh, openEvents) {
   const attempts = e.attempt_log.map((a) =>
     h('li', {}, `#${a.attempt} ${when(a.at)} — `, a.status === null ? 'no answer' : `HTTP ${a.status}`, a.latency_ms !== null ? ` in ${a.latency_ms} ms` : '', a.error ? h('span', { class: 'error-text' }, ` ${a.error}`) : ''),
   );
@@ -512,7 +514,7 @@ function eventRow(e, refresh) {
       : null;
   return h(
     'details',
-    { class: 'event', 'data-event': e.id },
+    { class: 'event', 'data-event': e.id, open: openEvents.has(e.id), ontoggle: (ev) => (ev.target.open ? openEvents.add(e.id) : openEvents.delete(e.id)) },
     h('summary', {}, h('span', { class: `badge ${e.status}` }, e.status), ` ${e.type} `, h('span', { class: 'muted' }, `#${e.id} · ${when(e.created_at)} · ${e.attempts} attempt${e.attempts === 1 ? '' : 's'}`), retry),
     attempts.length ? h('ol', { class: 'attempts' }, attempts) : h('p', { class: 'muted' }, 'Not attempted yet.'),
     h('pre', {}, JSON.stringify(e.data, null, 2)),
