@@ -51,7 +51,7 @@ function unclaimedCheckout() {
   });
 }
 
-test('console: sign in, search, live adjust in two tabs, event retry, review queue, read key', { skip: skip ?? false, timeout: 300_000 }, async (t) => {
+test('console: sign in, search, live adjust in two tabs, hold release, event retry, review queue, plan change, read key, sign out', { skip: skip ?? false, timeout: 300_000 }, async (t) => {
   const { chromium } = await import('playwright-core');
   mkdirSync(SHOTS, { recursive: true });
   const shot = (page, name) => page.screenshot({ path: `${SHOTS}${name}.png`, fullPage: true });
@@ -176,6 +176,21 @@ test('console: sign in, search, live adjust in two tabs, event retry, review que
     assert.equal(await balanceOf(account), balance, 'adjusted once');
   });
 
+  await t.test('a hold is released from the console', async () => {
+    const placed = await call('POST', `/v1/accounts/${account}/holds`, { amount: 4, reason: 'stuck job', idempotency_key: `h-${account}` });
+    assert.equal(placed.status, 201, JSON.stringify(placed.body));
+    const row = consolePage.locator('#holds tr', { hasText: 'stuck job' });
+    await row.waitFor(); // the hold's frame refreshed the list
+    await consolePage.waitForFunction(() => document.getElementById('live-held').textContent === '4');
+    await row.locator('[data-action=release]').click();
+    await consolePage.fill('dialog textarea[name=reason]', 'e2e: the job is gone');
+    await consolePage.click('dialog button[data-step=review]');
+    await consolePage.click('dialog button[data-step=confirm]');
+    await consolePage.waitForFunction(() => document.getElementById('live-held').textContent === '0');
+    await consolePage.waitForSelector('#holds >> text=No active holds');
+    assert.equal(await balanceOf(account), balance, 'a release moves no credits');
+  });
+
   await t.test('an event the app refused is retried from the console and delivered', async () => {
     const low = () => receiver.received.filter((r) => r.body.type === 'balance.low' && r.body.data?.account_id === account);
     const deadline = Date.now() + 15_000;
@@ -228,6 +243,20 @@ test('console: sign in, search, live adjust in two tabs, event retry, review que
     assert.equal(await balanceOf(account), balance, 'the credits arrived once');
   });
 
+  await t.test('the plan is changed from the console', async () => {
+    await consolePage.goto(`${server.base}/console#/account/${account}`);
+    await consolePage.click('[data-action=plan]');
+    await consolePage.selectOption('dialog select[name=plan]', 'pro');
+    await consolePage.fill('dialog textarea[name=reason]', 'e2e: upgraded by support');
+    await consolePage.click('dialog button[data-step=review]');
+    await consolePage.waitForSelector('dialog .confirm >> text=pro');
+    await consolePage.click('dialog button[data-step=confirm]');
+    await consolePage.waitForSelector('.facts dd >> text=pro');
+    balance = await balanceOf(account); // the plan's first allowance arrived with it
+    await liveBalance(consolePage, fmt.format(balance));
+    assert.equal((await call('GET', `/v1/accounts/${account}`)).body.plan, 'pro');
+  });
+
   await t.test('a read key sees the account, has no buttons, and is refused when it forces a change', async () => {
     const support = watch(await (await newContext()).newPage());
     await signIn(support, READ_KEY);
@@ -252,6 +281,13 @@ test('console: sign in, search, live adjust in two tabs, event retry, review que
     assert.equal(forced.status, 403);
     assert.equal(forced.body.error, 'forbidden');
     assert.equal(await balanceOf(account), balance, 'nothing changed');
+  });
+
+  await t.test('sign out ends the session', async () => {
+    await consolePage.click('#sign-out');
+    await consolePage.waitForSelector('#signin');
+    const status = await consolePage.evaluate(async () => (await fetch('/console/session')).status);
+    assert.equal(status, 401);
   });
 
   assert.deepEqual(pageErrors, [], 'no uncaught errors in the pages');
