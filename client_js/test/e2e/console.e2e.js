@@ -230,11 +230,12 @@ test('console: sign in, search, live adjust in two tabs, hold release, event ret
     balance += 100;
     await demoShows(fmt.format(balance), 5000);
     await consolePage.waitForSelector('.toast >> text=Resolved');
+    await consolePage.waitForSelector(`#resolved .resolution >> text=${account}`);
     await shot(consolePage, '6-review-resolved');
 
     // The same resolution again (a second operator, a retried request): the same answer, no credits.
     const listed = [];
-    for (const status of ['needs_review', 'credited']) listed.push(...(await call('GET', `/v1/payments?status=${status}&limit=50`)).body.payments);
+    for (const status of ['needs_review', 'resolved']) listed.push(...(await call('GET', `/v1/payments?status=${status}&limit=50`)).body.payments);
     const review = listed.map((p) => p.review).find((r) => r?.resolution?.account_id === account);
     assert.ok(review, 'the resolved review is listed with its resolution');
     const again = await call('POST', `/v1/payments/reviews/${review.id}/resolve`, { action: 'credit', note: review.resolution.note, credits: 100, account_id: account });

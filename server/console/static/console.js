@@ -693,12 +693,21 @@ function retryDialog(event, refresh) {
 // ---------------------------------------------------------------- review queue
 
 function reviewPage() {
-  const list = section('Payments that need review', async () => {
+  const reload = () => {
+    open.reload();
+    resolved.reload();
+  };
+  const open = section('Payments that need review', async () => {
     const data = await api('GET', '/v1/payments?status=needs_review&limit=50');
     if (!data.payments.length) return h('p', { class: 'muted' }, 'Nothing to review.');
-    return h('div', { class: 'reviews' }, data.payments.map((p) => reviewCard(p, () => list.reload())));
+    return h('div', { class: 'reviews' }, data.payments.map((p) => reviewCard(p, reload)));
   }, { id: 'reviews' });
-  main.replaceChildren(h('div', { class: 'page' }, h('h1', {}, 'Review queue'), list));
+  const resolved = section('Resolved lately', async () => {
+    const data = await api('GET', '/v1/payments?status=resolved&limit=20');
+    if (!data.payments.length) return h('p', { class: 'muted' }, 'None yet.');
+    return h('div', { class: 'reviews' }, data.payments.map((p) => reviewCard(p, reload)));
+  }, { id: 'resolved' });
+  main.replaceChildren(h('div', { class: 'page' }, h('h1', {}, 'Review queue'), open, resolved));
 }
 
 function money(minor, currency) {
