@@ -116,6 +116,8 @@ test('console: sign in, search, live adjust in two tabs, hold release, event ret
     await page.click('#signin button[type=submit]');
     await page.waitForSelector('#top:not([hidden])');
   };
+  /** Wait until every section of the page has loaded (none says Loading… any more). */
+  const settled = (page) => page.waitForFunction(() => !document.querySelector('main').textContent.includes('Loading…'), null, { timeout: 10_000 });
   const liveBalance = (page, text, timeout = 3000) => page.waitForFunction((want) => document.getElementById('live-balance')?.textContent === want, text, { timeout, polling: 'raf' });
 
   await t.test('sign in with the operator key: the page keeps no trace of it', async () => {
@@ -140,12 +142,14 @@ test('console: sign in, search, live adjust in two tabs, hold release, event ret
     await consolePage.click('form.search button');
     const link = consolePage.locator(`table a >> text=${account}`);
     await link.waitFor();
+    await settled(consolePage);
     await shot(consolePage, '2-search');
     await link.click();
     await consolePage.waitForSelector('#live-state[data-state=live]');
     await liveBalance(consolePage, fmt.format(balance));
     await consolePage.waitForSelector('#usage-chart canvas');
     await consolePage.waitForSelector('#ledger tbody tr');
+    await settled(consolePage);
     await shot(consolePage, '3-account');
   });
 
@@ -171,6 +175,7 @@ test('console: sign in, search, live adjust in two tabs, hold release, event ret
     await Promise.all([liveBalance(consolePage, fmt.format(balance)), demoShows(fmt.format(balance))]);
     t.diagnostic(`confirm to both tabs: ${Date.now() - started} ms`);
     await consolePage.waitForSelector('#ledger tbody tr >> text=adjustment');
+    await settled(consolePage);
     await shot(consolePage, '4-after-adjust');
     await shot(demo, '4-demo-after-adjust');
     assert.equal(await balanceOf(account), balance, 'adjusted once');
@@ -220,6 +225,7 @@ test('console: sign in, search, live adjust in two tabs, hold release, event ret
     await consolePage.click('a[data-nav=review]');
     const card = consolePage.locator('article.review', { hasText: 'account_id' }).first();
     await card.waitFor();
+    await settled(consolePage);
     await shot(consolePage, '5-review-queue');
     await card.locator('[data-action=resolve]').click();
     await consolePage.fill('dialog input[name=account_id]', account);
@@ -231,6 +237,7 @@ test('console: sign in, search, live adjust in two tabs, hold release, event ret
     await demoShows(fmt.format(balance), 5000);
     await consolePage.waitForSelector('.toast >> text=Resolved');
     await consolePage.waitForSelector(`#resolved .resolution >> text=${account}`);
+    await settled(consolePage);
     await shot(consolePage, '6-review-resolved');
 
     // The same resolution again (a second operator, a retried request): the same answer, no credits.
@@ -273,6 +280,8 @@ test('console: sign in, search, live adjust in two tabs, hold release, event ret
     assert.equal(await support.locator('[data-action]').count(), 0, 'no review buttons');
     await support.goto(`${server.base}/console#/account/${account}`);
     await support.waitForSelector('#live-state[data-state=live]');
+    await liveBalance(support, fmt.format(balance));
+    await settled(support);
     await shot(support, '7-read-only');
     const forced = await support.evaluate(async (id) => {
       const { csrf } = await (await fetch('/console/session')).json();
