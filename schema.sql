@@ -483,6 +483,47 @@ ALTER TABLE holds ADD COLUMN IF NOT EXISTS quantity bigint;
 ALTER TABLE holds ADD COLUMN IF NOT EXISTS counted_in timestamptz;
 DROP FUNCTION IF EXISTS balance_hold(text, bigint, text, bytea, bigint, int, text, jsonb);
 
+-- step: 016_operator
+-- The operator API (issue 28). audit_log: one row per operator action (adjust, credit, plan,
+-- alerts, auto top-up, event retry, review resolution, and what the console does), written
+-- in the transaction of the change it records, naming the service key that acted. Nothing
+-- updates or deletes it. No foreign keys, as on the plan tables: accounts are never deleted,
+-- and a check on accounts would fire on the debit path's row.
+CREATE TABLE IF NOT EXISTS audit_log (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at              timestamptz NOT NULL DEFAULT now(),
+    actor           text NOT NULL,      -- the key's name; console:<name> from the console
+    action          text NOT NULL,
+    account_id      text,
+    subject         text,               -- what was acted on: account, event, hold or review
+    transaction_id  bigint,
+    detail          jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS audit_log_account_idx ON audit_log (account_id, id)
+    WHERE account_id IS NOT NULL;
+-- A payment under review keeps what its event said (so the catalog's amount can be offered
+-- and credited later) and, once resolved, how: 'credit' or 'dismiss' by an operator,
+-- 'fulfilled' when a later event credited the payment. resolution_hash is the operator's
+-- request, so the same resolution sent again replays and another one conflicts.
+ALTER TABLE webhook_events_unfulfilled
+    ADD COLUMN IF NOT EXISTS account_id text,
+    ADD COLUMN IF NOT EXISTS amount_paid bigint,
+    ADD COLUMN IF NOT EXISTS currency text,
+    ADD COLUMN IF NOT EXISTS package text,
+    ADD COLUMN IF NOT EXISTS credits bigint,
+    ADD COLUMN IF NOT EXISTS resolution text,
+    ADD COLUMN IF NOT EXISTS resolution_hash bytea,
+    ADD COLUMN IF NOT EXISTS resolved_account text,
+    ADD COLUMN IF NOT EXISTS resolved_credits bigint,
+    ADD COLUMN IF NOT EXISTS note text,
+    ADD COLUMN IF NOT EXISTS resolved_by text,
+    ADD COLUMN IF NOT EXISTS transaction_id bigint;
+UPDATE webhook_events_unfulfilled SET resolution = 'fulfilled'
+WHERE resolved_at IS NOT NULL AND resolution IS NULL;
+DROP FUNCTION IF EXISTS balance_record_unfulfilled(text, text, text, text, text, jsonb);
+-- The event list can be asked for one account's events.
+DROP FUNCTION IF EXISTS balance_events_json(text, int, bigint);
+
 -- ================================================================ JSON shapes of API.md
 
 -- definitions: json_shapes
@@ -2152,7 +2193,8 @@ BEGIN
 END $$;
 
 -- The app's event list (GET /v1/events), newest first, with each event's attempts.
-CREATE OR REPLACE FUNCTION balance_events_json(p_status text, p_limit int, p_before bigint)
+CREATE OR REPLACE FUNCTION balance_events_json(p_status text, p_limit int, p_before bigint,
+                                               p_account text)
 RETURNS jsonb LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object('events', COALESCE(jsonb_agg(j ORDER BY id DESC), '[]'::jsonb),
                               'next', CASE WHEN count(*) = p_limit THEN min(id) END)
@@ -2170,6 +2212,7 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
           FROM events e
           WHERE (p_status IS NULL OR e.status = p_status)
             AND (p_before IS NULL OR e.id < p_before)
+            AND (p_account IS NULL OR e.account_id = p_account)
           ORDER BY e.id DESC LIMIT p_limit) page
 $$;
 
@@ -2562,7 +2605,7 @@ BEGIN
                           transaction_id, event_id)
     VALUES (p_provider, p_payment, p_account, p_credits, p_amount_paid, p_currency,
             v_res.tx_id, p_event_id);
-    UPDATE webhook_events_unfulfilled SET resolved_at = now()
+    UPDATE webhook_events_unfulfilled SET resolved_at = now(), resolution = 'fulfilled'
     WHERE provider = p_provider AND payment_id = p_payment AND resolved_at IS NULL;
     v_res.body := v_res.body || jsonb_build_object('result', 'fulfilled', 'account_id', p_account);
 
@@ -2640,13 +2683,17 @@ BEGIN
     RETURN v_res;
 END $$;
 
--- Records an event that cannot be fulfilled. For a purchase (p_payment set), not when its
--- payment was already credited by another event (a payment_intent.succeeded without
--- metadata after the Checkout session that had it). Returns 'recorded', 'duplicate' (the
--- same event again) or 'fulfilled'. Refund problems pass p_payment NULL.
+-- Records an event that cannot be fulfilled, with what it said of the purchase (the
+-- account, money and package it named, and p_credits: what the catalog would credit for it,
+-- NULL when it cannot price it) for the operator who resolves it. For a purchase (p_payment
+-- set), not when its payment was already credited by another event (a
+-- payment_intent.succeeded without metadata after the Checkout session that had it).
+-- Returns 'recorded', 'duplicate' (the same event again) or 'fulfilled'. Refund problems
+-- pass p_payment NULL.
 CREATE OR REPLACE FUNCTION balance_record_unfulfilled(
     p_provider text, p_event_id text, p_event_type text, p_payment text, p_problem text,
-    p_payload jsonb
+    p_payload jsonb, p_account text, p_amount_paid bigint, p_currency text, p_package text,
+    p_credits bigint
 ) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
     IF p_payment IS NOT NULL THEN
@@ -2657,8 +2704,10 @@ BEGIN
         END IF;
     END IF;
     INSERT INTO webhook_events_unfulfilled
-        (provider, event_id, event_type, payment_id, problem, payload)
-    VALUES (p_provider, p_event_id, p_event_type, p_payment, p_problem, p_payload)
+        (provider, event_id, event_type, payment_id, problem, payload, account_id, amount_paid,
+         currency, package, credits)
+    VALUES (p_provider, p_event_id, p_event_type, p_payment, p_problem, p_payload, p_account,
+            p_amount_paid, p_currency, p_package, p_credits)
     ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
         RETURN 'duplicate';
@@ -2793,6 +2842,256 @@ LANGUAGE sql STABLE AS $$
     FROM shown g WHERE g.left_over > 0
 $$;
 
+-- ================================================================ operator
+
+-- definitions: operator
+-- The operator API (server/operator.py): the audit log, payments and their reviews, the
+-- resolution of a review, and the search of accounts.
+
+-- One audit row (audit_log), in the caller's transaction; its id.
+CREATE OR REPLACE FUNCTION balance_audit_record(
+    p_actor text, p_action text, p_account text, p_subject text, p_tx bigint, p_detail jsonb
+) RETURNS bigint LANGUAGE sql AS $$
+    INSERT INTO audit_log (actor, action, account_id, subject, transaction_id, detail)
+    VALUES (p_actor, p_action, p_account, p_subject, p_tx, COALESCE(p_detail, '{}'))
+    RETURNING id
+$$;
+
+CREATE OR REPLACE FUNCTION balance__review_json(r webhook_events_unfulfilled) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN jsonb_build_object(
+        'id', r.id, 'event_id', r.event_id, 'event_type', r.event_type, 'problem', r.problem,
+        'received_at', balance__ts(r.received_at),
+        'resolution', CASE WHEN r.resolved_at IS NOT NULL THEN jsonb_build_object(
+            'action', COALESCE(r.resolution, 'fulfilled'), 'account_id', r.resolved_account,
+            'credits', r.resolved_credits, 'note', r.note, 'actor', r.resolved_by,
+            'at', balance__ts(r.resolved_at), 'transaction_id', r.transaction_id) END);
+END $$;
+
+-- A payment event under review, as GET /v1/payments lists it: `credits` is what the catalog
+-- would credit for the money it names (NULL: it cannot price it).
+CREATE OR REPLACE FUNCTION balance__review_payment_json(r webhook_events_unfulfilled)
+RETURNS jsonb LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN jsonb_build_object(
+        'status', CASE WHEN r.resolved_at IS NULL THEN 'needs_review' ELSE 'resolved' END,
+        'provider', r.provider, 'payment_id', r.payment_id, 'account_id', r.account_id,
+        'credits', r.credits, 'amount_paid', r.amount_paid, 'currency', r.currency,
+        'credits_reversed', 0, 'credits_disputed', 0,
+        'created_at', balance__ts(r.received_at), 'review', balance__review_json(r));
+END $$;
+
+-- A credited payment's status: 'disputed' while a dispute of it is not won, else
+-- 'reversed' once refunds took any of it back, else 'credited'.
+CREATE OR REPLACE FUNCTION balance__payment_status(p payments) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN EXISTS (SELECT 1 FROM payment_disputes d WHERE d.provider = p.provider
+                     AND d.payment_id = p.payment_id AND d.status <> 'won') THEN 'disputed'
+        WHEN p.reversed > 0 THEN 'reversed'
+        ELSE 'credited' END
+$$;
+
+-- A page of payments in one status, newest first: credited, reversed and disputed ones from
+-- `payments` (cursor: created_at, provider, payment_id of the last shown), needs_review and
+-- resolved ones from the reviews (cursor: the review id). Returns the JSON array and the
+-- next page's cursor (NULL: the last page).
+CREATE OR REPLACE FUNCTION balance_payments(
+    p_status text, p_account text, p_limit int, p_after_at timestamptz, p_after_provider text,
+    p_after_payment text, p_after_review bigint,
+    OUT page text, OUT next_at timestamptz, OUT next_provider text, OUT next_payment text,
+    OUT next_review bigint
+) LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_items jsonb[];
+    v_pay payments;
+    v_rev webhook_events_unfulfilled;
+    v_more boolean := false;
+BEGIN
+    v_items := '{}';
+    IF p_status IN ('needs_review', 'resolved') THEN
+        FOR v_rev IN
+            SELECT * FROM webhook_events_unfulfilled r
+            WHERE (r.resolved_at IS NULL) = (p_status = 'needs_review')
+              AND (p_account IS NULL OR r.account_id = p_account
+                   OR r.resolved_account = p_account)
+              AND (p_after_review IS NULL OR r.id < p_after_review)
+            ORDER BY r.id DESC LIMIT p_limit + 1
+        LOOP
+            IF cardinality(v_items) = p_limit THEN
+                v_more := true;
+                EXIT;
+            END IF;
+            v_items := v_items || balance__review_payment_json(v_rev);
+            next_review := v_rev.id;
+        END LOOP;
+        IF NOT v_more THEN
+            next_review := NULL;
+        END IF;
+    ELSE
+        FOR v_pay IN
+            SELECT * FROM payments p
+            WHERE (p_account IS NULL OR p.account_id = p_account)
+              AND (p_after_at IS NULL
+                   OR (p.created_at, p.provider, p.payment_id)
+                      < (p_after_at, p_after_provider, p_after_payment))
+              AND balance__payment_status(p) = p_status
+            ORDER BY p.created_at DESC, p.provider DESC, p.payment_id DESC
+        LOOP
+            IF cardinality(v_items) = p_limit THEN
+                v_more := true;
+                EXIT;
+            END IF;
+            v_items := v_items || jsonb_build_object(
+                'status', p_status, 'provider', v_pay.provider, 'payment_id', v_pay.payment_id,
+                'account_id', v_pay.account_id, 'credits', v_pay.credits,
+                'amount_paid', v_pay.amount_paid, 'currency', v_pay.currency,
+                'credits_reversed', v_pay.reversed,
+                'credits_disputed', (SELECT COALESCE(sum(d.taken), 0) FROM payment_disputes d
+                                     WHERE d.provider = v_pay.provider
+                                       AND d.payment_id = v_pay.payment_id),
+                'created_at', balance__ts(v_pay.created_at), 'review', NULL);
+            next_at := v_pay.created_at;
+            next_provider := v_pay.provider;
+            next_payment := v_pay.payment_id;
+        END LOOP;
+        IF NOT v_more THEN
+            next_at := NULL;
+            next_provider := NULL;
+            next_payment := NULL;
+        END IF;
+    END IF;
+    page := to_jsonb(v_items)::text;
+END $$;
+
+-- Resolves a payment under review once: 'credit' buys the payment's credits as its own
+-- event would have (balance_purchase: the payment is then credited, and a redelivery of any
+-- of its events is a duplicate), for p_account (default: the one its event named) and
+-- p_credits (default: the catalog's amount); 'dismiss' credits nothing. Either way with the
+-- operator's note, audited. The same request again (p_hash) replays the first answer;
+-- another on a resolved review is a conflict; an unknown review is not_found.
+CREATE OR REPLACE FUNCTION balance_resolve_review(
+    p_id bigint, p_action text, p_account text, p_credits bigint, p_note text, p_actor text,
+    p_hash bytea, p_welcome bigint, p_mode text
+) RETURNS balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_rev webhook_events_unfulfilled;
+    v_provider text;
+    v_payment text;
+    v_account text;
+    v_credits bigint;
+    v_tx bigint;
+    v_acc jsonb;
+    v_res balance_result;
+BEGIN
+    v_res.replayed := false;
+    SELECT provider, payment_id INTO v_provider, v_payment
+    FROM webhook_events_unfulfilled WHERE id = p_id;
+    IF NOT FOUND THEN
+        v_res.result := 'not_found';
+        v_res.body := jsonb_build_object('message', 'no such review');
+        RETURN v_res;
+    END IF;
+    -- The payment's lock before the row, in the order a purchase takes them (it marks the
+    -- payment's reviews resolved): a resolution and the payment's own late event queue.
+    IF v_payment IS NOT NULL THEN
+        PERFORM balance__payment_lock(v_provider, v_payment);
+    END IF;
+    SELECT * INTO v_rev FROM webhook_events_unfulfilled WHERE id = p_id FOR UPDATE;
+    IF v_rev.resolved_at IS NOT NULL THEN
+        IF v_rev.resolution_hash IS DISTINCT FROM p_hash THEN
+            v_res.result := 'conflict';
+            v_res.body := jsonb_build_object('review', balance__review_json(v_rev));
+            RETURN v_res;
+        END IF;
+        v_res.result := 'ok';
+        v_res.replayed := true;
+        SELECT balance__account_json(a) INTO v_acc FROM accounts a
+        WHERE a.account_id = v_rev.resolved_account;
+        v_res.body := jsonb_build_object('payment', balance__review_payment_json(v_rev),
+                                         'account', v_acc);
+        RETURN v_res;
+    END IF;
+    IF p_action = 'credit' THEN
+        v_account := COALESCE(p_account, v_rev.account_id);
+        v_credits := COALESCE(p_credits, v_rev.credits);
+        IF v_payment IS NULL OR v_account IS NULL OR v_credits IS NULL THEN
+            RAISE EXCEPTION 'review % cannot be credited: payment %, account %, credits %',
+                p_id, v_payment, v_account, v_credits;
+        END IF;
+        v_res := balance_purchase(
+            v_rev.provider, v_payment, v_account, v_credits, v_rev.amount_paid,
+            v_rev.currency, v_rev.event_id,
+            jsonb_build_object('provider', v_rev.provider, 'payment_id', v_payment,
+                               'event_id', v_rev.event_id, 'amount_paid', v_rev.amount_paid,
+                               'currency', v_rev.currency, 'package', v_rev.package,
+                               'review_id', v_rev.id, 'resolved_by', p_actor, 'note', p_note),
+            p_welcome, p_mode);
+        v_tx := (v_res.body -> 'transaction' ->> 'id')::bigint;
+        v_acc := v_res.body -> 'account';
+    ELSE
+        v_res.result := 'ok';
+    END IF;
+    UPDATE webhook_events_unfulfilled SET
+        resolved_at = now(), resolution = p_action, resolution_hash = p_hash,
+        resolved_account = v_account, resolved_credits = v_credits, note = p_note,
+        resolved_by = p_actor, transaction_id = v_tx
+    WHERE id = p_id RETURNING * INTO v_rev;
+    PERFORM balance_audit_record(p_actor, 'review_resolve', COALESCE(v_account, v_rev.account_id),
+        p_id::text, v_tx,
+        jsonb_build_object('action', p_action, 'credits', v_credits, 'note', p_note,
+                           'provider', v_rev.provider, 'payment_id', v_payment,
+                           'problem', v_rev.problem));
+    v_res.body := jsonb_build_object('payment', balance__review_payment_json(v_rev),
+                                     'account', v_acc);
+    RETURN v_res;
+END $$;
+
+-- A page of accounts whose id starts with p_prefix, the last changed first (cursor: the
+-- updated_at and account_id of the last shown). It reads every account matching the
+-- prefix: an index on updated_at would be written by every debit (no HOT updates on the
+-- hot path), and an operator's search can afford a scan a debit cannot.
+CREATE OR REPLACE FUNCTION balance_search_accounts(
+    p_prefix text, p_limit int, p_after_at timestamptz, p_after_account text,
+    OUT page text, OUT next_at timestamptz, OUT next_account text
+) LANGUAGE sql STABLE AS $$
+    WITH page AS (
+        SELECT a FROM accounts a
+        WHERE starts_with(a.account_id, p_prefix)
+          AND (p_after_at IS NULL OR (a.updated_at, a.account_id) < (p_after_at, p_after_account))
+        ORDER BY a.updated_at DESC, a.account_id DESC LIMIT p_limit + 1
+    ), shown AS (SELECT a FROM page ORDER BY (a).updated_at DESC, (a).account_id DESC
+                 LIMIT p_limit),
+    last AS (SELECT a FROM shown ORDER BY (a).updated_at, (a).account_id LIMIT 1)
+    SELECT COALESCE((SELECT jsonb_agg(balance__account_json(s.a)
+                     ORDER BY (s.a).updated_at DESC, (s.a).account_id DESC) FROM shown s),
+                    '[]'::jsonb)::text,
+           CASE WHEN (SELECT count(*) FROM page) > p_limit
+                THEN (SELECT (l.a).updated_at FROM last l) END,
+           CASE WHEN (SELECT count(*) FROM page) > p_limit
+                THEN (SELECT (l.a).account_id FROM last l) END
+$$;
+
+-- A page of the audit log, newest first, for one account or all (cursor: the last id shown).
+CREATE OR REPLACE FUNCTION balance_audit_page(p_account text, p_before bigint, p_limit int,
+                                              OUT page text, OUT cursor bigint)
+LANGUAGE sql STABLE AS $$
+    WITH page AS (
+        SELECT l FROM audit_log l
+        WHERE (p_account IS NULL OR l.account_id = p_account)
+          AND (p_before IS NULL OR l.id < p_before)
+        ORDER BY l.id DESC LIMIT p_limit + 1
+    ), shown AS (SELECT l FROM page ORDER BY (l).id DESC LIMIT p_limit)
+    SELECT COALESCE((SELECT jsonb_agg(jsonb_build_object(
+               'id', (s.l).id, 'at', balance__ts((s.l).at), 'actor', (s.l).actor,
+               'action', (s.l).action, 'account_id', (s.l).account_id,
+               'subject', (s.l).subject, 'transaction_id', (s.l).transaction_id,
+               'detail', (s.l).detail) ORDER BY (s.l).id DESC) FROM shown s), '[]'::jsonb)::text,
+           CASE WHEN (SELECT count(*) FROM page) > p_limit
+                THEN (SELECT min((s.l).id) FROM shown s) END
+$$;
+
 -- ================================================================ indexes
 -- Built with CREATE INDEX CONCURRENTLY, after everything above commits: the ledger keeps
 -- taking writes while they build. Each section is named after its index.
@@ -2815,3 +3114,13 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS events_delivered_idx
 -- every debit.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS transactions_hold_idx
     ON transactions (hold_id) WHERE hold_id IS NOT NULL;
+
+-- index: payments_created_idx
+-- The payments list, newest first (GET /v1/payments), without sorting every payment.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS payments_created_idx
+    ON payments (created_at DESC, provider DESC, payment_id DESC);
+
+-- index: events_account_idx
+-- One account's app webhooks, newest first (GET /v1/events?account_id=, the console).
+CREATE INDEX CONCURRENTLY IF NOT EXISTS events_account_idx ON events (account_id, id)
+    WHERE account_id IS NOT NULL;

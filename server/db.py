@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from server import errors
 from server.config import Database, Settings
@@ -46,7 +49,21 @@ RUN_AGAIN: tuple[type[Exception], ...] = (
 ATTEMPTS = 3
 
 
-async def movement(pool: asyncpg.Pool, sql: str, *args: Any) -> asyncpg.Record:
+# A connection, or a pool's proxy of one (what `pool.acquire()` hands out).
+Connection = asyncpg.Connection | PoolConnectionProxy
+
+
+def jsonb(value: Any) -> str | None:
+    """A value as the text of a jsonb parameter (None stays SQL NULL)."""
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+# Run in the statement's transaction, with its rows: what else that change must commit with.
+Then = Callable[[Connection, list[asyncpg.Record]], Awaitable[None]]
+
+
+async def movement(pool: asyncpg.Pool, sql: str, *args: Any,
+                   then: Then | None = None) -> asyncpg.Record:
     """Run one statement that writes; its one row.
 
     A failure to get a connection is the DB_DOWN 503 `unavailable` (nothing was sent); a
@@ -54,7 +71,7 @@ async def movement(pool: asyncpg.Pool, sql: str, *args: Any) -> asyncpg.Record:
     with the same idempotency key returns what committed, or performs it once. A statement
     that failed whole for a reason in RUN_AGAIN is run again, up to ATTEMPTS times.
     """
-    rows = await movements(pool, sql, *args)
+    rows = await movements(pool, sql, *args, then=then)
     assert len(rows) == 1
     return rows[0]
 
@@ -65,12 +82,19 @@ def _unknown(exc: Exception) -> Exception:
     return exc if isinstance(exc, ValueError) else errors.outcome_unknown()
 
 
-async def movements(pool: asyncpg.Pool, sql: str, *args: Any) -> list[asyncpg.Record]:
-    """As `movement`, for a statement that answers several rows."""
+async def movements(pool: asyncpg.Pool, sql: str, *args: Any,
+                    then: Then | None = None) -> list[asyncpg.Record]:
+    """As `movement`, for a statement that answers several rows. `then` runs in its
+    transaction (an operator action's audit row: server/audit.py)."""
     async with pool.acquire() as conn:
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                return list(await conn.fetch(sql, *args))
+                if then is None:
+                    return list(await conn.fetch(sql, *args))
+                async with conn.transaction():
+                    rows = list(await conn.fetch(sql, *args))
+                    await then(conn, rows)
+                return rows
             except RUN_AGAIN:
                 if attempt == ATTEMPTS:
                     raise

@@ -13,7 +13,8 @@ from datetime import datetime
 import asyncpg
 
 from server import metrics
-from server.db import movement, movements
+from server.audit import Audit
+from server.db import Connection, movement, movements
 
 _POST_SQL = (
     "SELECT (r).* FROM"
@@ -41,13 +42,14 @@ class GroupCommit:
         self._max_inflight = max_inflight
         self._max_batch = max_batch
         self._inflight = 0
-        self._queue: list[tuple[PostArgs, asyncio.Future[asyncpg.Record]]] = []
+        self._queue: list[tuple[PostArgs, Audit | None, asyncio.Future[asyncpg.Record]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, args: PostArgs) -> asyncpg.Record:
-        """balance_post(args) once it committed, alone or in a batch."""
+    async def submit(self, args: PostArgs, audit: Audit | None = None) -> asyncpg.Record:
+        """balance_post(args) once it committed, alone or in a batch; an operator's with its
+        audit row, in the same transaction."""
         future: asyncio.Future[asyncpg.Record] = asyncio.get_running_loop().create_future()
-        self._queue.append((args, future))
+        self._queue.append((args, audit, future))
         self._dispatch()
         return await future
 
@@ -60,7 +62,9 @@ class GroupCommit:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: list[tuple[PostArgs, asyncio.Future[asyncpg.Record]]]) -> None:
+    async def _run(
+        self, batch: list[tuple[PostArgs, Audit | None, asyncio.Future[asyncpg.Record]]]
+    ) -> None:
         metrics.batch_size.observe(len(batch))
         try:
             if len(batch) == 1:
@@ -71,9 +75,11 @@ class GroupCommit:
             self._inflight -= 1
             self._dispatch()
 
-    async def _one(self, args: PostArgs, future: asyncio.Future[asyncpg.Record]) -> None:
+    async def _one(self, args: PostArgs, audit: Audit | None,
+                   future: asyncio.Future[asyncpg.Record]) -> None:
         try:
-            row = await movement(self._pool, _POST_SQL, args[0], self._welcome, *args[1:])
+            row = await movement(self._pool, _POST_SQL, args[0], self._welcome, *args[1:],
+                                 then=None if audit is None else audit.after)
         except BaseException as exc:
             if not future.done():
                 future.set_exception(exc)
@@ -83,25 +89,36 @@ class GroupCommit:
             if not future.done():
                 future.set_result(row)
 
-    async def _many(self, batch: list[tuple[PostArgs, asyncio.Future[asyncpg.Record]]]) -> None:
-        columns = list(zip(*(args for args, _ in batch), strict=True))
+    async def _many(
+        self, batch: list[tuple[PostArgs, Audit | None, asyncio.Future[asyncpg.Record]]]
+    ) -> None:
+        columns = list(zip(*(args for args, _, _ in batch), strict=True))
+        audits = {i: audit for i, (_, audit, _) in enumerate(batch, 1) if audit is not None}
+
+        async def record(conn: Connection, rows: list[asyncpg.Record]) -> None:
+            for row in rows:  # each operator's item's audit row, in the batch's transaction
+                audit = audits.get(row["idx"])
+                if audit is not None:
+                    await audit.after(conn, [row])
+
         try:
             rows = await movements(self._pool, _POST_MANY_SQL, columns[0], self._welcome,
-                                   *columns[1:])
+                                   *columns[1:], then=record if audits else None)
         except asyncpg.PostgresError:
             # One bad item, a deadlock with another multi-account transaction, or a key that
             # a concurrent request committed first rolled the whole batch back, so nothing
             # of it committed: run each on its own.
-            await asyncio.gather(*(self._one(args, future) for args, future in batch))
+            await asyncio.gather(*(self._one(args, audit, future)
+                                   for args, audit, future in batch))
             return
         except BaseException as exc:
-            for _, future in batch:
+            for _, _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
         for row in rows:
-            future = batch[row["idx"] - 1][1]
+            future = batch[row["idx"] - 1][2]
             if not future.done():
                 future.set_result(row)

@@ -6,6 +6,11 @@ from datetime import datetime
 
 from server.ledger import Ledger
 
+_DAY = "to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+# GET .../usage?group_by=: the SQL of each group's key, and of its reason (NULL: not asked).
+_USAGE_KEYS = {"reason": ("t.reason", "NULL::text"), "day": (_DAY, "NULL::text"),
+               "day,reason": (_DAY, "t.reason")}
+USAGE_GROUPS = tuple(_USAGE_KEYS)
 KINDS = ("grant", "purchase", "usage", "refund", "reversal", "adjustment", "expiry", "allowance")
 
 
@@ -36,22 +41,23 @@ class History:
     async def usage(
         self, account_id: str, *, since: datetime | None, until: datetime | None, group_by: str
     ) -> bytes:
-        """Spending (usage transactions only) grouped by reason or UTC day."""
-        key = "t.reason" if group_by == "reason" else (
-            "to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
-        )
+        """Spending (usage transactions only) grouped by reason, UTC day, or both (each
+        day's groups carry their `reason`)."""
+        key, reason = _USAGE_KEYS[group_by]
         text: str = await self._pool.fetchval(
             f"""
             SELECT jsonb_build_object('groups', COALESCE(jsonb_agg(
                 jsonb_build_object('key', g.key, 'amount', g.amount, 'count', g.count)
-                ORDER BY g.key), '[]'::jsonb))::text
+                {"|| jsonb_build_object('reason', g.reason)" if group_by == "day,reason" else ""}
+                ORDER BY g.key, g.reason), '[]'::jsonb))::text
             FROM (
-                SELECT {key} AS key, -sum(t.amount)::bigint AS amount, count(*) AS count
+                SELECT {key} AS key, {reason} AS reason, -sum(t.amount)::bigint AS amount,
+                       count(*) AS count
                 FROM balance.transactions t
                 WHERE t.account_id = $1 AND t.kind = 'usage'
                   AND ($2::timestamptz IS NULL OR t.created_at >= $2)
                   AND ($3::timestamptz IS NULL OR t.created_at < $3)
-                GROUP BY 1
+                GROUP BY 1, 2
             ) g
             """,
             account_id, since, until,

@@ -24,7 +24,8 @@ import asyncpg
 import msgspec
 
 from server import errors, metrics
-from server.db import movement, movements
+from server.audit import Audit
+from server.db import jsonb, movement, movements
 from server.group_commit import GroupCommit
 from server.messages import BalanceFrame, ChangeInfo
 
@@ -39,11 +40,6 @@ _hash_encoder = msgspec.json.Encoder(order="sorted")
 def request_hash(operation: str, body: msgspec.Struct) -> bytes:
     """Fingerprint of a request for idempotency: same key + different body is a conflict."""
     return hashlib.sha256(operation.encode() + b"\0" + _hash_encoder.encode(body)).digest()
-
-
-def jsonb(value: Any) -> str | None:
-    """A value as the text of a jsonb parameter (None stays SQL NULL)."""
-    return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +60,7 @@ def _refusal(row: asyncpg.Record) -> errors.Problem:
         case "conflict":
             return errors.idempotency_conflict()
         case "not_found":
-            return errors.not_found("no such hold")
+            return errors.not_found(details.get("message", "no such hold"))
         case "not_active":
             return errors.hold_not_active(details.get("status", "unknown"))
         case "limit_reached":
@@ -147,6 +143,12 @@ class Ledger:
             for hook in self._hooks:
                 hook(frame)
 
+    def outcome(self, row: asyncpg.Record) -> Outcome:
+        """The answer of a row `move` ran: its body, or the refusal it is."""
+        if row["result"] != "ok":
+            raise _refusal(row)
+        return Outcome((row["body"] or "{}").encode(), bool(row["replayed"]))
+
     def _outcome(self, row: asyncpg.Record, reason: str | None) -> Outcome:
         if row["result"] != "ok":
             if row["account_id"] is not None:
@@ -171,15 +173,17 @@ class Ledger:
         priority: int | None = None,
         operation: str | None = None,
         quantity: int | None = None,
+        audit: Audit | None = None,
     ) -> Outcome:
         """One signed ledger row (debit when negative), atomically with its idempotency key;
         a credit opens a grant (`priority` None: its kind's default). A charge names its
         `operation` and `quantity`: the account's plan may price it otherwise than `amount`
-        (the catalog's price) and refuse it at its limit."""
+        (the catalog's price) and refuse it at its limit. An operator's commits with its
+        `audit` row."""
         row = await self._group.submit((
             account_id, idempotency_key, fingerprint, kind, amount, reason, jsonb(metadata),
             expires_at, mode, priority, operation, quantity,
-        ))
+        ), audit)
         outcome = self._outcome(row, reason)
         if not outcome.replayed:
             if kind == "usage":
@@ -212,11 +216,12 @@ class Ledger:
 
     async def resolve_hold(
         self, hold_id: str, action: str, *, amount: int | None = None,
-        metadata: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None, audit: Audit | None = None,
     ) -> Outcome:
         """'capture' amount (None: all) and release the rest, or 'release' it all. The same
         capture or release of a hold already resolved so replays."""
-        row = await movement(self.pool, _RESOLVE_SQL, hold_id, action, amount, jsonb(metadata))
+        row = await movement(self.pool, _RESOLVE_SQL, hold_id, action, amount, jsonb(metadata),
+                             then=None if audit is None else audit.after)
         # A capture's transaction carries the hold's reason, which the result row does not:
         # read it from the body, so the pushed change names it as the ledger row does.
         reason = None
@@ -227,15 +232,16 @@ class Ledger:
             metrics.debits.inc()
         return outcome
 
-    async def set_alerts(self, account_id: str, low_balance: int | None) -> Outcome:
+    async def set_alerts(self, account_id: str, low_balance: int | None,
+                         audit: Audit | None = None) -> Outcome:
         """The account's own low_balance threshold (None: its plan's or the catalog's); the
         change is pushed, as it may turn `low` on or off."""
         row = await movement(
             self.pool, "SELECT (r).* FROM balance.balance_set_alerts($1, $2, $3) r", account_id,
-            self.welcome, low_balance)
+            self.welcome, low_balance, then=None if audit is None else audit.after)
         return self._outcome(row, None)
 
-    async def move(self, sql: str, *args: Any, reason: str) -> asyncpg.Record:
+    async def move(self, sql: str, *args: Any, reason: str | None) -> asyncpg.Record:
         """Run one movement function of another domain (payments): its committed change
         leaves through the same door. `sql` selects one balance_result row."""
         row = await movement(self.pool, sql, *args)
@@ -243,10 +249,11 @@ class Ledger:
             self._committed(row, reason)
         return row
 
-    async def move_many(self, sql: str, *args: Any, reason: str | None) -> list[asyncpg.Record]:
+    async def move_many(self, sql: str, *args: Any, reason: str | None,
+                        audit: Audit | None = None) -> list[asyncpg.Record]:
         """As `move`, for a function answering one row per committed change (each leaves
         through the door, in order) and, last, the one whose body is the response."""
-        rows = await movements(self.pool, sql, *args)
+        rows = await movements(self.pool, sql, *args, then=None if audit is None else audit.after)
         if rows and rows[-1]["result"] != "ok":
             raise _refusal(rows[-1])
         for row in rows:

@@ -79,6 +79,17 @@ class AdjustRequest(msgspec.Struct, forbid_unknown_fields=True):
     idempotency_key: IdempotencyKey
 
 
+class ResolveRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A payment under review, resolved: `credit` (the catalog's credits for the money its
+    event names unless `credits` says otherwise, to the account it names unless
+    `account_id` does) or `dismiss` (nothing is credited); `note` says why."""
+
+    action: Literal["credit", "dismiss"]
+    note: Annotated[str, msgspec.Meta(min_length=1, max_length=500, extra_json_schema=_no_nul)]
+    credits: Amount | None = None
+    account_id: AccountId | None = None
+
+
 class ChargeRequest(msgspec.Struct, forbid_unknown_fields=True):
     operation: Name
     idempotency_key: IdempotencyKey

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -23,6 +24,7 @@ import httpx
 from standardwebhooks.webhooks import Webhook
 
 from server import metrics
+from server.audit import Audit
 from server.config import Settings, standard_webhooks_key
 from server.logs import Failures
 
@@ -43,16 +45,22 @@ STATUSES = ("pending", "delivered", "failed")
 
 
 async def events_page(pool: asyncpg.Pool, status: str | None, limit: int,
-                      before: int | None) -> bytes:
+                      before: int | None, account_id: str | None) -> bytes:
     """GET /v1/events: `{"events": [...], "next"}`, newest first, with every attempt."""
-    text: str = await pool.fetchval("SELECT balance.balance_events_json($1, $2, $3)::text",
-                                    status, limit, before)
+    text: str = await pool.fetchval("SELECT balance.balance_events_json($1, $2, $3, $4)::text",
+                                    status, limit, before, account_id)
     return text.encode()
 
 
-async def retry(pool: asyncpg.Pool, event_id: int) -> str | None:
-    """Make an event due now again, whatever its status; its webhook-id, or None."""
-    webhook_id: str | None = await pool.fetchval("SELECT balance.balance_retry_event($1)", event_id)
+async def retry(pool: asyncpg.Pool, event_id: int, audit: Audit) -> str | None:
+    """Make an event due now again, whatever its status; its webhook-id, or None. Audited."""
+    async with pool.acquire() as conn, conn.transaction():
+        webhook_id: str | None = await conn.fetchval("SELECT balance.balance_retry_event($1)",
+                                                     event_id)
+        if webhook_id is not None:
+            account_id = await conn.fetchval(
+                "SELECT account_id FROM balance.events WHERE id = $1", event_id)
+            await dataclasses.replace(audit, account_id=account_id).record(conn)
     return webhook_id
 
 

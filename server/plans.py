@@ -13,8 +13,10 @@ from datetime import datetime
 import msgspec
 
 from server import errors
+from server.audit import Audit
 from server.catalog import Catalog
-from server.ledger import Ledger, Outcome, jsonb
+from server.db import jsonb
+from server.ledger import Ledger, Outcome
 
 _SET_SQL = "SELECT (r).* FROM balance.balance_set_plan($1,$2,$3,$4,$5,$6) r"
 _RENEW_SQL = "SELECT (r).* FROM balance.balance_renew($1) r"
@@ -36,7 +38,7 @@ class Plans:
 
     async def assign(
         self, account_id: str, plan: str | None, anchor: datetime | None,
-        idempotency_key: str, fingerprint: bytes,
+        idempotency_key: str, fingerprint: bytes, audit: Audit | None = None,
     ) -> Outcome:
         """Assign, change or (None) remove the account's plan: `{"account"}`; 422 for a plan
         the catalog does not have."""
@@ -44,7 +46,7 @@ class Plans:
             raise errors.invalid_request(f"plan: no plan {plan!r} in the catalog")
         rows = await self._ledger.move_many(
             _SET_SQL, account_id, self._ledger.welcome, idempotency_key, fingerprint, plan,
-            anchor, reason=None)
+            anchor, reason=None, audit=audit)
         last = rows[-1]
         return Outcome(last["body"].encode(), bool(last["replayed"]))
 

@@ -40,7 +40,7 @@ def test_schema_sql_reads_as_steps_then_definitions_then_indexes() -> None:
     assert kinds == sorted(kinds, key=("step", "definitions", "index").index)
     assert [s.name for s in found if s.kind == "definitions"] == [
         "json_shapes", "movements", "jobs", "plans", "alerts", "top_ups", "payments", "import",
-        "retention", "history"]
+        "retention", "history", "operator"]
     assert all("CONCURRENTLY" in s.sql for s in found if s.kind == "index")
 
 
@@ -100,7 +100,7 @@ async def test_changed_definitions_rerun_and_a_changed_step_is_refused(
     # A new step runs once, and the definitions after it are applied again.
     assert await migrate(fresh_db, added) == [
         "003_note", "json_shapes", "movements", "jobs", "plans", "alerts", "top_ups", "payments",
-        "import", "retention", "history"]
+        "import", "retention", "history", "operator"]
     assert await fresh_db.fetchval(
         "SELECT count(*) FROM information_schema.columns"
         " WHERE table_name = 'accounts' AND column_name = 'note'") == 1

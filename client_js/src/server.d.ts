@@ -64,6 +64,8 @@ export interface UsageGroup {
   readonly key: string;
   readonly amount: number;
   readonly count: number;
+  /** groupBy 'day,reason': this day's group's reason. */
+  readonly reason?: string;
 }
 
 export interface Grant {
@@ -91,6 +93,50 @@ export interface EventRecord {
   readonly type: string;
   readonly status: 'pending' | 'delivered' | 'failed';
   readonly [field: string]: unknown;
+}
+
+/** A provider's payment, or (with `review`) a paid event under review. */
+export interface Payment {
+  readonly status: 'credited' | 'reversed' | 'disputed' | 'needs_review' | 'resolved';
+  readonly provider: 'stripe' | 'dodo';
+  readonly payment_id: string | null;
+  readonly account_id: string | null;
+  /** Credited; under review, what the catalog would credit (null: it cannot price it). */
+  readonly credits: number | null;
+  readonly amount_paid: number | null;
+  readonly currency: string | null;
+  readonly credits_reversed: number;
+  readonly credits_disputed: number;
+  readonly created_at: string;
+  readonly review: {
+    readonly id: number;
+    readonly event_id: string;
+    readonly event_type: string;
+    readonly problem: string;
+    readonly received_at: string;
+    readonly resolution: {
+      readonly action: 'credit' | 'dismiss' | 'fulfilled';
+      readonly account_id: string | null;
+      readonly credits: number | null;
+      readonly note: string | null;
+      readonly actor: string | null;
+      readonly at: string;
+      readonly transaction_id: number | null;
+    } | null;
+  } | null;
+}
+
+/** One operator action, written with the change it made. */
+export interface AuditEntry {
+  readonly id: number;
+  readonly at: string;
+  /** The service key's name; console:<name> from the console. */
+  readonly actor: string;
+  readonly action: 'adjust' | 'credit' | 'plan' | 'alerts' | 'auto_top_up' | 'event_retry' | 'review_resolve' | 'hold_release';
+  readonly account_id: string | null;
+  readonly subject: string;
+  readonly transaction_id: number | null;
+  readonly detail: Record<string, unknown>;
 }
 
 export interface EventPage {
@@ -242,7 +288,7 @@ export class Balance {
   /** Every transaction, newest first, a page at a time: `for await (const t of balance.transactions(id))`. */
   transactions(account: string, options?: { kind?: TransactionKind; pageSize?: number }): AsyncGenerator<Transaction, void, undefined>;
   /** Spending grouped by reason or day. */
-  usage(account: string, options?: { groupBy?: 'reason' | 'day'; since?: Date | string; until?: Date | string }): Promise<{ groups: UsageGroup[] }>;
+  usage(account: string, options?: { groupBy?: 'reason' | 'day' | 'day,reason'; since?: Date | string; until?: Date | string }): Promise<{ groups: UsageGroup[] }>;
   /** Open grants, in spending order. */
   grants(account: string): Promise<{ grants: Grant[] }>;
   /** The account's active holds, soonest to expire first. */
@@ -257,11 +303,19 @@ export class Balance {
   /** Buy `package` off session (Stripe) when available falls below `threshold`; null turns it off. */
   setAutoTopUp(account: string, config: { package: string; threshold: number; stripeCustomer: string; stripePaymentMethod: string } | null): Promise<Record<string, unknown>>;
   /** One page of app webhooks with their attempts, newest first. */
-  eventsPage(options?: { status?: 'pending' | 'delivered' | 'failed'; limit?: number; before?: string | number | null }): Promise<EventPage>;
+  eventsPage(options?: { status?: 'pending' | 'delivered' | 'failed'; limit?: number; before?: string | number | null; account?: string }): Promise<EventPage>;
   /** Every app webhook (of `status`), newest first, a page at a time. */
   events(options?: { status?: 'pending' | 'delivered' | 'failed'; pageSize?: number }): AsyncGenerator<EventRecord, void, undefined>;
   /** Deliver an app webhook again now. */
   retryEvent(eventId: number | string): Promise<{ id: number; webhook_id: string; status: 'pending' }>;
+  /** Accounts whose id starts with `prefix`, the last changed first. */
+  searchAccounts(prefix?: string, options?: { limit?: number; cursor?: string | null }): Promise<{ accounts: Account[]; next: string | null }>;
+  /** One page of payments in `status`, newest first. */
+  paymentsPage(status: Payment['status'], options?: { account?: string; limit?: number; cursor?: string | null }): Promise<{ payments: Payment[]; next: string | null }>;
+  /** Settle a payment under review once (the review is the key): credit it or dismiss it. */
+  resolveReview(reviewId: number, options: { action: 'credit' | 'dismiss'; note: string; credits?: number; account?: string }): Promise<{ payment: Payment; account: Account | null } & Replayable>;
+  /** One page of the audit log, newest first. */
+  auditPage(options?: { account?: string; limit?: number; before?: number | null }): Promise<{ entries: AuditEntry[]; next: number | null }>;
   /** Open a provider checkout: a package, or amount + currency (pay-as-you-go). */
   checkout(account: string, options: Keyed & { provider: 'stripe' | 'dodo'; successUrl: string; cancelUrl?: string; customerEmail?: string; package?: string; amount?: number; currency?: string }): Promise<CheckoutSession>;
   /** A user token for the browser. */

@@ -37,8 +37,12 @@ export const OPERATIONS = Object.freeze({
   check: op('POST', '/v1/accounts/{account_id}/check', 'check', ['operation', 'quantity', 'amount']),
   set_alerts: op('PUT', '/v1/accounts/{account_id}/alerts', 'setAlerts', ['low_balance', 'idempotency_key']),
   set_auto_top_up: op('PUT', '/v1/accounts/{account_id}/auto-top-up', 'setAutoTopUp', ['package', 'threshold', 'stripe_customer', 'stripe_payment_method', 'idempotency_key']),
-  list_events: op('GET', '/v1/events', 'eventsPage', [], { query: ['status', 'limit', 'before'] }),
+  list_events: op('GET', '/v1/events', 'eventsPage', [], { query: ['status', 'limit', 'before', 'account_id'] }),
   retry_event: op('POST', '/v1/events/{event_id}/retry', 'retryEvent'),
+  search_accounts: op('GET', '/v1/accounts', 'searchAccounts', [], { query: ['prefix', 'limit', 'cursor'] }),
+  list_payments: op('GET', '/v1/payments', 'paymentsPage', [], { query: ['status', 'account_id', 'limit', 'cursor'] }),
+  resolve_review: op('POST', '/v1/payments/reviews/{review_id}/resolve', 'resolveReview', ['action', 'note', 'credits', 'account_id'], { replays: true }),
+  audit_log: op('GET', '/v1/audit', 'auditPage', [], { query: ['account_id', 'limit', 'before'] }),
   checkout: op('POST', '/v1/accounts/{account_id}/checkout', 'checkout', ['provider', 'success_url', 'idempotency_key', 'package', 'amount', 'currency', 'cancel_url', 'customer_email'], { keyed: true }),
   mint_token: op('POST', '/v1/tokens', 'createToken', ['account_id', 'ttl_seconds']),
   prices: op('GET', '/v1/prices', 'prices'),
@@ -302,7 +306,7 @@ export class Balance {
     } while (before != null);
   }
 
-  /** Spending grouped by reason or day, over [since, until). */
+  /** Spending grouped by reason, day, or both (`'day,reason'`), over [since, until). */
   async usage(account, { groupBy, since, until } = {}) {
     return this.#call('usage', { account_id: account }, undefined, undefined, { group_by: groupBy, since: timestamp(since), until: timestamp(until) });
   }
@@ -347,8 +351,8 @@ export class Balance {
   }
 
   /** One page of app webhooks with their attempts, newest first: `{events, next}`. */
-  async eventsPage({ status, limit, before } = {}) {
-    return this.#call('list_events', {}, undefined, undefined, { status, limit, before });
+  async eventsPage({ status, limit, before, account } = {}) {
+    return this.#call('list_events', {}, undefined, undefined, { status, limit, before, account_id: account });
   }
 
   /** Every app webhook (of `status`), newest first, fetched a page at a time. */
@@ -364,6 +368,30 @@ export class Balance {
   /** Deliver an app webhook again now. */
   async retryEvent(eventId) {
     return this.#call('retry_event', { event_id: eventId });
+  }
+
+  /** Accounts whose id starts with `prefix`, the last changed first: `{accounts, next}`. */
+  async searchAccounts(prefix = '', { limit, cursor } = {}) {
+    return this.#call('search_accounts', {}, undefined, undefined, { prefix: prefix || undefined, limit, cursor });
+  }
+
+  /** One page of payments in `status`, newest first: `{payments, next}`. */
+  async paymentsPage(status, { account, limit, cursor } = {}) {
+    return this.#call('list_payments', {}, undefined, undefined, { status, account_id: account, limit, cursor });
+  }
+
+  /**
+   * Settle a payment under review once: credit it (the catalog's credits, to the account its
+   * event named, unless given) or dismiss it, with a note. The review is the key: the same
+   * call again answers the first one, replayed; another is IdempotencyConflict.
+   */
+  async resolveReview(reviewId, { action, note, credits, account } = {}) {
+    return this.#call('resolve_review', { review_id: reviewId }, { action, note, credits, account_id: account }, `review:${reviewId}`);
+  }
+
+  /** One page of the audit log (what operators did), newest first: `{entries, next}`. */
+  async auditPage({ account, limit, before } = {}) {
+    return this.#call('audit_log', {}, undefined, undefined, { account_id: account, limit, before });
   }
 
   /** Open a provider checkout for a package, or an amount (pay-as-you-go): `{url, ...}`. */

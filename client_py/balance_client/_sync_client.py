@@ -24,7 +24,9 @@ from balance_client._core import (
 from balance_client.errors import BalanceError, HoldNotActive
 from balance_client.models import (
     Account,
+    AccountPage,
     AccountResult,
+    AuditPage,
     AutoTopUpResult,
     Capture,
     CheckoutSession,
@@ -36,7 +38,9 @@ from balance_client.models import (
     HoldResult,
     Holds,
     Movement,
+    PaymentPage,
     PlanStatus,
+    ResolveResult,
     Token,
     Transaction,
     TransactionPage,
@@ -207,9 +211,10 @@ class Balance:
                 return
             before = page.next
 
-    def usage(self, account: str, *, group_by: Literal["reason", "day"] | None = None,
+    def usage(self, account: str, *,
+                    group_by: Literal["reason", "day", "day,reason"] | None = None,
                     since: datetime | None = None, until: datetime | None = None) -> Usage:
-        """Credits spent, grouped by reason or UTC day, in [since, until)."""
+        """Credits spent, grouped by reason, UTC day or both, in [since, until)."""
         return self._run(Call("GET", path("/v1/accounts/{}/usage", account), Usage,
                                     params=query(group_by=group_by, since=since, until=until)))
 
@@ -286,11 +291,11 @@ class Balance:
     # -- app webhooks ---------------------------------------------------------------------
 
     def list_events(self, *, status: Literal["pending", "delivered", "failed"] | None
-                          = None, limit: int | None = None,
-                          before: int | None = None) -> EventPage:
-        """App webhooks, newest first, with their delivery attempts."""
-        return self._run(Call("GET", "/v1/events", EventPage,
-                                    params=query(status=status, limit=limit, before=before)))
+                          = None, limit: int | None = None, before: int | None = None,
+                          account: str | None = None) -> EventPage:
+        """App webhooks (of one account, or all), newest first, with their attempts."""
+        return self._run(Call("GET", "/v1/events", EventPage, params=query(
+            status=status, limit=limit, before=before, account_id=account)))
 
     def iter_events(self, *, status: Literal["pending", "delivered", "failed"] | None
                           = None, page_size: int = 50) -> Iterator[Event]:
@@ -307,6 +312,39 @@ class Balance:
     def retry_event(self, event_id: int) -> EventRetry:
         """Deliver an app webhook again now, whatever its status."""
         return self._run(Call("POST", path("/v1/events/{}/retry", event_id), EventRetry))
+
+    # -- operators ------------------------------------------------------------------------
+
+    def search_accounts(self, prefix: str = "", *, limit: int | None = None,
+                              cursor: str | None = None) -> AccountPage:
+        """Accounts whose id starts with `prefix`, the last changed first."""
+        return self._run(Call("GET", "/v1/accounts", AccountPage, params=query(
+            prefix=prefix or None, limit=limit, cursor=cursor)))
+
+    def list_payments(
+        self, status: Literal["credited", "reversed", "disputed", "needs_review", "resolved"],
+        *, account: str | None = None, limit: int | None = None, cursor: str | None = None,
+    ) -> PaymentPage:
+        """Payments in `status`, newest first (needs_review: paid, not credited, open)."""
+        return self._run(Call("GET", "/v1/payments", PaymentPage, params=query(
+            status=status, account_id=account, limit=limit, cursor=cursor)))
+
+    def resolve_review(self, review_id: int, *, action: Literal["credit", "dismiss"],
+                             note: str, credits: int | None = None,
+                             account: str | None = None) -> ResolveResult:
+        """Settle a payment under review once: credit it (the catalog's credits and the
+        account its event named, unless given) or dismiss it. The review is the key: the
+        same call again answers the first one, replayed; another is IdempotencyConflict."""
+        return self._run(Call(
+            "POST", path("/v1/payments/reviews/{}/resolve", review_id), ResolveResult,
+            body({"action": action, "note": note}, credits=credits, account_id=account),
+            key=f"review:{review_id}", mutation=True))
+
+    def audit_log(self, *, account: str | None = None, limit: int | None = None,
+                        before: int | None = None) -> AuditPage:
+        """What operators did, newest first."""
+        return self._run(Call("GET", "/v1/audit", AuditPage, params=query(
+            account_id=account, limit=limit, before=before)))
 
 
 class Reservation:

@@ -110,6 +110,7 @@ class UsageGroup(_Model):
     key: str | None
     amount: int
     count: int
+    reason: str | None = None  # group_by="day,reason": this day's group's reason
 
 
 class Usage(_Model):
@@ -244,3 +245,76 @@ class WebhookEvent(_Model):
     type: str
     timestamp: datetime
     data: dict[str, Any]
+
+
+class AccountPage(_Model):
+    accounts: list[Account]
+    next: str | None = None
+
+
+class Resolution(_Model):
+    """How a payment under review was settled: `credit` or `dismiss` by an operator, or
+    `fulfilled` by a later event of the payment."""
+
+    action: str
+    at: datetime
+    account_id: str | None = None
+    credits: int | None = None
+    note: str | None = None
+    actor: str | None = None
+    transaction_id: int | None = None
+
+
+class Review(_Model):
+    id: int
+    event_id: str
+    event_type: str
+    problem: str
+    received_at: datetime
+    resolution: Resolution | None = None
+
+
+class Payment(_Model):
+    """A provider's payment: credited, reversed, disputed, or (with `review`) needs_review /
+    resolved. Under review, `credits` is what the catalog would credit (None: unpriced)."""
+
+    status: str
+    provider: str
+    created_at: datetime
+    payment_id: str | None = None
+    account_id: str | None = None
+    credits: int | None = None
+    amount_paid: int | None = None
+    currency: str | None = None
+    credits_reversed: int = 0
+    credits_disputed: int = 0
+    review: Review | None = None
+
+
+class PaymentPage(_Model):
+    payments: list[Payment]
+    next: str | None = None
+
+
+class ResolveResult(_Model):
+    payment: Payment
+    account: Account | None = None
+    replayed: bool = False
+
+
+class AuditEntry(_Model):
+    """One operator action, written with the change it made."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    account_id: str | None = None
+    transaction_id: int | None = None
+    detail: dict[str, Any] = {}
+
+
+class AuditPage(_Model):
+    entries: list[AuditEntry]
+    next: int | None = None

@@ -30,6 +30,10 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "catalog": ("catalog",),
     "list_events": ("list_events", "iter_events"),
     "retry_event": ("retry_event",),
+    "search_accounts": ("search_accounts",),
+    "list_payments": ("list_payments",),
+    "resolve_review": ("resolve_review",),
+    "audit_log": ("audit_log",),
 }
 
 # Request body fields named otherwise in the methods' parameters.

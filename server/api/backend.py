@@ -13,7 +13,10 @@ from server.api.http import (
     CURSOR,
     PAGE_SIZE,
     account_param,
+    account_query,
+    audit,
     checkout_for,
+    console_audit,
     event_param,
     history_page,
     hold_param,
@@ -23,6 +26,7 @@ from server.api.http import (
     time_query,
 )
 from server.catalog import Catalog, to_json
+from server.history import USAGE_GROUPS
 from server.ledger import Outcome, request_hash
 from server.messages import (
     AdjustRequest,
@@ -79,6 +83,8 @@ async def credit(request: Request) -> Outcome:
         account_id, kind=body.kind, amount=body.amount, reason=body.reason,
         idempotency_key=body.idempotency_key, fingerprint=request_hash("credit", body),
         metadata=body.metadata, expires_at=body.expires_at, priority=body.priority,
+        audit=audit(request, "credit", account_id, account_id,
+                    {"amount": body.amount, "kind": body.kind, "reason": body.reason}),
     )
 
 
@@ -92,6 +98,8 @@ async def adjust(request: Request) -> Outcome:
         account_id, kind="adjustment", amount=body.amount, reason=body.reason,
         idempotency_key=body.idempotency_key, fingerprint=request_hash("adjust", body),
         metadata={"actor": body.actor},
+        audit=audit(request, "adjust", account_id, account_id,
+                    {"amount": body.amount, "reason": body.reason, "actor": body.actor}),
     )
 
 
@@ -184,7 +192,8 @@ async def release_hold(request: Request) -> Outcome:
     """Give a hold's credits back to available."""
     hold_id = hold_param(request)
     await read_body(request)
-    return await resources(request).ledger.resolve_hold(hold_id, "release")
+    return await resources(request).ledger.resolve_hold(
+        hold_id, "release", audit=console_audit(request, "hold_release", None, hold_id))
 
 
 async def list_grants(request: Request) -> bytes:
@@ -206,8 +215,8 @@ async def usage(request: Request) -> bytes:
     """Spending grouped by reason or UTC day."""
     account_id = account_param(request)
     group_by = request.query_params.get("group_by", "reason")
-    if group_by not in ("reason", "day"):
-        raise errors.invalid_request("group_by: must be 'reason' or 'day'")
+    if group_by not in USAGE_GROUPS:
+        raise errors.invalid_request(f"group_by: must be one of {', '.join(USAGE_GROUPS)}")
     until = time_query(request, "until")
     since = time_query(request, "since")
     end = until or datetime.now(UTC)
@@ -248,8 +257,9 @@ async def set_plan(request: Request) -> Outcome:
     account_id = account_param(request)
     body = decode_body(PlanRequest, await read_body(request))
     res = resources(request)
-    return await res.plans.assign(account_id, body.plan, body.anchor, body.idempotency_key,
-                                  request_hash("plan", body))
+    return await res.plans.assign(
+        account_id, body.plan, body.anchor, body.idempotency_key, request_hash("plan", body),
+        audit(request, "plan", account_id, account_id, {"plan": body.plan}))
 
 
 async def get_plan(request: Request) -> bytes:
@@ -274,7 +284,9 @@ async def set_alerts(request: Request) -> Outcome:
     """Set (or clear) the account's own low_balance threshold."""
     account_id = account_param(request)
     body = decode_body(AlertsRequest, await read_body(request))
-    return await resources(request).ledger.set_alerts(account_id, body.low_balance)
+    return await resources(request).ledger.set_alerts(
+        account_id, body.low_balance,
+        audit(request, "alerts", account_id, account_id, {"low_balance": body.low_balance}))
 
 
 async def list_events(request: Request) -> bytes:
@@ -285,14 +297,16 @@ async def list_events(request: Request) -> bytes:
     limit = int_query(request, "limit", 50, *PAGE_SIZE)
     assert limit is not None
     before = int_query(request, "before", None, *CURSOR)
-    return await outbox.events_page(resources(request).pool, status, limit, before)
+    return await outbox.events_page(resources(request).pool, status, limit, before,
+                                    account_query(request))
 
 
 async def retry_event(request: Request) -> bytes:
     """Deliver an event again now, whatever its status."""
     event_id = event_param(request)
     res = resources(request)
-    webhook_id = await outbox.retry(res.pool, event_id)
+    webhook_id = await outbox.retry(
+        res.pool, event_id, audit(request, "event_retry", None, str(event_id)))
     if webhook_id is None:
         raise errors.not_found("no such event")
     if res.outbox is not None:
@@ -306,11 +320,15 @@ async def set_auto_top_up(request: Request) -> bytes:
     raw = await read_body(request)
     res = resources(request)
     if raw.strip() == b"null":
-        return await topup.configure(res.pool, res.ledger.welcome, account_id, None)
+        return await topup.configure(res.pool, res.ledger.welcome, account_id, None,
+                                     audit(request, "auto_top_up", account_id, account_id))
     body = decode_body(AutoTopUpRequest, raw)
     if res.checkout.stripe_client is None:
         raise errors.invalid_request("BALANCE_STRIPE_API_KEY is not set: auto top-up is Stripe")
     found = res.catalog.packages.get(body.package)
     if found is None or not found.price:
         raise errors.invalid_request(f"package: no priced package {body.package!r} in the catalog")
-    return await topup.configure(res.pool, res.ledger.welcome, account_id, body)
+    return await topup.configure(
+        res.pool, res.ledger.welcome, account_id, body,
+        audit(request, "auto_top_up", account_id, account_id,
+              {"package": body.package, "threshold": body.threshold}))

@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from server import errors, logs
+from server.audit import Audit
 from server.auth import Identity, bearer
 from server.db import DB_DOWN
 from server.history import KINDS
@@ -84,6 +85,47 @@ def event_param(request: Request) -> int:
     if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= CURSOR[1]:
         raise errors.not_found("no such event")
     return int(raw)
+
+
+ACTOR = "balance.actor"  # the ASGI scope key routes._authenticate names the acting key in
+CONSOLE = "console:"  # an actor acting through a console session: its key's name after it
+
+
+def actor(request: Request) -> str:
+    """Who is acting: the service key's name (console:<name> for a console session)."""
+    name: str = request.scope[ACTOR]
+    return name
+
+
+def audit(request: Request, action: str, account_id: str | None, subject: str,
+          detail: dict[str, Any] | None = None) -> Audit:
+    """The audit row of an operator action this request makes."""
+    return Audit(actor(request), action, account_id, subject, detail or {})
+
+
+def console_audit(request: Request, action: str, account_id: str | None, subject: str,
+                  detail: dict[str, Any] | None = None) -> Audit | None:
+    """As `audit` for an action done from the console; None when the app's backend does it
+    (a worker releasing its holds is not an operator)."""
+    if not actor(request).startswith(CONSOLE):
+        return None
+    return audit(request, action, account_id, subject, detail)
+
+
+def account_query(request: Request) -> str | None:
+    """The `account_id` query parameter (only this account's), or 422."""
+    account_id = request.query_params.get("account_id")
+    if account_id is not None and not is_account_id(account_id):
+        raise errors.invalid_request(f"account_id: {ACCOUNT_ID_RULE}")
+    return account_id
+
+
+def text_query(request: Request, name: str, most: int) -> str | None:
+    """A query parameter of printable ASCII, at most `most` characters, or 422."""
+    raw = request.query_params.get(name)
+    if raw is not None and (len(raw) > most or not raw.isascii() or not raw.isprintable()):
+        raise errors.invalid_request(f"{name}: at most {most} printable ASCII characters")
+    return raw
 
 
 def user(request: Request) -> Identity:

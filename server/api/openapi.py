@@ -22,10 +22,12 @@ from server import outbox
 from server.api import shapes
 from server.api.backend import MAX_USAGE_RANGE
 from server.api.http import CURSOR, PAGE_SIZE, resources
+from server.api.operator import CURSOR_MOST, PREFIX_MOST
 from server.api.routes import OPERATIONS, Operation
 from server.catalog import MAX_QUANTITY, Catalog
+from server.directory import PAYMENT_STATUSES
 from server.errors import HTTP_STATUS
-from server.history import KINDS
+from server.history import KINDS, USAGE_GROUPS
 from server.messages import ACCOUNT_ID_PATTERN, JSON_VALUE_SCHEMA, BalanceFrame
 from server.payments.checkout import Checkout
 from server.resources import Resources
@@ -35,6 +37,7 @@ _PATH_PARAMS: dict[str, dict[str, Any]] = {
     "account_id": {"type": "string", "pattern": ACCOUNT_ID_PATTERN},
     "hold_id": {"type": "string", "format": "uuid"},
     "event_id": {"type": "integer", "minimum": CURSOR[0], "maximum": CURSOR[1]},
+    "review_id": {"type": "integer", "minimum": CURSOR[0], "maximum": CURSOR[1]},
 }
 _DATE_TIME = {"type": "string", "format": "date-time"}
 _QUERY_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
@@ -44,12 +47,22 @@ _QUERY_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
                "the previous page's `next`"),
     "kind": ({"type": "string", "enum": list(KINDS)}, "only transactions of this kind"),
     "status": ({"type": "string", "enum": list(outbox.STATUSES)}, "only events in this state"),
-    "group_by": ({"type": "string", "enum": ["reason", "day"], "default": "reason"},
-                 "group spending by reason or by UTC day"),
+    "group_by": ({"type": "string", "enum": list(USAGE_GROUPS), "default": "reason"},
+                 "group spending by reason, by UTC day, or by both (day,reason)"),
     "since": (_DATE_TIME, f"from (inclusive); at most {MAX_USAGE_RANGE.days} days before "
               f"until; default: until - {MAX_USAGE_RANGE.days} days"),
     "until": (_DATE_TIME, "to (exclusive); default: now"),
+    "account_id": ({"type": "string", "pattern": ACCOUNT_ID_PATTERN}, "only this account's"),
+    "prefix": ({"type": "string", "maxLength": PREFIX_MOST, "pattern": "^[ -~]*$"},
+               "accounts whose id starts with this; default: every account"),
+    "cursor": ({"type": "string", "maxLength": CURSOR_MOST, "pattern": "^[ -~]*$"},
+               "the previous page's `next`"),
+    "payment_status": ({"type": "string", "enum": list(PAYMENT_STATUSES)},
+                       "credited, reversed (refunds took some back), disputed (a dispute not "
+                       "won), needs_review (paid, not credited, open), resolved (reviewed)"),
 }
+# Query parameters whose name means another thing on another path: (name, required).
+_QUERY_NAMES = {"payment_status": ("status", True)}
 _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "service": [{"serviceKey": []}],
     "user": [{"userToken": []}],
@@ -238,7 +251,8 @@ def build(catalog: Catalog, checkout: Checkout) -> dict[str, Any]:
                 {"name": name, "in": "path", "required": True, "schema": _PATH_PARAMS[name]}
                 for name in re.findall(r"\{(\w+)\}", op.path)
             ] + [
-                {"name": name, "in": "query", "required": False,
+                {"name": _QUERY_NAMES.get(name, (name, False))[0], "in": "query",
+                 "required": _QUERY_NAMES.get(name, (name, False))[1],
                  "schema": _QUERY_PARAMS[name][0], "description": _QUERY_PARAMS[name][1]}
                 for name in op.query
             ],

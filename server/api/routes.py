@@ -17,8 +17,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as ASGIScope
 
-from server.api import backend, browser, shapes, webhooks
-from server.api.http import resources, user
+from server.api import backend, browser, operator, shapes, webhooks
+from server.api.http import ACTOR, resources, user
 from server.auth import check_scope, check_service_key
 from server.catalog import Catalog
 from server.config import Scope, ServiceKey
@@ -37,6 +37,7 @@ from server.messages import (
     DebitRequest,
     HoldRequest,
     PlanRequest,
+    ResolveRequest,
     TokenRequest,
 )
 from server.resources import Resources
@@ -124,7 +125,8 @@ OPERATIONS: tuple[Operation, ...] = (
               AutoTopUpRequest, body_nullable=True, answer=shapes.AutoTopUpResult),
     Operation("GET", "/v1/events", backend.list_events,
               "App webhooks and their attempts, newest first", "service",
-              query=("status", "limit", "before"), answer=shapes.EventPage, scope="read"),
+              query=("status", "limit", "before", "account_id"), answer=shapes.EventPage,
+              scope="read"),
     Operation("POST", "/v1/events/{event_id}/retry", backend.retry_event,
               "Deliver an app webhook again now", "service", refusals=("not_found",),
               answer=shapes.EventRetry),
@@ -137,6 +139,21 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("POST", "/v1/accounts/{account_id}/checkout", backend.checkout,
               "Open a provider checkout", "service", CheckoutRequest, 201, refusals=_CHECKOUT,
               answer=shapes.CheckoutSession, scope="spend"),
+    Operation("GET", "/v1/accounts", operator.search_accounts,
+              "Accounts whose id starts with a prefix, the last changed first", "service",
+              query=("prefix", "limit", "cursor"), answer=shapes.AccountPage, scope="read"),
+    Operation("GET", "/v1/payments", operator.list_payments,
+              "Payments in one status (credited, reversed, disputed, needs_review, resolved), "
+              "newest first", "service", query=("payment_status", "account_id", "limit",
+                                                "cursor"),
+              answer=shapes.PaymentPage, scope="read"),
+    Operation("POST", "/v1/payments/reviews/{review_id}/resolve", operator.resolve_review,
+              "Credit or dismiss a payment under review, once", "service", ResolveRequest,
+              refusals=("not_found", "idempotency_conflict", OUTCOME),
+              answer=shapes.ResolveResult),
+    Operation("GET", "/v1/audit", operator.audit_log,
+              "What operators did (the audit log), newest first", "service",
+              query=("account_id", "limit", "before"), answer=shapes.AuditPage, scope="read"),
     Operation("POST", "/v1/tokens", backend.mint_token,
               "Mint a browser token", "service", TokenRequest, answer=shapes.Token, scope="spend"),
     Operation("GET", "/v1/prices", backend.prices, "The price list", "service",
@@ -170,6 +187,7 @@ async def _authenticate(request: Request, auth: Auth, scope: Scope) -> None:
         res = resources(request)
         key = _service_key(request, res, header)
         check_scope(key, scope)
+        request.scope[ACTOR] = key.name
         if res.limits.limits("service"):
             retry = await res.limits.hit("service", key.name)
             if retry is not None:

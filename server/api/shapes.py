@@ -190,6 +190,8 @@ class UsageGroup(msgspec.Struct, forbid_unknown_fields=True):
     key: Annotated[str, _("the reason, or the UTC day as YYYY-MM-DD")]
     amount: Annotated[int, _("credits spent")]
     count: Annotated[int, _("usage transactions")]
+    reason: Annotated[str | UnsetType, _("group_by=day,reason: the reason (operation) of "
+                                         "this day's group")] = UNSET
 
 
 class Usage(msgspec.Struct, forbid_unknown_fields=True):
@@ -327,6 +329,96 @@ class Me(msgspec.Struct, forbid_unknown_fields=True):
 
     accounts: Annotated[list[Account], msgspec.Meta(min_length=1, max_length=1)]
     transactions: Annotated[list[Transaction], msgspec.Meta(max_length=20)]
+
+
+# ---------------------------------------------------------------- operator objects
+
+
+class AccountPage(msgspec.Struct, forbid_unknown_fields=True):
+    """Accounts whose id starts with the prefix, the last changed first."""
+
+    accounts: list[Account]
+    next: Annotated[str | None, _("the `cursor` of the next page; null: the last page")]
+
+
+class Resolution(msgspec.Struct, forbid_unknown_fields=True):
+    """How a payment under review was resolved."""
+
+    action: Annotated[Literal["credit", "dismiss", "fulfilled"],
+                      _("by an operator (credit, dismiss), or `fulfilled`: a later event of "
+                        "the payment credited it")]
+    account_id: Annotated[str | None, _("credited to")]
+    credits: Annotated[int | None, _("credited")]
+    note: Annotated[str | None, _("the operator's note")]
+    actor: Annotated[str | None, _("the service key that resolved it (console:<name> from "
+                                   "the console)")]
+    at: Timestamp
+    transaction_id: Annotated[int | None, _("the purchase transaction, when credited")]
+
+
+class Review(msgspec.Struct, forbid_unknown_fields=True):
+    """The paid event that could not be credited as it came."""
+
+    id: Annotated[int, _("the review's id (POST /v1/payments/reviews/{id}/resolve)")]
+    event_id: str
+    event_type: str
+    problem: Annotated[str, _("why it was not credited")]
+    received_at: Timestamp
+    resolution: Resolution | None
+
+
+class Payment(msgspec.Struct, forbid_unknown_fields=True):
+    """A payment a provider reported: credited (and what happened to it since), or under
+    review."""
+
+    status: Literal["credited", "needs_review", "reversed", "disputed", "resolved"]
+    provider: Literal["stripe", "dodo"]
+    payment_id: Annotated[str | None, _("the provider's payment id; null when the event "
+                                        "named none")]
+    account_id: Annotated[str | None, _("whose; null when the event named no valid one")]
+    credits: Annotated[int | None, _("credited; under review: what the catalog would credit "
+                                     "for the money received, null when it cannot price it")]
+    amount_paid: Annotated[int | None, _("minor units of currency")]
+    currency: str | None
+    credits_reversed: Annotated[int, _("taken back by refunds")]
+    credits_disputed: Annotated[int, _("taken back by disputes, now")]
+    created_at: Timestamp
+    review: Review | None
+
+
+class PaymentPage(msgspec.Struct, forbid_unknown_fields=True):
+    """Payments in one status, newest first."""
+
+    payments: list[Payment]
+    next: Annotated[str | None, _("the `cursor` of the next page; null: the last page")]
+
+
+class ResolveResult(msgspec.Struct, forbid_unknown_fields=True):
+    payment: Payment
+    account: Annotated[Account | None, _("the account credited, as it is now; null when "
+                                         "dismissed")]
+
+
+class AuditEntry(msgspec.Struct, forbid_unknown_fields=True):
+    """One operator action, written with the change it made."""
+
+    id: int
+    at: Timestamp
+    actor: Annotated[str, _("the service key's name; console:<name> from the console")]
+    action: Literal["adjust", "credit", "plan", "alerts", "auto_top_up", "event_retry",
+                    "review_resolve", "hold_release"]
+    account_id: str | None
+    subject: Annotated[str, _("what was acted on: the account, event, hold or review id")]
+    transaction_id: int | None
+    detail: Metadata
+
+
+class AuditPage(msgspec.Struct, forbid_unknown_fields=True):
+    """The audit log, newest first."""
+
+    entries: list[AuditEntry]
+    next: Annotated[int | None, _("the `before` of the next page (an entry id); null: the "
+                                  "last page")]
 
 
 class WebhookAck(msgspec.Struct):

@@ -84,10 +84,15 @@ class Ignore:
 
 @dataclass(frozen=True, slots=True)
 class Unfulfilled:
-    """A paid event we cannot act on; payment_id is set for purchases only."""
+    """A paid event we cannot act on; payment_id is set for purchases only. What the event
+    did say of the purchase is kept for the operator who resolves it."""
 
     problem: str
     payment_id: str | None
+    account_id: str | None = None
+    package: str | None = None
+    amount_paid: int | None = None
+    currency: str | None = None
 
 
 Action = Purchase | Refund | Dispute | PaymentFailed | Ignore | Unfulfilled
@@ -159,5 +164,7 @@ def purchase_from_metadata(
     if raw_credits is not None and claimed is None:
         problems.append(f"metadata {credit_keys[0]} is not a whole number 1..10^12")
     if problems or not isinstance(account, str) or not isinstance(package, str | None):
-        return Unfulfilled("; ".join(problems), payment_id)
+        return Unfulfilled("; ".join(problems), payment_id,
+                           account if is_account_id(account) else None,
+                           package if isinstance(package, str) else None, amount, currency)
     return Purchase(provider, payment_id, account, package, claimed, amount, currency, event_id)

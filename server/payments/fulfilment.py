@@ -19,7 +19,9 @@ import asyncpg
 
 from server import errors, metrics
 from server.catalog import Catalog, Unpriced
-from server.ledger import Ledger, jsonb
+from server.db import jsonb
+from server.ledger import Ledger, Outcome
+from server.messages import ResolveRequest
 from server.payments.events import (
     Action,
     Dispute,
@@ -39,7 +41,12 @@ _REFUND_SQL = (
     "SELECT (r).* FROM (SELECT balance.balance_refund($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) r) s"
 )
 _DISPUTE_SQL = "SELECT (r).* FROM (SELECT balance.balance_dispute($1,$2,$3,$4,$5,$6,$7) r) s"
-_UNFULFILLED_SQL = "SELECT balance.balance_record_unfulfilled($1,$2,$3,$4,$5,$6::jsonb)"
+_RESOLVE_SQL = (
+    "SELECT (r).* FROM (SELECT balance.balance_resolve_review($1,$2,$3,$4,$5,$6,$7,$8,$9) r) s"
+)
+_UNFULFILLED_SQL = (
+    "SELECT balance.balance_record_unfulfilled($1,$2,$3,$4,$5,$6::jsonb,$7,$8,$9,$10,$11)"
+)
 NOT_POSTED = "BL001"  # schema.sql: a reversal whose ledger row cannot be written
 
 
@@ -75,16 +82,14 @@ class Fulfilment:
                 credits = self._credits(action)
             except Unpriced as exc:
                 return {**answer, **await self._unfulfilled(
-                    provider, event_id, event_type, Unfulfilled(str(exc), action.payment_id),
-                    payload)}
+                    provider, event_id, event_type, _kept(str(exc), action), payload)}
             try:
                 body = await self._purchase(action, credits)
             except asyncpg.UniqueViolationError:
                 # The key was taken on /credit before the API reserved `webhook:` keys.
                 problem = f"idempotency key webhook:{provider}:{action.payment_id} already used"
                 return {**answer, **await self._unfulfilled(
-                    provider, event_id, event_type, Unfulfilled(problem, action.payment_id),
-                    payload)}
+                    provider, event_id, event_type, _kept(problem, action), payload)}
             except asyncpg.PostgresError as exc:
                 raise _not_posted(exc, provider, event_id) from None
             if body["result"] == "fulfilled":
@@ -105,6 +110,36 @@ class Fulfilment:
                 metrics.disputes.labels(provider, body["result"]).inc()
         return {**answer, "result": body["result"], "payment_id": action.payment_id,
                 **{k: v for k, v in body.items() if k != "result"}}
+
+    async def resolve(self, review_id: int, request: ResolveRequest, actor: str,
+                      fingerprint: bytes) -> Outcome:
+        """Resolve a payment under review once, as `actor` (audited, in SQL): credit it as
+        its own event would have (then a redelivery of it is a duplicate) or dismiss it.
+        The same request again replays; another on a resolved review is a conflict."""
+        review = await self._ledger.pool.fetchrow(
+            "SELECT provider, payment_id, account_id, credits, resolved_at FROM"
+            " balance.webhook_events_unfulfilled WHERE id = $1", review_id)
+        if review is None:
+            raise errors.not_found("no such review")
+        if request.action == "dismiss":
+            if request.credits is not None or request.account_id is not None:
+                raise errors.invalid_request("credits: only a credit names credits or account_id")
+        elif review["resolved_at"] is None:  # a resolved one replays or conflicts, in SQL
+            if review["payment_id"] is None:
+                raise errors.invalid_request(
+                    "action: this event names no payment to credit; dismiss it (and adjust "
+                    "the account if credits are owed)")
+            if request.account_id is None and review["account_id"] is None:
+                raise errors.invalid_request("account_id: the payment names no account; say "
+                                             "whose it is")
+            if request.credits is None and review["credits"] is None:
+                raise errors.invalid_request("credits: the catalog cannot price this payment; "
+                                             "state the credits")
+        row = await self._ledger.move(
+            _RESOLVE_SQL, review_id, request.action, request.account_id, request.credits,
+            request.note, actor, fingerprint, self._ledger.welcome, self._refund_policy,
+            reason=f"purchase via {review['provider']}")
+        return self._ledger.outcome(row)
 
     def _credits(self, p: Purchase) -> int:
         """The credits the money received buys (catalog.credits_for); metadata credits only
@@ -156,15 +191,27 @@ class Fulfilment:
         if "\\u0000" in text:
             # jsonb refuses NUL characters; keep the event as one JSON string instead.
             text = json.dumps({"raw": text})
+        try:
+            credits: int | None = self._catalog.credits_for(action.package, action.amount_paid,
+                                                            action.currency)
+        except Unpriced:
+            credits = None  # the operator states them
         state: str = await self._ledger.pool.fetchval(
             _UNFULFILLED_SQL, provider, event_id, event_type, action.payment_id, action.problem,
-            text,
+            text, action.account_id, action.amount_paid, action.currency, action.package,
+            credits if action.payment_id is not None else None,
         )
         if state == "fulfilled":  # another event already credited this payment
             return {"result": "duplicate", "payment_id": action.payment_id}
         if state == "recorded":
             log.warning("%s event %s not fulfilled: %s", provider, event_id, action.problem)
         return {"result": "needs_review", "problem": action.problem}
+
+
+def _kept(problem: str, p: Purchase) -> Unfulfilled:
+    """A purchase that cannot be credited as it came, with all it says, for review."""
+    return Unfulfilled(problem, p.payment_id, p.account_id, p.package, p.amount_paid,
+                       p.currency)
 
 
 def _not_posted(exc: asyncpg.PostgresError, provider: str, event_id: str) -> Exception:

@@ -21,6 +21,7 @@ import asyncpg
 import httpx
 import stripe
 
+from server.audit import Audit
 from server.catalog import Catalog
 from server.currencies import STRIPE, Unrepresentable
 from server.messages import AutoTopUpRequest
@@ -39,13 +40,15 @@ _TRANSIENT = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError,
 
 
 async def configure(pool: asyncpg.Pool, welcome: int, account_id: str,
-                    config: AutoTopUpRequest | None) -> bytes:
+                    config: AutoTopUpRequest | None, audit: Audit) -> bytes:
     """Configure (armed at once unless a top-up is in flight) or turn off (None) the
-    account's auto top-up: `{"auto_top_up": ... or null}`."""
-    text: str = await pool.fetchval(
-        "SELECT balance.balance_set_auto_top_up($1, $2, $3, $4, $5, $6)::text", account_id, welcome,
-        *((config.package, config.threshold, config.stripe_customer,
-           config.stripe_payment_method) if config else (None,) * 4))
+    account's auto top-up: `{"auto_top_up": ... or null}`, audited."""
+    async with pool.acquire() as conn, conn.transaction():
+        text: str = await conn.fetchval(
+            "SELECT balance.balance_set_auto_top_up($1, $2, $3, $4, $5, $6)::text", account_id,
+            welcome, *((config.package, config.threshold, config.stripe_customer,
+                        config.stripe_payment_method) if config else (None,) * 4))
+        await audit.record(conn)
     return text.encode()
 
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import jsonschema_rs
 import pytest
@@ -172,7 +173,8 @@ def test_the_shapes_agree_with_their_tables() -> None:
 
 
 async def test_real_answers_match_the_document(
-    start_app: StartApp, stand_in: StandIn, receiver: Receiver, tmp_path: Path
+    start_app: StartApp, stand_in: StandIn, receiver: Receiver, tmp_path: Path,
+    db: asyncpg.Pool,
 ) -> None:
     """Every success answer has a schema, and a real answer of every operation but the
     signed webhooks (and refusals of each kind) validates against it."""
@@ -294,6 +296,32 @@ async def test_real_answers_match_the_document(
         assert retried["status"] == "pending"
         await a.call("POST", "/v1/events/999999999999/retry",
                      "/v1/events/{event_id}/retry", 404)
+        await a.call("GET", "/v1/events", "/v1/events", 200, params={"account_id": account})
+        # The operator's routes: a payment under review, resolved (once), in both lists.
+        pi = f"pi_{key()[5:21]}"
+        assert await db.fetchval(
+            "SELECT balance_record_unfulfilled('stripe', $1, 'checkout.session.completed', $2,"
+            " 'metadata account_id is missing', '{}', NULL, 500, 'usd', NULL, 5)",
+            f"evt_{pi}", pi) == "recorded"
+        review = await a.call("GET", "/v1/payments", "/v1/payments", 200,
+                              params={"status": "needs_review", "limit": 1})
+        assert review["payments"][0]["payment_id"] == pi
+        R = "/v1/payments/reviews/{review_id}/resolve"
+        resolve = f"/v1/payments/reviews/{review['payments'][0]['review']['id']}/resolve"
+        await a.call("POST", resolve, R, 200,
+                     json={"action": "credit", "account_id": account, "note": "ticket 1"})
+        await a.call("POST", resolve, R, 409, json={"action": "dismiss", "note": "no"})
+        await a.call("POST", "/v1/payments/reviews/999999999/resolve", R, 404,
+                     json={"action": "dismiss", "note": "no"})
+        for status in ("credited", "resolved"):
+            await a.call("GET", "/v1/payments", "/v1/payments", 200,
+                         params={"status": status, "account_id": account})
+        await a.call("GET", "/v1/accounts", "/v1/accounts", 200, params={"prefix": "shapes-"})
+        audit = await a.call("GET", "/v1/audit", "/v1/audit", 200,
+                             params={"account_id": account})
+        assert {e["action"] for e in audit["entries"]} >= {
+            "adjust", "credit", "plan", "alerts", "auto_top_up", "review_resolve"}
+        await a.call("GET", f"{acct}/usage", A + "/usage", 200, params={"group_by": "day,reason"})
     await app.stop()
     answered = {(method, path) for method, path, status in a.seen if status < 300}
     assert answered == {(method.upper(), path) for path, methods in doc["paths"].items()

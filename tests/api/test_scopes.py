@@ -21,7 +21,8 @@ async def test_each_key_does_what_its_scope_allows_and_nothing_else(
 ) -> None:
     app = await start_app(service_keys=service_keys(tuple(
         f"{scope}-key:{scope}:{secret}" for scope, secret in KEYS.items())))
-    params = {"account_id": account, "hold_id": str(uuid.uuid4()), "event_id": "1"}
+    params = {"account_id": account, "hold_id": str(uuid.uuid4()), "event_id": "1",
+              "review_id": "1"}
     refused: dict[str, list[str]] = {scope: [] for scope in SCOPES}
     async with httpx.AsyncClient(base_url=app.base_url) as client:
         for op in OPERATIONS:
@@ -42,7 +43,8 @@ async def test_each_key_does_what_its_scope_allows_and_nothing_else(
 
         assert refused["admin"] == []
         assert set(refused["spend"]) == {
-            "credit", "adjust", "set_plan", "set_alerts", "set_auto_top_up", "retry_event"}
+            "credit", "adjust", "set_plan", "set_alerts", "set_auto_top_up", "retry_event",
+            "resolve_review"}
         assert {"debit", "charge", "place_hold", "capture_hold", "mint_token",
                 "credit"} <= set(refused["read"])
 

@@ -1009,3 +1009,149 @@ async def test_a_dispute_and_a_refund_before_their_payment_take_it_back_once(
     r = await post_dodo(http, dodo_payment(account, "100", pay))
     assert r.json()["result"] == "fulfilled"
     assert await balance(backend, account) == 0  # 50 refunded + the other 50 disputed
+
+
+# ---------------------------------------------------------------- payments under review
+# Listed by status, resolved once by an operator (credit the catalog's amount or a stated
+# one, or dismiss), audited and pushed; a redelivery of the payment's events afterwards
+# credits nothing more.
+
+
+async def under_review(backend: httpx.AsyncClient, payment_id: str) -> Json:
+    """The payment's entry in the needs_review list (walking every page)."""
+    cursor = None
+    while True:
+        params: dict[str, str | int] = {"status": "needs_review", "limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        r = await backend.get("/v1/payments", params=params)
+        assert r.status_code == 200, r.text
+        for p in r.json()["payments"]:
+            if p["payment_id"] == payment_id:
+                found: Json = p
+                return found
+        cursor = r.json()["next"]
+        assert cursor is not None, f"{payment_id} is not under review"
+
+
+async def resolve(backend: httpx.AsyncClient, review: int, **body: Any) -> httpx.Response:
+    return await backend.post(f"/v1/payments/reviews/{review}/resolve", json=body)
+
+
+async def test_a_payment_without_an_account_is_credited_once_however_often_it_is_resolved(
+    wapp: RunningApp, http: httpx.AsyncClient, backend: httpx.AsyncClient, db: asyncpg.Pool,
+    account: str,
+) -> None:
+    pi = uid("pi")
+    r = await post_stripe(http, stripe_event("checkout.session.completed",
+                                             session(None, "12", pi, amount=500)))
+    assert r.json()["result"] == "needs_review"
+    listed = await under_review(backend, pi)
+    assert (listed["status"], listed["account_id"], listed["credits"]) == ("needs_review", None, 12)
+    assert (listed["amount_paid"], listed["currency"]) == (500, "usd")
+    review = listed["review"]
+    assert "account_id" in review["problem"] and review["resolution"] is None
+
+    # Whose it is must be said; nothing is written until it is.
+    r = await resolve(backend, review["id"], action="credit", note="support ticket 7")
+    assert (r.status_code, r.json()["error"]) == (422, "invalid_request")
+    assert "account_id" in r.json()["message"]
+    assert (await under_review(backend, pi))["review"]["resolution"] is None
+
+    token = mint_token(wapp.settings.token_secret, account, 600)[0]
+    async with connect(wapp.ws_url) as ws:
+        await ws.send(json.dumps({"type": "auth", "token": token}))
+        async with asyncio.timeout(5):
+            assert json.loads(await ws.recv())["balance"] == 0
+        body = {"action": "credit", "account_id": account, "note": "support ticket 7"}
+        answers = await asyncio.gather(*(resolve(backend, review["id"], **body)
+                                         for _ in range(8)))
+        async with asyncio.timeout(5):
+            frame = json.loads(await ws.recv())
+    assert (frame["balance"], frame["change"]["kind"], frame["change"]["amount"]) == (
+        12, "purchase", 12)
+    assert [a.status_code for a in answers] == [200] * 8, [a.text for a in answers]
+    replays = [a.headers.get("idempotent-replayed") for a in answers]
+    assert replays.count("true") == 7 and replays.count(None) == 1
+    first = next(a.json() for a in answers if "idempotent-replayed" not in a.headers)
+    resolution = first["payment"]["review"]["resolution"]
+    assert (resolution["action"], resolution["account_id"], resolution["credits"]) == (
+        "credit", account, 12)
+    assert resolution["actor"] == "key1" and resolution["note"] == "support ticket 7"
+    assert first["payment"]["status"] == "resolved" and first["account"]["balance"] == 12
+    assert all(a.json()["payment"] == first["payment"] for a in answers)
+
+    # Another resolution of it conflicts; the provider's own events now change nothing.
+    r = await resolve(backend, review["id"], action="dismiss", note="changed my mind")
+    assert (r.status_code, r.json()["error"]) == (409, "idempotency_conflict")
+    r = await post_stripe(http, stripe_event("checkout.session.completed",
+                                             session(None, "12", pi, amount=500)))
+    assert r.json()["result"] == "duplicate"
+    r = await post_stripe(http, stripe_event(
+        "payment_intent.succeeded", payment_intent(pi, {"account_id": account, "credits": "12",
+                                                        "package": "c12"}, amount=500)))
+    assert r.json()["result"] == "duplicate"
+    assert await ledger(backend, account) == [("purchase", 12)]
+    assert await balance(backend, account) == 12
+    await assert_reconciled(db, account)
+
+    # It is a credited payment now, and its review is in the resolved list and the audit log.
+    r = await backend.get("/v1/payments", params={"status": "credited", "account_id": account})
+    assert [(p["payment_id"], p["credits"], p["review"]) for p in r.json()["payments"]] == [
+        (pi, 12, None)]
+    r = await backend.get("/v1/payments", params={"status": "resolved", "account_id": account})
+    assert [p["review"]["id"] for p in r.json()["payments"]] == [review["id"]]
+    r = await backend.get("/v1/audit", params={"account_id": account})
+    entries = r.json()["entries"]
+    assert [(e["action"], e["actor"], e["subject"]) for e in entries] == [
+        ("review_resolve", "key1", str(review["id"]))]
+    assert entries[0]["detail"]["note"] == "support ticket 7"
+    assert entries[0]["transaction_id"] == resolution["transaction_id"]
+
+
+async def test_stated_credits_and_dismissal(
+    http: httpx.AsyncClient, backend: httpx.AsyncClient, db: asyncpg.Pool, account: str
+) -> None:
+    # Metadata claims 50 credits for a 30-credit package: the catalog's 30 are offered.
+    pi = uid("pi")
+    bad = session(account, "30", pi, amount=500)
+    bad["metadata"]["credits"] = "50"
+    r = await post_stripe(http, stripe_event("checkout.session.completed", bad))
+    assert r.json()["result"] == "needs_review"
+    listed = await under_review(backend, pi)
+    assert (listed["account_id"], listed["credits"]) == (account, 30)
+    r = await resolve(backend, listed["review"]["id"], action="credit", credits=40,
+                      note="goodwill: 10 extra")
+    assert r.status_code == 200, r.text
+    assert r.json()["account"]["balance"] == 40
+
+    # An unknown currency cannot be priced: credits must be stated, or it is dismissed.
+    pi2 = uid("pi")
+    odd = session(account, None, pi2, amount=500)
+    odd["currency"] = "xts"
+    r = await post_stripe(http, stripe_event("checkout.session.completed", odd))
+    assert r.json()["result"] == "needs_review"
+    listed = await under_review(backend, pi2)
+    assert listed["credits"] is None
+    review = listed["review"]["id"]
+    r = await resolve(backend, review, action="credit", note="no amount")
+    assert r.status_code == 422 and "credits" in r.json()["message"]
+    r = await resolve(backend, review, action="dismiss", credits=5, note="x")
+    assert r.status_code == 422
+    r = await resolve(backend, review, action="dismiss", note="test payment, refunded by hand")
+    assert r.status_code == 200, r.text
+    assert r.json()["account"] is None
+    assert r.json()["payment"]["review"]["resolution"]["action"] == "dismiss"
+    assert await balance(backend, account) == 40
+    r = await resolve(backend, review, action="dismiss", note="test payment, refunded by hand")
+    assert r.status_code == 200 and r.headers["idempotent-replayed"] == "true"
+
+    r = await resolve(backend, 2**62, action="dismiss", note="x")
+    assert (r.status_code, r.json()["error"]) == (404, "not_found")
+    r = await backend.get("/v1/payments", params={"status": "lost"})
+    assert r.status_code == 422
+    r = await backend.get("/v1/payments", params={"status": "credited", "cursor": "zz"})
+    assert (r.status_code, r.json()["error"]) == (422, "invalid_request")
+    r = await backend.get("/v1/audit", params={"account_id": account})
+    assert [e["action"] for e in r.json()["entries"]] == ["review_resolve", "review_resolve"]
+    await assert_reconciled(db, account)

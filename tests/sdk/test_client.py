@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 
 from balance_client import (
@@ -197,3 +198,34 @@ async def test_the_sync_client_is_the_same_calls(app: RunningApp, account: str) 
                 list(balance.iter_transactions(account, page_size=1)))
 
     assert await asyncio.to_thread(run) == (5, True, 3)  # a replay answers as the first did
+
+
+async def test_the_operator_calls(balance: AsyncBalance, db: asyncpg.Pool,
+                                  account: str) -> None:
+    pi = f"pi_{uuid.uuid4().hex[:16]}"
+    await db.fetchval(
+        "SELECT balance_record_unfulfilled('dodo', $1, 'payment.succeeded', $2,"
+        " 'metadata account_id is missing', '{}', NULL, 900, 'usd', NULL, 9)", f"msg_{pi}", pi)
+    page = await balance.list_payments("needs_review", limit=200)
+    listed = next(p for p in page.payments if p.payment_id == pi)
+    assert listed.review is not None and listed.credits == 9
+    resolved = await balance.resolve_review(listed.review.id, action="credit", account=account,
+                                            note="ticket 9")
+    again = await balance.resolve_review(listed.review.id, action="credit", account=account,
+                                         note="ticket 9")
+    assert resolved.account is not None and resolved.account.balance == 9
+    assert again.replayed and not resolved.replayed and again.payment == resolved.payment
+    with pytest.raises(IdempotencyConflict):
+        await balance.resolve_review(listed.review.id, action="dismiss", note="no")
+    credited = await balance.list_payments("credited", account=account)
+    assert [p.payment_id for p in credited.payments] == [pi]
+    found = await balance.search_accounts(account)
+    assert [a.account_id for a in found.accounts] == [account] and found.next is None
+    log = await balance.audit_log(account=account)
+    assert [(e.action, e.subject, e.detail["note"]) for e in log.entries] == [
+        ("review_resolve", str(listed.review.id), "ticket 9")]
+    await balance.debit(account, amount=2, reason="render", key=job())
+    usage = await balance.usage(account, group_by="day,reason")
+    assert [(g.reason, g.amount) for g in usage.groups] == [("render", 2)]
+    events = await balance.list_events(account=account)
+    assert all(e.account_id == account for e in events.events)

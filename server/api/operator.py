@@ -1,0 +1,67 @@
+"""The operator routes: find accounts, list payments, resolve a payment under review, and
+read the audit log of what operators did."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from server import audit, directory, errors
+from server.api.http import (
+    CURSOR,
+    PAGE_SIZE,
+    account_query,
+    actor,
+    int_query,
+    read_body,
+    resources,
+    text_query,
+)
+from server.ledger import Outcome, request_hash
+from server.messages import ResolveRequest, decode_body
+
+PREFIX_MOST = 128  # an account id's longest
+CURSOR_MOST = 1000
+
+
+def _limit(request: Request) -> int:
+    limit = int_query(request, "limit", 50, *PAGE_SIZE)
+    assert limit is not None
+    return limit
+
+
+async def search_accounts(request: Request) -> bytes:
+    """Accounts whose id starts with `prefix`, the last changed first."""
+    prefix = text_query(request, "prefix", PREFIX_MOST) or ""
+    return await directory.accounts(resources(request).pool, prefix, _limit(request),
+                                    text_query(request, "cursor", CURSOR_MOST))
+
+
+async def list_payments(request: Request) -> bytes:
+    """Payments in one status, newest first."""
+    status = request.query_params.get("status")
+    if status not in directory.PAYMENT_STATUSES:
+        raise errors.invalid_request(
+            f"status: must be one of {', '.join(directory.PAYMENT_STATUSES)}")
+    return await directory.payments(resources(request).pool, status, account_query(request),
+                                    _limit(request), text_query(request, "cursor", CURSOR_MOST))
+
+
+def _review_param(request: Request) -> int:
+    raw: str = request.path_params["review_id"]
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= CURSOR[1]:
+        raise errors.not_found("no such review")
+    return int(raw)
+
+
+async def resolve_review(request: Request) -> Outcome:
+    """Credit or dismiss a payment under review, once."""
+    review_id = _review_param(request)
+    body = decode_body(ResolveRequest, await read_body(request))
+    return await resources(request).fulfilment.resolve(
+        review_id, body, actor(request), request_hash("resolve", body))
+
+
+async def audit_log(request: Request) -> bytes:
+    """What operators did, newest first."""
+    return await audit.page(resources(request).pool, account_query(request),
+                            int_query(request, "before", None, *CURSOR), _limit(request))
