@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as ASGIScope
 
 from server.api import backend, browser, operator, shapes, webhooks
-from server.api.http import ACTOR, resources, user
+from server.api.http import ACTOR, CONSOLE, resources, user
 from server.auth import check_scope, check_service_key
 from server.catalog import Catalog
 from server.config import Scope, ServiceKey
@@ -187,7 +187,6 @@ async def _authenticate(request: Request, auth: Auth, scope: Scope) -> None:
         res = resources(request)
         key = _service_key(request, res, header)
         check_scope(key, scope)
-        request.scope[ACTOR] = key.name
         if res.limits.limits("service"):
             retry = await res.limits.hit("service", key.name)
             if retry is not None:
@@ -204,10 +203,10 @@ def _service_key(request: Request, res: Resources, header: str | None) -> Servic
     if cookie:  # the operator console, signed in (server/console/session.py)
         key = console.session_key(cookie, res.settings.token_secret, res.service_keys,
                                   request.method, request.headers.get(console.CSRF_HEADER))
-        request.scope["balance.actor"] = f"console:{key.name}"
+        request.scope[ACTOR] = f"{CONSOLE}{key.name}"
     else:
         key = check_service_key(header, res.service_keys)
-        request.scope["balance.actor"] = key.name
+        request.scope[ACTOR] = key.name
     return key
 
 

@@ -267,3 +267,21 @@ async def test_the_console_opens_its_socket_where_only_the_app_s_origins_are_all
     with pytest.raises(InvalidStatus) as refused:
         await connect(app.ws_url, origin="http://127.0.0.1:1")  # type: ignore[arg-type]
     assert refused.value.response.status_code == 403
+
+
+async def test_the_audit_log_names_the_console_and_the_key(
+    console: RunningApp, account: str
+) -> None:
+    async with browser(console) as client:
+        csrf = (await sign_in(client, ADMIN))["csrf"]
+        r = await client.post(f"/v1/accounts/{account}/adjust", headers={"x-csrf-token": csrf},
+                              json={"amount": 3, "reason": "goodwill", "actor": "console:ops",
+                                    "idempotency_key": key()})
+        assert r.status_code == 200, r.text
+    async with console.client() as backend:  # the ops key, the first configured
+        r = await backend.post(f"/v1/accounts/{account}/credit",
+                               json={"amount": 2, "kind": "grant", "idempotency_key": key()})
+        assert r.status_code == 200, r.text
+        entries = (await backend.get(f"/v1/audit?account_id={account}")).json()["entries"]
+    assert [(e["actor"], e["action"]) for e in entries] == [("ops", "credit"),
+                                                            ("console:ops", "adjust")]
