@@ -180,6 +180,25 @@ test('balance-client/server against the real balance-server', { skip: skip ?? fa
     assert.equal(new Set(seen.map((tx) => tx.id)).size, 8);
   });
 
+  await t.test('the operator calls: search, the audit log of an adjustment, usage by day and operation, an account\'s events', async () => {
+    const account = unique('ops');
+    await balance.adjust(account, { amount: 40, reason: 'outage credit', actor: 'alice', key: `${account}-adj` });
+    await balance.adjust(account, { amount: 40, reason: 'outage credit', actor: 'alice', key: `${account}-adj` });
+    await balance.debit(account, { amount: 3, reason: 'render', key: `${account}-d` });
+    const found = await balance.searchAccounts(account);
+    const { balance: now } = await balance.getAccount(account);
+    assert.deepEqual(found.accounts.map((a) => [a.account_id, a.balance]), [[account, now]]);
+    assert.equal(found.next, null);
+    const log = await balance.auditPage({ account });
+    assert.deepEqual(log.entries.map((e) => [e.action, e.subject, e.detail.actor]), [['adjust', account, 'alice']]);
+    const usage = await balance.usage(account, { groupBy: 'day,reason' });
+    assert.deepEqual(usage.groups.map((g) => [g.reason, g.amount]), [['render', 3]]);
+    const payments = await balance.paymentsPage('credited', { account });
+    assert.deepEqual(payments, { payments: [], next: null });
+    const events = await balance.eventsPage({ account });
+    assert.ok(events.events.every((e) => e.account_id === account));
+  });
+
   await t.test('an app webhook signed with the secret verifies; a forged or stale one is refused', () => {
     const secret = `whsec_${Buffer.from(unique('secret').padEnd(32, '!')).toString('base64')}`;
     const body = JSON.stringify({ type: 'balance.low', timestamp: new Date().toISOString(), data: { account_id: 'u1', available: 3 } });
