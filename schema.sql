@@ -3048,6 +3048,27 @@ BEGIN
     RETURN v_res;
 END $$;
 
+-- GET /v1/accounts/{id}/settings: the account's own low_balance threshold, the one in force
+-- (its own, else its plan's, else the catalog's) and where that comes from, and its auto
+-- top-up. An unknown account reads as a new one would.
+CREATE OR REPLACE FUNCTION balance_account_settings(p_account text) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'low_balance', a.low_balance,
+        'threshold', COALESCE(a.low_balance, p.low_balance, s.low_balance),
+        'threshold_from', CASE WHEN a.low_balance IS NOT NULL THEN 'account'
+                               WHEN p.low_balance IS NOT NULL THEN 'plan'
+                               WHEN s.low_balance IS NOT NULL THEN 'catalog' END,
+        'auto_top_up', (SELECT jsonb_build_object(
+            'package', t.package, 'threshold', t.threshold,
+            'stripe_customer', t.stripe_customer,
+            'stripe_payment_method', t.stripe_payment_method, 'enabled', t.enabled)
+            FROM auto_top_ups t WHERE t.account_id = p_account))
+    FROM settings s
+    LEFT JOIN accounts a ON a.account_id = p_account
+    LEFT JOIN plans p ON p.id = a.plan
+$$;
+
 -- A page of accounts whose id starts with p_prefix, the last changed first (cursor: the
 -- updated_at and account_id of the last shown). It reads every account matching the
 -- prefix: an index on updated_at would be written by every debit (no HOT updates on the

@@ -28,16 +28,18 @@ class Audit:
     subject: str  # what was acted on: the account, event or hold
     detail: dict[str, Any] = field(default_factory=dict)
 
-    async def record(self, conn: Connection, transaction_id: int | None = None) -> None:
-        """Write the row on `conn`, inside the transaction of the change."""
-        await conn.execute(_RECORD_SQL, self.actor, self.action, self.account_id, self.subject,
-                           transaction_id, jsonb(self.detail))
+    async def record(self, conn: Connection, transaction_id: int | None = None,
+                     account_id: str | None = None) -> None:
+        """Write the row on `conn`, inside the transaction of the change (`account_id`: the
+        account it turned out to be, when the request named none, as a hold's release)."""
+        await conn.execute(_RECORD_SQL, self.actor, self.action, self.account_id or account_id,
+                           self.subject, transaction_id, jsonb(self.detail))
 
     async def after(self, conn: Connection, rows: list[asyncpg.Record]) -> None:
         """Record a movement's action when it changed something: not a replay, not a
         refusal (the last row is the movement's answer)."""
         if rows and rows[-1]["result"] == "ok" and not rows[-1]["replayed"]:
-            await self.record(conn, rows[-1]["tx_id"])
+            await self.record(conn, rows[-1]["tx_id"], rows[-1]["account_id"])
 
 
 async def page(pool: asyncpg.Pool, account_id: str | None, before: int | None,

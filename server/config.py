@@ -48,6 +48,21 @@ DEFAULT_EVENTS = tuple(t for t in EVENT_TYPES if t != "transaction.created")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
+def _seconds(env: Mapping[str, str], name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    """A comma list of waits in seconds (each 0 < s <= 7 days), or the default."""
+    raw = _list(env, name)
+    if not raw:
+        return default
+    try:
+        waits = tuple(float(part) for part in raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be seconds separated by commas, got {env[name]!r}"
+                          ) from None
+    if not all(0 < wait <= 7 * 86400 for wait in waits):
+        raise ConfigError(f"{name}: each wait must be more than 0 and at most 7 days")
+    return waits
+
+
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
 
@@ -326,6 +341,8 @@ class Settings:
             app_webhook_secret=webhook_secret,
             app_webhook_events=events if webhook_url else (),
             app_webhook_timeout=_float(env, "BALANCE_APP_WEBHOOK_TIMEOUT", 10.0),
+            app_webhook_retry=_seconds(env, "BALANCE_APP_WEBHOOK_RETRY",
+                                       Settings.app_webhook_retry),
             outbox_lease=_float(env, "BALANCE_OUTBOX_LEASE", 30.0),
             log_format=log_format,
             log_level=log_level,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import time
@@ -60,7 +59,7 @@ async def retry(pool: asyncpg.Pool, event_id: int, audit: Audit) -> str | None:
         if webhook_id is not None:
             account_id = await conn.fetchval(
                 "SELECT account_id FROM balance.events WHERE id = $1", event_id)
-            await dataclasses.replace(audit, account_id=account_id).record(conn)
+            await audit.record(conn, account_id=account_id)
     return webhook_id
 
 

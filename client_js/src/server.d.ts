@@ -300,6 +300,8 @@ export class Balance {
   check(account: string, options: { operation: string; quantity?: number } | { amount: number }): Promise<CheckResult>;
   /** The account's own low_balance threshold, or null for its plan's or the catalog's. */
   setAlerts(account: string, options: { lowBalance: number | null }): Promise<{ account: Account }>;
+  /** The low-balance threshold in force (and the account's own, null: none), and the auto top-up (null: off). */
+  settings(account: string): Promise<{ low_balance: number | null; threshold: number | null; threshold_from: 'account' | 'plan' | 'catalog' | null; auto_top_up: { package: string; threshold: number; stripe_customer: string; stripe_payment_method: string; enabled: boolean } | null }>;
   /** Buy `package` off session (Stripe) when available falls below `threshold`; null turns it off. */
   setAutoTopUp(account: string, config: { package: string; threshold: number; stripeCustomer: string; stripePaymentMethod: string } | null): Promise<Record<string, unknown>>;
   /** One page of app webhooks with their attempts, newest first. */

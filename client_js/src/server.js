@@ -36,6 +36,7 @@ export const OPERATIONS = Object.freeze({
   get_plan: op('GET', '/v1/accounts/{account_id}/plan', 'getPlan'),
   check: op('POST', '/v1/accounts/{account_id}/check', 'check', ['operation', 'quantity', 'amount']),
   set_alerts: op('PUT', '/v1/accounts/{account_id}/alerts', 'setAlerts', ['low_balance', 'idempotency_key']),
+  get_settings: op('GET', '/v1/accounts/{account_id}/settings', 'settings'),
   set_auto_top_up: op('PUT', '/v1/accounts/{account_id}/auto-top-up', 'setAutoTopUp', ['package', 'threshold', 'stripe_customer', 'stripe_payment_method', 'idempotency_key']),
   list_events: op('GET', '/v1/events', 'eventsPage', [], { query: ['status', 'limit', 'before', 'account_id'] }),
   retry_event: op('POST', '/v1/events/{event_id}/retry', 'retryEvent'),
@@ -340,6 +341,11 @@ export class Balance {
   /** The account's own low_balance threshold, or null for its plan's or the catalog's. */
   async setAlerts(account, { lowBalance } = {}) {
     return this.#call('set_alerts', { account_id: account }, { low_balance: lowBalance ?? null });
+  }
+
+  /** The low-balance threshold in force (and the account's own), and the auto top-up. */
+  async settings(account) {
+    return this.#call('get_settings', { account_id: account });
   }
 
   /** Buy `package` off session when available falls below `threshold`; null turns it off. */

@@ -26,6 +26,7 @@ from balance_client.models import (
     Account,
     AccountPage,
     AccountResult,
+    AccountSettings,
     AuditPage,
     AutoTopUpResult,
     Capture,
@@ -243,6 +244,11 @@ class Balance:
         """The account's own low-balance threshold (None: its plan's or the default)."""
         return self._run(Call("PUT", path("/v1/accounts/{}/alerts", account),
                                     AccountResult, body({"low_balance": low_balance})))
+
+    def get_settings(self, account: str) -> AccountSettings:
+        """The low-balance threshold in force (and the account's own), the auto top-up."""
+        return self._run(Call("GET", path("/v1/accounts/{}/settings", account),
+                                    AccountSettings))
 
     def set_auto_top_up(self, account: str, *, package: str, threshold: int,
                               stripe_customer: str,

@@ -198,6 +198,16 @@ class AutoTopUp(_Model):
     enabled: bool = True
 
 
+class AccountSettings(_Model):
+    """The account's own low-balance threshold (None: none), the one in force and where it
+    comes from (account, plan, catalog), and its auto top-up (None: off)."""
+
+    low_balance: int | None = None
+    threshold: int | None = None
+    threshold_from: str | None = None
+    auto_top_up: AutoTopUp | None = None
+
+
 class AutoTopUpResult(_Model):
     auto_top_up: AutoTopUp | None
 

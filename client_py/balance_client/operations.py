@@ -23,6 +23,7 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "set_plan": ("set_plan",),
     "get_plan": ("get_plan",),
     "set_alerts": ("set_alerts",),
+    "get_settings": ("get_settings",),
     "set_auto_top_up": ("set_auto_top_up", "disable_auto_top_up"),
     "checkout": ("checkout",),
     "mint_token": ("create_token",),

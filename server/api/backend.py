@@ -289,6 +289,13 @@ async def set_alerts(request: Request) -> Outcome:
         audit(request, "alerts", account_id, account_id, {"low_balance": body.low_balance}))
 
 
+async def get_settings(request: Request) -> bytes:
+    """The account's alert threshold (its own and the one in force) and auto top-up."""
+    text: str = await resources(request).pool.fetchval(
+        "SELECT balance.balance_account_settings($1)::text", account_param(request))
+    return text.encode()
+
+
 async def list_events(request: Request) -> bytes:
     """App webhooks, newest first, with their attempts."""
     status = request.query_params.get("status")

@@ -24,8 +24,8 @@ async def my_checkout(request: Request) -> Outcome:
     """A checkout session for the token's account (not for the console's read-only one)."""
     identity = await limited_user(request, "checkout")
     if identity.read_only:
-        raise errors.Problem("forbidden", "this token is read-only (the console's); it "
-                             "cannot open a checkout")
+        raise errors.unauthorized("this token is read-only (the console's); it cannot "
+                                  "open a checkout")
     return await checkout_for(request, identity.account_id)
 
 

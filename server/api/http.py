@@ -8,6 +8,7 @@ import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 import msgspec
 from starlette.exceptions import HTTPException
@@ -97,10 +98,35 @@ def actor(request: Request) -> str:
     return name
 
 
+AUDIT_REASON = "x-audit-reason"  # why, for the audit log: percent-encoded UTF-8
+AUDIT_REASON_MOST = 500
+
+
+def audit_reason(request: Request) -> str | None:
+    """The request's X-Audit-Reason, decoded, or 422 (too long, not UTF-8, a control
+    character)."""
+    raw = request.headers.get(AUDIT_REASON)
+    if raw is None:
+        return None
+    try:
+        reason = unquote(raw, errors="strict").strip()
+    except UnicodeDecodeError:
+        reason = None
+    if not reason or len(reason) > AUDIT_REASON_MOST or not reason.isprintable():
+        raise errors.invalid_request(
+            f"X-Audit-Reason: 1-{AUDIT_REASON_MOST} printable characters, percent-encoded UTF-8")
+    return reason
+
+
 def audit(request: Request, action: str, account_id: str | None, subject: str,
           detail: dict[str, Any] | None = None) -> Audit:
-    """The audit row of an operator action this request makes."""
-    return Audit(actor(request), action, account_id, subject, detail or {})
+    """The audit row of an operator action this request makes; its X-Audit-Reason, when
+    sent, is the detail's `reason` (unless the request's body gave one)."""
+    detail = dict(detail or {})
+    reason = audit_reason(request)
+    if reason is not None and not detail.get("reason"):
+        detail["reason"] = reason
+    return Audit(actor(request), action, account_id, subject, detail)
 
 
 def console_audit(request: Request, action: str, account_id: str | None, subject: str,

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from server import outbox
 from server.api import shapes
 from server.api.backend import MAX_USAGE_RANGE
-from server.api.http import CURSOR, PAGE_SIZE, resources
+from server.api.http import AUDIT_REASON_MOST, CURSOR, PAGE_SIZE, resources
 from server.api.operator import CURSOR_MOST, PREFIX_MOST
 from server.api.routes import OPERATIONS, Operation
 from server.catalog import MAX_QUANTITY, Catalog
@@ -61,6 +61,12 @@ _QUERY_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
                        "credited, reversed (refunds took some back), disputed (a dispute not "
                        "won), needs_review (paid, not credited, open), resolved (reviewed)"),
 }
+# On an operator action (routes.Operation.audited): why, kept in its audit log entry.
+_AUDIT_REASON = {
+    "name": "X-Audit-Reason", "in": "header", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 3 * 3 * AUDIT_REASON_MOST},
+    "description": f"why (1-{AUDIT_REASON_MOST} printable characters, percent-encoded UTF-8): "
+                   "the audit log entry's detail.reason, unless the body gives a reason"}
 # Query parameters whose name means another thing on another path: (name, required).
 _QUERY_NAMES = {"payment_status": ("status", True)}
 _SECURITY: dict[str, list[dict[str, list[str]]]] = {
@@ -103,7 +109,7 @@ def _refusals(op: Operation) -> dict[int, list[str]]:
         codes.add("forbidden")
     if op.body is not None:
         codes.update(_BODY)
-    if op.query or "{account_id}" in op.path:  # a hold or event id that is not one: 404
+    if op.query or op.audited or "{account_id}" in op.path:  # a bad id of another kind: 404
         codes.add("invalid_request")
     by_status: dict[int, list[str]] = {}
     for code, status in HTTP_STATUS.items():
@@ -250,7 +256,7 @@ def build(catalog: Catalog, checkout: Checkout) -> dict[str, Any]:
             "parameters": [
                 {"name": name, "in": "path", "required": True, "schema": _PATH_PARAMS[name]}
                 for name in re.findall(r"\{(\w+)\}", op.path)
-            ] + [
+            ] + ([_AUDIT_REASON] if op.audited else []) + [
                 {"name": _QUERY_NAMES.get(name, (name, False))[0], "in": "query",
                  "required": _QUERY_NAMES.get(name, (name, False))[1],
                  "schema": _QUERY_PARAMS[name][0], "description": _QUERY_PARAMS[name][1]}

@@ -169,6 +169,16 @@ class AutoTopUp(msgspec.Struct, forbid_unknown_fields=True):
     enabled: bool
 
 
+class AccountSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """The account's alert and auto top-up settings."""
+
+    low_balance: Annotated[int | None, _("the account's own threshold; null: none set")]
+    threshold: Annotated[int | None, _("the threshold in force: its own, else its plan's, "
+                                       "else the catalog's; null: no alert")]
+    threshold_from: Literal["account", "plan", "catalog"] | None
+    auto_top_up: AutoTopUp | None
+
+
 class AutoTopUpResult(msgspec.Struct, forbid_unknown_fields=True):
     auto_top_up: Annotated[AutoTopUp | None, _("null: turned off")]
 

@@ -79,13 +79,14 @@ def current_key(session: Session, keys: tuple[ServiceKey, ...]) -> ServiceKey:
 
 
 def check_csrf(session: Session, method: str, header: str | None) -> None:
-    """403 for a mutation whose X-CSRF-Token is not the session's (compared in constant
-    time): another site's page can make the browser send the cookie, not read the token."""
+    """401 for a mutation whose X-CSRF-Token is not the session's (compared in constant
+    time): another site's page can make the browser send the cookie, not read the token.
+    Not 403 `forbidden`, which names a scope the caller lacks: this request is not
+    authenticated as the session at all."""
     if method in SAFE_METHODS:
         return
     if header is None or not hmac.compare_digest(header.encode(), session.csrf.encode()):
-        raise errors.Problem("forbidden", "missing or wrong X-CSRF-Token for this console "
-                             "session")
+        raise errors.unauthorized("missing or wrong X-CSRF-Token for this console session")
 
 
 def session_key(cookie: str, secret: str, keys: tuple[ServiceKey, ...], method: str,

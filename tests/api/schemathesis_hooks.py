@@ -3,7 +3,8 @@
 A credit's `expires_at` must be in the future, and a usage range spans at most 366 days:
 both are relative to the clock, which JSON Schema has no words for (the OpenAPI
 descriptions say them). A page `cursor` must be one the server handed out: an opaque
-token, any string of its alphabet to a schema. Only a refusal that names exactly one of
+token, any string of its alphabet to a schema; and an X-Audit-Reason is percent-encoded
+UTF-8 text, which a string schema cannot say either. Only a refusal that names exactly one of
 these rules is forgiven; every other finding fails the run.
 """
 
@@ -15,6 +16,7 @@ UNSTATED_RULES = (
     '"detail":"expires_at: must be in the future"',
     '"detail":"since: at most 366 days before until (or now)"',
     '"detail":"cursor: not a cursor this server gave"',
+    '"detail":"X-Audit-Reason: 1-500 printable characters, percent-encoded UTF-8"',
 )
 
 

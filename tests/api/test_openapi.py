@@ -265,6 +265,8 @@ async def test_real_answers_match_the_document(
             "amount": 2, "reason": "x", "idempotency_key": same})
         await a.call("PUT", f"{acct}/alerts", A + "/alerts", 200, json={"low_balance": 5})
         await a.call("PUT", f"{acct}/auto-top-up", A + "/auto-top-up", 200, content=b"null")
+        settings = await a.call("GET", f"{acct}/settings", A + "/settings", 200)
+        assert (settings["low_balance"], settings["threshold_from"]) == (5, "account")
         await a.call("POST", "/v1/tokens", "/v1/tokens", 200, json={"account_id": account})
         await a.call("GET", "/v1/prices", "/v1/prices", 200)
         assert (await a.call("GET", "/v1/catalog", "/v1/catalog", 200))["plans"]["pro"]

@@ -99,3 +99,53 @@ async def test_spending_by_day_and_operation(client: httpx.AsyncClient, account:
     assert len({g["key"] for g in groups}) == 1 and len(groups[0]["key"]) == 10
     r = await client.get(f"/v1/accounts/{account}/usage", params={"group_by": "day"})
     assert [("reason" in g, g["amount"]) for g in r.json()["groups"]] == [(False, 17)]
+
+
+async def test_a_reason_travels_to_the_audit_log_and_a_bad_one_changes_nothing(
+    client: httpx.AsyncClient, account: str
+) -> None:
+    alerts = {"low_balance": 9}
+    r = await client.put(f"/v1/accounts/{account}/alerts", json=alerts,
+                         headers={"x-audit-reason": "%E2%9D%8C%00"})  # a NUL inside
+    assert (r.status_code, r.json()["error"]) == (422, "invalid_request")
+    assert "X-Audit-Reason" in r.json()["message"]
+    r = await client.put(f"/v1/accounts/{account}/alerts", json=alerts,
+                         headers={"x-audit-reason": "x" * 501})
+    assert (r.status_code, r.json()["error"]) == (422, "invalid_request")
+    assert (await client.get(f"/v1/accounts/{account}/settings")).json()["low_balance"] is None
+    r = await client.put(f"/v1/accounts/{account}/alerts", json=alerts,
+                         headers={"x-audit-reason": "quieter for Zo%C3%AB%20(ticket%2012)"})
+    assert r.status_code == 200, r.text
+    entries = (await client.get("/v1/audit", params={"account_id": account})).json()["entries"]
+    assert [(e["action"], e["detail"]) for e in entries] == [
+        ("alerts", {"low_balance": 9, "reason": "quieter for Zoë (ticket 12)"})]
+    # A backend releasing its own hold is not an operator: no entry.
+    worker = f"{account}-w"
+    await client.post(f"/v1/accounts/{worker}/credit",
+                      json={"amount": 10, "kind": "grant", "idempotency_key": key()})
+    placed = await client.post(f"/v1/accounts/{worker}/holds", json={
+        "amount": 5, "reason": "job", "idempotency_key": key()})
+    r = await client.post(f"/v1/holds/{placed.json()['hold']['id']}/release")
+    assert r.status_code == 200
+    entries = (await client.get("/v1/audit", params={"account_id": worker})).json()["entries"]
+    assert [e["action"] for e in entries] == ["credit"]
+
+
+async def test_settings_read_back_with_where_the_threshold_comes_from(
+    client: httpx.AsyncClient, account: str
+) -> None:
+    async def settings() -> dict[str, object]:
+        r = await client.get(f"/v1/accounts/{account}/settings")
+        assert r.status_code == 200, r.text
+        body: dict[str, object] = r.json()
+        return body
+
+    fresh = await settings()  # an unknown account reads as new and is not created
+    assert (fresh["low_balance"], fresh["auto_top_up"]) == (None, None)
+    assert (await client.get("/v1/accounts", params={"prefix": account})).json()["accounts"] == []
+    await client.put(f"/v1/accounts/{account}/alerts", json={"low_balance": 7})
+    assert {k: v for k, v in (await settings()).items() if k != "auto_top_up"} == {
+        "low_balance": 7, "threshold": 7, "threshold_from": "account"}
+    await client.put(f"/v1/accounts/{account}/alerts", json={"low_balance": None})
+    after = await settings()
+    assert after["low_balance"] is None and after["threshold_from"] in (None, "catalog")

@@ -227,5 +227,9 @@ async def test_the_operator_calls(balance: AsyncBalance, db: asyncpg.Pool,
     await balance.debit(account, amount=2, reason="render", key=job())
     usage = await balance.usage(account, group_by="day,reason")
     assert [(g.reason, g.amount) for g in usage.groups] == [("render", 2)]
+    await balance.set_alerts(account, low_balance=4)
+    settings = await balance.get_settings(account)
+    assert (settings.low_balance, settings.threshold, settings.threshold_from,
+            settings.auto_top_up) == (4, 4, "account", None)
     events = await balance.list_events(account=account)
     assert all(e.account_id == account for e in events.events)

@@ -70,6 +70,7 @@ test('console: sign in, search, live adjust in two tabs, hold release, event ret
     BALANCE_APP_WEBHOOK_URL: receiver.url,
     BALANCE_APP_WEBHOOK_SECRET: `whsec_${randomBytes(24).toString('base64')}`,
     BALANCE_APP_WEBHOOK_TIMEOUT: '2',
+    BALANCE_APP_WEBHOOK_RETRY: '0.3', // one retry, then failed: the console retries a failed event
   };
   const server = await startServer({ port, env });
   t.after(() => server.stop());
@@ -196,15 +197,18 @@ test('console: sign in, search, live adjust in two tabs, hold release, event ret
     assert.equal(await balanceOf(account), balance, 'a release moves no credits');
   });
 
-  await t.test('an event the app refused is retried from the console and delivered', async () => {
+  await t.test('an event the app refused until it failed is retried from the console and delivered', async () => {
     const low = () => receiver.received.filter((r) => r.body.type === 'balance.low' && r.body.data?.account_id === account);
+    const failed = async () => (await call('GET', `/v1/events?status=failed&account_id=${account}`)).body.events.filter((e) => e.type === 'balance.low');
     const deadline = Date.now() + 15_000;
-    while (!low().length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
-    assert.ok(low().length, 'the app webhook was attempted');
+    while (!(await failed()).length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+    assert.equal((await failed()).length, 1, 'the app webhook failed after its attempts');
+    assert.equal(low().length, 2, 'attempted twice, refused twice');
     receiver.accept = true;
     await consolePage.reload();
     const event = consolePage.locator('#events details.event', { hasText: 'balance.low' }).first();
     await event.waitFor();
+    await event.locator('.badge.failed').waitFor();
     await event.locator('summary').click();
     await event.locator('.attempts >> text=HTTP 500').first().waitFor();
     await event.locator('[data-action=retry]').click();
@@ -263,6 +267,18 @@ test('console: sign in, search, live adjust in two tabs, hold release, event ret
     balance = await balanceOf(account); // the plan's first allowance arrived with it
     await liveBalance(consolePage, fmt.format(balance));
     assert.equal((await call('GET', `/v1/accounts/${account}`)).body.plan, 'pro');
+  });
+
+  await t.test('the audit log has every console action, by the console session of its key, with its reason', async () => {
+    const { entries } = (await call('GET', `/v1/audit?account_id=${account}`)).body;
+    const seen = entries.map((e) => [e.action, e.actor, e.detail.reason ?? e.detail.note]).reverse();
+    assert.deepEqual(seen, [
+      ['adjust', 'console:ops', 'e2e: goodwill correction'],
+      ['hold_release', 'console:ops', 'e2e: the job is gone'],
+      ['event_retry', 'console:ops', 'e2e: receiver fixed'],
+      ['review_resolve', 'console:ops', 'e2e: the buyer wrote in with their account'],
+      ['plan', 'console:ops', 'e2e: upgraded by support'],
+    ]);
   });
 
   await t.test('a read key sees the account, has no buttons, and is refused when it forces a change', async () => {

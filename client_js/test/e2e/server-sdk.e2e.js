@@ -195,6 +195,9 @@ test('balance-client/server against the real balance-server', { skip: skip ?? fa
     assert.deepEqual(usage.groups.map((g) => [g.reason, g.amount]), [['render', 3]]);
     const payments = await balance.paymentsPage('credited', { account });
     assert.deepEqual(payments, { payments: [], next: null });
+    await balance.setAlerts(account, { lowBalance: 4 });
+    const settings = await balance.settings(account);
+    assert.deepEqual([settings.low_balance, settings.threshold_from, settings.auto_top_up], [4, 'account', null]);
     const events = await balance.eventsPage({ account });
     assert.ok(events.events.every((e) => e.account_id === account));
   });

@@ -49,10 +49,14 @@ class ApiError extends Error {
   }
 }
 
-/** A call to the server with the session cookie; mutations carry the CSRF token. */
-async function api(method, path, body) {
+/**
+ * A call to the server with the session cookie; mutations carry the CSRF token, and an
+ * operator's `reason` goes to the audit log (X-Audit-Reason, percent-encoded UTF-8).
+ */
+async function api(method, path, body, reason) {
   const headers = { accept: 'application/json' };
   if (method !== 'GET') headers['x-csrf-token'] = session?.csrf ?? '';
+  if (reason) headers['x-audit-reason'] = encodeURIComponent(reason);
   if (body !== undefined) headers['content-type'] = 'application/json';
   const res = await fetch(path, { method, headers, credentials: 'same-origin', body: body === undefined ? undefined : JSON.stringify(body) });
   const data = res.status === 204 ? null : await res.json().catch(() => null);
@@ -446,17 +450,14 @@ async function planView(path) {
 }
 
 async function settingsView(path) {
-  // The API reads neither setting back (only PUTs them): what the page can say is whether
-  // the account is low now, the default threshold it falls back to, and the last changes
-  // the audit log recorded.
-  const [account, cat] = await Promise.all([api('GET', path), loadCatalog()]);
-  const planDefault = account.plan ? cat.plans?.[account.plan]?.low_balance : null;
-  const threshold = planDefault ?? cat.alerts?.low_balance ?? null;
+  const [account, settings] = await Promise.all([api('GET', path), api('GET', `${path}/settings`)]);
+  const top = settings.auto_top_up;
   const facts = h(
     'dl',
     { class: 'facts' },
     h('dt', {}, 'Low now'), h('dd', {}, account.low ? h('span', { class: 'badge warn' }, 'low') : 'no'),
-    h('dt', {}, 'Default threshold'), h('dd', {}, threshold === null ? 'none' : `${credits(threshold)} (${planDefault != null ? `plan ${account.plan}` : 'catalog'})`),
+    h('dt', {}, 'Low below'), h('dd', {}, settings.threshold === null ? 'no alert' : `${credits(settings.threshold)} (${settings.threshold_from === 'account' ? 'its own' : settings.threshold_from})`),
+    h('dt', {}, 'Auto top-up'), h('dd', {}, top ? `${top.package} when below ${credits(top.threshold)}${top.enabled ? '' : ' (stopped after declines)'}` : 'off'),
   );
   let changes = [];
   try {
@@ -469,7 +470,7 @@ async function settingsView(path) {
     facts,
     changes.length
       ? table([{ title: 'Set', cell: (e) => when(e.at) }, { title: 'What', cell: (e) => e.action }, { title: 'To', cell: (e) => JSON.stringify(e.detail ?? null) }, { title: 'By', cell: (e) => e.actor }], changes)
-      : h('p', { class: 'muted' }, 'No account-specific setting recorded.'),
+      : h('p', { class: 'muted' }, 'No change of these settings recorded.'),
   ];
 }
 
@@ -655,7 +656,7 @@ async function planDialog(id, refresh) {
     ],
     summary: (v) => `${v.plan ? `Put ${id} on the plan “${v.plan}”` : `Remove the plan of ${id}`}, because “${mustBeReason(v)}”.`,
     submit: async (v, key) => {
-      await api('PUT', `/v1/accounts/${enc(id)}/plan`, { plan: v.plan || null, idempotency_key: key });
+      await api('PUT', `/v1/accounts/${enc(id)}/plan`, { plan: v.plan || null, idempotency_key: key }, v.reason);
       return done(v.plan ? `Plan: ${v.plan}` : 'Plan removed', () => refresh('plan', 'settings', 'audit'));
     },
   });
@@ -667,8 +668,8 @@ function releaseDialog(hold, refresh) {
     fields: [{ name: 'reason', label: 'Reason', multiline: true, required: true }],
     summary: (v) => `Release the hold of ${credits(hold.amount)} credits (${hold.id}), giving them back to ${hold.account_id}, because “${mustBeReason(v)}”.`,
     danger: true,
-    submit: async () => {
-      await api('POST', `/v1/holds/${enc(hold.id)}/release`);
+    submit: async (v) => {
+      await api('POST', `/v1/holds/${enc(hold.id)}/release`, undefined, v.reason);
       return done('Hold released', () => refresh('holds', 'audit'));
     },
   });
@@ -679,8 +680,8 @@ function retryDialog(event, refresh) {
     title: `Retry event #${event.id}`,
     fields: [{ name: 'reason', label: 'Reason', multiline: true, required: true }],
     summary: (v) => `Deliver ${event.type} (#${event.id}, ${event.attempts} attempts so far) to the app's webhook again now, because “${mustBeReason(v)}”.`,
-    submit: async () => {
-      await api('POST', `/v1/events/${event.id}/retry`);
+    submit: async (v) => {
+      await api('POST', `/v1/events/${event.id}/retry`, undefined, v.reason);
       // Delivery takes a moment: look again until it has had time to land.
       return done(`Event #${event.id} queued again`, () => {
         refresh('events', 'audit');
