@@ -71,5 +71,7 @@ async def test_a_405_says_what_is_allowed_and_paths_declare_their_rules(
     spec = (await client.get("/openapi.json")).json()
     (param,) = spec["paths"]["/v1/accounts/{account_id}"]["get"]["parameters"]
     assert param["schema"]["pattern"].startswith("^[A-Za-z0-9_.:@|-]{1,128}$")
-    (hold,) = spec["paths"]["/v1/holds/{hold_id}/release"]["post"]["parameters"]
+    hold, reason = spec["paths"]["/v1/holds/{hold_id}/release"]["post"]["parameters"]
     assert hold["schema"] == {"type": "string", "format": "uuid"}
+    assert (reason["name"], reason["in"], reason["required"]) == (
+        "X-Audit-Reason", "header", False)  # released from the console: audited
