@@ -2969,11 +2969,12 @@ END $$;
 -- event would have (balance_purchase: the payment is then credited, and a redelivery of any
 -- of its events is a duplicate), for p_account (default: the one its event named) and
 -- p_credits (default: the catalog's amount); 'dismiss' credits nothing. Either way with the
--- operator's note, audited. The same request again (p_hash) replays the first answer;
--- another on a resolved review is a conflict; an unknown review is not_found.
+-- operator's note, audited (with p_reason, the request's X-Audit-Reason, when given). The
+-- same request again (p_hash) replays the first answer; another on a resolved review is a
+-- conflict; an unknown review is not_found.
 CREATE OR REPLACE FUNCTION balance_resolve_review(
     p_id bigint, p_action text, p_account text, p_credits bigint, p_note text, p_actor text,
-    p_hash bytea, p_welcome bigint, p_mode text
+    p_hash bytea, p_welcome bigint, p_mode text, p_reason text
 ) RETURNS balance_result LANGUAGE plpgsql AS $$
 DECLARE
     v_rev webhook_events_unfulfilled;
@@ -3042,7 +3043,9 @@ BEGIN
         p_id::text, v_tx,
         jsonb_build_object('action', p_action, 'credits', v_credits, 'note', p_note,
                            'provider', v_rev.provider, 'payment_id', v_payment,
-                           'problem', v_rev.problem));
+                           'problem', v_rev.problem)
+        || CASE WHEN p_reason IS NULL THEN '{}'::jsonb
+                ELSE jsonb_build_object('reason', p_reason) END);
     v_res.body := jsonb_build_object('payment', balance__review_payment_json(v_rev),
                                      'account', v_acc);
     RETURN v_res;

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -43,13 +43,18 @@ def _uncursor(raw: str | None, shape: tuple[type, ...]) -> list[Any] | None:
 def _fits(value: object, kind: type) -> bool:
     if isinstance(value, int) and type(value) is kind:
         return 0 < value < 2**63
-    return isinstance(value, str) and kind is str and len(value) <= 300
+    # Printable: no NUL (PostgreSQL's text refuses it) and no lone surrogate (not UTF-8).
+    return isinstance(value, str) and kind is str and len(value) <= 300 and value.isprintable()
 
 
 def _at(value: str) -> datetime:
+    """A cursor's timestamp, in UTC (one PostgreSQL's range holds), or 422."""
     try:
-        return datetime.fromisoformat(value)
-    except ValueError:
+        at = datetime.fromisoformat(value)
+        if at.tzinfo is None:
+            raise ValueError("no offset")
+        return at.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise errors.invalid_request("cursor: not a cursor this server gave") from None
 
 

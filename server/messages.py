@@ -79,15 +79,23 @@ class AdjustRequest(msgspec.Struct, forbid_unknown_fields=True):
     idempotency_key: IdempotencyKey
 
 
-class ResolveRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """A payment under review, resolved: `credit` (the catalog's credits for the money its
-    event names unless `credits` says otherwise, to the account it names unless
-    `account_id` does) or `dismiss` (nothing is credited); `note` says why."""
+Note = Annotated[str, msgspec.Meta(min_length=1, max_length=500, extra_json_schema=_no_nul)]
 
-    action: Literal["credit", "dismiss"]
-    note: Annotated[str, msgspec.Meta(min_length=1, max_length=500, extra_json_schema=_no_nul)]
+
+class CreditReviewRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A payment under review, credited: the catalog's credits for the money its event names
+    unless `credits` says otherwise, to the account it names unless `account_id` does;
+    `note` says why."""
+
+    note: Note
     credits: Amount | None = None
     account_id: AccountId | None = None
+
+
+class DismissReviewRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A payment under review, dismissed: nothing is credited; `note` says why."""
+
+    note: Note
 
 
 class ChargeRequest(msgspec.Struct, forbid_unknown_fields=True):

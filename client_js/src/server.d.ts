@@ -314,8 +314,10 @@ export class Balance {
   searchAccounts(prefix?: string, options?: { limit?: number; cursor?: string | null }): Promise<{ accounts: Account[]; next: string | null }>;
   /** One page of payments in `status`, newest first. */
   paymentsPage(status: Payment['status'], options?: { account?: string; limit?: number; cursor?: string | null }): Promise<{ payments: Payment[]; next: string | null }>;
-  /** Settle a payment under review once (the review is the key): credit it or dismiss it. */
-  resolveReview(reviewId: number, options: { action: 'credit' | 'dismiss'; note: string; credits?: number; account?: string }): Promise<{ payment: Payment; account: Account | null } & Replayable>;
+  /** Credit a payment under review once (the review is the key; another resolution is IdempotencyConflict). */
+  creditReview(reviewId: number, options: { note: string; credits?: number; account?: string }): Promise<{ payment: Payment; account: Account | null } & Replayable>;
+  /** Dismiss a payment under review once: nothing is credited. */
+  dismissReview(reviewId: number, options: { note: string }): Promise<{ payment: Payment; account: Account | null } & Replayable>;
   /** One page of the audit log, newest first. */
   auditPage(options?: { account?: string; limit?: number; before?: number | null }): Promise<{ entries: AuditEntry[]; next: number | null }>;
   /** Open a provider checkout: a package, or amount + currency (pay-as-you-go). */

@@ -42,7 +42,8 @@ export const OPERATIONS = Object.freeze({
   retry_event: op('POST', '/v1/events/{event_id}/retry', 'retryEvent'),
   search_accounts: op('GET', '/v1/accounts', 'searchAccounts', [], { query: ['prefix', 'limit', 'cursor'] }),
   list_payments: op('GET', '/v1/payments', 'paymentsPage', [], { query: ['status', 'account_id', 'limit', 'cursor'] }),
-  resolve_review: op('POST', '/v1/payments/reviews/{review_id}/resolve', 'resolveReview', ['action', 'note', 'credits', 'account_id'], { replays: true }),
+  credit_review: op('POST', '/v1/payments/reviews/{review_id}/credit', 'creditReview', ['note', 'credits', 'account_id'], { replays: true }),
+  dismiss_review: op('POST', '/v1/payments/reviews/{review_id}/dismiss', 'dismissReview', ['note'], { replays: true }),
   audit_log: op('GET', '/v1/audit', 'auditPage', [], { query: ['account_id', 'limit', 'before'] }),
   checkout: op('POST', '/v1/accounts/{account_id}/checkout', 'checkout', ['provider', 'success_url', 'idempotency_key', 'package', 'amount', 'currency', 'cancel_url', 'customer_email'], { keyed: true }),
   mint_token: op('POST', '/v1/tokens', 'createToken', ['account_id', 'ttl_seconds']),
@@ -387,12 +388,17 @@ export class Balance {
   }
 
   /**
-   * Settle a payment under review once: credit it (the catalog's credits, to the account its
-   * event named, unless given) or dismiss it, with a note. The review is the key: the same
-   * call again answers the first one, replayed; another is IdempotencyConflict.
+   * Credit a payment under review once (the catalog's credits, to the account its event
+   * named, unless given), with a note. The review is the key: the same call again answers
+   * the first one, replayed; any other resolution of it is IdempotencyConflict.
    */
-  async resolveReview(reviewId, { action, note, credits, account } = {}) {
-    return this.#call('resolve_review', { review_id: reviewId }, { action, note, credits, account_id: account }, `review:${reviewId}`);
+  async creditReview(reviewId, { note, credits, account } = {}) {
+    return this.#call('credit_review', { review_id: reviewId }, { note, credits, account_id: account }, `review:${reviewId}`);
+  }
+
+  /** Dismiss a payment under review once (nothing is credited), with a note. */
+  async dismissReview(reviewId, { note } = {}) {
+    return this.#call('dismiss_review', { review_id: reviewId }, { note }, `review:${reviewId}`);
   }
 
   /** One page of the audit log (what operators did), newest first: `{entries, next}`. */

@@ -335,16 +335,21 @@ class Balance:
         return self._run(Call("GET", "/v1/payments", PaymentPage, params=query(
             status=status, account_id=account, limit=limit, cursor=cursor)))
 
-    def resolve_review(self, review_id: int, *, action: Literal["credit", "dismiss"],
-                             note: str, credits: int | None = None,
-                             account: str | None = None) -> ResolveResult:
-        """Settle a payment under review once: credit it (the catalog's credits and the
-        account its event named, unless given) or dismiss it. The review is the key: the
-        same call again answers the first one, replayed; another is IdempotencyConflict."""
+    def credit_review(self, review_id: int, *, note: str, credits: int | None = None,
+                            account: str | None = None) -> ResolveResult:
+        """Credit a payment under review once (the catalog's credits and the account its
+        event named, unless given). The review is the key: the same call again answers the
+        first one, replayed; any other resolution of it is IdempotencyConflict."""
         return self._run(Call(
-            "POST", path("/v1/payments/reviews/{}/resolve", review_id), ResolveResult,
-            body({"action": action, "note": note}, credits=credits, account_id=account),
+            "POST", path("/v1/payments/reviews/{}/credit", review_id), ResolveResult,
+            body({"note": note}, credits=credits, account_id=account),
             key=f"review:{review_id}", mutation=True))
+
+    def dismiss_review(self, review_id: int, *, note: str) -> ResolveResult:
+        """Dismiss a payment under review once: nothing is credited (as credit_review)."""
+        return self._run(Call(
+            "POST", path("/v1/payments/reviews/{}/dismiss", review_id), ResolveResult,
+            body({"note": note}), key=f"review:{review_id}", mutation=True))
 
     def audit_log(self, *, account: str | None = None, limit: int | None = None,
                         before: int | None = None) -> AuditPage:

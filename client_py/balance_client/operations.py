@@ -33,7 +33,8 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "retry_event": ("retry_event",),
     "search_accounts": ("search_accounts",),
     "list_payments": ("list_payments",),
-    "resolve_review": ("resolve_review",),
+    "credit_review": ("credit_review",),
+    "dismiss_review": ("dismiss_review",),
     "audit_log": ("audit_log",),
 }
 

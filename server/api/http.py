@@ -108,8 +108,8 @@ def audit_reason(request: Request) -> str | None:
     raw = request.headers.get(AUDIT_REASON)
     if raw is None:
         return None
-    try:
-        reason = unquote(raw, errors="strict").strip()
+    try:  # ASCII on the wire (raw UTF-8 would read as Latin-1 here): the escapes carry it
+        reason = unquote(raw, errors="strict").strip() if raw.isascii() else None
     except UnicodeDecodeError:
         reason = None
     if not reason or len(reason) > AUDIT_REASON_MOST or not reason.isprintable():

@@ -64,7 +64,8 @@ _QUERY_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
 # On an operator action (routes.Operation.audited): why, kept in its audit log entry.
 _AUDIT_REASON = {
     "name": "X-Audit-Reason", "in": "header", "required": False,
-    "schema": {"type": "string", "minLength": 1, "maxLength": 3 * 3 * AUDIT_REASON_MOST},
+    # Each character is at most 4 bytes of UTF-8, each byte 3 characters escaped.
+    "schema": {"type": "string", "minLength": 1, "maxLength": 12 * AUDIT_REASON_MOST},
     "description": f"why (1-{AUDIT_REASON_MOST} printable characters, percent-encoded UTF-8): "
                    "the audit log entry's detail.reason, unless the body gives a reason"}
 # Query parameters whose name means another thing on another path: (name, required).
@@ -204,8 +205,8 @@ def _answer_types() -> list[Any]:
 
 def _replays(op: Operation) -> bool:
     """Whether an answer may be a replay: the body requires an idempotency_key, or the
-    operation resolves a hold (whose id is the key of its capture and release)."""
-    if op.path.startswith("/v1/holds/"):
+    operation resolves a hold or a review (whose id is the key of its resolution)."""
+    if op.path.startswith(("/v1/holds/", "/v1/payments/reviews/")):  # the id is the key
         return True
     return op.body is not None and any(
         f.name == "idempotency_key" and f.required for f in msgspec.structs.fields(op.body))

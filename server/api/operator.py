@@ -11,13 +11,14 @@ from server.api.http import (
     PAGE_SIZE,
     account_query,
     actor,
+    audit_reason,
     int_query,
     read_body,
     resources,
     text_query,
 )
 from server.ledger import Outcome, request_hash
-from server.messages import ResolveRequest, decode_body
+from server.messages import CreditReviewRequest, DismissReviewRequest, decode_body
 
 PREFIX_MOST = 128  # an account id's longest
 CURSOR_MOST = 1000
@@ -53,12 +54,22 @@ def _review_param(request: Request) -> int:
     return int(raw)
 
 
-async def resolve_review(request: Request) -> Outcome:
-    """Credit or dismiss a payment under review, once."""
+async def credit_review(request: Request) -> Outcome:
+    """Credit a payment under review, once."""
     review_id = _review_param(request)
-    body = decode_body(ResolveRequest, await read_body(request))
+    body = decode_body(CreditReviewRequest, await read_body(request))
     return await resources(request).fulfilment.resolve(
-        review_id, body, actor(request), request_hash("resolve", body))
+        review_id, "credit", body.note, actor(request), request_hash("credit_review", body),
+        audit_reason(request), credits=body.credits, account_id=body.account_id)
+
+
+async def dismiss_review(request: Request) -> Outcome:
+    """Dismiss a payment under review (credit nothing), once."""
+    review_id = _review_param(request)
+    body = decode_body(DismissReviewRequest, await read_body(request))
+    return await resources(request).fulfilment.resolve(
+        review_id, "dismiss", body.note, actor(request), request_hash("dismiss_review", body),
+        audit_reason(request))
 
 
 async def audit_log(request: Request) -> bytes:

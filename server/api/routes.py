@@ -23,7 +23,7 @@ from server.auth import check_scope, check_service_key
 from server.catalog import Catalog
 from server.config import Scope, ServiceKey
 from server.console import session as console
-from server.errors import Problem, rate_limited
+from server.errors import Problem, rate_limited, unauthorized
 from server.ledger import Outcome
 from server.messages import (
     AdjustRequest,
@@ -34,10 +34,11 @@ from server.messages import (
     CheckoutRequest,
     CheckRequest,
     CreditRequest,
+    CreditReviewRequest,
     DebitRequest,
+    DismissReviewRequest,
     HoldRequest,
     PlanRequest,
-    ResolveRequest,
     TokenRequest,
 )
 from server.resources import Resources
@@ -153,8 +154,13 @@ OPERATIONS: tuple[Operation, ...] = (
               "newest first", "service", query=("payment_status", "account_id", "limit",
                                                 "cursor"),
               answer=shapes.PaymentPage, scope="read"),
-    Operation("POST", "/v1/payments/reviews/{review_id}/resolve", operator.resolve_review,
-              "Credit or dismiss a payment under review, once", "service", ResolveRequest,
+    Operation("POST", "/v1/payments/reviews/{review_id}/credit", operator.credit_review,
+              "Credit a payment under review, once", "service", CreditReviewRequest,
+              refusals=("not_found", "idempotency_conflict", OUTCOME),
+              answer=shapes.ResolveResult, audited=True),
+    Operation("POST", "/v1/payments/reviews/{review_id}/dismiss", operator.dismiss_review,
+              "Dismiss a payment under review (credit nothing), once", "service",
+              DismissReviewRequest,
               refusals=("not_found", "idempotency_conflict", OUTCOME),
               answer=shapes.ResolveResult, audited=True),
     Operation("GET", "/v1/audit", operator.audit_log,
@@ -184,14 +190,15 @@ OPERATIONS: tuple[Operation, ...] = (
 )
 
 
-async def _authenticate(request: Request, auth: Auth, scope: Scope) -> None:
+async def _authenticate(request: Request, auth: Auth, scope: Scope, audited: bool) -> None:
     """Service-key routes check the key and its scope here (and its rate limit, when one is
     set); user routes verify their token themselves. The operator console's session cookie
-    stands for the key it was opened with. Who acts is left in the scope's `balance.actor`."""
+    stands for the key it was opened with, to read and to make the operator's (audited)
+    changes. Who acts is left in the scope's `balance.actor`."""
     header = request.headers.get("authorization")
     if auth == "service":
         res = resources(request)
-        key = _service_key(request, res, header)
+        key = _service_key(request, res, header, audited)
         check_scope(key, scope)
         if res.limits.limits("service"):
             retry = await res.limits.hit("service", key.name)
@@ -199,16 +206,22 @@ async def _authenticate(request: Request, auth: Auth, scope: Scope) -> None:
                 raise rate_limited(retry)
     elif auth == "service_or_user":
         try:
-            _service_key(request, resources(request), header)
+            _service_key(request, resources(request), header, audited)
         except Problem:
             user(request)
 
 
-def _service_key(request: Request, res: Resources, header: str | None) -> ServiceKey:
+def _service_key(request: Request, res: Resources, header: str | None,
+                 audited: bool) -> ServiceKey:
     cookie = None if header else request.cookies.get(console.COOKIE)
     if cookie:  # the operator console, signed in (server/console/session.py)
         key = console.session_key(cookie, res.settings.token_secret, res.service_keys,
                                   request.method, request.headers.get(console.CSRF_HEADER))
+        if request.method not in console.SAFE_METHODS and not audited:
+            # A debit, a charge, a token for a user's browser...: the backend's business,
+            # never the console's; everything a session changes is in the audit log.
+            raise unauthorized("a console session reads, and makes only the operator's "
+                               "audited changes; this route takes a service key")
         request.scope[ACTOR] = f"{CONSOLE}{key.name}"
     else:
         key = check_service_key(header, res.service_keys)
@@ -227,14 +240,15 @@ class _Endpoint:
     of exception handling per request that the ExceptionMiddleware around the router
     already does, and the debit path is hot. Problems raised here reach that middleware."""
 
-    __slots__ = ("auth", "handler", "scope", "status")
+    __slots__ = ("audited", "auth", "handler", "scope", "status")
 
     def __init__(self, op: Operation) -> None:
         self.handler, self.status, self.auth, self.scope = op.handler, op.status, op.auth, op.scope
+        self.audited = op.audited
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        await _authenticate(request, self.auth, self.scope)
+        await _authenticate(request, self.auth, self.scope, self.audited)
         result = await self.handler(request)
         headers = [_JSON_HEADER]
         if isinstance(result, Outcome):

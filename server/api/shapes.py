@@ -369,7 +369,7 @@ class Resolution(msgspec.Struct, forbid_unknown_fields=True):
 class Review(msgspec.Struct, forbid_unknown_fields=True):
     """The paid event that could not be credited as it came."""
 
-    id: Annotated[int, _("the review's id (POST /v1/payments/reviews/{id}/resolve)")]
+    id: Annotated[int, _("the review's id (POST /v1/payments/reviews/{id}/credit or /dismiss)")]
     event_id: str
     event_type: str
     problem: Annotated[str, _("why it was not credited")]

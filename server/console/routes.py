@@ -63,7 +63,7 @@ def _current(request: Request) -> session.Session:
         raise errors.unauthorized("not signed in to the console")
     res = resources(request)
     current = session.verify(res.settings.token_secret, cookie)
-    session.current_key(current, res.service_keys)
+    session.current_key(current, res.service_keys, res.settings.token_secret)
     return current
 
 

@@ -21,7 +21,6 @@ from server import errors, metrics
 from server.catalog import Catalog, Unpriced
 from server.db import jsonb
 from server.ledger import Ledger, Outcome
-from server.messages import ResolveRequest
 from server.payments.events import (
     Action,
     Dispute,
@@ -42,7 +41,8 @@ _REFUND_SQL = (
 )
 _DISPUTE_SQL = "SELECT (r).* FROM (SELECT balance.balance_dispute($1,$2,$3,$4,$5,$6,$7) r) s"
 _RESOLVE_SQL = (
-    "SELECT (r).* FROM (SELECT balance.balance_resolve_review($1,$2,$3,$4,$5,$6,$7,$8,$9) r) s"
+    "SELECT (r).* FROM"
+    " (SELECT balance.balance_resolve_review($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) r) s"
 )
 _UNFULFILLED_SQL = (
     "SELECT balance.balance_record_unfulfilled($1,$2,$3,$4,$5,$6::jsonb,$7,$8,$9,$10,$11)"
@@ -111,34 +111,41 @@ class Fulfilment:
         return {**answer, "result": body["result"], "payment_id": action.payment_id,
                 **{k: v for k, v in body.items() if k != "result"}}
 
-    async def resolve(self, review_id: int, request: ResolveRequest, actor: str,
-                      fingerprint: bytes) -> Outcome:
-        """Resolve a payment under review once, as `actor` (audited, in SQL): credit it as
-        its own event would have (then a redelivery of it is a duplicate) or dismiss it.
-        The same request again replays; another on a resolved review is a conflict."""
+    async def resolve(self, review_id: int, action: str, note: str, actor: str,
+                      fingerprint: bytes, why: str | None, *, credits: int | None = None,
+                      account_id: str | None = None) -> Outcome:
+        """Resolve a payment under review once, as `actor` (audited in SQL, with `why`):
+        credit it as its own event would have (then a redelivery of it is a duplicate) or
+        dismiss it. The same request again replays; another on a resolved review is a
+        conflict."""
         review = await self._ledger.pool.fetchrow(
             "SELECT provider, payment_id, account_id, credits, resolved_at FROM"
             " balance.webhook_events_unfulfilled WHERE id = $1", review_id)
         if review is None:
             raise errors.not_found("no such review")
-        if request.action == "dismiss":
-            if request.credits is not None or request.account_id is not None:
-                raise errors.invalid_request("credits: only a credit names credits or account_id")
-        elif review["resolved_at"] is None:  # a resolved one replays or conflicts, in SQL
+        # A resolved one replays or conflicts, in SQL.
+        if action == "credit" and review["resolved_at"] is None:
             if review["payment_id"] is None:
                 raise errors.invalid_request(
-                    "action: this event names no payment to credit; dismiss it (and adjust "
+                    "review_id: this event names no payment to credit; dismiss it (and adjust "
                     "the account if credits are owed)")
-            if request.account_id is None and review["account_id"] is None:
+            if account_id is None and review["account_id"] is None:
                 raise errors.invalid_request("account_id: the payment names no account; say "
                                              "whose it is")
-            if request.credits is None and review["credits"] is None:
+            if credits is None and review["credits"] is None:
                 raise errors.invalid_request("credits: the catalog cannot price this payment; "
                                              "state the credits")
-        row = await self._ledger.move(
-            _RESOLVE_SQL, review_id, request.action, request.account_id, request.credits,
-            request.note, actor, fingerprint, self._ledger.welcome, self._refund_policy,
-            reason=f"purchase via {review['provider']}")
+        try:
+            row = await self._ledger.move(
+                _RESOLVE_SQL, review_id, action, account_id, credits, note, actor, fingerprint,
+                self._ledger.welcome, self._refund_policy,
+                why, reason=f"purchase via {review['provider']}")
+        except asyncpg.UniqueViolationError:
+            # The payment's key was taken on that account by a /credit before the API
+            # reserved `webhook:` keys (the review's own problem, then): nothing was written.
+            raise errors.invalid_request(
+                "account_id: this payment's key is already used on that account; dismiss the "
+                "review and adjust the account, or credit another account") from None
         return self._ledger.outcome(row)
 
     def _credits(self, p: Purchase) -> int:

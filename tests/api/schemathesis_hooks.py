@@ -2,10 +2,11 @@
 
 A credit's `expires_at` must be in the future, and a usage range spans at most 366 days:
 both are relative to the clock, which JSON Schema has no words for (the OpenAPI
-descriptions say them). A page `cursor` must be one the server handed out: an opaque
-token, any string of its alphabet to a schema; and an X-Audit-Reason is percent-encoded
-UTF-8 text, which a string schema cannot say either. Only a refusal that names exactly one of
-these rules is forgiven; every other finding fails the run.
+descriptions say them). A page `cursor` must be one the server handed out (an opaque
+token: any string of its alphabet, to a schema). An X-Audit-Reason is percent-encoded UTF-8
+text, which a string schema cannot say. What a payment under review lacks for a credit
+depends on that review. Only a refusal that names exactly one of these rules is forgiven;
+every other finding fails the run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ UNSTATED_RULES = (
     '"detail":"since: at most 366 days before until (or now)"',
     '"detail":"cursor: not a cursor this server gave"',
     '"detail":"X-Audit-Reason: 1-500 printable characters, percent-encoded UTF-8"',
+    # What crediting a payment under review needs that its event did not say: a schema
+    # cannot know which review lacks an account, a price or a payment.
+    '"detail":"account_id: the payment names no account; say whose it is"',
+    '"detail":"credits: the catalog cannot price this payment; state the credits"',
+    '"detail":"review_id: this event names no payment to credit; dismiss it (and adjust the'
+    ' account if credits are owed)"',
+    '"detail":"account_id: this payment\'s key is already used on that account; dismiss the'
+    ' review and adjust the account, or credit another account"',
 )
 
 

@@ -308,13 +308,22 @@ async def test_real_answers_match_the_document(
         review = await a.call("GET", "/v1/payments", "/v1/payments", 200,
                               params={"status": "needs_review", "limit": 1})
         assert review["payments"][0]["payment_id"] == pi
-        R = "/v1/payments/reviews/{review_id}/resolve"
-        resolve = f"/v1/payments/reviews/{review['payments'][0]['review']['id']}/resolve"
-        await a.call("POST", resolve, R, 200,
-                     json={"action": "credit", "account_id": account, "note": "ticket 1"})
-        await a.call("POST", resolve, R, 409, json={"action": "dismiss", "note": "no"})
-        await a.call("POST", "/v1/payments/reviews/999999999/resolve", R, 404,
-                     json={"action": "dismiss", "note": "no"})
+        R = "/v1/payments/reviews/{review_id}"
+        reviewed = f"/v1/payments/reviews/{review['payments'][0]['review']['id']}"
+        await a.call("POST", f"{reviewed}/credit", R + "/credit", 200,
+                     json={"account_id": account, "note": "ticket 1"})
+        await a.call("POST", f"{reviewed}/dismiss", R + "/dismiss", 409, json={"note": "no"})
+        await a.call("POST", "/v1/payments/reviews/999999999/dismiss", R + "/dismiss", 404,
+                     json={"note": "no"})
+        # A second payment under review, dismissed.
+        assert await db.fetchval(
+            "SELECT balance_record_unfulfilled('dodo', $1, 'payment.succeeded', NULL,"
+            " 'partial refund without amount', '{}', NULL, NULL, NULL, NULL, NULL)",
+            f"msg_{pi}") == "recorded"
+        other = await a.call("GET", "/v1/payments", "/v1/payments", 200,
+                             params={"status": "needs_review", "limit": 1})
+        await a.call("POST", f"/v1/payments/reviews/{other['payments'][0]['review']['id']}"
+                     "/dismiss", R + "/dismiss", 200, json={"note": "nothing to credit"})
         for status in ("credited", "resolved"):
             await a.call("GET", "/v1/payments", "/v1/payments", 200,
                          params={"status": status, "account_id": account})

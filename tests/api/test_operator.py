@@ -5,6 +5,8 @@ account's events; spending by day and operation."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import uuid
 
 import httpx
@@ -41,7 +43,14 @@ async def test_accounts_by_prefix_the_last_changed_first_in_pages(
     assert [(a["account_id"], a["balance"]) for a in r.json()["accounts"]] == [(ids[1], 9)]
     r = await client.get("/v1/accounts", params={"prefix": f"{prefix}%"})
     assert r.json()["accounts"] == []  # a prefix is literal: no LIKE wildcards
-    for bad in ({"cursor": "not-a-cursor"}, {"limit": 0}, {"prefix": "x" * 129}):
+    def crafted(*key: object) -> str:  # a cursor of the server's shape, not from it
+        return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
+
+    for bad in ({"cursor": "not-a-cursor"}, {"limit": 0}, {"prefix": "x" * 129},
+                {"cursor": crafted("2026-01-01T00:00:00+00:00", "a\u0000")},
+                {"cursor": crafted("0001-01-01T00:00:00+05:00", "a")},
+                {"cursor": crafted("2026-01-01T00:00:00", "a")},
+                {"cursor": crafted("2026-01-01T00:00:00+00:00", "\ud800")}):
         r = await client.get("/v1/accounts", params=bad)
         assert (r.status_code, r.json()["error"]) == (422, "invalid_request"), bad
 

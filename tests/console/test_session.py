@@ -121,6 +121,13 @@ async def test_the_api_takes_the_cookie_and_mutations_need_the_csrf_token(
                                        else csrf[:-1] + "B"})
         assert r.status_code == 401
         assert (await client.get(f"/v1/accounts/{account}")).json()["balance"] == 0
+        # What the backend does (a debit, a user's token) the console never does, even
+        # with the token: a session's changes are the audited operator actions only.
+        for path, body in ((f"/v1/accounts/{account}/debit",
+                            {"amount": 1, "reason": "x", "idempotency_key": key()}),
+                           ("/v1/tokens", {"account_id": account})):
+            r = await client.post(path, json=body, headers={"x-csrf-token": csrf})
+            assert r.status_code == 401 and "service key" in r.json()["message"], path
 
         r = await client.post(f"/v1/accounts/{account}/adjust", json=adjust,
                               headers={"x-csrf-token": csrf})
@@ -146,15 +153,18 @@ async def test_a_read_session_reads_and_changes_nothing(
         assert (await client.get(f"/v1/accounts/{account}")).json()["balance"] == 0
 
 
-async def test_a_session_ends_with_its_key_or_its_scope(
+async def test_a_session_ends_with_its_key_its_scope_or_its_secret(
     start_app: StartApp, account: str
 ) -> None:
     first = await start(start_app)
     async with browser(first) as client:
         await sign_in(client, SUPPORT)
         cookie = client.cookies[session.COOKIE]
-    # The same token secret, the key gone; then the key back with another scope.
-    for keys in ((f"ops:admin:{ADMIN}",), (f"ops:admin:{ADMIN}", f"support:admin:{SUPPORT}")):
+    # The same token secret, the key gone; then the key back with another scope; then
+    # another secret under the same name and scope (a rotation after a leak).
+    rotated = "sk_support_" + secrets.token_urlsafe(16)
+    for keys in ((f"ops:admin:{ADMIN}",), (f"ops:admin:{ADMIN}", f"support:admin:{SUPPORT}"),
+                 (f"ops:admin:{ADMIN}", f"support:read:{rotated}")):
         app = await start(start_app, *keys)
         async with browser(app, cookies={session.COOKIE: cookie}) as client:
             r = await client.get(f"/v1/accounts/{account}")

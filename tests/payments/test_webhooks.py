@@ -851,6 +851,16 @@ async def test_a_purchase_key_taken_before_reservation_is_recorded_not_a_500(
     assert r.status_code == 200 and r.json()["result"] == "needs_review"
     assert await balance(backend, account) == 0
     assert await db.fetchval("SELECT count(*) FROM payments WHERE payment_id = $1", pi) == 0
+    # Its operator cannot credit it to that account either (the key is still taken): a
+    # clear 422, nothing written; to another account it goes.
+    review = (await under_review(backend, pi))["review"]["id"]
+    r = await resolve(backend, review, action="credit", note="ticket 3")
+    assert (r.status_code, r.json()["error"]) == (422, "invalid_request"), r.text
+    assert "already used" in r.json()["message"]
+    assert await balance(backend, account) == 0
+    r = await resolve(backend, review, action="credit", account_id=f"{account}-2",
+                      note="ticket 3: the buyer's team account")
+    assert r.status_code == 200 and r.json()["account"]["balance"] == 10
 
 
 # ---------------------------------------------------------------- credits from money received
@@ -1034,8 +1044,9 @@ async def under_review(backend: httpx.AsyncClient, payment_id: str) -> Json:
         assert cursor is not None, f"{payment_id} is not under review"
 
 
-async def resolve(backend: httpx.AsyncClient, review: int, **body: Any) -> httpx.Response:
-    return await backend.post(f"/v1/payments/reviews/{review}/resolve", json=body)
+async def resolve(backend: httpx.AsyncClient, review: int, action: str,
+                  **body: Any) -> httpx.Response:
+    return await backend.post(f"/v1/payments/reviews/{review}/{action}", json=body)
 
 
 async def test_a_payment_without_an_account_is_credited_once_however_often_it_is_resolved(
@@ -1063,8 +1074,8 @@ async def test_a_payment_without_an_account_is_credited_once_however_often_it_is
         await ws.send(json.dumps({"type": "auth", "token": token}))
         async with asyncio.timeout(5):
             assert json.loads(await ws.recv())["balance"] == 0
-        body = {"action": "credit", "account_id": account, "note": "support ticket 7"}
-        answers = await asyncio.gather(*(resolve(backend, review["id"], **body)
+        body = {"account_id": account, "note": "support ticket 7"}
+        answers = await asyncio.gather(*(resolve(backend, review["id"], "credit", **body)
                                          for _ in range(8)))
         async with asyncio.timeout(5):
             frame = json.loads(await ws.recv())
@@ -1137,7 +1148,7 @@ async def test_stated_credits_and_dismissal(
     r = await resolve(backend, review, action="credit", note="no amount")
     assert r.status_code == 422 and "credits" in r.json()["message"]
     r = await resolve(backend, review, action="dismiss", credits=5, note="x")
-    assert r.status_code == 422
+    assert (r.status_code, r.json()["error"]) == (422, "invalid_request")  # unknown field
     r = await resolve(backend, review, action="dismiss", note="test payment, refunded by hand")
     assert r.status_code == 200, r.text
     assert r.json()["account"] is None

@@ -209,14 +209,12 @@ async def test_the_operator_calls(balance: AsyncBalance, db: asyncpg.Pool,
     page = await balance.list_payments("needs_review", limit=200)
     listed = next(p for p in page.payments if p.payment_id == pi)
     assert listed.review is not None and listed.credits == 9
-    resolved = await balance.resolve_review(listed.review.id, action="credit", account=account,
-                                            note="ticket 9")
-    again = await balance.resolve_review(listed.review.id, action="credit", account=account,
-                                         note="ticket 9")
+    resolved = await balance.credit_review(listed.review.id, account=account, note="ticket 9")
+    again = await balance.credit_review(listed.review.id, account=account, note="ticket 9")
     assert resolved.account is not None and resolved.account.balance == 9
     assert again.replayed and not resolved.replayed and again.payment == resolved.payment
     with pytest.raises(IdempotencyConflict):
-        await balance.resolve_review(listed.review.id, action="dismiss", note="no")
+        await balance.dismiss_review(listed.review.id, note="no")
     credited = await balance.list_payments("credited", account=account)
     assert [p.payment_id for p in credited.payments] == [pi]
     found = await balance.search_accounts(account)

@@ -9,7 +9,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac, randomBytes } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { once } from 'node:events';
 import { ARTIFACTS, CHROMIUM, freePort, databasesFor, missingPrerequisite, startServer } from './servers.js';
@@ -249,7 +249,7 @@ test('console: sign in, search, live adjust in two tabs, hold release, event ret
     for (const status of ['needs_review', 'resolved']) listed.push(...(await call('GET', `/v1/payments?status=${status}&limit=50`)).body.payments);
     const review = listed.map((p) => p.review).find((r) => r?.resolution?.account_id === account);
     assert.ok(review, 'the resolved review is listed with its resolution');
-    const again = await call('POST', `/v1/payments/reviews/${review.id}/resolve`, { action: 'credit', note: review.resolution.note, credits: 100, account_id: account });
+    const again = await call('POST', `/v1/payments/reviews/${review.id}/credit`, { note: review.resolution.note, credits: 100, account_id: account });
     assert.equal(again.status, 200, JSON.stringify(again.body));
     assert.equal(again.headers.get('idempotent-replayed'), 'true');
     assert.equal(await balanceOf(account), balance, 'the credits arrived once');
@@ -271,6 +271,7 @@ test('console: sign in, search, live adjust in two tabs, hold release, event ret
 
   await t.test('the audit log has every console action, by the console session of its key, with its reason', async () => {
     const { entries } = (await call('GET', `/v1/audit?account_id=${account}`)).body;
+    writeFileSync(`${SHOTS}audit.json`, `${JSON.stringify(entries, null, 2)}\n`); // the rows a run leaves
     const seen = entries.map((e) => [e.action, e.actor, e.detail.reason ?? e.detail.note]).reverse();
     assert.deepEqual(seen, [
       ['adjust', 'console:ops', 'e2e: goodwill correction'],

@@ -768,9 +768,9 @@ function resolveDialog(p, reload) {
       return `Credit ${credits(mustBeInt(v.credits, { positive: true }))} credits to ${account} for this payment: “${v.note}”.`;
     },
     submit: async (v) => {
-      const body = { action: 'credit', note: v.note, credits: mustBeInt(v.credits, { positive: true }) };
+      const body = { note: v.note, credits: mustBeInt(v.credits, { positive: true }) };
       if (!p.account_id) body.account_id = v.account_id;
-      const r = await api('POST', `/v1/payments/reviews/${p.review.id}/resolve`, body);
+      const r = await api('POST', `/v1/payments/reviews/${p.review.id}/credit`, body);
       return done(`Resolved: ${r.account ? `balance of ${r.account.account_id} ${credits(r.account.balance)}` : 'credited'}`, reload);
     },
   });
@@ -786,7 +786,7 @@ function dismissDialog(p, reload) {
       return `Dismiss this payment without crediting anyone: “${v.note}”.`;
     },
     submit: async (v) => {
-      await api('POST', `/v1/payments/reviews/${p.review.id}/resolve`, { action: 'dismiss', note: v.note });
+      await api('POST', `/v1/payments/reviews/${p.review.id}/dismiss`, { note: v.note });
       return done('Dismissed', reload);
     },
   });
