@@ -9,6 +9,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -26,17 +27,32 @@ SUPPORT = "sk_support_" + secrets.token_urlsafe(16)
 KEYS = (f"ops:admin:{ADMIN}", f"support:read:{SUPPORT}")
 
 
-async def start(start_app: StartApp, *keys: str, **overrides: Any) -> RunningApp:
-    """A server with these keys and counters of its own (the sign-in limit counts by
-    address, and every test signs in from 127.0.0.1)."""
-    overrides.setdefault("rate_limits", "console_login=1000/minute")
-    return await start_app(service_keys=service_keys(keys or KEYS),
-                           channel_prefix=f"console-{uuid.uuid4().hex[:8]}", **overrides)
+Start = Callable[..., Awaitable[RunningApp]]
 
 
 @pytest.fixture
-async def console(start_app: StartApp) -> RunningApp:
-    return await start(start_app)
+async def start(start_app: StartApp) -> AsyncIterator[Start]:
+    """Servers with these keys and counters of their own (the sign-in limit counts by
+    address, and every test signs in from 127.0.0.1), stopped when the test ends: their
+    jobs would otherwise go on renewing other tests' plans in the shared database and
+    push the frames under this prefix, where those tests' sockets never listen."""
+    apps: list[RunningApp] = []
+
+    async def starter(*keys: str, **overrides: Any) -> RunningApp:
+        overrides.setdefault("rate_limits", "console_login=1000/minute")
+        app = await start_app(service_keys=service_keys(keys or KEYS),
+                              channel_prefix=f"console-{uuid.uuid4().hex[:8]}", **overrides)
+        apps.append(app)
+        return app
+
+    yield starter
+    for app in apps:
+        await app.stop()
+
+
+@pytest.fixture
+async def console(start: Start) -> RunningApp:
+    return await start()
 
 
 async def sign_in(client: httpx.AsyncClient, secret: str) -> dict[str, Any]:
@@ -154,9 +170,9 @@ async def test_a_read_session_reads_and_changes_nothing(
 
 
 async def test_a_session_ends_with_its_key_its_scope_or_its_secret(
-    start_app: StartApp, account: str
+    start: Start, account: str
 ) -> None:
-    first = await start(start_app)
+    first = await start()
     async with browser(first) as client:
         await sign_in(client, SUPPORT)
         cookie = client.cookies[session.COOKIE]
@@ -165,7 +181,7 @@ async def test_a_session_ends_with_its_key_its_scope_or_its_secret(
     rotated = "sk_support_" + secrets.token_urlsafe(16)
     for keys in ((f"ops:admin:{ADMIN}",), (f"ops:admin:{ADMIN}", f"support:admin:{SUPPORT}"),
                  (f"ops:admin:{ADMIN}", f"support:read:{rotated}")):
-        app = await start(start_app, *keys)
+        app = await start(*keys)
         async with browser(app, cookies={session.COOKIE: cookie}) as client:
             r = await client.get(f"/v1/accounts/{account}")
             assert r.status_code == 401, r.text
@@ -204,8 +220,8 @@ async def test_sign_out_needs_the_csrf_token_and_clears_the_cookie(console: Runn
         assert (await client.get("/console/session")).status_code == 401
 
 
-async def test_sign_in_is_rate_limited_per_address(start_app: StartApp) -> None:
-    app = await start(start_app, rate_limits="console_login=3/minute")
+async def test_sign_in_is_rate_limited_per_address(start: Start) -> None:
+    app = await start(rate_limits="console_login=3/minute")
     async with browser(app) as client:
         answers = [(await client.post("/console/session", json={"key": f"wrong-{i}"}))
                    for i in range(3)]
@@ -262,9 +278,9 @@ async def test_the_console_token_watches_but_cannot_buy(
 
 
 async def test_the_console_opens_its_socket_where_only_the_app_s_origins_are_allowed(
-    start_app: StartApp, account: str
+    start: Start, account: str
 ) -> None:
-    app = await start(start_app, allowed_origins=("https://app.example",))
+    app = await start(allowed_origins=("https://app.example",))
     async with browser(app) as client:
         csrf = (await sign_in(client, SUPPORT))["csrf"]
         token = (await client.post("/console/token", json={"account_id": account},
