@@ -232,6 +232,11 @@ export interface Keyed {
   key: string;
 }
 
+/** An operator action's why, sent as X-Audit-Reason and kept in the server's audit log. */
+export interface Audited {
+  readonly auditReason?: string;
+}
+
 type Metadata = Record<string, unknown>;
 
 /** A hold of a fixed amount, or of an operation's price (the plan's price when it has one). */
@@ -262,7 +267,7 @@ export class Balance {
   /** Spend `amount` credits: InsufficientCredits unless available >= amount. */
   debit(account: string, options: Keyed & { amount: number; reason: string; metadata?: Metadata }): Promise<Movement>;
   /** Add credits (grant, purchase or refund), optionally expiring. */
-  credit(account: string, options: Keyed & { amount: number; kind: 'grant' | 'purchase' | 'refund'; reason?: string; expiresAt?: Date | string; priority?: number; metadata?: Metadata }): Promise<Movement>;
+  credit(account: string, options: Keyed & Audited & { amount: number; kind: 'grant' | 'purchase' | 'refund'; reason?: string; expiresAt?: Date | string; priority?: number; metadata?: Metadata }): Promise<Movement>;
   /** An operator's signed correction (never 0). */
   adjust(account: string, options: Keyed & { amount: number; reason: string; actor: string }): Promise<Movement>;
   /** Charge the catalog's price of `operation` times `quantity` (default 1). */
@@ -272,7 +277,7 @@ export class Balance {
   /** Spend all of a hold, or `amount` of it (the rest is released). A repeat replays. */
   capture(holdId: string, options?: { amount?: number; metadata?: Metadata }): Promise<Movement>;
   /** Give a hold's credits back. A repeat replays. */
-  release(holdId: string): Promise<HoldPlaced>;
+  release(holdId: string, options?: Audited): Promise<HoldPlaced>;
   /**
    * Pay for work that succeeded: hold, run `work`, capture on success (all, or what
    * `r.settle(n)` says), release when it throws (and rethrow). `work`'s value is returned
@@ -294,30 +299,30 @@ export class Balance {
   /** The account's active holds, soonest to expire first. */
   holds(account: string): Promise<{ holds: Hold[] }>;
   /** Assign a catalog plan, or null to remove it; periods start at `anchor` (default now). */
-  setPlan(account: string, options: Keyed & { plan: string | null; anchor?: Date | string }): Promise<{ account: Account } & Replayable>;
+  setPlan(account: string, options: Keyed & Audited & { plan: string | null; anchor?: Date | string }): Promise<{ account: Account } & Replayable>;
   getPlan(account: string): Promise<PlanState>;
   /** What a charge (`operation`) or a debit (`amount`) would answer; writes nothing. */
   check(account: string, options: { operation: string; quantity?: number } | { amount: number }): Promise<CheckResult>;
   /** The account's own low_balance threshold, or null for its plan's or the catalog's. */
-  setAlerts(account: string, options: { lowBalance: number | null }): Promise<{ account: Account }>;
+  setAlerts(account: string, options: Audited & { lowBalance: number | null }): Promise<{ account: Account }>;
   /** The low-balance threshold in force (and the account's own, null: none), and the auto top-up (null: off). */
   settings(account: string): Promise<{ low_balance: number | null; threshold: number | null; threshold_from: 'account' | 'plan' | 'catalog' | null; auto_top_up: { package: string; threshold: number; stripe_customer: string; stripe_payment_method: string; enabled: boolean } | null }>;
   /** Buy `package` off session (Stripe) when available falls below `threshold`; null turns it off. */
-  setAutoTopUp(account: string, config: { package: string; threshold: number; stripeCustomer: string; stripePaymentMethod: string } | null): Promise<Record<string, unknown>>;
+  setAutoTopUp(account: string, config: { package: string; threshold: number; stripeCustomer: string; stripePaymentMethod: string } | null, options?: Audited): Promise<Record<string, unknown>>;
   /** One page of app webhooks with their attempts, newest first. */
   eventsPage(options?: { status?: 'pending' | 'delivered' | 'failed'; limit?: number; before?: string | number | null; account?: string }): Promise<EventPage>;
   /** Every app webhook (of `status`), newest first, a page at a time. */
   events(options?: { status?: 'pending' | 'delivered' | 'failed'; pageSize?: number }): AsyncGenerator<EventRecord, void, undefined>;
   /** Deliver an app webhook again now. */
-  retryEvent(eventId: number | string): Promise<{ id: number; webhook_id: string; status: 'pending' }>;
+  retryEvent(eventId: number | string, options?: Audited): Promise<{ id: number; webhook_id: string; status: 'pending' }>;
   /** Accounts whose id starts with `prefix`, the last changed first. */
   searchAccounts(prefix?: string, options?: { limit?: number; cursor?: string | null }): Promise<{ accounts: Account[]; next: string | null }>;
   /** One page of payments in `status`, newest first. */
   paymentsPage(status: Payment['status'], options?: { account?: string; limit?: number; cursor?: string | null }): Promise<{ payments: Payment[]; next: string | null }>;
   /** Credit a payment under review once (the review is the key; another resolution is IdempotencyConflict). */
-  creditReview(reviewId: number, options: { note: string; credits?: number; account?: string }): Promise<{ payment: Payment; account: Account | null } & Replayable>;
+  creditReview(reviewId: number, options: Audited & { note: string; credits?: number; account?: string }): Promise<{ payment: Payment; account: Account | null } & Replayable>;
   /** Dismiss a payment under review once: nothing is credited. */
-  dismissReview(reviewId: number, options: { note: string }): Promise<{ payment: Payment; account: Account | null } & Replayable>;
+  dismissReview(reviewId: number, options: Audited & { note: string }): Promise<{ payment: Payment; account: Account | null } & Replayable>;
   /** One page of the audit log, newest first. */
   auditPage(options?: { account?: string; limit?: number; before?: number | null }): Promise<{ entries: AuditEntry[]; next: number | null }>;
   /** Open a provider checkout: a package, or amount + currency (pay-as-you-go). */

@@ -217,9 +217,12 @@ export class Balance {
     return this.#call('debit', { account_id: account }, { amount, reason, idempotency_key: required('debit', key), metadata });
   }
 
-  /** Add credits (grant, purchase or refund), optionally expiring. */
-  async credit(account, { amount, kind, key, reason, expiresAt, priority, metadata } = {}) {
-    return this.#call('credit', { account_id: account }, { amount, kind, idempotency_key: required('credit', key), reason, expires_at: timestamp(expiresAt), priority, metadata });
+  /**
+   * Add credits (grant, purchase or refund), optionally expiring. Every operator action takes
+   * an `auditReason`: why, kept in the server's audit log.
+   */
+  async credit(account, { amount, kind, key, reason, expiresAt, priority, metadata, auditReason } = {}) {
+    return this.#call('credit', { account_id: account }, { amount, kind, idempotency_key: required('credit', key), reason, expires_at: timestamp(expiresAt), priority, metadata }, undefined, undefined, auditReason);
   }
 
   /** An operator's signed correction. */
@@ -245,8 +248,8 @@ export class Balance {
   }
 
   /** Give a hold's credits back. A repeat replays. */
-  async release(holdId) {
-    return this.#call('release_hold', { hold_id: holdId }, undefined, holdId);
+  async release(holdId, { auditReason } = {}) {
+    return this.#call('release_hold', { hold_id: holdId }, undefined, holdId, undefined, auditReason);
   }
 
   /**
@@ -324,9 +327,9 @@ export class Balance {
   }
 
   /** Assign a catalog plan (or null to remove it); periods start at `anchor` (default now). */
-  async setPlan(account, { plan, key, anchor } = {}) {
+  async setPlan(account, { plan, key, anchor, auditReason } = {}) {
     if (plan === undefined) throw new TypeError('setPlan: `plan` is required (a catalog plan id, or null to remove it)');
-    return this.#call('set_plan', { account_id: account }, { plan, idempotency_key: required('setPlan', key), anchor: timestamp(anchor) });
+    return this.#call('set_plan', { account_id: account }, { plan, idempotency_key: required('setPlan', key), anchor: timestamp(anchor) }, undefined, undefined, auditReason);
   }
 
   /** Plan, period, allowance left, limits used. */
@@ -340,8 +343,8 @@ export class Balance {
   }
 
   /** The account's own low_balance threshold, or null for its plan's or the catalog's. */
-  async setAlerts(account, { lowBalance } = {}) {
-    return this.#call('set_alerts', { account_id: account }, { low_balance: lowBalance ?? null });
+  async setAlerts(account, { lowBalance, auditReason } = {}) {
+    return this.#call('set_alerts', { account_id: account }, { low_balance: lowBalance ?? null }, undefined, undefined, auditReason);
   }
 
   /** The low-balance threshold in force (and the account's own), and the auto top-up. */
@@ -350,11 +353,11 @@ export class Balance {
   }
 
   /** Buy `package` off session when available falls below `threshold`; null turns it off. */
-  async setAutoTopUp(account, config) {
+  async setAutoTopUp(account, config, { auditReason } = {}) {
     const body = config == null ? null : {
       package: config.package, threshold: config.threshold, stripe_customer: config.stripeCustomer, stripe_payment_method: config.stripePaymentMethod,
     };
-    return this.#call('set_auto_top_up', { account_id: account }, body);
+    return this.#call('set_auto_top_up', { account_id: account }, body, undefined, undefined, auditReason);
   }
 
   /** One page of app webhooks with their attempts, newest first: `{events, next}`. */
@@ -373,8 +376,8 @@ export class Balance {
   }
 
   /** Deliver an app webhook again now. */
-  async retryEvent(eventId) {
-    return this.#call('retry_event', { event_id: eventId });
+  async retryEvent(eventId, { auditReason } = {}) {
+    return this.#call('retry_event', { event_id: eventId }, undefined, undefined, undefined, auditReason);
   }
 
   /** Accounts whose id starts with `prefix`, the last changed first: `{accounts, next}`. */
@@ -392,13 +395,13 @@ export class Balance {
    * named, unless given), with a note. The review is the key: the same call again answers
    * the first one, replayed; any other resolution of it is IdempotencyConflict.
    */
-  async creditReview(reviewId, { note, credits, account } = {}) {
-    return this.#call('credit_review', { review_id: reviewId }, { note, credits, account_id: account }, `review:${reviewId}`);
+  async creditReview(reviewId, { note, credits, account, auditReason } = {}) {
+    return this.#call('credit_review', { review_id: reviewId }, { note, credits, account_id: account }, `review:${reviewId}`, undefined, auditReason);
   }
 
   /** Dismiss a payment under review once (nothing is credited), with a note. */
-  async dismissReview(reviewId, { note } = {}) {
-    return this.#call('dismiss_review', { review_id: reviewId }, { note }, `review:${reviewId}`);
+  async dismissReview(reviewId, { note, auditReason } = {}) {
+    return this.#call('dismiss_review', { review_id: reviewId }, { note }, `review:${reviewId}`, undefined, auditReason);
   }
 
   /** One page of the audit log (what operators did), newest first: `{entries, next}`. */
@@ -428,7 +431,7 @@ export class Balance {
     return this.#call('catalog', {});
   }
 
-  async #call(operationId, params, body, holdId, query) {
+  async #call(operationId, params, body, holdId, query, auditReason) {
     const spec = OPERATIONS[operationId];
     let url = this.#base + spec.path.replace(/\{(\w+)\}/g, (_, name) => {
       const value = params[name];
@@ -442,6 +445,7 @@ export class Balance {
       if (qs) url += `?${qs}`;
     }
     const init = { method: spec.method, headers: { authorization: this.#auth } };
+    if (auditReason) init.headers['x-audit-reason'] = encodeURIComponent(auditReason); // UTF-8, escaped
     if (body !== undefined) {
       init.headers['content-type'] = 'application/json';
       init.body = JSON.stringify(body, (k, v) => (v === undefined ? undefined : v));

@@ -92,9 +92,13 @@ class Call(Generic[T]):
     params: dict[str, str] = field(default_factory=dict)
     key: str | None = None  # the idempotency key of a mutation (None: a read or a setting)
     mutation: bool = False  # a retry after an attempt that may have committed is a replay
+    reason: str | None = None  # an operator action's why, for the server's audit log
 
     def headers(self) -> dict[str, str]:
-        return {"content-type": "application/json"} if self.content is not None else {}
+        sent = {"content-type": "application/json"} if self.content is not None else {}
+        if self.reason is not None:
+            sent["x-audit-reason"] = quote(self.reason, safe="")  # percent-encoded UTF-8
+        return sent
 
 
 _DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {}

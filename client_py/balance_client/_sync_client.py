@@ -94,10 +94,12 @@ class Balance:
             wait_sync(delay)
 
     def _move(self, url: str, result: type[T], key: str, fields: dict[str, Any],
-              method: str = "POST", **optional: Any) -> Call[T]:
+              method: str = "POST", audit_reason: str | None = None,
+              **optional: Any) -> Call[T]:
         """A keyed mutation: the key goes in the body as idempotency_key."""
         fields["idempotency_key"] = need_key(key)
-        return Call(method, url, result, body(fields, **optional), key=key, mutation=True)
+        return Call(method, url, result, body(fields, **optional), key=key, mutation=True,
+                    reason=audit_reason)
 
     # -- accounts and money -------------------------------------------------------------
 
@@ -127,17 +129,19 @@ class Balance:
 
     def credit(self, account: str, *, amount: int, kind: CreditKind, key: str,
                      reason: str | None = None, expires_at: datetime | None = None,
-                     priority: int | None = None,
-                     metadata: dict[str, Any] | None = None) -> Movement:
-        """Add credits: a grant, a purchase or a refund, optionally expiring."""
+                     priority: int | None = None, metadata: dict[str, Any] | None = None,
+                     audit_reason: str | None = None) -> Movement:
+        """Add credits: a grant, a purchase or a refund, optionally expiring. Every
+        operator action takes an `audit_reason`: why, in the server's audit log."""
         return self._run(self._move(
             path("/v1/accounts/{}/credit", account), Movement, key,
-            {"amount": amount, "kind": kind}, reason=reason, expires_at=expires_at,
-            priority=priority, metadata=metadata))
+            {"amount": amount, "kind": kind}, audit_reason=audit_reason, reason=reason,
+            expires_at=expires_at, priority=priority, metadata=metadata))
 
     def adjust(self, account: str, *, amount: int, reason: str, actor: str,
                      key: str) -> Movement:
-        """An operator's signed correction (a negative one may not overdraw)."""
+        """An operator's signed correction (a negative one may not overdraw); `reason` is
+        also its audit log entry's."""
         return self._run(self._move(
             path("/v1/accounts/{}/adjust", account), Movement, key,
             {"amount": amount, "reason": reason, "actor": actor}))
@@ -170,10 +174,11 @@ class Balance:
                                     body({}, amount=amount, metadata=metadata),
                                     key=hold_id, mutation=True))
 
-    def release_hold(self, hold_id: str) -> HoldResult:
+    def release_hold(self, hold_id: str, *,
+                           audit_reason: str | None = None) -> HoldResult:
         """Give the hold's credits back; a release again answers the first one, replayed."""
         return self._run(Call("POST", path("/v1/holds/{}/release", hold_id), HoldResult,
-                                    key=hold_id, mutation=True))
+                                    key=hold_id, mutation=True, reason=audit_reason))
 
     def reserve(self, account: str, *, key: str, amount: int | None = None,
                 operation: str | None = None, quantity: int = 1, reason: str | None = None,
@@ -230,20 +235,23 @@ class Balance:
     # -- plans, alerts, auto top-up -----------------------------------------------------
 
     def set_plan(self, account: str, plan: str | None, *, key: str,
-                       anchor: datetime | None = None) -> AccountResult:
+                       anchor: datetime | None = None,
+                       audit_reason: str | None = None) -> AccountResult:
         """Assign, change or remove (None) the account's plan."""
         return self._run(self._move(
             path("/v1/accounts/{}/plan", account), AccountResult, key, {"plan": plan}, "PUT",
-            anchor=anchor))
+            audit_reason, anchor=anchor))
 
     def get_plan(self, account: str) -> PlanStatus:
         """The plan, its period, the allowance left and each limit's use."""
         return self._run(Call("GET", path("/v1/accounts/{}/plan", account), PlanStatus))
 
-    def set_alerts(self, account: str, *, low_balance: int | None) -> AccountResult:
+    def set_alerts(self, account: str, *, low_balance: int | None,
+                         audit_reason: str | None = None) -> AccountResult:
         """The account's own low-balance threshold (None: its plan's or the default)."""
         return self._run(Call("PUT", path("/v1/accounts/{}/alerts", account),
-                                    AccountResult, body({"low_balance": low_balance})))
+                                    AccountResult, body({"low_balance": low_balance}),
+                                    reason=audit_reason))
 
     def get_settings(self, account: str) -> AccountSettings:
         """The low-balance threshold in force (and the account's own), the auto top-up."""
@@ -251,20 +259,21 @@ class Balance:
                                     AccountSettings))
 
     def set_auto_top_up(self, account: str, *, package: str, threshold: int,
-                              stripe_customer: str,
-                              stripe_payment_method: str) -> AutoTopUpResult:
+                              stripe_customer: str, stripe_payment_method: str,
+                              audit_reason: str | None = None) -> AutoTopUpResult:
         """Buy `package` off-session with Stripe whenever available falls below
         `threshold`."""
         return self._run(Call(
             "PUT", path("/v1/accounts/{}/auto-top-up", account), AutoTopUpResult,
             body({"package": package, "threshold": threshold,
                   "stripe_customer": stripe_customer,
-                  "stripe_payment_method": stripe_payment_method})))
+                  "stripe_payment_method": stripe_payment_method}), reason=audit_reason))
 
-    def disable_auto_top_up(self, account: str) -> AutoTopUpResult:
+    def disable_auto_top_up(self, account: str, *,
+                                  audit_reason: str | None = None) -> AutoTopUpResult:
         """Turn the account's auto top-up off."""
         return self._run(Call("PUT", path("/v1/accounts/{}/auto-top-up", account),
-                                    AutoTopUpResult, b"null"))
+                                    AutoTopUpResult, b"null", reason=audit_reason))
 
     # -- payments, browser tokens, catalog ----------------------------------------------
 
@@ -315,9 +324,11 @@ class Balance:
                 return
             before = page.next
 
-    def retry_event(self, event_id: int) -> EventRetry:
+    def retry_event(self, event_id: int, *,
+                          audit_reason: str | None = None) -> EventRetry:
         """Deliver an app webhook again now, whatever its status."""
-        return self._run(Call("POST", path("/v1/events/{}/retry", event_id), EventRetry))
+        return self._run(Call("POST", path("/v1/events/{}/retry", event_id), EventRetry,
+                                    reason=audit_reason))
 
     # -- operators ------------------------------------------------------------------------
 
@@ -336,20 +347,23 @@ class Balance:
             status=status, account_id=account, limit=limit, cursor=cursor)))
 
     def credit_review(self, review_id: int, *, note: str, credits: int | None = None,
-                            account: str | None = None) -> ResolveResult:
+                            account: str | None = None,
+                            audit_reason: str | None = None) -> ResolveResult:
         """Credit a payment under review once (the catalog's credits and the account its
         event named, unless given). The review is the key: the same call again answers the
         first one, replayed; any other resolution of it is IdempotencyConflict."""
         return self._run(Call(
             "POST", path("/v1/payments/reviews/{}/credit", review_id), ResolveResult,
             body({"note": note}, credits=credits, account_id=account),
-            key=f"review:{review_id}", mutation=True))
+            key=f"review:{review_id}", mutation=True, reason=audit_reason))
 
-    def dismiss_review(self, review_id: int, *, note: str) -> ResolveResult:
+    def dismiss_review(self, review_id: int, *, note: str,
+                             audit_reason: str | None = None) -> ResolveResult:
         """Dismiss a payment under review once: nothing is credited (as credit_review)."""
         return self._run(Call(
             "POST", path("/v1/payments/reviews/{}/dismiss", review_id), ResolveResult,
-            body({"note": note}), key=f"review:{review_id}", mutation=True))
+            body({"note": note}), key=f"review:{review_id}", mutation=True,
+            reason=audit_reason))
 
     def audit_log(self, *, account: str | None = None, limit: int | None = None,
                         before: int | None = None) -> AuditPage:

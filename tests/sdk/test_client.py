@@ -225,7 +225,10 @@ async def test_the_operator_calls(balance: AsyncBalance, db: asyncpg.Pool,
     await balance.debit(account, amount=2, reason="render", key=job())
     usage = await balance.usage(account, group_by="day,reason")
     assert [(g.reason, g.amount) for g in usage.groups] == [("render", 2)]
-    await balance.set_alerts(account, low_balance=4)
+    await balance.set_alerts(account, low_balance=4, audit_reason="quieter for Zoë, ticket 9")
+    log = await balance.audit_log(account=account, limit=1)
+    assert (log.entries[0].action, log.entries[0].detail["reason"]) == (
+        "alerts", "quieter for Zoë, ticket 9")
     settings = await balance.get_settings(account)
     assert (settings.low_balance, settings.threshold, settings.threshold_from,
             settings.auto_top_up) == (4, 4, "account", None)

@@ -195,7 +195,9 @@ test('balance-client/server against the real balance-server', { skip: skip ?? fa
     assert.deepEqual(usage.groups.map((g) => [g.reason, g.amount]), [['render', 3]]);
     const payments = await balance.paymentsPage('credited', { account });
     assert.deepEqual(payments, { payments: [], next: null });
-    await balance.setAlerts(account, { lowBalance: 4 });
+    await balance.setAlerts(account, { lowBalance: 4, auditReason: 'quieter for Zoë, ticket 9' });
+    const [latest] = (await balance.auditPage({ account, limit: 1 })).entries;
+    assert.deepEqual([latest.action, latest.detail.reason], ['alerts', 'quieter for Zoë, ticket 9']);
     const settings = await balance.settings(account);
     assert.deepEqual([settings.low_balance, settings.threshold_from, settings.auto_top_up], [4, 'account', null]);
     const events = await balance.eventsPage({ account });
