@@ -521,8 +521,10 @@ ALTER TABLE webhook_events_unfulfilled
 UPDATE webhook_events_unfulfilled SET resolution = 'fulfilled'
 WHERE resolved_at IS NOT NULL AND resolution IS NULL;
 DROP FUNCTION IF EXISTS balance_record_unfulfilled(text, text, text, text, text, jsonb);
--- The event list can be asked for one account's events.
+-- The event list can be asked for one account's events; a retry names the event's account
+-- (for the audit log).
 DROP FUNCTION IF EXISTS balance_events_json(text, int, bigint);
+DROP FUNCTION IF EXISTS balance_retry_event(bigint);
 
 -- ================================================================ JSON shapes of API.md
 
@@ -2216,11 +2218,11 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
           ORDER BY e.id DESC LIMIT p_limit) page
 $$;
 
--- POST /v1/events/{id}/retry: due now again, whatever its status; NULL when unknown.
-CREATE OR REPLACE FUNCTION balance_retry_event(p_event bigint) RETURNS text
-LANGUAGE sql AS $$
+-- POST /v1/events/{id}/retry: due now again, whatever its status; no row when unknown.
+CREATE OR REPLACE FUNCTION balance_retry_event(p_event bigint)
+RETURNS TABLE (webhook_id text, account_id text) LANGUAGE sql AS $$
     UPDATE events SET status = 'pending', next_attempt_at = now(), delivered_at = NULL
-    WHERE id = p_event RETURNING webhook_id
+    WHERE id = p_event RETURNING webhook_id, account_id
 $$;
 
 -- ================================================================ auto top-up
@@ -2984,6 +2986,8 @@ DECLARE
     v_credits bigint;
     v_tx bigint;
     v_acc jsonb;
+    v_purchase jsonb;
+    v_problem text;
     v_res balance_result;
 BEGIN
     v_res.replayed := false;
@@ -3010,16 +3014,25 @@ BEGIN
         v_res.replayed := true;
         SELECT balance__account_json(a) INTO v_acc FROM accounts a
         WHERE a.account_id = v_rev.resolved_account;
+        SELECT balance__tx_json(t) INTO v_purchase FROM transactions t
+        WHERE t.id = v_rev.transaction_id;
         v_res.body := jsonb_build_object('payment', balance__review_payment_json(v_rev),
-                                         'account', v_acc);
+                                         'account', v_acc, 'transaction', v_purchase);
         RETURN v_res;
     END IF;
     IF p_action = 'credit' THEN
         v_account := COALESCE(p_account, v_rev.account_id);
         v_credits := COALESCE(p_credits, v_rev.credits);
-        IF v_payment IS NULL OR v_account IS NULL OR v_credits IS NULL THEN
-            RAISE EXCEPTION 'review % cannot be credited: payment %, account %, credits %',
-                p_id, v_payment, v_account, v_credits;
+        v_problem := CASE
+            WHEN v_payment IS NULL THEN 'review_id: this event names no payment to credit; '
+                                        'dismiss it (and adjust the account if credits are owed)'
+            WHEN v_account IS NULL THEN 'account_id: the payment names no account; say whose it is'
+            WHEN v_credits IS NULL THEN 'credits: the catalog cannot price this payment; '
+                                        'state the credits' END;
+        IF v_problem IS NOT NULL THEN  -- what its event did not say: nothing is written
+            v_res.result := 'invalid';
+            v_res.body := jsonb_build_object('detail', v_problem);
+            RETURN v_res;
         END IF;
         v_res := balance_purchase(
             v_rev.provider, v_payment, v_account, v_credits, v_rev.amount_paid,
@@ -3029,7 +3042,8 @@ BEGIN
                                'currency', v_rev.currency, 'package', v_rev.package,
                                'review_id', v_rev.id, 'resolved_by', p_actor, 'note', p_note),
             p_welcome, p_mode);
-        v_tx := (v_res.body -> 'transaction' ->> 'id')::bigint;
+        v_purchase := v_res.body -> 'transaction';
+        v_tx := (v_purchase ->> 'id')::bigint;
         v_acc := v_res.body -> 'account';
     ELSE
         v_res.result := 'ok';
@@ -3047,7 +3061,7 @@ BEGIN
         || CASE WHEN p_reason IS NULL THEN '{}'::jsonb
                 ELSE jsonb_build_object('reason', p_reason) END);
     v_res.body := jsonb_build_object('payment', balance__review_payment_json(v_rev),
-                                     'account', v_acc);
+                                     'account', v_acc, 'transaction', v_purchase);
     RETURN v_res;
 END $$;
 

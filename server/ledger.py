@@ -66,10 +66,22 @@ def _refusal(row: asyncpg.Record) -> errors.Problem:
         case "limit_reached":
             return errors.limit_reached(details["operation"], details["limit"],
                                         details["used"], details["resets_at"])
+        case "invalid":  # what the request lacks for the data it met
+            return errors.invalid_request(details["detail"])
         case "over_held":
             return errors.invalid_request(
                 f"amount: must not exceed the held amount ({details.get('held')})")
     raise AssertionError(f"unknown movement result {row['result']!r}")
+
+
+def _transaction_reason(row: asyncpg.Record) -> str | None:
+    """The reason of the ledger row a committed change wrote, from its answer's
+    `transaction` (the result row does not carry it), so its push names it as the ledger
+    does."""
+    if row["result"] != "ok" or row["tx_id"] is None or row["replayed"]:
+        return None
+    transaction = msgspec.json.decode(row["body"]).get("transaction")
+    return None if transaction is None else transaction["reason"]
 
 
 def frame_from_row(row: asyncpg.Record, reason: str | None) -> BalanceFrame:
@@ -150,13 +162,12 @@ class Ledger:
         return Outcome((row["body"] or "{}").encode(), bool(row["replayed"]))
 
     def _outcome(self, row: asyncpg.Record, reason: str | None) -> Outcome:
-        if row["result"] != "ok":
-            if row["account_id"] is not None:
-                # Refused after renewing the account's plan, which committed: pushed.
-                self._committed(row, None)
-            raise _refusal(row)
-        self._committed(row, reason)
-        return Outcome((row["body"] or "{}").encode(), bool(row["replayed"]))
+        if row["result"] == "ok":
+            self._committed(row, reason)
+        elif row["account_id"] is not None:
+            # Refused after renewing the account's plan, which committed: pushed.
+            self._committed(row, None)
+        return self.outcome(row)
 
     async def post(
         self,
@@ -222,12 +233,7 @@ class Ledger:
         capture or release of a hold already resolved so replays."""
         row = await movement(self.pool, _RESOLVE_SQL, hold_id, action, amount, jsonb(metadata),
                              then=None if audit is None else audit.after)
-        # A capture's transaction carries the hold's reason, which the result row does not:
-        # read it from the body, so the pushed change names it as the ledger row does.
-        reason = None
-        if row["result"] == "ok" and row["tx_id"] is not None and not row["replayed"]:
-            reason = msgspec.json.decode(row["body"])["transaction"]["reason"]
-        outcome = self._outcome(row, reason)
+        outcome = self._outcome(row, _transaction_reason(row))  # a capture: the hold's
         if action == "capture" and not outcome.replayed:
             metrics.debits.inc()
         return outcome
@@ -241,12 +247,13 @@ class Ledger:
             self.welcome, low_balance, then=None if audit is None else audit.after)
         return self._outcome(row, None)
 
-    async def move(self, sql: str, *args: Any, reason: str | None) -> asyncpg.Record:
+    async def move(self, sql: str, *args: Any, reason: str | None = None) -> asyncpg.Record:
         """Run one movement function of another domain (payments): its committed change
-        leaves through the same door. `sql` selects one balance_result row."""
+        leaves through the same door (`reason` None: its transaction's). `sql` selects one
+        balance_result row."""
         row = await movement(self.pool, sql, *args)
         if row["result"] == "ok":
-            self._committed(row, reason)
+            self._committed(row, reason if reason is not None else _transaction_reason(row))
         return row
 
     async def move_many(self, sql: str, *args: Any, reason: str | None,

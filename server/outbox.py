@@ -54,12 +54,11 @@ async def events_page(pool: asyncpg.Pool, status: str | None, limit: int,
 async def retry(pool: asyncpg.Pool, event_id: int, audit: Audit) -> str | None:
     """Make an event due now again, whatever its status; its webhook-id, or None. Audited."""
     async with pool.acquire() as conn, conn.transaction():
-        webhook_id: str | None = await conn.fetchval("SELECT balance.balance_retry_event($1)",
-                                                     event_id)
-        if webhook_id is not None:
-            account_id = await conn.fetchval(
-                "SELECT account_id FROM balance.events WHERE id = $1", event_id)
-            await audit.record(conn, account_id=account_id)
+        row = await conn.fetchrow("SELECT * FROM balance.balance_retry_event($1)", event_id)
+        if row is None:
+            return None
+        await audit.record(conn, account_id=row["account_id"])
+    webhook_id: str = row["webhook_id"]
     return webhook_id
 
 

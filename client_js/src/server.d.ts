@@ -320,9 +320,9 @@ export class Balance {
   /** One page of payments in `status`, newest first. */
   paymentsPage(status: Payment['status'], options?: { account?: string; limit?: number; cursor?: string | null }): Promise<{ payments: Payment[]; next: string | null }>;
   /** Credit a payment under review once (the review is the key; another resolution is IdempotencyConflict). */
-  creditReview(reviewId: number, options: Audited & { note: string; credits?: number; account?: string }): Promise<{ payment: Payment; account: Account | null } & Replayable>;
+  creditReview(reviewId: number, options: Audited & { note: string; credits?: number; account?: string }): Promise<{ payment: Payment; account: Account | null; transaction: Transaction | null } & Replayable>;
   /** Dismiss a payment under review once: nothing is credited. */
-  dismissReview(reviewId: number, options: Audited & { note: string }): Promise<{ payment: Payment; account: Account | null } & Replayable>;
+  dismissReview(reviewId: number, options: Audited & { note: string }): Promise<{ payment: Payment; account: null; transaction: null } & Replayable>;
   /** One page of the audit log, newest first. */
   auditPage(options?: { account?: string; limit?: number; before?: number | null }): Promise<{ entries: AuditEntry[]; next: number | null }>;
   /** Open a provider checkout: a package, or amount + currency (pay-as-you-go). */

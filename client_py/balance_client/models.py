@@ -309,6 +309,7 @@ class PaymentPage(_Model):
 class ResolveResult(_Model):
     payment: Payment
     account: Account | None = None
+    transaction: Transaction | None = None
     replayed: bool = False
 
 

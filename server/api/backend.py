@@ -17,9 +17,9 @@ from server.api.http import (
     audit,
     checkout_for,
     console_audit,
-    event_param,
     history_page,
     hold_param,
+    id_param,
     int_query,
     read_body,
     resources,
@@ -310,7 +310,7 @@ async def list_events(request: Request) -> bytes:
 
 async def retry_event(request: Request) -> bytes:
     """Deliver an event again now, whatever its status."""
-    event_id = event_param(request)
+    event_id = id_param(request, "event")
     res = resources(request)
     webhook_id = await outbox.retry(
         res.pool, event_id, audit(request, "event_retry", None, str(event_id)))

@@ -80,11 +80,12 @@ def hold_param(request: Request) -> str:
     return hold_id
 
 
-def event_param(request: Request) -> int:
-    """The `{event_id}` of the path; anything but an event id names no event (404)."""
-    raw: str = request.path_params["event_id"]
+def id_param(request: Request, what: str) -> int:
+    """The `{<what>_id}` of the path (an event's, a review's); anything but such an id names
+    nothing (404)."""
+    raw: str = request.path_params[f"{what}_id"]
     if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= CURSOR[1]:
-        raise errors.not_found("no such event")
+        raise errors.not_found(f"no such {what}")
     return int(raw)
 
 

@@ -12,6 +12,7 @@ from server.api.http import (
     account_query,
     actor,
     audit_reason,
+    id_param,
     int_query,
     read_body,
     resources,
@@ -47,16 +48,9 @@ async def list_payments(request: Request) -> bytes:
                                     _limit(request), text_query(request, "cursor", CURSOR_MOST))
 
 
-def _review_param(request: Request) -> int:
-    raw: str = request.path_params["review_id"]
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= CURSOR[1]:
-        raise errors.not_found("no such review")
-    return int(raw)
-
-
 async def credit_review(request: Request) -> Outcome:
     """Credit a payment under review, once."""
-    review_id = _review_param(request)
+    review_id = id_param(request, "review")
     body = decode_body(CreditReviewRequest, await read_body(request))
     return await resources(request).fulfilment.resolve(
         review_id, "credit", body.note, actor(request), request_hash("credit_review", body),
@@ -65,7 +59,7 @@ async def credit_review(request: Request) -> Outcome:
 
 async def dismiss_review(request: Request) -> Outcome:
     """Dismiss a payment under review (credit nothing), once."""
-    review_id = _review_param(request)
+    review_id = id_param(request, "review")
     body = decode_body(DismissReviewRequest, await read_body(request))
     return await resources(request).fulfilment.resolve(
         review_id, "dismiss", body.note, actor(request), request_hash("dismiss_review", body),

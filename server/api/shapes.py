@@ -407,6 +407,7 @@ class ResolveResult(msgspec.Struct, forbid_unknown_fields=True):
     payment: Payment
     account: Annotated[Account | None, _("the account credited, as it is now; null when "
                                          "dismissed")]
+    transaction: Annotated[Transaction | None, _("the purchase credited; null when dismissed")]
 
 
 class AuditEntry(msgspec.Struct, forbid_unknown_fields=True):

@@ -117,29 +117,12 @@ class Fulfilment:
         """Resolve a payment under review once, as `actor` (audited in SQL, with `why`):
         credit it as its own event would have (then a redelivery of it is a duplicate) or
         dismiss it. The same request again replays; another on a resolved review is a
-        conflict."""
-        review = await self._ledger.pool.fetchrow(
-            "SELECT provider, payment_id, account_id, credits, resolved_at FROM"
-            " balance.webhook_events_unfulfilled WHERE id = $1", review_id)
-        if review is None:
-            raise errors.not_found("no such review")
-        # A resolved one replays or conflicts, in SQL.
-        if action == "credit" and review["resolved_at"] is None:
-            if review["payment_id"] is None:
-                raise errors.invalid_request(
-                    "review_id: this event names no payment to credit; dismiss it (and adjust "
-                    "the account if credits are owed)")
-            if account_id is None and review["account_id"] is None:
-                raise errors.invalid_request("account_id: the payment names no account; say "
-                                             "whose it is")
-            if credits is None and review["credits"] is None:
-                raise errors.invalid_request("credits: the catalog cannot price this payment; "
-                                             "state the credits")
+        conflict; what the review lacks for a credit (an account, a price, a payment) is a
+        422, decided in SQL with the review locked."""
         try:
             row = await self._ledger.move(
                 _RESOLVE_SQL, review_id, action, account_id, credits, note, actor, fingerprint,
-                self._ledger.welcome, self._refund_policy,
-                why, reason=f"purchase via {review['provider']}")
+                self._ledger.welcome, self._refund_policy, why)
         except asyncpg.UniqueViolationError:
             # The payment's key was taken on that account by a /credit before the API
             # reserved `webhook:` keys (the review's own problem, then): nothing was written.

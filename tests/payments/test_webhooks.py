@@ -1079,8 +1079,8 @@ async def test_a_payment_without_an_account_is_credited_once_however_often_it_is
                                          for _ in range(8)))
         async with asyncio.timeout(5):
             frame = json.loads(await ws.recv())
-    assert (frame["balance"], frame["change"]["kind"], frame["change"]["amount"]) == (
-        12, "purchase", 12)
+    assert (frame["balance"], frame["change"]["kind"], frame["change"]["amount"],
+            frame["change"]["reason"]) == (12, "purchase", 12, "purchase via stripe")
     assert [a.status_code for a in answers] == [200] * 8, [a.text for a in answers]
     replays = [a.headers.get("idempotent-replayed") for a in answers]
     assert replays.count("true") == 7 and replays.count(None) == 1
@@ -1090,7 +1090,10 @@ async def test_a_payment_without_an_account_is_credited_once_however_often_it_is
         "credit", account, 12)
     assert resolution["actor"] == "key1" and resolution["note"] == "support ticket 7"
     assert first["payment"]["status"] == "resolved" and first["account"]["balance"] == 12
-    assert all(a.json()["payment"] == first["payment"] for a in answers)
+    assert (first["transaction"]["id"], first["transaction"]["kind"]) == (
+        resolution["transaction_id"], "purchase")
+    assert all((a.json()["payment"], a.json()["transaction"]) == (
+        first["payment"], first["transaction"]) for a in answers)
 
     # Another resolution of it conflicts; the provider's own events now change nothing.
     r = await resolve(backend, review["id"], action="dismiss", note="changed my mind")
@@ -1151,7 +1154,7 @@ async def test_stated_credits_and_dismissal(
     assert (r.status_code, r.json()["error"]) == (422, "invalid_request")  # unknown field
     r = await resolve(backend, review, action="dismiss", note="test payment, refunded by hand")
     assert r.status_code == 200, r.text
-    assert r.json()["account"] is None
+    assert r.json()["account"] is None and r.json()["transaction"] is None
     assert r.json()["payment"]["review"]["resolution"]["action"] == "dismiss"
     assert await balance(backend, account) == 40
     r = await resolve(backend, review, action="dismiss", note="test payment, refunded by hand")
