@@ -526,6 +526,65 @@ DROP FUNCTION IF EXISTS balance_record_unfulfilled(text, text, text, text, text,
 DROP FUNCTION IF EXISTS balance_events_json(text, int, bigint);
 DROP FUNCTION IF EXISTS balance_retry_event(bigint);
 
+-- step: 019_subscriptions
+-- Plans that follow a provider's subscription (issue 29). accounts.subscription names the
+-- subscription ('stripe:sub_…', 'dodo:sub_…') whose paid periods drive the account's plan;
+-- NULL for a plan the backend assigns, which renews by the calendar. Such a plan's periods
+-- are the provider's and its allowance comes from a paid invoice only. Its allowance grants
+-- do not expire at the period's end: the next paid period expires what is beyond the
+-- rollover, the subscription's end all of it, and a renewal that failed (past_due) leaves
+-- what is left spendable until the provider decides.
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS subscription text;
+-- One row per subscription seen. state_at is the provider's time of the newest event whose
+-- state was applied: an older event delivered late changes no status (events arrive in any
+-- order). cancel_at: when a cancellation at the period's end takes effect (the jobs end it).
+CREATE TABLE IF NOT EXISTS subscriptions (
+    provider         text NOT NULL,
+    subscription_id  text NOT NULL,
+    account_id       text NOT NULL,
+    plan             text,
+    status           text NOT NULL DEFAULT 'incomplete'
+                     CHECK (status IN ('incomplete', 'active', 'past_due', 'canceled')),
+    period_start     timestamptz,
+    period_end       timestamptz,
+    cancel_at        timestamptz,
+    customer         text,
+    state_at         timestamptz NOT NULL DEFAULT '-infinity',
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (provider, subscription_id)
+);
+CREATE INDEX IF NOT EXISTS subscriptions_cancel_idx ON subscriptions (cancel_at)
+    WHERE cancel_at IS NOT NULL AND status <> 'canceled';
+-- One row per paid period: the unique key that grants a period's allowance once, whichever
+-- event carries the payment (Stripe invoice.paid and invoice.payment_succeeded, Dodo
+-- subscription.active and subscription.renewed, a redelivery, a retried invoice that was
+-- paid at last). payment_id: the invoice or payment that paid it.
+CREATE TABLE IF NOT EXISTS subscription_periods (
+    provider         text NOT NULL,
+    subscription_id  text NOT NULL,
+    period_start     timestamptz NOT NULL,
+    period_end       timestamptz NOT NULL,
+    account_id       text NOT NULL,
+    plan             text NOT NULL,
+    payment_id       text NOT NULL,
+    transaction_id   bigint,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (provider, subscription_id, period_start)
+);
+CREATE INDEX IF NOT EXISTS subscription_periods_payment_idx
+    ON subscription_periods (provider, payment_id);
+-- The card a checkout saved for off-session payments (auto top-up uses it when its request
+-- names none): the newest one the provider reported for the account.
+CREATE TABLE IF NOT EXISTS saved_cards (
+    account_id             text PRIMARY KEY,
+    stripe_customer        text NOT NULL,
+    stripe_payment_method  text NOT NULL,
+    updated_at             timestamptz NOT NULL DEFAULT now()
+);
+-- An allowance grant may carry what paid for it (the subscription's invoice or payment).
+DROP FUNCTION IF EXISTS balance__grant_allowance(accounts, text, bigint);
+
 -- ================================================================ JSON shapes of API.md
 
 -- definitions: json_shapes
@@ -1522,11 +1581,13 @@ BEGIN
 END $$;
 
 -- Grants p_amount of allowance in the account's current period (p_acc, held by the
--- caller), as an `allowance` transaction on a grant expiring at the period's end. The
--- caller records it in the period's plan_periods row.
+-- caller), as an `allowance` transaction on a grant expiring at the period's end (a
+-- subscription's: not before its next paid period or its end, 019_subscriptions);
+-- p_extra joins the transaction's metadata. The caller records it in the period's
+-- plan_periods row.
 DROP FUNCTION IF EXISTS balance__grant_allowance(accounts, plans, boolean);
 CREATE OR REPLACE FUNCTION balance__grant_allowance(p_acc accounts, p_plan text,
-                                                    p_amount bigint)
+                                                    p_amount bigint, p_extra jsonb DEFAULT NULL)
 RETURNS balance_result LANGUAGE plpgsql AS $$
 DECLARE
     v_acc accounts;
@@ -1543,7 +1604,7 @@ BEGIN
     VALUES (v_acc.account_id, 'allowance', p_amount, v_acc.balance, v_acc.version,
             'plan ' || p_plan, jsonb_build_object('plan', p_plan,
             'period_start', balance__ts(v_acc.period_start),
-            'period_end', balance__ts(v_acc.period_end)))
+            'period_end', balance__ts(v_acc.period_end)) || COALESCE(p_extra, '{}'))
     RETURNING * INTO v_tx;
     -- As any credit: a grant for what it adds above a debt.
     v_granted := LEAST(p_amount, GREATEST(v_acc.balance - v_acc.expired_held, 0));
@@ -1551,7 +1612,8 @@ BEGIN
         INSERT INTO credit_lots
             (account_id, transaction_id, kind, amount, remaining, priority, expires_at)
         VALUES (v_acc.account_id, v_tx.id, 'allowance', v_granted, v_granted,
-                balance__priority('allowance'), v_acc.period_end);
+                balance__priority('allowance'),
+                CASE WHEN v_acc.subscription IS NULL THEN v_acc.period_end END);
     END IF;
     RETURN ('ok', false, NULL, v_acc.account_id, v_acc.balance, v_acc.held, v_acc.version,
             'allowance', p_amount, v_tx.id, NULL, v_acc.alert_state <> 'ok')::balance_result;
@@ -1573,6 +1635,10 @@ END $$;
 -- The same plan again without a new anchor changes nothing. A period that ended and was
 -- not renewed yet is renewed first, as the jobs would have. A plan's change crosses no
 -- threshold (API.md "Alerts"): `low` follows it silently.
+-- A plan that follows a subscription (accounts.subscription) changes only with it: the
+-- server's own changes (keys starting `system:`, which the API refuses) may change or
+-- remove it, the backend's answer 'invalid'. Its kept allowance keeps no end (see
+-- 019_subscriptions), and removing the plan ends the subscription's hold on the account.
 -- Rows: each committed change, then one whose body is the response.
 CREATE OR REPLACE FUNCTION balance_set_plan(
     p_account text, p_welcome bigint, p_key text, p_hash bytea, p_plan text,
@@ -1599,7 +1665,15 @@ BEGIN
     END IF;
     PERFORM balance__ensure(p_account, p_welcome);
     SELECT * INTO v_acc FROM accounts WHERE account_id = p_account FOR UPDATE;
-    IF v_acc.period_end <= now() THEN
+    IF v_acc.subscription IS NOT NULL AND p_key NOT LIKE 'system:%' THEN
+        RETURN NEXT ROW('invalid', false, jsonb_build_object('detail', format(
+            'plan: the account''s plan follows its %s subscription %s; change or cancel it '
+            'there', split_part(v_acc.subscription, ':', 1),
+            substr(v_acc.subscription, strpos(v_acc.subscription, ':') + 1))),
+            NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)::balance_result;
+        RETURN;
+    END IF;
+    IF v_acc.period_end <= now() AND v_acc.subscription IS NULL THEN
         RETURN QUERY SELECT * FROM balance__renew_account(v_acc);
         SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
     END IF;
@@ -1656,16 +1730,20 @@ BEGIN
         WHERE v_running AND account_id = p_account AND period_start = v_period.period_start;
         -- The anchor stays: a plan assigned again in this period keeps its cycle.
         UPDATE accounts SET plan = NULL, period_index = NULL, period_start = NULL,
-            period_end = NULL, version = version + 1, updated_at = now()
+            period_end = NULL, subscription = NULL, version = version + 1, updated_at = now()
         WHERE account_id = p_account RETURNING * INTO v_acc;
         v_res := ('ok', false, NULL, p_account, v_acc.balance, v_acc.held, v_acc.version,
                   'plan', 0, NULL, NULL, v_acc.alert_state <> 'ok');
     ELSIF v_running THEN
-        v_target := GREATEST(v_open - v_period.granted + balance__period_allowance(
-            v_plan, v_period.period_start, v_period.period_end), 0);
+        -- A subscription's period is the provider's whole period, whatever its length.
+        v_target := GREATEST(v_open - v_period.granted + CASE
+            WHEN v_acc.subscription IS NOT NULL THEN v_plan.allowance
+            ELSE balance__period_allowance(v_plan, v_period.period_start, v_period.period_end)
+            END, 0);
         IF v_open > v_target THEN
             RETURN QUERY SELECT * FROM balance__expire_allowance(p_account, v_target,
-                v_period.period_end, 'plan changed');
+                CASE WHEN v_acc.subscription IS NULL THEN v_period.period_end END,
+                'plan changed');
         END IF;
         SELECT expired_held - v_reserved INTO v_reserved FROM accounts
         WHERE account_id = p_account;
@@ -1787,7 +1865,9 @@ BEGIN
         -- In period_end order, so each batch reads only the index entries it renews. It
         -- waits for no lock (SKIP LOCKED), so this order cannot deadlock with the
         -- account_id order of group commit.
-        SELECT * FROM accounts WHERE plan IS NOT NULL AND period_end <= now()
+        -- A subscription's plan renews when its provider is paid (balance_subscription_paid).
+        SELECT * FROM accounts WHERE plan IS NOT NULL AND subscription IS NULL
+          AND period_end <= now()
         ORDER BY period_end LIMIT p_limit FOR UPDATE SKIP LOCKED
     LOOP
         RETURN QUERY SELECT * FROM balance__renew_account(v_acc);
@@ -1807,7 +1887,8 @@ DECLARE
     v_res balance_result;
 BEGIN
     SELECT * INTO v_acc FROM accounts
-    WHERE account_id = p_account AND plan IS NOT NULL AND period_end <= now() FOR UPDATE;
+    WHERE account_id = p_account AND plan IS NOT NULL AND subscription IS NULL
+      AND period_end <= now() FOR UPDATE;
     IF FOUND THEN
         FOR v_row IN SELECT * FROM balance__renew_account(v_acc) LOOP
             v_res := v_row;
@@ -1823,15 +1904,20 @@ RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     v_acc accounts;
     v_plan plans;
+    v_sub subscriptions;
     v_left bigint;
 BEGIN
     v_acc := balance__account_row(p_account, p_welcome);
     IF v_acc.plan IS NULL THEN
         RETURN jsonb_build_object('plan', NULL, 'period', NULL, 'period_start', NULL,
             'period_end', NULL, 'allowance', 0, 'allowance_remaining', 0, 'rollover', 0,
-            'limits', '{}'::jsonb);
+            'status', NULL, 'subscription', NULL, 'limits', '{}'::jsonb);
     END IF;
     SELECT * INTO v_plan FROM plans WHERE id = v_acc.plan;
+    IF v_acc.subscription IS NOT NULL THEN
+        SELECT * INTO v_sub FROM subscriptions
+        WHERE provider || ':' || subscription_id = v_acc.subscription;
+    END IF;
     SELECT COALESCE(sum(CASE WHEN kind = 'allowance' THEN
                remaining - LEAST(GREATEST(v_acc.unsettled - (cum - remaining), 0), remaining)
            END), 0)
@@ -1845,6 +1931,10 @@ BEGIN
         'period_end', balance__ts(v_acc.period_end),
         'allowance', v_plan.allowance, 'allowance_remaining', v_left,
         'rollover', v_plan.rollover,
+        'status', COALESCE(v_sub.status, 'active'),
+        'subscription', CASE WHEN v_sub.subscription_id IS NOT NULL THEN jsonb_build_object(
+            'provider', v_sub.provider, 'id', v_sub.subscription_id,
+            'status', v_sub.status, 'cancel_at', balance__ts(v_sub.cancel_at)) END,
         'limits', COALESCE((
             SELECT jsonb_object_agg(l.key, jsonb_build_object(
                 'limit', l.value::bigint, 'used', COALESCE(u.used, 0)))
@@ -1887,7 +1977,7 @@ BEGIN
                 v_k := v_acc.period_index;
                 -- Ended and not renewed yet: a charge would renew first (balance__renew_due)
                 -- and count in a period with no usage yet.
-                WHILE v_resets <= now() LOOP
+                WHILE v_resets <= now() AND v_acc.subscription IS NULL LOOP
                     v_used := 0;
                     v_k := balance__next_period(v_acc.plan_anchor, v_period, v_k, v_resets);
                     v_resets := balance__period_edge(v_acc.plan_anchor, v_period, v_k + 1);
@@ -1907,6 +1997,348 @@ BEGIN
     END IF;
     RETURN jsonb_build_object('allowed', true, 'cost', v_cost, 'available', v_available);
 END $$;
+
+-- ================================================================ subscriptions
+
+-- definitions: subscriptions
+-- Plans that follow a provider's subscription (README "Plans", 019_subscriptions). Each
+-- function takes the account's row first, then the subscription's, as every movement takes
+-- the account first. Rows: each committed change (for the push), then one whose body is the
+-- webhook's answer ({"result": ...}).
+
+-- The subscription's row, created at its first mention for p_account (a later event naming
+-- another account does not move it), with its account's row locked before it. A row of
+-- NULLs when neither it nor the event names an account (news of a subscription that is not
+-- one of ours).
+CREATE OR REPLACE FUNCTION balance__subscription(p_provider text, p_sub text,
+                                                 p_account text, p_welcome bigint)
+RETURNS subscriptions LANGUAGE plpgsql AS $$
+DECLARE
+    v_account text;
+    v_sub subscriptions;
+BEGIN
+    SELECT account_id INTO v_account FROM subscriptions
+    WHERE provider = p_provider AND subscription_id = p_sub;
+    v_account := COALESCE(v_account, p_account);
+    IF v_account IS NULL THEN
+        RETURN v_sub;
+    END IF;
+    PERFORM balance__ensure(v_account, p_welcome);
+    PERFORM 1 FROM accounts WHERE account_id = v_account FOR UPDATE;
+    INSERT INTO subscriptions (provider, subscription_id, account_id)
+    VALUES (p_provider, p_sub, v_account) ON CONFLICT DO NOTHING;
+    SELECT * INTO v_sub FROM subscriptions
+    WHERE provider = p_provider AND subscription_id = p_sub FOR UPDATE;
+    RETURN v_sub;
+END $$;
+
+-- The answer row: the webhook's body, no change.
+CREATE OR REPLACE FUNCTION balance__subscription_answer(p_result text, p_sub subscriptions,
+                                                        p_more jsonb DEFAULT '{}')
+RETURNS balance_result LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN ROW('ok', false, jsonb_build_object('result', p_result, 'account_id',
+        p_sub.account_id, 'subscription_id', p_sub.subscription_id, 'status', p_sub.status)
+        || p_more, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)::balance_result;
+END $$;
+
+-- The account's state after a change that moved no credits (a plan's status), for its push:
+-- its version moves so every tab takes the frame.
+CREATE OR REPLACE FUNCTION balance__plan_touched(p_account text) RETURNS balance_result
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_acc accounts;
+BEGIN
+    UPDATE accounts SET version = version + 1, updated_at = now()
+    WHERE account_id = p_account RETURNING * INTO v_acc;
+    RETURN ROW('ok', false, NULL, v_acc.account_id, v_acc.balance, v_acc.held, v_acc.version,
+               'plan', 0, NULL, NULL, v_acc.alert_state <> 'ok')::balance_result;
+END $$;
+
+-- A server's change of a plan through balance_set_plan (a change or, p_plan NULL, the
+-- subscription's end), keyed by what caused it: its rows but the answer.
+CREATE OR REPLACE FUNCTION balance__subscription_plan(p_sub subscriptions, p_plan text,
+                                                      p_cause text)
+RETURNS SETOF balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_key text := format('system:subscription:%s:%s:%s', p_sub.provider,
+                         p_sub.subscription_id, p_cause);
+    v_row balance_result;
+BEGIN
+    FOR v_row IN SELECT * FROM balance_set_plan(p_sub.account_id, 0, v_key,
+                                                convert_to(v_key, 'UTF8'), p_plan, NULL)
+    LOOP
+        IF v_row.account_id IS NOT NULL THEN
+            RETURN NEXT v_row;
+        END IF;
+    END LOOP;
+END $$;
+
+-- Ends the subscription (canceled now, or its cancellation at the period's end came): its
+-- plan leaves the account with all its allowance (a plan change never touches bought
+-- credits), `plan.canceled`. Nothing when the account's plan is no longer its.
+CREATE OR REPLACE FUNCTION balance__subscription_end(p_sub subscriptions, p_cause text)
+RETURNS SETOF balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_plan text;
+BEGIN
+    UPDATE subscriptions SET status = 'canceled', cancel_at = NULL, updated_at = now()
+    WHERE provider = p_sub.provider AND subscription_id = p_sub.subscription_id;
+    SELECT plan INTO v_plan FROM accounts WHERE account_id = p_sub.account_id
+      AND subscription = p_sub.provider || ':' || p_sub.subscription_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT * FROM balance__subscription_plan(p_sub, NULL, 'end');
+    PERFORM balance__emit('plan.canceled', p_sub.account_id, jsonb_build_object(
+        'account_id', p_sub.account_id, 'plan', v_plan, 'provider', p_sub.provider,
+        'subscription_id', p_sub.subscription_id, 'cause', p_cause));
+END $$;
+
+-- A paid period [p_start, p_end) of the subscription, on plan p_plan (a catalog plan): its
+-- allowance once (subscription_periods' key), from the provider's period, not our calendar.
+-- - The account's plan already follows this subscription: a renewal. The ending period's
+--   allowance beyond its plan's rollover expires, then the new period's is granted.
+-- - Otherwise the subscription takes the plan over: whatever plan the account had (the
+--   backend's, another subscription's) ends with its allowance, then this one starts.
+-- - A period that has ended, or that is older than the account's current one (delivered
+--   late), is recorded and grants nothing; nor does a payment of a subscription that ended.
+-- Status follows the newest event (state_at): a paid period makes it 'active' again after a
+-- failed renewal (the recovery payment grants once, as any).
+CREATE OR REPLACE FUNCTION balance_subscription_paid(
+    p_provider text, p_sub text, p_account text, p_welcome bigint, p_plan text,
+    p_start timestamptz, p_end timestamptz, p_payment text, p_customer text,
+    p_event_at timestamptz
+) RETURNS SETOF balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_sub subscriptions;
+    v_acc accounts;
+    v_plan plans;
+    v_rollover bigint;
+    v_key text := p_provider || ':' || p_sub;
+    v_renewal boolean;
+    v_began boolean;
+    v_res balance_result;
+BEGIN
+    v_sub := balance__subscription(p_provider, p_sub, p_account, p_welcome);
+    IF v_sub.subscription_id IS NULL THEN  -- for review: neither it nor its event names one
+        RETURN NEXT balance__subscription_answer('no_account', v_sub);
+        RETURN;
+    END IF;
+    IF v_sub.status = 'canceled' THEN
+        RETURN NEXT balance__subscription_answer('subscription_ended', v_sub);
+        RETURN;
+    END IF;
+    INSERT INTO subscription_periods (provider, subscription_id, period_start, period_end,
+                                      account_id, plan, payment_id)
+    VALUES (p_provider, p_sub, p_start, p_end, v_sub.account_id, p_plan, p_payment)
+    ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN NEXT balance__subscription_answer('duplicate', v_sub);
+        RETURN;
+    END IF;
+    IF p_event_at >= v_sub.state_at THEN
+        UPDATE subscriptions SET status = 'active', plan = p_plan, state_at = p_event_at,
+            customer = COALESCE(p_customer, customer), updated_at = now()
+        WHERE provider = p_provider AND subscription_id = p_sub RETURNING * INTO v_sub;
+    END IF;
+    SELECT * INTO v_acc FROM accounts WHERE account_id = v_sub.account_id;
+    v_renewal := v_acc.subscription IS NOT DISTINCT FROM v_key;
+    IF p_end <= now() OR (v_renewal AND p_start < v_acc.period_start) THEN
+        RETURN NEXT balance__subscription_answer('stale', v_sub, jsonb_build_object(
+            'detail', 'a period that has ended or was followed by a newer one grants nothing'));
+        RETURN;
+    END IF;
+    SELECT * INTO v_plan FROM plans WHERE id = p_plan;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'BL001: plan % is not in the plans table', p_plan;
+    END IF;
+    IF NOT v_renewal AND v_acc.plan IS NOT NULL THEN
+        -- Before a new subscription takes the account: the plan it had ends, as removed.
+        RETURN QUERY SELECT * FROM balance__subscription_plan(v_sub, NULL,
+            'takeover:' || p_payment);
+    END IF;
+    v_began := balance__alerts_begin(v_sub.account_id);
+    IF v_renewal THEN
+        SELECT rollover INTO v_rollover FROM plans WHERE id = v_acc.plan;
+        IF v_acc.unsettled > 0 THEN
+            PERFORM balance__settle(v_sub.account_id);
+        END IF;
+        RETURN QUERY SELECT * FROM balance__expire_allowance(v_sub.account_id,
+            COALESCE(v_rollover, 0), NULL, 'allowance expired at period end');
+    END IF;
+    UPDATE accounts SET plan = p_plan, subscription = v_key,
+        plan_anchor = CASE WHEN v_renewal THEN plan_anchor ELSE p_start END,
+        period_index = NULL, period_start = p_start, period_end = p_end,
+        version = version + 1, updated_at = now()
+    WHERE account_id = v_sub.account_id RETURNING * INTO v_acc;
+    v_res := ('ok', false, NULL, v_acc.account_id, v_acc.balance, v_acc.held, v_acc.version,
+              'plan', 0, NULL, NULL, v_acc.alert_state <> 'ok');
+    IF v_plan.allowance > 0 THEN
+        RETURN NEXT v_res;
+        v_res := balance__grant_allowance(v_acc, p_plan, v_plan.allowance, jsonb_build_object(
+            'provider', p_provider, 'subscription_id', p_sub, 'payment_id', p_payment));
+    END IF;
+    INSERT INTO plan_periods (account_id, period_start, period_end, plan, transaction_id,
+                              granted)
+    VALUES (v_acc.account_id, p_start, p_end, p_plan, v_res.tx_id, v_plan.allowance)
+    ON CONFLICT (account_id, period_start) DO UPDATE SET plan = EXCLUDED.plan,
+        period_end = EXCLUDED.period_end, transaction_id = EXCLUDED.transaction_id,
+        granted = plan_periods.granted + EXCLUDED.granted;
+    UPDATE subscription_periods SET transaction_id = v_res.tx_id
+    WHERE provider = p_provider AND subscription_id = p_sub AND period_start = p_start;
+    UPDATE subscriptions SET period_start = p_start, period_end = p_end, updated_at = now()
+    WHERE provider = p_provider AND subscription_id = p_sub
+      AND (period_start IS NULL OR period_start <= p_start) RETURNING * INTO v_sub;
+    PERFORM balance__emit('plan.renewed', v_acc.account_id, jsonb_build_object(
+        'account_id', v_acc.account_id, 'plan', p_plan,
+        'period_start', balance__ts(p_start), 'period_end', balance__ts(p_end),
+        'allowance', v_plan.allowance, 'provider', p_provider, 'subscription_id', p_sub,
+        'payment_id', p_payment, 'first', NOT v_renewal));
+    IF v_began THEN
+        -- A renewal is a movement as the calendar's is; a plan's start follows silently.
+        PERFORM balance__alerts_end(v_acc.account_id, NOT v_renewal);
+    END IF;
+    SELECT * INTO v_acc FROM accounts WHERE account_id = v_acc.account_id;
+    v_res.balance := v_acc.balance;
+    v_res.low := v_acc.alert_state <> 'ok';
+    RETURN NEXT v_res;
+    RETURN NEXT balance__subscription_answer(CASE WHEN v_renewal THEN 'renewed' ELSE 'started'
+        END, v_sub, jsonb_build_object('plan', p_plan, 'period_start', balance__ts(p_start),
+        'period_end', balance__ts(p_end), 'allowance', v_plan.allowance,
+        'transaction_id', v_res.tx_id));
+END $$;
+
+-- A renewal's payment failed (p_payment: the invoice or payment, when the provider names
+-- one): the plan is past_due. No allowance comes until a payment succeeds; what is left stays
+-- spendable; bought credits are untouched. `plan.past_due` and a push, once per lapse. An
+-- event older than the newest applied (the failure of an invoice paid since, delivered late)
+-- changes nothing, nor does the failure of a payment whose period was paid.
+CREATE OR REPLACE FUNCTION balance_subscription_failed(
+    p_provider text, p_sub text, p_account text, p_welcome bigint, p_payment text,
+    p_error text, p_event_at timestamptz
+) RETURNS SETOF balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_sub subscriptions;
+    v_acc accounts;
+BEGIN
+    v_sub := balance__subscription(p_provider, p_sub, p_account, p_welcome);
+    IF v_sub.subscription_id IS NULL THEN
+        RETURN NEXT balance__subscription_answer('ignored', v_sub);
+        RETURN;
+    END IF;
+    IF v_sub.status IN ('canceled', 'past_due') OR p_event_at < v_sub.state_at
+       OR EXISTS (SELECT FROM subscription_periods WHERE provider = p_provider
+                  AND subscription_id = p_sub AND payment_id = p_payment) THEN
+        RETURN NEXT balance__subscription_answer('nothing_to_change', v_sub);
+        RETURN;
+    END IF;
+    SELECT * INTO v_acc FROM accounts WHERE account_id = v_sub.account_id;
+    IF v_acc.subscription IS DISTINCT FROM p_provider || ':' || p_sub THEN
+        -- Its first payment failed: it never gave the account a plan.
+        UPDATE subscriptions SET state_at = p_event_at, updated_at = now()
+        WHERE provider = p_provider AND subscription_id = p_sub RETURNING * INTO v_sub;
+        RETURN NEXT balance__subscription_answer('nothing_to_change', v_sub);
+        RETURN;
+    END IF;
+    UPDATE subscriptions SET status = 'past_due', state_at = p_event_at, updated_at = now()
+    WHERE provider = p_provider AND subscription_id = p_sub RETURNING * INTO v_sub;
+    PERFORM balance__emit('plan.past_due', v_acc.account_id, jsonb_build_object(
+        'account_id', v_acc.account_id, 'plan', v_acc.plan, 'provider', p_provider,
+        'subscription_id', p_sub, 'payment_id', p_payment, 'error', p_error,
+        'period_end', balance__ts(v_acc.period_end)));
+    RETURN NEXT balance__plan_touched(v_acc.account_id);
+    RETURN NEXT balance__subscription_answer('past_due', v_sub, jsonb_build_object(
+        'plan', v_acc.plan));
+END $$;
+
+-- What the provider says the subscription is now (Stripe customer.subscription.*, Dodo
+-- subscription.updated / plan_changed / cancelled / expired), applied when it is the newest
+-- news: p_status 'active' | 'past_due' | 'canceled'; p_plan the catalog plan its price is
+-- (NULL: none of ours); p_cancel_at when a cancellation at the period's end takes effect.
+-- - canceled: the plan ends now (an immediate cancel, or the end of one at period end).
+-- - past_due: as a failed payment.
+-- - another plan while the subscription holds the account: the contract's plan change
+--   (balance_set_plan within the running period: an upgrade grants the difference, a
+--   downgrade expires the excess allowance); bought credits are never touched.
+-- Paid periods come only from balance_subscription_paid: a state says nothing of money.
+CREATE OR REPLACE FUNCTION balance_subscription_state(
+    p_provider text, p_sub text, p_account text, p_welcome bigint, p_status text,
+    p_plan text, p_cancel_at timestamptz, p_customer text, p_event_at timestamptz,
+    p_cause text
+) RETURNS SETOF balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_sub subscriptions;
+    v_acc accounts;
+    v_key text := p_provider || ':' || p_sub;
+    v_result text := 'updated';
+BEGIN
+    v_sub := balance__subscription(p_provider, p_sub, p_account, p_welcome);
+    IF v_sub.subscription_id IS NULL THEN
+        RETURN NEXT balance__subscription_answer('ignored', v_sub);
+        RETURN;
+    END IF;
+    IF v_sub.status = 'canceled' OR p_event_at < v_sub.state_at THEN
+        RETURN NEXT balance__subscription_answer('nothing_to_change', v_sub);
+        RETURN;
+    END IF;
+    IF p_status = 'canceled' THEN
+        RETURN QUERY SELECT * FROM balance__subscription_end(v_sub, p_cause);
+        UPDATE subscriptions SET state_at = p_event_at WHERE provider = p_provider
+          AND subscription_id = p_sub RETURNING * INTO v_sub;
+        RETURN NEXT balance__subscription_answer('canceled', v_sub);
+        RETURN;
+    END IF;
+    IF p_status = 'past_due' THEN
+        RETURN QUERY SELECT * FROM balance_subscription_failed(p_provider, p_sub, p_account,
+            p_welcome, NULL, p_cause, p_event_at);
+        RETURN;
+    END IF;
+    SELECT * INTO v_acc FROM accounts WHERE account_id = v_sub.account_id;
+    IF v_acc.subscription = v_key AND p_plan IS NOT NULL AND p_plan <> v_acc.plan THEN
+        RETURN QUERY SELECT * FROM balance__subscription_plan(v_sub, p_plan,
+            'change:' || p_plan || '@' || extract(epoch FROM p_event_at)::text);
+        v_result := 'plan_changed';
+    END IF;
+    UPDATE subscriptions SET plan = COALESCE(p_plan, plan), cancel_at = p_cancel_at,
+        status = CASE WHEN status = 'incomplete' THEN status ELSE p_status END,
+        customer = COALESCE(p_customer, customer), state_at = p_event_at, updated_at = now()
+    WHERE provider = p_provider AND subscription_id = p_sub RETURNING * INTO v_sub;
+    RETURN NEXT balance__subscription_answer(v_result, v_sub, jsonb_build_object(
+        'plan', v_sub.plan, 'cancel_at', balance__ts(v_sub.cancel_at)));
+END $$;
+
+-- Ends the subscriptions whose cancellation at the period's end has come (the jobs, in any
+-- instance: SKIP LOCKED, and an ended one is 'canceled', so each ends once).
+CREATE OR REPLACE FUNCTION balance_end_subscriptions(p_limit int)
+RETURNS SETOF balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_due subscriptions;
+    v_sub subscriptions;
+BEGIN
+    FOR v_due IN
+        SELECT * FROM subscriptions WHERE cancel_at <= now() AND status <> 'canceled'
+        ORDER BY cancel_at LIMIT p_limit
+    LOOP
+        PERFORM 1 FROM accounts WHERE account_id = v_due.account_id FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        SELECT * INTO v_sub FROM subscriptions WHERE provider = v_due.provider
+          AND subscription_id = v_due.subscription_id AND cancel_at <= now()
+          AND status <> 'canceled' FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        RETURN QUERY SELECT * FROM balance__subscription_end(v_sub, 'canceled at period end');
+    END LOOP;
+END $$;
+
+-- The card a checkout saved (Stripe: the customer and payment method of a paid checkout or
+-- of a subscription), for auto top-up.
+CREATE OR REPLACE FUNCTION balance_save_card(p_account text, p_customer text, p_method text)
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO saved_cards (account_id, stripe_customer, stripe_payment_method)
+    VALUES (p_account, p_customer, p_method)
+    ON CONFLICT (account_id) DO UPDATE SET stripe_customer = EXCLUDED.stripe_customer,
+        stripe_payment_method = EXCLUDED.stripe_payment_method, updated_at = now()
+$$;
 
 -- ================================================================ alerts and app webhooks
 
@@ -3162,3 +3594,10 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS payments_created_idx
 -- One account's app webhooks, newest first (GET /v1/events?account_id=, the console).
 CREATE INDEX CONCURRENTLY IF NOT EXISTS events_account_idx ON events (account_id, id)
     WHERE account_id IS NOT NULL;
+
+-- index: accounts_renewal_idx
+-- The calendar renewal job reads only the plans it renews: a subscription's plan renews when
+-- its provider is paid, and one awaiting that payment (or past due) must not sit at the front
+-- of every scan of accounts_period_end_idx.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS accounts_renewal_idx ON accounts (period_end)
+    WHERE plan IS NOT NULL AND subscription IS NULL;

@@ -59,12 +59,21 @@ class PayAsYouGo(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Plan(msgspec.Struct, forbid_unknown_fields=True):
+    """A plan; one that names its provider product (`stripe_price`, `dodo_product`) follows
+    that subscription: its periods and allowance come from the provider's paid invoices."""
+
     allowance: Count
     period: Literal["month", "week", "day"] = "month"
     rollover: Count = 0
     prices: dict[Name, Credits] = {}
     limits: dict[Name, Credits] = {}
     low_balance: Count | None = None
+    stripe_price: str | None = None
+    dodo_product: str | None = None
+
+    def product(self, provider: str) -> str | None:
+        """What this plan is sold as at `provider` (stripe, dodo), if it is."""
+        return self.stripe_price if provider == "stripe" else self.dodo_product
 
 
 class Alerts(msgspec.Struct, forbid_unknown_fields=True):
@@ -85,6 +94,13 @@ class Catalog(msgspec.Struct, forbid_unknown_fields=True):
         top = max([self.prices[operation]] + [
             plan.prices[operation] for plan in self.plans.values() if operation in plan.prices])
         return min(MAX_QUANTITY, MAX_CREDITS // top)
+
+    def plan_for(self, provider: str, product: str | None) -> str | None:
+        """The plan a subscription to `product` at `provider` follows, if any."""
+        if product is None:
+            return None
+        return next((plan_id for plan_id, plan in self.plans.items()
+                     if plan.product(provider) == product), None)
 
     def credits_for(self, package: str | None, amount: int | None, currency: str | None) -> int:
         """Credits for `amount` minor units of `currency` paid, or Unpriced saying why not.
@@ -212,9 +228,28 @@ def load(catalog_file: str | None, prices_file: str | None,
                 if operation not in catalog.prices:
                     raise CatalogError(f"{name}: plans.{plan_id}.{field}.{operation} names an "
                                        "operation that is not in [prices]")
+    _check_products(catalog, name)
     for units in charged_by:
         _check_chargeable(catalog, units, name)
     return catalog
+
+
+def _check_products(catalog: Catalog, name: str) -> None:
+    """CatalogError when one provider product is sold as two things: a subscription event
+    must name exactly one plan, and a plan's product is no package."""
+    for provider in ("stripe", "dodo"):
+        field = "stripe_price" if provider == "stripe" else "dodo_product"
+        seen: dict[str, str] = {}
+        owners = [(f"packages.{p}", getattr(package, field))
+                  for p, package in catalog.packages.items()]
+        owners += [(f"plans.{p}", plan.product(provider)) for p, plan in catalog.plans.items()]
+        for owner, product in owners:
+            if product is None:
+                continue
+            if product in seen:
+                raise CatalogError(f"{name}: {owner}.{field} {product!r} is also "
+                                   f"{seen[product]}'s: one product sells one thing")
+            seen[product] = owner
 
 
 def _check_chargeable(catalog: Catalog, units: MinorUnits, name: str) -> None:

@@ -127,12 +127,14 @@ Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2000, extra_json_sche
 
 
 class CheckoutRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """A package, or an amount for pay-as-you-go; where the provider sends the buyer back."""
+    """A package, an amount for pay-as-you-go, or a plan's subscription; where the provider
+    sends the buyer back."""
 
     provider: Literal["stripe", "dodo"]
     success_url: Url
     idempotency_key: IdempotencyKey
     package: Name | None = None
+    plan: Name | None = None
     amount: Annotated[int, msgspec.Meta(ge=1, le=10**15)] | None = None
     currency: Annotated[str, msgspec.Meta(pattern="^[A-Za-z]{3}$")] | None = None
     cancel_url: Url | None = None

@@ -20,6 +20,7 @@ from server.ledger import Ledger, Outcome
 
 _SET_SQL = "SELECT (r).* FROM balance.balance_set_plan($1,$2,$3,$4,$5,$6) r"
 _RENEW_SQL = "SELECT (r).* FROM balance.balance_renew($1) r"
+_END_SQL = "SELECT (r).* FROM balance.balance_end_subscriptions($1) r"
 
 
 class Plans:
@@ -51,9 +52,12 @@ class Plans:
         return Outcome(last["body"].encode(), bool(last["replayed"]))
 
     async def renew(self, limit: int = 500) -> int:
-        """Renew the allowances of up to `limit` accounts whose period ended; the number of
-        changes committed (expiries and grants)."""
-        return len(await self._ledger.move_many(_RENEW_SQL, limit, reason=None))
+        """Renew the allowances of up to `limit` accounts whose period ended, and end up to
+        `limit` subscriptions whose cancellation at the period's end has come; the number of
+        changes committed (expiries, grants, plans ended)."""
+        renewed = await self._ledger.move_many(_RENEW_SQL, limit, reason=None)
+        ended = await self._ledger.move_many(_END_SQL, limit, reason="subscription ended")
+        return len(renewed) + len(ended)
 
     async def dashboard(self, account_id: str) -> bytes:
         """`{"plan", "period", "period_start", "period_end", "allowance",

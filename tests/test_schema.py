@@ -34,13 +34,16 @@ async def fresh_db(postgres: devservers.PostgresServer) -> AsyncIterator[asyncpg
         await admin.close()
 
 
+# schema.sql's definitions sections, in file order.
+DEFINITIONS = ["json_shapes", "movements", "jobs", "plans", "subscriptions", "alerts", "top_ups",
+               "payments", "import", "retention", "history", "operator"]
+
+
 def test_schema_sql_reads_as_steps_then_definitions_then_indexes() -> None:
     found = sections(SCHEMA_PATH.read_text())
     kinds = [s.kind for s in found]
     assert kinds == sorted(kinds, key=("step", "definitions", "index").index)
-    assert [s.name for s in found if s.kind == "definitions"] == [
-        "json_shapes", "movements", "jobs", "plans", "alerts", "top_ups", "payments", "import",
-        "retention", "history", "operator"]
+    assert [s.name for s in found if s.kind == "definitions"] == DEFINITIONS
     assert all("CONCURRENTLY" in s.sql for s in found if s.kind == "index")
 
 
@@ -98,9 +101,7 @@ async def test_changed_definitions_rerun_and_a_changed_step_is_refused(
         "-- step: 003_note\nALTER TABLE accounts ADD COLUMN IF NOT EXISTS note text;\n\n"
         "-- ================================================================ JSON shapes")
     # A new step runs once, and the definitions after it are applied again.
-    assert await migrate(fresh_db, added) == [
-        "003_note", "json_shapes", "movements", "jobs", "plans", "alerts", "top_ups", "payments",
-        "import", "retention", "history", "operator"]
+    assert await migrate(fresh_db, added) == ["003_note", *DEFINITIONS]
     assert await fresh_db.fetchval(
         "SELECT count(*) FROM information_schema.columns"
         " WHERE table_name = 'accounts' AND column_name = 'note'") == 1
@@ -178,7 +179,7 @@ async def test_upgrade_from_release_0_1_0_keeps_every_row(fresh_db: asyncpg.Conn
                                  "period_start": None, "period_end": None,
                                  "low_balance": None, "alert_state": "ok",
                                  "top_up_below": None, "alert_told": False,
-                                 "alert_from": None}
+                                 "alert_from": None, "subscription": None}
     lots_before = rows_before[2]
     assert tuple(await db.fetchrow(counts) or ()) == (
         *rows_before[:2], lots_before + 1, *rows_before[3:])  # one grant for the rest

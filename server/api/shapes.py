@@ -46,7 +46,7 @@ Kind = Literal["grant", "purchase", "usage", "refund", "reversal", "adjustment",
 EventType = Literal["transaction.created", "balance.low", "balance.depleted",
                     "balance.recovered", "purchase.completed", "purchase.reversed",
                     "payment.needs_review", "hold.expired", "plan.renewed",
-                    "top_up.requested", "top_up.failed"]
+                    "plan.past_due", "plan.canceled", "top_up.requested", "top_up.failed"]
 EventStatus = Literal["pending", "delivered", "failed"]
 Metadata = dict[str, Any]
 Prices = Component("Prices", (dict[Name, Credits],),
@@ -227,6 +227,14 @@ class LimitUse(msgspec.Struct, forbid_unknown_fields=True):
     used: Annotated[int, _("units charged this period")]
 
 
+class PlanSubscription(msgspec.Struct, forbid_unknown_fields=True):
+    provider: Literal["stripe", "dodo"]
+    id: Annotated[str, _("the provider's subscription id")]
+    status: Literal["incomplete", "active", "past_due", "canceled"]
+    cancel_at: Annotated[Timestamp | None,
+                         _("when a cancellation at the period's end removes the plan")]
+
+
 class PlanDashboard(msgspec.Struct, forbid_unknown_fields=True):
     """The plan, its period and what is left of it; without a plan every field is null or
     0 and `limits` is empty."""
@@ -239,6 +247,12 @@ class PlanDashboard(msgspec.Struct, forbid_unknown_fields=True):
     allowance_remaining: Annotated[int, _("of this period's allowance (and rollover), unspent")]
     rollover: Annotated[int, _("at most this much unused allowance carries into the next "
                                "period")]
+    status: Annotated[Literal["active", "past_due"] | None,
+                      _("past_due: the subscription's renewal failed; no allowance comes "
+                        "until it is paid (null without a plan)")]
+    subscription: Annotated[PlanSubscription | None,
+                            _("the provider subscription the plan follows (null: the backend "
+                              "assigned it)")]
     limits: Annotated[dict[str, LimitUse], _("per limited operation")]
 
 
@@ -328,10 +342,13 @@ class CheckoutSession(msgspec.Struct, forbid_unknown_fields=True):
     url: str
     provider: Literal["stripe", "dodo"]
     session_id: str
-    credits: Annotated[int, _("what the payment will buy, from the catalog")]
-    amount: Annotated[int, _("the price, in ISO 4217 minor units of `currency`")]
-    currency: Annotated[str, msgspec.Meta(pattern="^[a-z]{3}$")]
-    package: Annotated[str | None, _("null for pay-as-you-go")]
+    credits: Annotated[int, _("what the payment will buy, from the catalog (a plan: the "
+                              "allowance of each paid period)")]
+    amount: Annotated[int | None, _("the price, in ISO 4217 minor units of `currency` (null "
+                                    "for a plan: the provider's price sets it)")]
+    currency: Annotated[str, msgspec.Meta(pattern="^[a-z]{3}$")] | None
+    package: Annotated[str | None, _("null for pay-as-you-go or a plan")]
+    plan: Annotated[str | None, _("the plan whose subscription this checkout starts")] = None
 
 
 class Me(msgspec.Struct, forbid_unknown_fields=True):

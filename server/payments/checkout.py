@@ -1,9 +1,13 @@
-"""Checkout: a provider's hosted payment page for a package or a pay-as-you-go amount.
+"""Checkout: a provider's hosted payment page for a package, a pay-as-you-go amount, or the
+subscription a catalog plan is sold as.
 
 The session is created with the provider's official SDK (`stripe`, `dodopayments`), with
 metadata `account_id` and `package` on the session and on the payment it makes, so the
 payment webhook fulfils it (credits computed from the money received, as ever). What the
-buyer is told the checkout buys comes from the catalog, never from the request. Amounts are
+buyer is told the checkout buys comes from the catalog, never from the request. A plan's
+checkout starts the subscription whose paid invoices then drive the plan (the metadata rides
+on the subscription, which every invoice snapshots); Stripe saves the card it is paid with as
+the customer's, which auto top-up then charges off session. Amounts are
 the catalog's (ISO 4217 minor units) here and in the answer; Stripe is sent its own
 (server/currencies.py), and an amount it cannot charge is refused before it is asked.
 """
@@ -138,6 +142,12 @@ class Checkout:
                     "provider": {"const": provider}, "package": {"const": name},
                     "amount": {"type": "null"},
                     "currency": {"anyOf": [_any_case(sorted(package.price)), {"type": "null"}]}}})
+            for name, plan in self._catalog.plans.items():
+                if plan.product(provider):
+                    offers.append({"required": ["plan"], "properties": {
+                        "provider": {"const": provider}, "plan": {"const": name},
+                        "package": {"type": "null"}, "amount": {"type": "null"},
+                        "currency": {"type": "null"}}})
             payg = self._catalog.pay_as_you_go
             if provider == "stripe" and payg is not None:
                 for currency in sorted(payg.credits_per_unit):
@@ -187,19 +197,31 @@ class Checkout:
                     f"success_url / cancel_url: {url!r} is not under one of "
                     "BALANCE_CHECKOUT_RETURN_URLS (same scheme, host and port; the path at "
                     "a segment boundary; no user or password)")
-        package, credits, amount, currency = self._offer(req)
         metadata: dict[str, str | float | bool] = {"account_id": account_id}
-        if package:
-            metadata["package"] = package
         # The provider dedupes on this too, so a request racing its own retry opens one session.
         provider_key = hashlib.sha256(f"{account_id}\0{req.idempotency_key}".encode()).hexdigest()
-        if req.provider == "stripe":
-            session_id, url = await self._stripe_session(
-                req, package, credits, amount, currency, metadata, provider_key)
+        if req.plan is not None:
+            product, credits = self._plan_offer(req)
+            metadata["plan"] = req.plan
+            session_id, url = await (self._stripe_subscription if req.provider == "stripe"
+                                     else self._dodo_subscription)(req, product, metadata,
+                                                                   provider_key)
+            body: dict[str, Any] = {
+                "url": url, "provider": req.provider, "session_id": session_id,
+                "credits": credits, "amount": None, "currency": None, "package": None,
+                "plan": req.plan}
         else:
-            session_id, url = await self._dodo_session(req, package, metadata, provider_key)
-        body = {"url": url, "provider": req.provider, "session_id": session_id,
-                "credits": credits, "amount": amount, "currency": currency, "package": package}
+            package, credits, amount, currency = self._offer(req)
+            if package:
+                metadata["package"] = package
+            if req.provider == "stripe":
+                session_id, url = await self._stripe_session(
+                    req, package, credits, amount, currency, metadata, provider_key)
+            else:
+                session_id, url = await self._dodo_session(req, package, metadata, provider_key)
+            body = {"url": url, "provider": req.provider, "session_id": session_id,
+                    "credits": credits, "amount": amount, "currency": currency,
+                    "package": package, "plan": None}
         text = json.dumps(body, separators=(",", ":"))
         winner: str | None = await self._pool.fetchval(
             """
@@ -210,6 +232,45 @@ class Checkout:
         if winner is None:  # a concurrent duplicate stored its session first: answer that one
             return await self.create(account_id, req, fingerprint)
         return winner.encode(), False
+
+    def _plan_offer(self, req: CheckoutRequest) -> tuple[str, int]:
+        """(the provider's product, the allowance of one period) of the plan a checkout
+        subscribes to; 422 for anything else asked with it, or a plan not sold there."""
+        if req.package is not None or req.amount is not None or req.currency is not None:
+            raise errors.invalid_request("plan: give a plan, or a package, or an amount; "
+                                         "not two")
+        found = self._catalog.plans.get(req.plan or "")
+        if found is None:
+            raise errors.invalid_request(f"plan: no plan {req.plan!r} in the catalog")
+        product = found.product(req.provider)
+        if product is None:
+            field = "stripe_price" if req.provider == "stripe" else "dodo_product"
+            raise errors.invalid_request(f"plan: plan {req.plan!r} has no {field}: it is "
+                                         f"not sold through {req.provider}")
+        return product, found.allowance
+
+    async def _stripe_subscription(
+        self, req: CheckoutRequest, price: str, metadata: dict[str, str | float | bool],
+        provider_key: str,
+    ) -> tuple[str, str]:
+        """A Checkout session in subscription mode: its invoices carry the subscription's
+        metadata (account_id, plan), and the card it is paid with becomes the customer's
+        default, which auto top-up charges."""
+        params: dict[str, Any] = {
+            "mode": "subscription", "line_items": [{"price": price, "quantity": 1}],
+            "success_url": req.success_url, "client_reference_id": metadata["account_id"],
+            "metadata": metadata, "subscription_data": {"metadata": metadata},
+            "payment_method_collection": "always",
+        }
+        return await self._stripe_create(req, params, provider_key)
+
+    async def _dodo_subscription(
+        self, req: CheckoutRequest, product: str, metadata: dict[str, str | float | bool],
+        provider_key: str,
+    ) -> tuple[str, str]:
+        """A Dodo checkout for the plan's subscription product (its metadata rides on the
+        subscription and its payments)."""
+        return await self._dodo_create(req, product, metadata, provider_key)
 
     def _offer(self, req: CheckoutRequest) -> tuple[str | None, int, int, str]:
         """(package, credits, amount in the catalog's minor units, currency) for what is being
@@ -251,8 +312,6 @@ class Checkout:
         self, req: CheckoutRequest, package: str | None, credits: int, amount: int,
         currency: str, metadata: dict[str, str | float | bool], provider_key: str,
     ) -> tuple[str, str]:
-        if self._stripe is None:
-            raise errors.invalid_request("provider: BALANCE_STRIPE_API_KEY is not set")
         found = self._catalog.packages.get(package) if package else None
         if found is not None and found.stripe_price:
             item: dict[str, Any] = {"price": found.stripe_price, "quantity": 1}
@@ -265,6 +324,13 @@ class Checkout:
             "client_reference_id": metadata["account_id"], "metadata": metadata,
             "payment_intent_data": {"metadata": metadata},
         }
+        return await self._stripe_create(req, params, provider_key)
+
+    async def _stripe_create(self, req: CheckoutRequest, params: dict[str, Any],
+                             provider_key: str) -> tuple[str, str]:
+        """Create a Stripe Checkout session: (its id, its url); 502 when Stripe fails."""
+        if self._stripe is None:
+            raise errors.invalid_request("provider: BALANCE_STRIPE_API_KEY is not set")
         if req.cancel_url:
             params["cancel_url"] = req.cancel_url
         if req.customer_email:
@@ -286,15 +352,22 @@ class Checkout:
         metadata: dict[str, str | float | bool],
         provider_key: str,
     ) -> tuple[str, str]:
-        if self._dodo is None:
-            raise errors.invalid_request("provider: BALANCE_DODO_API_KEY is not set")
         found = self._catalog.packages.get(package) if package else None
         if found is None or not found.dodo_product:
             raise errors.invalid_request(
                 "package: Dodo sells catalog packages with a dodo_product, not amounts")
+        return await self._dodo_create(req, found.dodo_product, metadata, provider_key)
+
+    async def _dodo_create(self, req: CheckoutRequest, product: str,
+                           metadata: dict[str, str | float | bool],
+                           provider_key: str) -> tuple[str, str]:
+        """Create a Dodo checkout session for one `product`: (its id, its url); 502 when
+        Dodo fails."""
+        if self._dodo is None:
+            raise errors.invalid_request("provider: BALANCE_DODO_API_KEY is not set")
         try:
             session = await self._dodo.checkout_sessions.create(
-                product_cart=[{"product_id": found.dodo_product, "quantity": 1}],
+                product_cart=[{"product_id": product, "quantity": 1}],
                 return_url=req.success_url,
                 cancel_url=req.cancel_url,
                 metadata=dict(metadata),

@@ -1,4 +1,5 @@
-"""Dodo Payments events (Standard Webhooks): payments, refunds and disputes.
+"""Dodo Payments events (Standard Webhooks): payments, refunds, disputes, and the
+subscription events that drive a subscription's plan.
 
 Dodo's amounts are read into ISO 4217 minor units through server/currencies.py's DODO table
 (the same units, for every currency Dodo takes).
@@ -6,6 +7,7 @@ Dodo's amounts are read into ISO 4217 minor units through server/currencies.py's
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -16,8 +18,13 @@ from server.payments.events import (
     Dispute,
     Ignore,
     Refund,
+    SubscriptionChanged,
+    SubscriptionFailed,
+    SubscriptionPaid,
     Unfulfilled,
+    account_in,
     currency_code,
+    iso_time,
     object_id,
     provider_money,
     purchase_from_metadata,
@@ -29,10 +36,20 @@ class DodoEvent(msgspec.Struct):
 
     type: str
     data: dict[str, Any]
-
+    timestamp: str | None = None  # when Dodo made the event: the order of a subscription's news
 
 
 _DISPUTE_STATUS = {"dispute.opened": "open", "dispute.won": "won", "dispute.lost": "lost"}
+_ACCOUNT_KEYS = ("account_id", "user_id")
+_PAID = ("subscription.active", "subscription.renewed")  # a period paid: its allowance
+_FAILED = ("subscription.on_hold", "subscription.past_due", "subscription.failed")
+_STATE = ("subscription.updated", "subscription.plan_changed", "subscription.cancelled",
+          "subscription.expired", "subscription.paused", "subscription.unpaused")
+# Dodo's subscription statuses, as the plan sees them (pending: not paid yet, so the plan
+# waits for its first paid period).
+_STATUS = {"active": "active", "pending": "active", "on_hold": "past_due",
+           "past_due": "past_due", "paused": "past_due", "cancelled": "canceled",
+           "expired": "canceled", "failed": "canceled"}
 
 
 def parse_dodo(event: DodoEvent, event_id: str) -> Action:
@@ -51,6 +68,13 @@ def _amount(data: dict[str, Any], field: str, *, up: bool = False) -> int | None
 
 def _parse(event: DodoEvent, event_id: str) -> Action:
     data = event.data
+    if event.type == "payment.succeeded" and (data.get("subscription_id")
+                                               or data.get("subscription_ids")):
+        # Its subscription.active / renewed grants the period: crediting the money too would
+        # sell it twice.
+        return Ignore("a subscription's payment pays its plan, not credits")
+    if event.type in _PAID or event.type in _FAILED or event.type in _STATE:
+        return _subscription(event, data)
     if event.type == "payment.succeeded":
         payment_id = object_id(data, "payment_id", "data")
         return purchase_from_metadata(
@@ -72,3 +96,36 @@ def _parse(event: DodoEvent, event_id: str) -> Action:
                        object_id(data, "dispute_id", "data"), _amount(data, "amount", up=True),
                        _DISPUTE_STATUS[event.type], event_id)
     return Ignore(f"event type {event.type!r} is not handled")
+
+
+def _subscription(event: DodoEvent, data: dict[str, Any]) -> Action:
+    """A subscription's paid period, failed renewal or new state."""
+    subscription = object_id(data, "subscription_id", "data")
+    account = account_in(data.get("metadata"), _ACCOUNT_KEYS)
+    at = iso_time(event.timestamp, "timestamp") if event.timestamp else datetime.now(UTC)
+    customer_obj = data.get("customer")
+    customer = (customer_obj.get("customer_id") if isinstance(customer_obj, dict) else None)
+    customer = customer if isinstance(customer, str) else None
+    product = data.get("product_id") if isinstance(data.get("product_id"), str) else None
+    if event.type in _PAID:
+        if product is None:
+            return Ignore("subscription without product_id")
+        start = iso_time(data.get("previous_billing_date"), "data.previous_billing_date")
+        end = iso_time(data.get("next_billing_date"), "data.next_billing_date")
+        payment = data.get("payment_id")
+        # subscription.active names no payment: the period itself is the key.
+        payment_id = payment if isinstance(payment, str) and payment else (
+            f"{subscription}@{start.isoformat()}")
+        return SubscriptionPaid("dodo", subscription, account, product, start, end,
+                                payment_id, customer, at)
+    if event.type in _FAILED:
+        return SubscriptionFailed("dodo", subscription, account, None,
+                                  event.type.removeprefix("subscription."), at)
+    status = _STATUS.get(str(data.get("status")))
+    if status is None:
+        return Ignore(f"subscription status {data.get('status')!r} is not handled")
+    cancel_at = None
+    if data.get("cancel_at_next_billing_date") is True and status != "canceled":
+        cancel_at = iso_time(data.get("next_billing_date"), "data.next_billing_date")
+    return SubscriptionChanged("dodo", subscription, account, status, product, cancel_at,
+                               customer, None, at, f"dodo {event.type} ({data.get('status')})")

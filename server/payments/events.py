@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from server import errors
@@ -95,7 +96,55 @@ class Unfulfilled:
     currency: str | None = None
 
 
-Action = Purchase | Refund | Dispute | PaymentFailed | Ignore | Unfulfilled
+@dataclass(frozen=True, slots=True)
+class SubscriptionPaid:
+    """A paid period of a subscription (a first invoice or a renewal, not a proration):
+    `product` is the provider's price or product id, which names the catalog plan."""
+
+    provider: str
+    subscription_id: str
+    account_id: str | None  # None: its metadata names none (a review, if the plan is ours)
+    product: str
+    period_start: datetime
+    period_end: datetime
+    payment_id: str
+    customer: str | None
+    event_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionFailed:
+    """A renewal's payment failed: the plan goes past due. `account_id` None: the
+    subscription's own, as first seen."""
+
+    provider: str
+    subscription_id: str
+    account_id: str | None
+    payment_id: str | None
+    error: str
+    event_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionChanged:
+    """What the provider says a subscription is now: `status` active, past_due or canceled,
+    its product (a plan change when it is another plan's), and when a cancellation at the
+    period's end takes effect. `card` is the (customer, payment method) it charges."""
+
+    provider: str
+    subscription_id: str
+    account_id: str | None
+    status: str
+    product: str | None
+    cancel_at: datetime | None
+    customer: str | None
+    card: tuple[str, str] | None
+    event_at: datetime
+    cause: str
+
+
+Action = (Purchase | Refund | Dispute | PaymentFailed | Ignore | Unfulfilled
+          | SubscriptionPaid | SubscriptionFailed | SubscriptionChanged)
 
 
 def object_id(obj: dict[str, Any], field: str, where: str) -> str:
@@ -168,3 +217,29 @@ def purchase_from_metadata(
                            account if is_account_id(account) else None,
                            package if isinstance(package, str) else None, amount, currency)
     return Purchase(provider, payment_id, account, package, claimed, amount, currency, event_id)
+
+
+def account_in(metadata: Any, keys: tuple[str, ...]) -> str | None:
+    """The account a subscription's metadata names (the first of `keys` set), if it is an
+    account id."""
+    md: dict[str, Any] = metadata if isinstance(metadata, dict) else {}
+    account = next((md[k] for k in keys if md.get(k) not in (None, "")), None)
+    return account if isinstance(account, str) and is_account_id(account) else None
+
+
+def unix_time(value: Any, where: str) -> datetime:
+    """A provider's Unix timestamp (seconds) as a datetime; 422 when it is not one."""
+    if type(value) is not int or not 0 < value < 2**37:
+        raise errors.invalid_request(f"{where}: missing or not a Unix timestamp")
+    return datetime.fromtimestamp(value, UTC)
+
+
+def iso_time(value: Any, where: str) -> datetime:
+    """A provider's ISO 8601 timestamp as an aware datetime; 422 when it is not one."""
+    try:
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise errors.invalid_request(f"{where}: missing or not an ISO 8601 time with a zone")
+    return parsed

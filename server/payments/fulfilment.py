@@ -28,8 +28,12 @@ from server.payments.events import (
     PaymentFailed,
     Purchase,
     Refund,
+    SubscriptionChanged,
+    SubscriptionFailed,
+    SubscriptionPaid,
     Unfulfilled,
 )
+from server.payments.subscriptions import NoAccount, Subscriptions
 
 log = logging.getLogger("balance.payments")
 
@@ -57,6 +61,7 @@ class Fulfilment:
         self._ledger = ledger
         self._catalog = catalog
         self._refund_policy = refund_policy
+        self._subscriptions = Subscriptions(ledger, catalog)
 
     async def fulfil(
         self, provider: str, event_id: str, event_type: str, action: Action, payload: bytes
@@ -72,6 +77,12 @@ class Fulfilment:
         if isinstance(action, Unfulfilled):
             return {**answer, **await self._unfulfilled(provider, event_id, event_type, action,
                                                         payload)}
+        if isinstance(action, SubscriptionPaid | SubscriptionFailed | SubscriptionChanged):
+            try:
+                return {**answer, **await self._subscriptions.apply(action)}
+            except NoAccount as exc:
+                return {**answer, **await self._unfulfilled(
+                    provider, event_id, event_type, Unfulfilled(str(exc), None), payload)}
         if isinstance(action, PaymentFailed):
             await self._ledger.pool.execute(
                 "SELECT balance.balance_top_up_failed(NULL, $1, $2, $3::jsonb)", action.payment_id,

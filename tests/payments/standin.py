@@ -67,9 +67,11 @@ class StandIn:
     answered: dict[str, Response] = field(default_factory=dict)
     # The Prices this Stripe account has (price id -> unit amount in Stripe's units, currency).
     prices: dict[str, tuple[int, str]] = field(default_factory=lambda: {
-        "price_starter": (500, "usd")})
+        "price_starter": (500, "usd"), "price_pro": (2000, "usd"),
+        "price_max": (5000, "usd")})
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     intents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     async def stripe(self, request: Request) -> Response:
         form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
@@ -77,6 +79,8 @@ class StandIn:
         if self.failing:
             return JSONResponse({"error": {"type": "api_error", "message": "down"}}, 500)
         metadata = {k[9:-1]: v for k, v in form.items() if k.startswith("metadata[")}
+        if form.get("mode") == "subscription":
+            return self._subscription_session(form, metadata)
         amount, currency = self._line_item(form)
         if amount is not None and currency is not None:
             refused = stripe_refuses(amount, currency)
@@ -90,6 +94,70 @@ class StandIn:
         return JSONResponse({"id": session, "object": "checkout.session", "mode": "payment",
                              "url": f"https://checkout.stripe.test/c/pay/{session}",
                              "metadata": metadata})
+
+    def _subscription_session(self, form: dict[str, str], metadata: dict[str, str]) -> Response:
+        """A Checkout session in subscription mode, as Stripe answers it: a subscription of
+        the one recurring price, carrying `subscription_data[metadata]`."""
+        price = form.get("line_items[0][price]", "")
+        if price not in self.prices:
+            return JSONResponse({"error": {"type": "invalid_request_error",
+                                           "param": "line_items[0][price]",
+                                           "message": f"No such price: '{price}'"}}, 400)
+        session = f"cs_test_{uuid.uuid4().hex[:10]}"
+        sub = f"sub_test_{uuid.uuid4().hex[:12]}"
+        prefix = "subscription_data[metadata]["
+        self.subscriptions[sub] = {
+            "id": sub, "customer": f"cus_test_{uuid.uuid4().hex[:10]}", "price": price,
+            "metadata": {k[len(prefix):-1]: v for k, v in form.items()
+                         if k.startswith(prefix)},
+            "payment_method": f"pm_test_{uuid.uuid4().hex[:10]}"}
+        self.sessions[session] = {"id": session, "object": "checkout.session",
+                                  "mode": "subscription", "subscription": sub,
+                                  "metadata": metadata}
+        return JSONResponse({"id": session, "object": "checkout.session",
+                             "mode": "subscription",
+                             "url": f"https://checkout.stripe.test/c/pay/{session}",
+                             "metadata": metadata})
+
+    def subscription(self, sub: str, status: str = "active", *, price: str | None = None,
+                     start: int = 0, end: int = 0, cancel_at_period_end: bool = False,
+                     metadata: dict[str, str] | None = None) -> dict[str, Any]:
+        """The Subscription object a `customer.subscription.*` event carries (API
+        2025-03-31 and later: the period is on its item)."""
+        known = self.subscriptions[sub]
+        return {
+            "id": sub, "object": "subscription", "customer": known["customer"],
+            "status": status, "metadata": known["metadata"] if metadata is None else metadata,
+            "default_payment_method": known["payment_method"],
+            "cancel_at_period_end": cancel_at_period_end, "cancel_at": None,
+            "items": {"object": "list", "data": [{
+                "id": f"si_{sub}", "object": "subscription_item",
+                "price": {"id": price or known["price"], "object": "price"},
+                "current_period_start": start, "current_period_end": end}]}}
+
+    def invoice(self, sub: str, reason: str, start: int, end: int, *,
+                invoice_id: str | None = None, price: str | None = None,
+                proration: bool = False,
+                metadata: dict[str, str] | None = None) -> dict[str, Any]:
+        """The Invoice object an `invoice.*` event carries for the subscription (API
+        2025-03-31 and later: `parent.subscription_details`, `pricing.price_details`)."""
+        known = self.subscriptions[sub]
+        price = price or known["price"]
+        return {
+            "id": invoice_id or f"in_test_{uuid.uuid4().hex[:12]}", "object": "invoice",
+            "billing_reason": reason, "customer": known["customer"], "currency": "usd",
+            "amount_paid": self.prices[price][0],
+            "parent": {"type": "subscription_details", "subscription_details": {
+                "subscription": sub,
+                "metadata": known["metadata"] if metadata is None else metadata}},
+            "lines": {"object": "list", "data": [{
+                "id": f"il_test_{uuid.uuid4().hex[:10]}", "object": "line_item",
+                "period": {"start": start, "end": end},
+                "pricing": {"type": "price_details",
+                            "price_details": {"price": price, "product": f"prod_{price}"}},
+                "parent": {"type": "subscription_item_details", "subscription_item_details": {
+                    "subscription": sub, "subscription_item": f"si_{sub}",
+                    "proration": proration}}}]}}
 
     def _line_item(self, form: dict[str, str]) -> tuple[int | None, str | None]:
         """What the session's one line item charges, in Stripe's units."""
