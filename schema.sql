@@ -526,6 +526,34 @@ DROP FUNCTION IF EXISTS balance_record_unfulfilled(text, text, text, text, text,
 DROP FUNCTION IF EXISTS balance_events_json(text, int, bigint);
 DROP FUNCTION IF EXISTS balance_retry_event(bigint);
 
+-- step: 018_top_up_limits
+-- Auto top-up buys up to a target balance and stays within a monthly spend (issue 29).
+-- auto_top_ups: `target` (credits `available` is brought up to), `monthly_limit` (minor
+-- units of `currency`, the package's currency when configured: a limit means one money),
+-- `paused_until` (the limit stopped a top-up: nothing is requested until then, when the
+-- jobs loop arms it again). top_ups: `available` and `target` as they stood when the
+-- trigger requested it, so every try prices the same packages; `quantity`, `amount`,
+-- `currency` and `priced_at` as the worker priced it the first time (the idempotency key's
+-- request must not change on a retry), and what the month's spend adds up.
+ALTER TABLE auto_top_ups
+    ADD COLUMN IF NOT EXISTS target bigint,
+    ADD COLUMN IF NOT EXISTS monthly_limit bigint,
+    ADD COLUMN IF NOT EXISTS currency text,
+    ADD COLUMN IF NOT EXISTS paused_until timestamptz;
+ALTER TABLE top_ups
+    ADD COLUMN IF NOT EXISTS available bigint,
+    ADD COLUMN IF NOT EXISTS target bigint,
+    ADD COLUMN IF NOT EXISTS quantity int,
+    ADD COLUMN IF NOT EXISTS amount bigint,
+    ADD COLUMN IF NOT EXISTS currency text,
+    ADD COLUMN IF NOT EXISTS priced_at timestamptz;
+-- The accounts whose pause ends (the jobs loop, each round): only the paused ones.
+CREATE INDEX IF NOT EXISTS auto_top_ups_paused_idx ON auto_top_ups (paused_until)
+    WHERE paused_until IS NOT NULL;
+-- New parameters (target, limit, currency) and a claim that returns what was priced.
+DROP FUNCTION IF EXISTS balance_set_auto_top_up(text, bigint, text, bigint, text, text);
+DROP FUNCTION IF EXISTS balance_claim_top_ups(int, float8);
+
 -- step: 019_subscriptions
 -- Plans that follow a provider's subscription (issue 29). accounts.subscription names the
 -- subscription ('stripe:sub_…', 'dodo:sub_…') whose paid periods drive the account's plan;
@@ -2452,8 +2480,11 @@ BEGIN
     -- A top-up starts on a movement below the threshold, not on being armed again.
     IF v_available < NEW.top_up_below AND v_from IS NOT NULL THEN
         -- One request, and disarmed until it succeeds or fails.
-        INSERT INTO top_ups (account_id, package, stripe_customer, stripe_payment_method)
-        SELECT NEW.account_id, t.package, t.stripe_customer, t.stripe_payment_method
+        -- With `available` now, which sets how many packages reach the target.
+        INSERT INTO top_ups (account_id, package, stripe_customer, stripe_payment_method,
+                             available, target)
+        SELECT NEW.account_id, t.package, t.stripe_customer, t.stripe_payment_method,
+               v_available, t.target
         FROM auto_top_ups t WHERE t.account_id = NEW.account_id AND t.enabled;
         NEW.top_up_below := NULL;
     END IF;
@@ -2661,10 +2692,46 @@ $$;
 
 -- definitions: top_ups
 
+-- The UTC calendar month a monthly_limit counts in: when it began, and when the next begins.
+CREATE OR REPLACE FUNCTION balance__month_start() RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+$$;
+
+CREATE OR REPLACE FUNCTION balance__next_month() RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month')
+        AT TIME ZONE 'UTC'
+$$;
+
+-- What this month's top-ups of an account cost in p_currency: those whose PaymentIntent
+-- was created or paid (a failed one charged nothing).
+CREATE OR REPLACE FUNCTION balance__top_up_spent(p_account text, p_currency text)
+RETURNS bigint LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(sum(amount), 0)::bigint FROM top_ups
+    WHERE account_id = p_account AND priced_at >= balance__month_start()
+      AND currency = p_currency AND status IN ('created', 'succeeded')
+$$;
+
+-- An auto top-up setting as PUT …/auto-top-up and GET …/settings answer it.
+CREATE OR REPLACE FUNCTION balance__auto_top_up_json(t auto_top_ups) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'package', t.package, 'threshold', t.threshold, 'target', t.target,
+        'monthly_limit', t.monthly_limit, 'currency', t.currency,
+        'spent_this_month', balance__top_up_spent(t.account_id, t.currency),
+        'paused_until', CASE WHEN t.paused_until > now() THEN balance__ts(t.paused_until) END,
+        'stripe_customer', t.stripe_customer,
+        'stripe_payment_method', t.stripe_payment_method, 'enabled', t.enabled)
+$$;
+
 -- PUT /v1/accounts/{id}/auto-top-up: configure (armed at once) or, p_package NULL, turn off.
+-- A new setting ends a pause for the monthly limit (it may be the limit raised); if the
+-- limit still stops the next top-up, the app hears of it once more.
 CREATE OR REPLACE FUNCTION balance_set_auto_top_up(
     p_account text, p_welcome bigint, p_package text, p_threshold bigint, p_customer text,
-    p_method text
+    p_method text, p_target bigint DEFAULT NULL, p_monthly_limit bigint DEFAULT NULL,
+    p_currency text DEFAULT NULL
 ) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     v_row auto_top_ups;
@@ -2680,28 +2747,29 @@ BEGIN
         RETURN jsonb_build_object('auto_top_up', NULL);
     END IF;
     INSERT INTO auto_top_ups (account_id, package, threshold, stripe_customer,
-                              stripe_payment_method)
-    VALUES (p_account, p_package, p_threshold, p_customer, p_method)
+                              stripe_payment_method, target, monthly_limit, currency)
+    VALUES (p_account, p_package, p_threshold, p_customer, p_method, p_target,
+            p_monthly_limit, p_currency)
     ON CONFLICT (account_id) DO UPDATE SET package = EXCLUDED.package,
         threshold = EXCLUDED.threshold, stripe_customer = EXCLUDED.stripe_customer,
-        stripe_payment_method = EXCLUDED.stripe_payment_method, enabled = true, declines = 0,
-        updated_at = now()
+        stripe_payment_method = EXCLUDED.stripe_payment_method, target = EXCLUDED.target,
+        monthly_limit = EXCLUDED.monthly_limit, currency = EXCLUDED.currency,
+        enabled = true, declines = 0, paused_until = NULL, updated_at = now()
     RETURNING * INTO v_row;
     -- Armed unless a request is in flight.
     UPDATE accounts SET top_up_below = p_threshold WHERE account_id = p_account
         AND NOT EXISTS (SELECT FROM top_ups t WHERE t.account_id = p_account
                         AND t.status IN ('requested', 'created'));
-    RETURN jsonb_build_object('auto_top_up', jsonb_build_object(
-        'package', v_row.package, 'threshold', v_row.threshold,
-        'stripe_customer', v_row.stripe_customer,
-        'stripe_payment_method', v_row.stripe_payment_method, 'enabled', v_row.enabled));
+    RETURN jsonb_build_object('auto_top_up', balance__auto_top_up_json(v_row));
 END $$;
 
 -- Claims due requests for p_lease seconds (a worker that dies loses them to another; the
 -- PaymentIntent's idempotency key is the request's id, so a second try creates nothing new).
+-- quantity, amount and currency are set once a try has priced the request.
 CREATE OR REPLACE FUNCTION balance_claim_top_ups(p_limit int, p_lease float8)
 RETURNS TABLE (id uuid, account_id text, package text, stripe_customer text,
-               stripe_payment_method text, attempts int, created_at timestamptz)
+               stripe_payment_method text, attempts int, created_at timestamptz,
+               available bigint, target bigint, quantity int, amount bigint, currency text)
 LANGUAGE sql AS $$
     UPDATE top_ups u SET attempts = u.attempts + 1,
         next_attempt_at = now() + make_interval(secs => p_lease)
@@ -2709,14 +2777,87 @@ LANGUAGE sql AS $$
                    AND t.next_attempt_at <= now() ORDER BY t.next_attempt_at
                    LIMIT p_limit FOR UPDATE SKIP LOCKED)
     RETURNING u.id, u.account_id, u.package, u.stripe_customer, u.stripe_payment_method,
-              u.attempts, u.created_at
+              u.attempts, u.created_at, u.available, u.target, u.quantity, u.amount,
+              u.currency
 $$;
 
--- Arms the account's auto top-up again (after a success or a decline) if it is on.
+-- The worker priced a request (p_quantity packages for p_amount minor units of p_currency):
+-- may it be charged? Decided under the account's lock (PUT takes it too) with the setting
+-- and the request locked, so the month's spend cannot move meanwhile; a request is priced
+-- once, and a retry charges what this recorded. Answers 'priced', 'gone' (no longer
+-- requested: turned off meanwhile), 'currency_changed' (the catalog now charges the package
+-- in another money than the limit's) or 'limit_reached': then the request fails without
+-- counting as a decline, auto top-up is paused until the month turns, and the app hears
+-- top_up.limit_reached, once, since nothing is requested while paused.
+CREATE OR REPLACE FUNCTION balance_top_up_priced(p_id uuid, p_quantity int, p_amount bigint,
+                                                 p_currency text)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    v_top top_ups;
+    v_auto auto_top_ups;
+    v_spent bigint;
+BEGIN
+    PERFORM 1 FROM accounts a JOIN top_ups t ON t.account_id = a.account_id
+    WHERE t.id = p_id FOR UPDATE OF a;
+    SELECT * INTO v_top FROM top_ups WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND OR v_top.status <> 'requested' THEN
+        RETURN 'gone';
+    END IF;
+    SELECT * INTO v_auto FROM auto_top_ups WHERE account_id = v_top.account_id FOR UPDATE;
+    IF FOUND AND v_auto.monthly_limit IS NOT NULL THEN
+        IF v_auto.currency IS DISTINCT FROM p_currency THEN
+            RETURN 'currency_changed';
+        END IF;
+        v_spent := balance__top_up_spent(v_top.account_id, p_currency);
+        IF v_spent + p_amount > v_auto.monthly_limit THEN
+            UPDATE top_ups SET status = 'failed', error = 'monthly_limit_reached',
+                resolved_at = now(), quantity = p_quantity, amount = p_amount,
+                currency = p_currency
+            WHERE id = p_id;
+            UPDATE auto_top_ups SET paused_until = balance__next_month(), updated_at = now()
+            WHERE account_id = v_top.account_id;
+            PERFORM balance__emit('top_up.limit_reached', v_top.account_id, jsonb_build_object(
+                'top_up_id', p_id, 'account_id', v_top.account_id,
+                'package', v_top.package, 'quantity', p_quantity, 'amount', p_amount,
+                'currency', p_currency, 'monthly_limit', v_auto.monthly_limit,
+                'spent_this_month', v_spent, 'resets_at', balance__ts(balance__next_month())));
+            RETURN 'limit_reached';
+        END IF;
+    END IF;
+    UPDATE top_ups SET quantity = p_quantity, amount = p_amount, currency = p_currency,
+        priced_at = now()
+    WHERE id = p_id;
+    RETURN 'priced';
+END $$;
+
+-- The jobs loop: auto top-ups paused by their monthly limit are armed again once the month
+-- they were paused in is over (how many). The account is locked first, as everywhere.
+CREATE OR REPLACE FUNCTION balance_resume_top_ups(p_limit int) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_account text;
+    v_resumed int := 0;
+BEGIN
+    FOR v_account IN SELECT t.account_id FROM auto_top_ups t WHERE t.paused_until <= now()
+                     ORDER BY t.paused_until LIMIT p_limit LOOP
+        PERFORM 1 FROM accounts WHERE account_id = v_account FOR UPDATE;
+        UPDATE auto_top_ups SET paused_until = NULL, updated_at = now()
+        WHERE account_id = v_account AND paused_until <= now();
+        IF FOUND THEN
+            PERFORM balance__rearm_top_up(v_account);
+            v_resumed := v_resumed + 1;
+        END IF;
+    END LOOP;
+    RETURN v_resumed;
+END $$;
+
+-- Arms the account's auto top-up again (after a success or a decline) if it is on and not
+-- paused by its monthly limit.
 CREATE OR REPLACE FUNCTION balance__rearm_top_up(p_account text) RETURNS void
 LANGUAGE sql AS $$
     UPDATE accounts a SET top_up_below = t.threshold FROM auto_top_ups t
     WHERE a.account_id = p_account AND t.account_id = p_account AND t.enabled
+      AND t.paused_until IS NULL
 $$;
 
 -- The PaymentIntent exists: top_up.requested. If its payment webhook came first, it is
@@ -3508,11 +3649,8 @@ LANGUAGE sql STABLE AS $$
         'threshold_from', CASE WHEN a.low_balance IS NOT NULL THEN 'account'
                                WHEN p.low_balance IS NOT NULL THEN 'plan'
                                WHEN s.low_balance IS NOT NULL THEN 'catalog' END,
-        'auto_top_up', (SELECT jsonb_build_object(
-            'package', t.package, 'threshold', t.threshold,
-            'stripe_customer', t.stripe_customer,
-            'stripe_payment_method', t.stripe_payment_method, 'enabled', t.enabled)
-            FROM auto_top_ups t WHERE t.account_id = p_account))
+        'auto_top_up', (SELECT balance__auto_top_up_json(t)
+                        FROM auto_top_ups t WHERE t.account_id = p_account))
     FROM settings s
     LEFT JOIN accounts a ON a.account_id = p_account
     LEFT JOIN plans p ON p.id = a.plan
@@ -3594,6 +3732,12 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS payments_created_idx
 -- One account's app webhooks, newest first (GET /v1/events?account_id=, the console).
 CREATE INDEX CONCURRENTLY IF NOT EXISTS events_account_idx ON events (account_id, id)
     WHERE account_id IS NOT NULL;
+
+-- index: top_ups_account_priced_idx
+-- A monthly limit sums the account's top-ups of the month (balance__top_up_spent) without
+-- reading every top-up. Concurrently: a debit that crosses a threshold writes top_ups.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS top_ups_account_priced_idx
+    ON top_ups (account_id, priced_at);
 
 -- index: accounts_renewal_idx
 -- The calendar renewal job reads only the plans it renews: a subscription's plan renews when

@@ -29,6 +29,7 @@ log = logging.getLogger("balance.catalog")
 Currency = Annotated[str, msgspec.Meta(pattern="^[a-z]{3}$")]  # ISO 4217, lower case
 MAX_CREDITS = 10**12  # the most one movement, grant or charge may carry
 MAX_QUANTITY = 10**9  # the most units of an operation one charge may ask for
+MAX_PACKAGES = 1000  # the most packages one payment may buy (an auto top-up to its target)
 Credits = Annotated[int, msgspec.Meta(ge=1, le=MAX_CREDITS)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_CREDITS)]  # credits, where 0 means none
 Money = Annotated[int, msgspec.Meta(ge=1, le=10**15)]  # minor units
@@ -102,16 +103,21 @@ class Catalog(msgspec.Struct, forbid_unknown_fields=True):
         return next((plan_id for plan_id, plan in self.plans.items()
                      if plan.product(provider) == product), None)
 
-    def credits_for(self, package: str | None, amount: int | None, currency: str | None) -> int:
+    def credits_for(self, package: str | None, amount: int | None, currency: str | None,
+                    quantity: int = 1) -> int:
         """Credits for `amount` minor units of `currency` paid, or Unpriced saying why not.
 
-        A named package gives its credits when the amount is at least its price in that
-        currency; without one, pay-as-you-go gives floor(amount × rate ÷ 10^exponent) from
-        its minimum up. A package underpaid is not turned into pay-as-you-go credits.
+        A named package bought `quantity` times gives quantity × its credits when the amount
+        is at least quantity × its price in that currency; without one, pay-as-you-go gives
+        floor(amount × rate ÷ 10^exponent) from its minimum up. A package underpaid is not
+        turned into pay-as-you-go credits, nor into fewer packages: what was asked and what
+        was paid disagree, and an operator decides.
         """
         if amount is None or not currency:
             raise Unpriced("the payment has no amount or currency")
         currency = currency.lower()
+        if not 1 <= quantity <= MAX_PACKAGES:
+            raise Unpriced(f"quantity {quantity} is outside 1..{MAX_PACKAGES}")
         if package is not None:
             found = self.packages.get(package)
             if found is None:
@@ -119,9 +125,15 @@ class Catalog(msgspec.Struct, forbid_unknown_fields=True):
             price = found.price.get(currency)
             if price is None:
                 raise Unpriced(f"package {package!r} has no price in {currency}")
-            if amount < price:
-                raise Unpriced(f"paid {amount} {currency}, package {package!r} costs {price}")
-            return found.credits
+            if amount < price * quantity:
+                bought = f"{quantity} × package {package!r}" if quantity > 1 else \
+                    f"package {package!r}"
+                raise Unpriced(f"paid {amount} {currency}, {bought} costs {price * quantity}")
+            if found.credits * quantity > MAX_CREDITS:
+                raise Unpriced(f"{quantity} × package {package!r} is more than 10^12 credits")
+            return found.credits * quantity
+        if quantity != 1:
+            raise Unpriced(f"quantity {quantity} without a package")
         payg = self.pay_as_you_go
         rate = payg.credits_per_unit.get(currency) if payg is not None else None
         if payg is None or rate is None:

@@ -43,6 +43,7 @@ EVENT_TYPES = (
     "transaction.created", "balance.low", "balance.depleted", "balance.recovered",
     "purchase.completed", "purchase.reversed", "payment.needs_review", "hold.expired",
     "plan.renewed", "plan.past_due", "plan.canceled", "top_up.requested", "top_up.failed",
+    "top_up.limit_reached",
 )
 DEFAULT_EVENTS = tuple(t for t in EVENT_TYPES if t != "transaction.created")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")

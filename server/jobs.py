@@ -1,5 +1,6 @@
 """Periodic work, in every instance: expire due holds and grants, renew plans whose period
-ended, create the PaymentIntents of due auto top-ups, and (one instance at a time) delete
+ended, create the PaymentIntents of due auto top-ups (and arm again those a monthly limit
+paused once the month turns), and (one instance at a time) delete
 old idempotency keys and delivered app webhook events.
 
 Several instances run the same jobs safely: the SQL claims due rows with SKIP LOCKED, and
@@ -58,6 +59,8 @@ class Jobs:
     async def _run_top_ups(self, top_ups: TopUps) -> None:
         while True:
             try:
+                # Every round: with none paused it reads an empty partial index.
+                await top_ups.resume_paused()
                 if await top_ups.run_due():
                     continue
             except asyncio.CancelledError:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeGuard, TypeVar
 import msgspec
 
 from server import errors
-from server.catalog import MAX_CREDITS, MAX_QUANTITY
+from server.catalog import MAX_CREDITS, MAX_QUANTITY, Money
 
 # The account id rule (API.md "Words"): 1-128 of these characters, the whole string.
 ACCOUNT_ID_RULE = "1-128 characters of A-Za-z0-9_.:@|-"
@@ -171,12 +171,16 @@ StripeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_]{3,255}$")]
 
 class AutoTopUpRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Buy `package` off session when `available` falls below `threshold` (a body of `null`
-    turns it off). A setting: an idempotency_key is accepted and ignored."""
+    turns it off): as many as bring it up to `target`, within `monthly_limit` (minor units of
+    the package's currency) a UTC month. A setting: an idempotency_key is accepted and
+    ignored."""
 
     package: Name
     threshold: Annotated[int, msgspec.Meta(ge=1, le=MAX_CREDITS)]
     stripe_customer: StripeId
     stripe_payment_method: StripeId
+    target: Annotated[int, msgspec.Meta(ge=2, le=MAX_CREDITS)] | None = None
+    monthly_limit: Money | None = None
     idempotency_key: IdempotencyKey | None = None
 
 

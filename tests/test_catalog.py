@@ -99,6 +99,18 @@ def test_packages_need_their_price_in_that_currency(catalog: Catalog) -> None:
         catalog.credits_for("mega", 100_000, "usd")
 
 
+def test_a_quantity_of_packages_needs_all_of_their_price(catalog: Catalog) -> None:
+    assert catalog.credits_for("starter", 1500, "usd", 3) == 300
+    assert catalog.credits_for("starter", 1999, "usd", 3) == 300  # a tip buys no fourth
+    # Underpaid: neither fewer packages nor pay-as-you-go; metadata cannot ask for more.
+    for amount, quantity, why in ((1499, 3, "3 × package 'starter' costs 1500"),
+                                  (500, 0, "outside 1..1000"), (10**7, 1001, "outside")):
+        with pytest.raises(Unpriced, match=why):
+            catalog.credits_for("starter", amount, "usd", quantity)
+    with pytest.raises(Unpriced, match="without a package"):
+        catalog.credits_for(None, 1000, "usd", 2)
+
+
 def test_pay_as_you_go_uses_the_currency_exponent(catalog: Catalog) -> None:
     assert catalog.credits_for(None, 1000, "usd") == 200  # $10.00 at 20 a dollar
     assert catalog.credits_for(None, 1099, "usd") == 219  # floored

@@ -95,6 +95,22 @@ export interface EventRecord {
   readonly [field: string]: unknown;
 }
 
+/** An account's auto top-up; money in minor units of `currency`. */
+export interface AutoTopUp {
+  readonly package: string;
+  readonly threshold: number;
+  /** Buys as many packages as bring available up to it; null: one package. */
+  readonly target: number | null;
+  readonly monthly_limit: number | null;
+  readonly currency: string | null;
+  readonly spent_this_month: number;
+  /** Set while the monthly limit holds top-ups back: the next month's start. */
+  readonly paused_until: string | null;
+  readonly stripe_customer: string;
+  readonly stripe_payment_method: string;
+  readonly enabled: boolean;
+}
+
 /** A provider's payment, or (with `review`) a paid event under review. */
 export interface Payment {
   readonly status: 'credited' | 'reversed' | 'disputed' | 'needs_review' | 'resolved';
@@ -306,9 +322,9 @@ export class Balance {
   /** The account's own low_balance threshold, or null for its plan's or the catalog's. */
   setAlerts(account: string, options: Audited & { lowBalance: number | null }): Promise<{ account: Account }>;
   /** The low-balance threshold in force (and the account's own, null: none), and the auto top-up (null: off). */
-  settings(account: string): Promise<{ low_balance: number | null; threshold: number | null; threshold_from: 'account' | 'plan' | 'catalog' | null; auto_top_up: { package: string; threshold: number; stripe_customer: string; stripe_payment_method: string; enabled: boolean } | null }>;
+  settings(account: string): Promise<{ low_balance: number | null; threshold: number | null; threshold_from: 'account' | 'plan' | 'catalog' | null; auto_top_up: AutoTopUp | null }>;
   /** Buy `package` off session (Stripe) when available falls below `threshold`; null turns it off. */
-  setAutoTopUp(account: string, config: { package: string; threshold: number; stripeCustomer: string; stripePaymentMethod: string } | null, options?: Audited): Promise<Record<string, unknown>>;
+  setAutoTopUp(account: string, config: { package: string; threshold: number; stripeCustomer: string; stripePaymentMethod: string; target?: number; monthlyLimit?: number } | null, options?: Audited): Promise<{ auto_top_up: AutoTopUp | null }>;
   /** One page of app webhooks with their attempts, newest first. */
   eventsPage(options?: { status?: 'pending' | 'delivered' | 'failed'; limit?: number; before?: string | number | null; account?: string }): Promise<EventPage>;
   /** Every app webhook (of `status`), newest first, a page at a time. */

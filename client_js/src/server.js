@@ -37,7 +37,7 @@ export const OPERATIONS = Object.freeze({
   check: op('POST', '/v1/accounts/{account_id}/check', 'check', ['operation', 'quantity', 'amount']),
   set_alerts: op('PUT', '/v1/accounts/{account_id}/alerts', 'setAlerts', ['low_balance', 'idempotency_key']),
   get_settings: op('GET', '/v1/accounts/{account_id}/settings', 'settings'),
-  set_auto_top_up: op('PUT', '/v1/accounts/{account_id}/auto-top-up', 'setAutoTopUp', ['package', 'threshold', 'stripe_customer', 'stripe_payment_method', 'idempotency_key']),
+  set_auto_top_up: op('PUT', '/v1/accounts/{account_id}/auto-top-up', 'setAutoTopUp', ['package', 'threshold', 'stripe_customer', 'stripe_payment_method', 'target', 'monthly_limit', 'idempotency_key']),
   list_events: op('GET', '/v1/events', 'eventsPage', [], { query: ['status', 'limit', 'before', 'account_id'] }),
   retry_event: op('POST', '/v1/events/{event_id}/retry', 'retryEvent'),
   search_accounts: op('GET', '/v1/accounts', 'searchAccounts', [], { query: ['prefix', 'limit', 'cursor'] }),
@@ -352,10 +352,13 @@ export class Balance {
     return this.#call('get_settings', { account_id: account });
   }
 
-  /** Buy `package` off session when available falls below `threshold`; null turns it off. */
+  /** Buy `package` off session when available falls below `threshold` (as many as reach
+   * `target`, within `monthlyLimit` a UTC month); null turns it off. */
   async setAutoTopUp(account, config, { auditReason } = {}) {
     const body = config == null ? null : {
       package: config.package, threshold: config.threshold, stripe_customer: config.stripeCustomer, stripe_payment_method: config.stripePaymentMethod,
+      ...(config.target != null && { target: config.target }),
+      ...(config.monthlyLimit != null && { monthly_limit: config.monthlyLimit }),
     };
     return this.#call('set_auto_top_up', { account_id: account }, body, undefined, undefined, auditReason);
   }

@@ -276,3 +276,16 @@ test('the constructor reads BALANCE_API_URL and BALANCE_SERVICE_KEY when not giv
   assert.throws(() => new Balance({ baseUrl: 'http://x' }), TypeError);
   if (saved.key !== undefined) process.env.BALANCE_SERVICE_KEY = saved.key;
 });
+
+test('setAutoTopUp sends target and monthlyLimit as the API names them, and only when given', async () => {
+  const { fetch, calls } = fakeFetch(json(200, { auto_top_up: null }));
+  const { balance } = client(fetch);
+  const config = { package: 'starter', threshold: 50, stripeCustomer: 'cus_1', stripePaymentMethod: 'pm_1' };
+  await balance.setAutoTopUp('u1', { ...config, target: 1000, monthlyLimit: 5000 });
+  await balance.setAutoTopUp('u1', config);
+  assert.equal(calls[0].method, 'PUT');
+  assert.deepEqual(JSON.parse(calls[0].body), {
+    package: 'starter', threshold: 50, stripe_customer: 'cus_1', stripe_payment_method: 'pm_1', target: 1000, monthly_limit: 5000,
+  });
+  assert.deepEqual(Object.keys(JSON.parse(calls[1].body)), ['package', 'threshold', 'stripe_customer', 'stripe_payment_method']);
+});

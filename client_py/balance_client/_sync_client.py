@@ -260,14 +260,17 @@ class Balance:
 
     def set_auto_top_up(self, account: str, *, package: str, threshold: int,
                               stripe_customer: str, stripe_payment_method: str,
+                              target: int | None = None, monthly_limit: int | None = None,
                               audit_reason: str | None = None) -> AutoTopUpResult:
         """Buy `package` off-session with Stripe whenever available falls below
-        `threshold`."""
+        `threshold`: as many as reach `target`, within `monthly_limit` (minor units of the
+        package's currency) a UTC month."""
         return self._run(Call(
             "PUT", path("/v1/accounts/{}/auto-top-up", account), AutoTopUpResult,
             body({"package": package, "threshold": threshold,
                   "stripe_customer": stripe_customer,
-                  "stripe_payment_method": stripe_payment_method}), reason=audit_reason))
+                  "stripe_payment_method": stripe_payment_method},
+                 target=target, monthly_limit=monthly_limit), reason=audit_reason))
 
     def disable_auto_top_up(self, account: str, *,
                                   audit_reason: str | None = None) -> AutoTopUpResult:

@@ -191,11 +191,19 @@ class CheckoutSession(_Model):
 
 
 class AutoTopUp(_Model):
+    """An auto top-up: `monthly_limit` and `spent_this_month` in minor units of `currency`;
+    `paused_until` set while the monthly limit holds it back."""
+
     package: str
     threshold: int
     stripe_customer: str
     stripe_payment_method: str
     enabled: bool = True
+    target: int | None = None
+    monthly_limit: int | None = None
+    currency: str | None = None
+    spent_this_month: int = 0
+    paused_until: datetime | None = None
 
 
 class AccountSettings(_Model):

@@ -327,7 +327,7 @@ async def set_auto_top_up(request: Request) -> bytes:
     raw = await read_body(request)
     res = resources(request)
     if raw.strip() == b"null":
-        return await topup.configure(res.pool, res.ledger.welcome, account_id, None,
+        return await topup.configure(res.pool, res.ledger.welcome, account_id, None, None,
                                      audit(request, "auto_top_up", account_id, account_id))
     body = decode_body(AutoTopUpRequest, raw)
     if res.checkout.stripe_client is None:
@@ -335,7 +335,15 @@ async def set_auto_top_up(request: Request) -> bytes:
     found = res.catalog.packages.get(body.package)
     if found is None or not found.price:
         raise errors.invalid_request(f"package: no priced package {body.package!r} in the catalog")
+    if body.target is not None and body.target <= body.threshold:
+        raise errors.invalid_request("target: must be greater than threshold")
+    currency = found.default_currency()
+    if body.monthly_limit is not None and body.monthly_limit < found.price[currency]:
+        raise errors.invalid_request(
+            f"monthly_limit: less than one package ({found.price[currency]} {currency}): "
+            "no top-up could be made")
     return await topup.configure(
-        res.pool, res.ledger.welcome, account_id, body,
+        res.pool, res.ledger.welcome, account_id, body, currency,
         audit(request, "auto_top_up", account_id, account_id,
-              {"package": body.package, "threshold": body.threshold}))
+              {"package": body.package, "threshold": body.threshold, "target": body.target,
+               "monthly_limit": body.monthly_limit}))

@@ -238,6 +238,19 @@ def build(catalog: Catalog, checkout: Checkout) -> dict[str, Any]:
     top_up = components["AutoTopUpRequest"]["properties"]
     sellable: dict[str, Any] = {"enum": priced} if priced else {"not": {}}
     top_up["package"] = sellable if checkout.stripe_client else {"not": {}}
+    # A monthly limit below one package could never allow a top-up. The target's rule
+    # (greater than threshold) compares two fields, which JSON Schema cannot: said here.
+    limits = [{"properties": {"package": {"const": name}, "monthly_limit": {
+        "anyOf": [{"type": "null"}, {"minimum": p.price[p.default_currency()]}]}}}
+        for name, p in catalog.packages.items() if p.price]
+    if limits:
+        components["AutoTopUpRequest"]["anyOf"] = limits
+    top_up["target"]["description"] = (
+        "buy as many packages as bring available up to this (at least one, at most 1000); "
+        "must be greater than threshold")
+    top_up["monthly_limit"]["description"] = (
+        "the most this UTC month's top-ups may cost, in minor units of the package's "
+        "currency (its USD price if it has one); at least one package's price")
     components["CreditRequest"]["properties"]["expires_at"]["description"] = (
         "when the grant's unspent credits expire; must be in the future")
     paths: dict[str, dict[str, Any]] = {}

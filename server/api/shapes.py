@@ -46,7 +46,8 @@ Kind = Literal["grant", "purchase", "usage", "refund", "reversal", "adjustment",
 EventType = Literal["transaction.created", "balance.low", "balance.depleted",
                     "balance.recovered", "purchase.completed", "purchase.reversed",
                     "payment.needs_review", "hold.expired", "plan.renewed",
-                    "plan.past_due", "plan.canceled", "top_up.requested", "top_up.failed"]
+                    "plan.past_due", "plan.canceled", "top_up.requested", "top_up.failed",
+                    "top_up.limit_reached"]
 EventStatus = Literal["pending", "delivered", "failed"]
 Metadata = dict[str, Any]
 Prices = Component("Prices", (dict[Name, Credits],),
@@ -164,6 +165,17 @@ class AlertsResult(msgspec.Struct, forbid_unknown_fields=True):
 class AutoTopUp(msgspec.Struct, forbid_unknown_fields=True):
     package: str
     threshold: Annotated[int, _("a top-up starts when available falls below this")]
+    target: Annotated[int | None, _("a top-up buys as many packages as bring available up "
+                                    "to this; null: one package")]
+    monthly_limit: Annotated[int | None, _("the most this month's top-ups may cost, in minor "
+                                           "units of `currency`; null: no limit")]
+    currency: Annotated[str | None, _("what the package is charged in (USD if priced in "
+                                      "it); null: set before monthly limits existed")]
+    spent_this_month: Annotated[int, _("what this UTC month's top-ups cost so far (created or "
+                                       "paid), in minor units of `currency`")]
+    paused_until: Annotated[Timestamp | None, _(
+        "the monthly limit stopped a top-up: none starts before this (the next month); null: "
+        "not paused")]
     stripe_customer: str
     stripe_payment_method: str
     enabled: bool

@@ -12,12 +12,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from server import errors
-from server.catalog import MAX_CREDITS
+from server.catalog import MAX_CREDITS, MAX_PACKAGES
 from server.currencies import MinorUnits
 from server.messages import ACCOUNT_ID_RULE, is_account_id
 
 ID_RE = re.compile(r"[\x21-\x7e]{1,200}")  # provider ids: printable ASCII, no spaces
 _CREDITS_RE = re.compile(r"[0-9]{1,13}")
+_QUANTITY_RE = re.compile(r"[0-9]{1,4}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +26,8 @@ class Purchase:
     """Money received for `account_id`, identified by the provider's payment id.
 
     The credits are not here: fulfilment computes them from the catalog and the amount
-    paid. `package` is what the checkout sold; `claimed_credits` a metadata cross-check.
+    paid. `package` is what the checkout sold, `quantity` times (an auto top-up to its
+    target buys several in one payment); `claimed_credits` a metadata cross-check.
     """
 
     provider: str
@@ -36,6 +38,7 @@ class Purchase:
     amount_paid: int | None
     currency: str | None
     event_id: str
+    quantity: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,7 @@ class Unfulfilled:
     package: str | None = None
     amount_paid: int | None = None
     currency: str | None = None
+    quantity: int | None = 1  # None: the metadata's was not a number of packages
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +196,17 @@ def parse_credits(value: Any) -> int | None:
     return credits if 1 <= credits <= MAX_CREDITS else None
 
 
+def parse_quantity(value: Any) -> int | None:
+    """How many packages metadata says were bought: absent is 1 (a checkout, a top-up of one
+    package), else a string of digits 1 … MAX_PACKAGES; anything else is None."""
+    if value is None or value == "":
+        return 1
+    if not isinstance(value, str) or not _QUANTITY_RE.fullmatch(value):
+        return None
+    quantity = int(value)
+    return quantity if 1 <= quantity <= MAX_PACKAGES else None
+
+
 def purchase_from_metadata(
     provider: str, payment_id: str, metadata: Any, event_id: str, *,
     account_keys: tuple[str, ...], credit_keys: tuple[str, ...],
@@ -212,11 +227,16 @@ def purchase_from_metadata(
     claimed = None if raw_credits is None else parse_credits(raw_credits)
     if raw_credits is not None and claimed is None:
         problems.append(f"metadata {credit_keys[0]} is not a whole number 1..10^12")
+    quantity = parse_quantity(md.get("quantity"))
+    if quantity is None:
+        problems.append(f"metadata quantity is not a whole number 1..{MAX_PACKAGES}")
     if problems or not isinstance(account, str) or not isinstance(package, str | None):
         return Unfulfilled("; ".join(problems), payment_id,
                            account if is_account_id(account) else None,
-                           package if isinstance(package, str) else None, amount, currency)
-    return Purchase(provider, payment_id, account, package, claimed, amount, currency, event_id)
+                           package if isinstance(package, str) else None, amount, currency,
+                           quantity)
+    return Purchase(provider, payment_id, account, package, claimed, amount, currency, event_id,
+                    quantity or 1)
 
 
 def account_in(metadata: Any, keys: tuple[str, ...]) -> str | None:

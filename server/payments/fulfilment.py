@@ -11,6 +11,7 @@ credit once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -145,7 +146,7 @@ class Fulfilment:
     def _credits(self, p: Purchase) -> int:
         """The credits the money received buys (catalog.credits_for); metadata credits only
         cross-check them."""
-        credits = self._catalog.credits_for(p.package, p.amount_paid, p.currency)
+        credits = self._catalog.credits_for(p.package, p.amount_paid, p.currency, p.quantity)
         if p.claimed_credits is not None and p.claimed_credits != credits:
             raise Unpriced(f"metadata credits {p.claimed_credits} is not the {credits} credits "
                            f"that {p.amount_paid} {p.currency} buys")
@@ -156,6 +157,8 @@ class Fulfilment:
         metadata = {"provider": p.provider, "payment_id": p.payment_id, "event_id": p.event_id,
                     "amount_paid": p.amount_paid, "currency": p.currency,
                     "package": p.package}
+        if p.quantity != 1:
+            metadata["quantity"] = p.quantity
         return await self._move(
             _PURCHASE_SQL, p.provider, p.payment_id, p.account_id, credits, p.amount_paid,
             p.currency, p.event_id, jsonb(metadata), self._ledger.welcome, self._refund_policy,
@@ -192,11 +195,11 @@ class Fulfilment:
         if "\\u0000" in text:
             # jsonb refuses NUL characters; keep the event as one JSON string instead.
             text = json.dumps({"raw": text})
-        try:
-            credits: int | None = self._catalog.credits_for(action.package, action.amount_paid,
-                                                            action.currency)
-        except Unpriced:
-            credits = None  # the operator states them
+        credits: int | None = None  # the operator states them
+        if action.quantity is not None:  # a malformed quantity offers no count at all
+            with contextlib.suppress(Unpriced):
+                credits = self._catalog.credits_for(action.package, action.amount_paid,
+                                                    action.currency, action.quantity)
         state: str = await self._ledger.pool.fetchval(
             _UNFULFILLED_SQL, provider, event_id, event_type, action.payment_id, action.problem,
             text, action.account_id, action.amount_paid, action.currency, action.package,
@@ -212,7 +215,7 @@ class Fulfilment:
 def _kept(problem: str, p: Purchase) -> Unfulfilled:
     """A purchase that cannot be credited as it came, with all it says, for review."""
     return Unfulfilled(problem, p.payment_id, p.account_id, p.package, p.amount_paid,
-                       p.currency)
+                       p.currency, p.quantity)
 
 
 def _not_posted(exc: asyncpg.PostgresError, provider: str, event_id: str) -> Exception:

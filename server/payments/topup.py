@@ -7,6 +7,11 @@ request's id so a retry never charges twice, for the package's price in Stripe's
 (server/currencies.py; events and the catalog keep ISO 4217's). The credits arrive through
 the ordinary `payment_intent.succeeded` webhook, like any purchase; a decline is
 `top_up.failed`.
+
+With a `target`, one PaymentIntent buys as many packages as bring `available` (as the
+trigger saw it) up to the target. With a `monthly_limit`, PostgreSQL decides, after the
+request is priced and before Stripe is asked, whether this month's top-ups leave room for
+it; if not, nothing is charged and `top_up.limit_reached` pauses it until the month turns.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import httpx
 import stripe
 
 from server.audit import Audit
-from server.catalog import Catalog
+from server.catalog import MAX_CREDITS, MAX_PACKAGES, Catalog, Package
 from server.currencies import STRIPE, Unrepresentable
 from server.messages import AutoTopUpRequest
 
@@ -40,16 +45,30 @@ _TRANSIENT = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError,
 
 
 async def configure(pool: asyncpg.Pool, welcome: int, account_id: str,
-                    config: AutoTopUpRequest | None, audit: Audit) -> bytes:
+                    config: AutoTopUpRequest | None, currency: str | None,
+                    audit: Audit) -> bytes:
     """Configure (armed at once unless a top-up is in flight) or turn off (None) the
-    account's auto top-up: `{"auto_top_up": ... or null}`, audited."""
+    account's auto top-up: `{"auto_top_up": ... or null}`, audited. `currency`: the one
+    the package is charged in, which its monthly limit counts."""
     async with pool.acquire() as conn, conn.transaction():
         text: str = await conn.fetchval(
-            "SELECT balance.balance_set_auto_top_up($1, $2, $3, $4, $5, $6)::text", account_id,
-            welcome, *((config.package, config.threshold, config.stripe_customer,
-                        config.stripe_payment_method) if config else (None,) * 4))
+            "SELECT balance.balance_set_auto_top_up($1, $2, $3, $4, $5, $6, $7, $8, $9)::text",
+            account_id, welcome,
+            *((config.package, config.threshold, config.stripe_customer,
+               config.stripe_payment_method, config.target, config.monthly_limit, currency)
+              if config else (None,) * 7))
         await audit.record(conn)
     return text.encode()
+
+
+def quantity(package: Package, target: int | None, available: int | None) -> int:
+    """How many packages reach `target` from `available`: at least one, and at most
+    MAX_PACKAGES (or what keeps the credits of one payment within 10^12); past that the
+    top-up falls short of the target, and the next movement below the threshold asks again."""
+    if target is None or available is None:  # no target, or requested before there was one
+        return 1
+    needed = -(-(target - available) // package.credits)
+    return max(1, min(needed, MAX_PACKAGES, MAX_CREDITS // package.credits))
 
 
 class TopUps:
@@ -68,25 +87,45 @@ class TopUps:
         await asyncio.gather(*(self._create(row) for row in rows))
         return len(rows)
 
-    def _price(self, package: str) -> tuple[int, str] | None:
-        """(amount in the catalog's minor units, currency) of a package: its USD price when it
-        has one."""
-        found = self._catalog.packages.get(package)
+    async def resume_paused(self, limit: int = 100) -> int:
+        """Arm again the auto top-ups their monthly limit paused, once the month has turned;
+        how many."""
+        resumed: int = await self._pool.fetchval(
+            "SELECT balance.balance_resume_top_ups($1)", limit)
+        return resumed
+
+    def _price(self, row: asyncpg.Record) -> tuple[int, int, str] | None:
+        """(quantity, amount in the catalog's minor units, currency) a request buys: its
+        package's USD price when it has one, times the packages that reach its target."""
+        found = self._catalog.packages.get(row["package"])
         if found is None or not found.price:
             return None
         currency = found.default_currency()
-        return found.price[currency], currency
+        n = quantity(found, row["target"], row["available"])
+        return n, n * found.price[currency], currency
 
     async def _create(self, row: asyncpg.Record) -> None:
         request = str(row["id"])
-        priced = self._price(row["package"])
         data: dict[str, Any] = {"top_up_id": request, "account_id": row["account_id"],
                                 "package": row["package"]}
-        if priced is None:  # the catalog dropped the package since it was configured
-            await self._failed(request, "package_not_in_catalog", data)
-            return
-        amount, currency = priced
-        data.update(amount=amount, currency=currency)
+        if row["amount"] is not None:  # priced by an earlier try: charge exactly that
+            n, amount, currency = row["quantity"], row["amount"], row["currency"]
+        else:
+            priced = self._price(row)
+            if priced is None:  # the catalog dropped the package since it was configured
+                await self._failed(request, "package_not_in_catalog", data)
+                return
+            n, amount, currency = priced
+            verdict: str = await self._pool.fetchval(
+                "SELECT balance.balance_top_up_priced($1, $2, $3, $4)", row["id"], n, amount,
+                currency)
+            if verdict in ("gone", "limit_reached"):  # turned off meanwhile; or told, paused
+                return
+            if verdict == "currency_changed":
+                await self._failed(request, "currency_changed",
+                                   {**data, "amount": amount, "currency": currency})
+                return
+        data.update(quantity=n, amount=amount, currency=currency)
         try:
             stripe_amount = STRIPE.to_provider(currency, amount)
         except Unrepresentable:  # the catalog is checked at start: only a code change gets here
@@ -104,7 +143,8 @@ class TopUps:
                         "payment_method": row["stripe_payment_method"],
                         "off_session": True, "confirm": True,
                         "metadata": {"account_id": row["account_id"],
-                                     "package": row["package"], "auto_top_up": request},
+                                     "package": row["package"], "auto_top_up": request,
+                                     **_quantity(n)},
                     },
                     {"idempotency_key": f"top-up-{request}"},
                 )
@@ -134,3 +174,10 @@ class TopUps:
         await self._pool.execute(
             "SELECT balance.balance_top_up_failed($1::uuid, NULL, $2, $3::jsonb)",
             request, error, json.dumps(data))
+
+
+def _quantity(n: int) -> dict[str, str]:
+    """The metadata `quantity`, only past one package: a request tried before targets
+    existed and retried now sends the parameters of its first try (Stripe refuses an
+    idempotency key reused with others), and one package reads as a checkout's does."""
+    return {"quantity": str(n)} if n > 1 else {}

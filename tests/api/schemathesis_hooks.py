@@ -4,7 +4,8 @@ A credit's `expires_at` must be in the future, and a usage range spans at most 3
 both are relative to the clock, which JSON Schema has no words for (the OpenAPI
 descriptions say them). A page `cursor` must be one the server handed out (an opaque
 token: any string of its alphabet, to a schema). An X-Audit-Reason is percent-encoded UTF-8
-text, which a string schema cannot say. What a payment under review lacks for a credit
+text, which a string schema cannot say. An auto top-up's target must exceed its threshold:
+JSON Schema compares no two fields. What a payment under review lacks for a credit
 depends on that review. Only a refusal that names exactly one of these rules is forgiven;
 every other finding fails the run.
 """
@@ -18,6 +19,7 @@ UNSTATED_RULES = (
     '"detail":"since: at most 366 days before until (or now)"',
     '"detail":"cursor: not a cursor this server gave"',
     '"detail":"X-Audit-Reason: 1-500 printable characters, percent-encoded UTF-8"',
+    '"detail":"target: must be greater than threshold"',
     # What crediting a payment under review needs that its event did not say: a schema
     # cannot know which review lacks an account, a price or a payment.
     '"detail":"account_id: the payment names no account; say whose it is"',

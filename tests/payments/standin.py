@@ -72,6 +72,7 @@ class StandIn:
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     intents: dict[str, dict[str, Any]] = field(default_factory=dict)
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    keyed: dict[str, dict[str, str]] = field(default_factory=dict)  # first form per key
 
     async def stripe(self, request: Request) -> Response:
         form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
@@ -179,11 +180,18 @@ class StandIn:
         return {**intent, "status": "succeeded", "amount_received": intent["amount"]}
 
     async def payment_intent(self, request: Request) -> Response:
-        """Stripe's POST /v1/payment_intents: succeeds, or declines while `declines` > 0.
-        A repeated Idempotency-Key answers the first answer again, as Stripe does."""
+        """Stripe's POST /v1/payment_intents: succeeds, or declines while `declines` > 0, or
+        fails while `failing`. A repeated Idempotency-Key answers the first answer again, as
+        Stripe does, and is refused with other parameters than its first request's."""
         form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
         self.seen.append(Seen(request.method, request.url.path, dict(request.headers), form))
         key = request.headers.get("idempotency-key", "")
+        if self.keyed.setdefault(key, form) != form:
+            return JSONResponse({"error": {
+                "type": "idempotency_error", "message": "Keys for idempotent requests can only "
+                "be used with the same parameters they were first used with."}}, 400)
+        if self.failing:
+            return JSONResponse({"error": {"type": "api_error", "message": "down"}}, 500)
         if key in self.answered:
             return self.answered[key]
         refused = stripe_refuses(int(form["amount"]), form["currency"])

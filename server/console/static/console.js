@@ -457,7 +457,11 @@ async function settingsView(path) {
     { class: 'facts' },
     h('dt', {}, 'Low now'), h('dd', {}, account.low ? h('span', { class: 'badge warn' }, 'low') : 'no'),
     h('dt', {}, 'Low below'), h('dd', {}, settings.threshold === null ? 'no alert' : `${credits(settings.threshold)} (${settings.threshold_from === 'account' ? 'its own' : settings.threshold_from})`),
-    h('dt', {}, 'Auto top-up'), h('dd', {}, top ? `${top.package} when below ${credits(top.threshold)}${top.enabled ? '' : ' (stopped after declines)'}` : 'off'),
+    h('dt', {}, 'Auto top-up'), h('dd', {}, top ? `${top.package} when below ${credits(top.threshold)}${top.target === null ? '' : `, up to ${credits(top.target)}`}${top.enabled ? '' : ' (stopped after declines)'}` : 'off'),
+    ...(top && top.monthly_limit !== null ? [
+      h('dt', {}, 'This month'),
+      h('dd', {}, `${money(top.spent_this_month, top.currency)} of ${money(top.monthly_limit, top.currency)}${top.paused_until ? ` (limit reached: paused until ${top.paused_until.slice(0, 10)})` : ''}`),
+    ] : []),
   );
   let changes = [];
   try {
