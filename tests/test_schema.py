@@ -39,8 +39,8 @@ def test_schema_sql_reads_as_steps_then_definitions_then_indexes() -> None:
     kinds = [s.kind for s in found]
     assert kinds == sorted(kinds, key=("step", "definitions", "index").index)
     assert [s.name for s in found if s.kind == "definitions"] == [
-        "json_shapes", "movements", "jobs", "plans", "alerts", "top_ups", "payments", "import",
-        "retention", "history", "operator"]
+        "json_shapes", "movements", "jobs", "plans", "alerts", "top_ups", "spend_caps",
+        "payments", "import", "retention", "history", "operator"]
     assert all("CONCURRENTLY" in s.sql for s in found if s.kind == "index")
 
 
@@ -99,8 +99,8 @@ async def test_changed_definitions_rerun_and_a_changed_step_is_refused(
         "-- ================================================================ JSON shapes")
     # A new step runs once, and the definitions after it are applied again.
     assert await migrate(fresh_db, added) == [
-        "003_note", "json_shapes", "movements", "jobs", "plans", "alerts", "top_ups", "payments",
-        "import", "retention", "history", "operator"]
+        "003_note", "json_shapes", "movements", "jobs", "plans", "alerts", "top_ups",
+        "spend_caps", "payments", "import", "retention", "history", "operator"]
     assert await fresh_db.fetchval(
         "SELECT count(*) FROM information_schema.columns"
         " WHERE table_name = 'accounts' AND column_name = 'note'") == 1
@@ -178,7 +178,8 @@ async def test_upgrade_from_release_0_1_0_keeps_every_row(fresh_db: asyncpg.Conn
                                  "period_start": None, "period_end": None,
                                  "low_balance": None, "alert_state": "ok",
                                  "top_up_below": None, "alert_told": False,
-                                 "alert_from": None}
+                                 "alert_from": None, "spend_cap": None, "spend_period": None,
+                                 "spend_window": None, "spend_used": 0}
     lots_before = rows_before[2]
     assert tuple(await db.fetchrow(counts) or ()) == (
         *rows_before[:2], lots_before + 1, *rows_before[3:])  # one grant for the rest
