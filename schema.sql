@@ -526,6 +526,21 @@ DROP FUNCTION IF EXISTS balance_record_unfulfilled(text, text, text, text, text,
 DROP FUNCTION IF EXISTS balance_events_json(text, int, bigint);
 DROP FUNCTION IF EXISTS balance_retry_event(bigint);
 
+-- step: 017_spend_limits
+-- Spend caps (issue 29, docs/api.md "Spend caps"): an account may spend (usage: debits, charges,
+-- hold captures) and hold together at most spend_cap credits per UTC calendar hour, day or
+-- month (spend_period). spend_used is what usage took in the window that starts at
+-- spend_window; the spending that finds the window passed starts it again at 0. Kept on the
+-- account's row, which every debit locks anyway, so the check and the count are one UPDATE
+-- under that lock and concurrent debits on any number of instances cannot pass the cap
+-- together. NULL spend_cap: no cap (the debit's fast path asks only that). Constant
+-- defaults, so no table rewrite; no CHECKs, as in 008_alerts: every debit updates this row,
+-- and only balance_set_limits writes the cap (the API bounds it).
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS spend_cap bigint;
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS spend_period text;
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS spend_window timestamptz;
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS spend_used bigint NOT NULL DEFAULT 0;
+
 -- step: 018_top_up_limits
 -- Auto top-up buys up to a target balance and stays within a monthly spend (issue 29).
 -- auto_top_ups: `target` (credits `available` is brought up to), `monthly_limit` (minor
@@ -705,6 +720,7 @@ BEGIN
     v.unsettled := 0;
     v.purchased := 0;
     v.used := 0;
+    v.spend_used := 0;
     v.alert_told := false;
     v.created_at := now();
     v.updated_at := now();
@@ -874,6 +890,82 @@ BEGIN
     RETURN v_res;
 END $$;
 
+-- Spend caps (step 017_spend_limits). The window of a period is the UTC calendar hour, day
+-- or month holding now; its end is computed in UTC too, whatever the session's time zone
+-- (a month added in another zone would end it at that zone's midnight).
+CREATE OR REPLACE FUNCTION balance__spend_window(p_period text) RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN date_trunc(p_period, now(), 'UTC');
+END $$;
+
+CREATE OR REPLACE FUNCTION balance__spend_end(p_window timestamptz, p_period text)
+RETURNS timestamptz LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN ((p_window AT TIME ZONE 'UTC') + ('1 ' || p_period)::interval) AT TIME ZONE 'UTC';
+END $$;
+
+-- What usage took in the current window: the stored count while its window runs, 0 once it
+-- has passed (nothing rolls it but the next spending, so a quiet account costs nothing).
+-- A transaction that began before a window's end, and got the row after one that began in
+-- the next window rolled it, finds the stored window later than its own: it counts there
+-- (and balance__spend_roll keeps that window), never starting the new window again at 0.
+CREATE OR REPLACE FUNCTION balance__window_used(p_window timestamptz, p_period text,
+                                                p_used bigint)
+RETURNS bigint LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN CASE WHEN p_window >= balance__spend_window(p_period) THEN p_used ELSE 0 END;
+END $$;
+
+-- The window a spending counts in: the current one, or a later one already stored.
+CREATE OR REPLACE FUNCTION balance__spend_roll(p_window timestamptz, p_period text)
+RETURNS timestamptz LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN GREATEST(p_window, balance__spend_window(p_period));
+END $$;
+
+-- 'limit_reached' when p_amount more spent or held would take what the account's usage took
+-- in this window plus what it holds past its spend cap; NULL result when it fits or there is
+-- no cap. No `operation` in the body: that is how a client tells it from a plan's limit.
+CREATE OR REPLACE FUNCTION balance__over_cap(p_acc accounts, p_amount bigint)
+RETURNS balance_result LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_taken bigint;
+    v_res balance_result;
+BEGIN
+    IF p_acc.spend_cap IS NULL THEN
+        RETURN v_res;
+    END IF;
+    v_taken := balance__window_used(p_acc.spend_window, p_acc.spend_period, p_acc.spend_used)
+               + p_acc.held;
+    IF v_taken + p_amount > p_acc.spend_cap THEN
+        v_res.result := 'limit_reached';
+        v_res.replayed := false;
+        v_res.body := jsonb_build_object('limit', p_acc.spend_cap, 'used', v_taken,
+            'period', p_acc.spend_period, 'resets_at', balance__ts(balance__spend_end(
+                balance__spend_roll(p_acc.spend_window, p_acc.spend_period),
+                p_acc.spend_period)));
+    END IF;
+    RETURN v_res;
+END $$;
+
+-- The refusal of a debit, charge or hold of p_amount whose UPDATE found no room: the spend
+-- cap's 'limit_reached' when the cap refuses it (whatever the balance would say: raising
+-- the cap alone would not let it through, topping up alone neither), else 'insufficient'.
+CREATE OR REPLACE FUNCTION balance__refuse_spending(p_account text, p_amount bigint)
+RETURNS balance_result LANGUAGE plpgsql AS $$
+DECLARE
+    v_acc accounts;
+    v_res balance_result;
+BEGIN
+    SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
+    v_res := balance__over_cap(v_acc, p_amount);
+    IF v_res.result IS NULL THEN
+        v_res := balance__refuse(p_account, p_amount);
+    END IF;
+    RETURN v_res;
+END $$;
+
 -- The account's plan's terms for p_quantity of p_operation, for a charge or an operation's
 -- hold: takes the account's row lock (renewing first a plan whose period has ended, what
 -- `renewed` reports), then reads the plan's price (NULL: the catalog's) and per-period limit
@@ -972,23 +1064,37 @@ BEGIN
             used = used + CASE WHEN p_kind = 'usage' THEN -p_amount ELSE 0 END,
             unsettled = unsettled - p_amount
         WHERE account_id = p_account AND balance - held >= -p_amount
-          AND (period_end > now() OR period_end IS NULL)
+          AND (period_end > now() OR period_end IS NULL) AND spend_cap IS NULL
         RETURNING * INTO v_acc;
         IF NOT FOUND THEN
             PERFORM balance__ensure(p_account, p_welcome);
             IF v_renewed.account_id IS NULL THEN
                 v_renewed := balance__renew_due(p_account);
             END IF;
+            -- A capped account's usage rolls its window, is checked against its cap and
+            -- counted in this one UPDATE: its row lock (and, waiting on it, the re-check of
+            -- the WHERE on the row's newest version) is what keeps spent + held within the
+            -- cap under any concurrency. An adjustment is not spending: no cap applies.
             UPDATE accounts SET
                 balance = balance + p_amount, version = version + 1, updated_at = now(),
                 used = used + CASE WHEN p_kind = 'usage' THEN -p_amount ELSE 0 END,
-                unsettled = unsettled - p_amount
+                unsettled = unsettled - p_amount,
+                spend_window = CASE WHEN p_kind = 'usage' AND spend_cap IS NOT NULL
+                    THEN balance__spend_roll(spend_window, spend_period) ELSE spend_window END,
+                spend_used = CASE WHEN p_kind = 'usage' AND spend_cap IS NOT NULL
+                    THEN balance__window_used(spend_window, spend_period, spend_used) - p_amount
+                    ELSE spend_used END
             WHERE account_id = p_account AND balance - held >= -p_amount
+              AND (spend_cap IS NULL OR p_kind <> 'usage'
+                   OR balance__window_used(spend_window, spend_period, spend_used) + held
+                      - p_amount <= spend_cap)
             RETURNING * INTO v_acc;
         END IF;
         IF NOT FOUND THEN
             RETURN balance__after_renewal(
-                balance__refusal(p_account, p_key, p_hash, balance__refuse(p_account, -p_amount)),
+                balance__refusal(p_account, p_key, p_hash, CASE WHEN p_kind = 'usage'
+                    THEN balance__refuse_spending(p_account, -p_amount)
+                    ELSE balance__refuse(p_account, -p_amount) END),
                 v_renewed);
         END IF;
     ELSE
@@ -1142,19 +1248,25 @@ BEGIN
     -- As a debit: at or after the period's end, the plan is renewed first.
     UPDATE accounts SET held = held + p_amount, version = version + 1, updated_at = now()
     WHERE account_id = p_account AND balance - held >= p_amount
-      AND (period_end > now() OR period_end IS NULL)
+      AND (period_end > now() OR period_end IS NULL) AND spend_cap IS NULL
     RETURNING * INTO v_acc;
     IF NOT FOUND THEN
         IF v_renewed.account_id IS NULL THEN
             v_renewed := balance__renew_due(p_account);
         END IF;
+        -- What is held counts against a spend cap as spent: checked under the row lock,
+        -- as a debit is (balance__post).
         UPDATE accounts SET held = held + p_amount, version = version + 1, updated_at = now()
         WHERE account_id = p_account AND balance - held >= p_amount
+          AND (spend_cap IS NULL
+               OR balance__window_used(spend_window, spend_period, spend_used) + held
+                  + p_amount <= spend_cap)
         RETURNING * INTO v_acc;
     END IF;
     IF NOT FOUND THEN
         RETURN balance__after_renewal(
-            balance__refusal(p_account, p_key, p_hash, balance__refuse(p_account, p_amount)),
+            balance__refusal(p_account, p_key, p_hash,
+                             balance__refuse_spending(p_account, p_amount)),
             v_renewed);
     END IF;
     IF v_limit IS NOT NULL THEN
@@ -1250,13 +1362,19 @@ BEGIN
         v_began := balance__alerts_begin(v_acc.account_id);
     END IF;
     -- A capture spends credits reserved earlier, so it is not refused now even if a
-    -- reversal has since pushed the balance down.
+    -- reversal has since pushed the balance down, nor by a spend cap: what it held already
+    -- counted against the cap, and now counts as spent in the window of the capture.
     UPDATE accounts SET
         held = held - v_hold.amount,
         balance = balance - v_spend,
         expired_held = expired_held - v_spent_expired,
         unsettled = unsettled + (v_spend - v_spent_expired),
         used = used + v_spend,
+        spend_window = CASE WHEN spend_cap IS NOT NULL AND v_spend > 0
+            THEN balance__spend_roll(spend_window, spend_period) ELSE spend_window END,
+        spend_used = CASE WHEN spend_cap IS NOT NULL AND v_spend > 0
+            THEN balance__window_used(spend_window, spend_period, spend_used) + v_spend
+            ELSE spend_used END,
         version = version + 1, updated_at = now()
     WHERE account_id = v_hold.account_id
     RETURNING * INTO v_acc;
@@ -1987,6 +2105,7 @@ DECLARE
     v_used bigint;
     v_k int;
     v_resets timestamptz;
+    v_cap balance_result;
 BEGIN
     SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
     v_available := CASE WHEN FOUND THEN v_acc.balance - v_acc.held ELSE p_welcome END;
@@ -2018,6 +2137,13 @@ BEGIN
                 END IF;
             END IF;
         END IF;
+    END IF;
+    -- The spend cap refuses before the balance does, as a debit's refusal says
+    -- (balance__refuse_spending). v_acc is NULL for an account not yet created: no cap.
+    v_cap := balance__over_cap(v_acc, v_cost);
+    IF v_cap.result IS NOT NULL THEN
+        RETURN jsonb_build_object('allowed', false, 'cost', v_cost, 'available', v_available,
+            'error', 'limit_reached') || v_cap.body;
     END IF;
     IF v_available < v_cost THEN
         RETURN jsonb_build_object('allowed', false, 'cost', v_cost, 'available', v_available,
@@ -2934,6 +3060,77 @@ RETURNS void LANGUAGE sql AS $$
     WHERE id = p_id AND status = 'requested'
 $$;
 
+-- ================================================================ spend caps
+
+-- definitions: spend_caps
+-- An account's spend cap (docs/api.md "Spend caps"; step 017_spend_limits). The movements check
+-- and count it (balance__post, balance_hold, balance_resolve_hold, balance__over_cap);
+-- these set and read it.
+
+-- The `limits` object: the cap, what usage took in the current window, what the account
+-- holds (counted against the cap as spent) and when the window ends; `spend` is null
+-- without a cap (and for an account not created yet, whose row here is NULL).
+CREATE OR REPLACE FUNCTION balance__limits_json(a accounts) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF a.spend_cap IS NULL THEN
+        RETURN jsonb_build_object('spend', NULL);
+    END IF;
+    RETURN jsonb_build_object('spend', jsonb_build_object(
+        'amount', a.spend_cap, 'period', a.spend_period,
+        'used', balance__window_used(a.spend_window, a.spend_period, a.spend_used),
+        'held', a.held,
+        'resets_at', balance__ts(balance__spend_end(
+            balance__spend_roll(a.spend_window, a.spend_period), a.spend_period))));
+END $$;
+
+-- PUT /v1/accounts/{id}/limits: the account's spend cap (p_cap NULL: none, and its count
+-- goes). A cap set anew, or given another period, starts from what usage already took in
+-- the current window, summed from the ledger (the account's usage rows, through
+-- transactions_account_kind_idx): a daily cap set at noon counts the morning. Changing only
+-- the amount keeps the running count. Under the account's row lock, so no debit slips
+-- between the sum and the count. Not a movement: balance and version stay, nothing is
+-- pushed.
+CREATE OR REPLACE FUNCTION balance_set_limits(p_account text, p_welcome bigint, p_cap bigint,
+                                              p_period text)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    v_acc accounts;
+    v_window timestamptz;
+    v_used bigint;
+BEGIN
+    PERFORM balance__ensure(p_account, p_welcome);
+    SELECT * INTO v_acc FROM accounts WHERE account_id = p_account FOR UPDATE;
+    IF p_cap IS NULL THEN
+        UPDATE accounts SET spend_cap = NULL, spend_period = NULL, spend_window = NULL,
+                            spend_used = 0
+        WHERE account_id = p_account RETURNING * INTO v_acc;
+    ELSE
+        v_window := balance__spend_window(p_period);
+        IF v_acc.spend_cap IS NOT NULL AND v_acc.spend_period = p_period THEN
+            v_used := balance__window_used(v_acc.spend_window, p_period, v_acc.spend_used);
+            v_window := balance__spend_roll(v_acc.spend_window, p_period);
+        ELSE
+            SELECT COALESCE(-sum(t.amount), 0) INTO v_used FROM transactions t
+            WHERE t.account_id = p_account AND t.kind = 'usage' AND t.created_at >= v_window;
+        END IF;
+        UPDATE accounts SET spend_cap = p_cap, spend_period = p_period, spend_window = v_window,
+                            spend_used = v_used
+        WHERE account_id = p_account RETURNING * INTO v_acc;
+    END IF;
+    RETURN jsonb_build_object('limits', balance__limits_json(v_acc));
+END $$;
+
+-- GET /v1/accounts/{id}/limits; an unknown account has no cap (and is not created).
+CREATE OR REPLACE FUNCTION balance_limits(p_account text) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_acc accounts;
+BEGIN
+    SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
+    RETURN jsonb_build_object('limits', balance__limits_json(v_acc));
+END $$;
+
 -- ================================================================ payments
 
 -- definitions: payments
@@ -3639,8 +3836,8 @@ BEGIN
 END $$;
 
 -- GET /v1/accounts/{id}/settings: the account's own low_balance threshold, the one in force
--- (its own, else its plan's, else the catalog's) and where that comes from, and its auto
--- top-up. An unknown account reads as a new one would.
+-- (its own, else its plan's, else the catalog's) and where that comes from, its auto
+-- top-up and its spend cap. An unknown account reads as a new one would.
 CREATE OR REPLACE FUNCTION balance_account_settings(p_account text) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
@@ -3649,6 +3846,13 @@ LANGUAGE sql STABLE AS $$
         'threshold_from', CASE WHEN a.low_balance IS NOT NULL THEN 'account'
                                WHEN p.low_balance IS NOT NULL THEN 'plan'
                                WHEN s.low_balance IS NOT NULL THEN 'catalog' END,
+        'auto_top_up', (SELECT jsonb_build_object(
+            'package', t.package, 'threshold', t.threshold,
+            'stripe_customer', t.stripe_customer,
+            'stripe_payment_method', t.stripe_payment_method, 'enabled', t.enabled)
+            FROM auto_top_ups t WHERE t.account_id = p_account),
+        'limits', balance__limits_json(a))
+
         'auto_top_up', (SELECT balance__auto_top_up_json(t)
                         FROM auto_top_ups t WHERE t.account_id = p_account))
     FROM settings s

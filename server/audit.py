@@ -23,7 +23,7 @@ class Audit:
     """An operator action, to record with the change it makes."""
 
     actor: str  # the service key's name; console:<name> for a console session
-    action: str  # adjust, credit, plan, alerts, auto_top_up, event_retry, hold_release
+    action: str  # adjust, credit, plan, alerts, limits, auto_top_up, event_retry, hold_release
     account_id: str | None
     subject: str  # what was acted on: the account, event or hold
     detail: dict[str, Any] = field(default_factory=dict)

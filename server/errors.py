@@ -78,6 +78,16 @@ def limit_reached(operation: str, limit: int, used: int, resets_at: str) -> Prob
     )
 
 
+def spend_limit_reached(limit: int, used: int, resets_at: str, period: str) -> Problem:
+    """The account's spend cap: no `operation`, which a plan's limit_reached names."""
+    return Problem(
+        "limit_reached",
+        f"the account's spend cap allows {limit} credits per {period}, {used} spent or held; "
+        f"resets at {resets_at}",
+        limit=limit, used=used, resets_at=resets_at, period=period,
+    )
+
+
 def not_found(message: str = "not found") -> Problem:
     return Problem("not_found", message)
 

@@ -63,9 +63,12 @@ def _refusal(row: asyncpg.Record) -> errors.Problem:
             return errors.not_found(details.get("message", "no such hold"))
         case "not_active":
             return errors.hold_not_active(details.get("status", "unknown"))
-        case "limit_reached":
+        case "limit_reached" if "operation" in details:  # a plan's, per operation
             return errors.limit_reached(details["operation"], details["limit"],
                                         details["used"], details["resets_at"])
+        case "limit_reached":  # the account's spend cap
+            return errors.spend_limit_reached(details["limit"], details["used"],
+                                              details["resets_at"], details["period"])
         case "invalid":  # what the request lacks for the data it met
             return errors.invalid_request(details["detail"])
         case "over_held":

@@ -166,6 +166,25 @@ class AlertsRequest(msgspec.Struct, forbid_unknown_fields=True):
     idempotency_key: IdempotencyKey | None = None
 
 
+SpendPeriod = Literal["hour", "day", "month"]  # a spend cap's UTC calendar window
+
+
+class SpendLimit(msgspec.Struct, forbid_unknown_fields=True):
+    """At most `amount` credits spent (debits, charges, captures) and held together per UTC
+    calendar `period`."""
+
+    amount: Amount
+    period: SpendPeriod
+
+
+class LimitsRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The account's spend cap, or null to remove it. A setting, idempotent by nature: an
+    idempotency_key is accepted and ignored."""
+
+    spend: SpendLimit | None
+    idempotency_key: IdempotencyKey | None = None
+
+
 StripeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_]{3,255}$")]
 
 
@@ -268,28 +287,42 @@ def decode_body(kind: type[T], body: bytes, *, strict: bool = True) -> T:
 
 def _with_integral_floats(kind: type[T], body: bytes) -> T:
     """JSON has one number type: 5.0 is the integer 5 to JSON Schema and to JavaScript, so
-    an integral float is taken where the type wants an int. Only a body that failed on a
-    float comes here; any other error is reported as decoding it strictly would."""
-    wanted = {field.encode_name for field in msgspec.structs.fields(kind)  # type: ignore[arg-type]
-              if _wants_int(field.type)}
+    an integral float is taken where the type wants an int, in a nested object too (a spend
+    cap's amount). Only a body that failed on a float comes here; any other error is reported
+    as decoding it strictly would."""
     raw = msgspec.json.decode(body)
-    if isinstance(raw, dict):
-        for name, item in raw.items():
-            if name in wanted and isinstance(item, float) and item.is_integer():
-                raw[name] = int(item)
+    _as_ints(kind, raw)
     try:
         return msgspec.convert(raw, kind)
     except msgspec.ValidationError as exc:
         raise errors.invalid_request(str(exc)) from None
 
 
-def _wants_int(annotation: Any) -> bool:
+def _as_ints(kind: Any, raw: object) -> None:
+    """Integral floats in `raw` made ints where the Struct `kind` wants an int."""
+    if not isinstance(raw, dict):
+        return
+    for field in msgspec.structs.fields(kind):
+        item = raw.get(field.encode_name)
+        options = _options(field.type)
+        if isinstance(item, float) and item.is_integer() and any(
+                isinstance(t, msgspec.inspect.IntType) for t in options):
+            raw[field.encode_name] = int(item)
+        elif isinstance(item, dict):
+            for option in options:
+                if isinstance(option, msgspec.inspect.StructType):
+                    _as_ints(option.cls, item)
+
+
+def _options(annotation: Any) -> tuple[msgspec.inspect.Type, ...]:
+    """The types a field's annotation allows (its union's members, its metadata unwrapped)."""
     info = msgspec.inspect.type_info(annotation)
     if isinstance(info, msgspec.inspect.Metadata):
         info = info.type
     if isinstance(info, msgspec.inspect.UnionType):
-        return any(isinstance(t, msgspec.inspect.IntType) for t in info.types)
-    return isinstance(info, msgspec.inspect.IntType)
+        return tuple(t.type if isinstance(t, msgspec.inspect.Metadata) else t
+                     for t in info.types)
+    return (info,)
 
 
 def _check_tree(node: object, depth: int) -> None:

@@ -36,7 +36,7 @@ async def fresh_db(postgres: devservers.PostgresServer) -> AsyncIterator[asyncpg
 
 # schema.sql's definitions sections, in file order.
 DEFINITIONS = ["json_shapes", "movements", "jobs", "plans", "subscriptions", "alerts", "top_ups",
-               "payments", "import", "retention", "history", "operator"]
+               "spend_caps", "payments", "import", "retention", "history", "operator"]
 
 
 def test_schema_sql_reads_as_steps_then_definitions_then_indexes() -> None:
@@ -179,7 +179,8 @@ async def test_upgrade_from_release_0_1_0_keeps_every_row(fresh_db: asyncpg.Conn
                                  "period_start": None, "period_end": None,
                                  "low_balance": None, "alert_state": "ok",
                                  "top_up_below": None, "alert_told": False,
-                                 "alert_from": None, "subscription": None}
+                                 "alert_from": None, "subscription": None, "spend_cap": None,
+                                 "spend_period": None, "spend_window": None, "spend_used": 0}
     lots_before = rows_before[2]
     assert tuple(await db.fetchrow(counts) or ()) == (
         *rows_before[:2], lots_before + 1, *rows_before[3:])  # one grant for the rest

@@ -1,12 +1,13 @@
 import type { CreditElement } from './base.js';
 
-/** A 402 body: insufficient_credits {required, available} or limit_reached {limit, used, resets_at}. */
+/** A 402 body: insufficient_credits {required, available} or limit_reached {limit, used, resets_at, and operation (a plan's) or period (the spend cap)}. */
 export interface PaymentRequired {
   error: 'insufficient_credits' | 'limit_reached' | (string & {});
   message?: string;
   required?: number;
   available?: number;
   operation?: string;
+  period?: 'hour' | 'day' | 'month';
   limit?: number;
   used?: number;
   resets_at?: string;

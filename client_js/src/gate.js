@@ -51,6 +51,17 @@ const PURCHASE_PARTS = ['packages', 'package', 'credits', 'badge', 'price', 'per
 /** The dialog's words for a 402 body (insufficient_credits or limit_reached). */
 export function gateView(body, { action, available, locale } = {}) {
   const what = action || 'This';
+  if (body?.error === 'limit_reached' && body.period && !body.operation) {
+    // The account's spend cap: credits per UTC hour, day or month, not a plan's count of runs.
+    const resets = body.resets_at ? new Date(body.resets_at).toLocaleString(locale, { dateStyle: 'medium', timeStyle: 'short' }) : '';
+    return {
+      title: 'Spending limit reached',
+      message: `${what} would pass your limit of ${formatCredits(body.limit, locale)} credits per ${body.period}: ${formatCredits(body.used, locale)} are spent or reserved.${resets ? ` It resets at ${resets}.` : ''}`,
+      buy: false,
+      need: 0,
+      enough: false,
+    };
+  }
   if (body?.error === 'limit_reached') {
     return {
       title: 'Plan limit reached',

@@ -78,6 +78,22 @@ export interface Grant {
   readonly created_at: string;
 }
 
+export type SpendPeriod = 'hour' | 'day' | 'month';
+
+/** The account's spend cap and its current window (UTC): spent `used` and `held` count against `amount`. */
+export interface SpendCap {
+  readonly amount: number;
+  readonly period: SpendPeriod;
+  readonly used: number;
+  readonly held: number;
+  readonly resets_at: string;
+}
+
+/** An account's limits; `spend` is null without a spend cap. */
+export interface Limits {
+  readonly spend: SpendCap | null;
+}
+
 export interface CheckResult {
   readonly allowed: boolean;
   readonly cost: number;
@@ -148,7 +164,7 @@ export interface AuditEntry {
   readonly at: string;
   /** The service key's name; console:<name> from the console. */
   readonly actor: string;
-  readonly action: 'adjust' | 'credit' | 'plan' | 'alerts' | 'auto_top_up' | 'event_retry' | 'review_resolve' | 'hold_release';
+  readonly action: 'adjust' | 'credit' | 'plan' | 'alerts' | 'limits' | 'auto_top_up' | 'event_retry' | 'review_resolve' | 'hold_release';
   readonly account_id: string | null;
   readonly subject: string;
   readonly transaction_id: number | null;
@@ -192,7 +208,10 @@ export class LimitReached extends BalanceError {
   readonly limit: number;
   readonly used: number;
   readonly resetsAt: string;
-  readonly operation: string;
+  /** A plan's limit on this operation; undefined for the account's spend cap. */
+  readonly operation: string | undefined;
+  /** The spend cap's period; undefined for a plan's limit. */
+  readonly period: SpendPeriod | undefined;
 }
 export class IdempotencyConflict extends BalanceError {}
 export class HoldNotActive extends BalanceError {
@@ -321,8 +340,12 @@ export class Balance {
   check(account: string, options: { operation: string; quantity?: number } | { amount: number }): Promise<CheckResult>;
   /** The account's own low_balance threshold, or null for its plan's or the catalog's. */
   setAlerts(account: string, options: Audited & { lowBalance: number | null }): Promise<{ account: Account }>;
-  /** The low-balance threshold in force (and the account's own, null: none), and the auto top-up (null: off). */
-  settings(account: string): Promise<{ low_balance: number | null; threshold: number | null; threshold_from: 'account' | 'plan' | 'catalog' | null; auto_top_up: AutoTopUp | null }>;
+  /** The account's spend cap per UTC hour, day or month, or null to remove it. */
+  setLimits(account: string, options: Audited & { spend: { amount: number; period: SpendPeriod } | null }): Promise<{ limits: Limits }>;
+  /** The account's spend cap and its current window's use. */
+  limits(account: string): Promise<{ limits: Limits }>;
+  /** The low-balance threshold in force (and the account's own, null: none), the auto top-up (null: off), the spend cap. */
+  settings(account: string): Promise<{ low_balance: number | null; threshold: number | null; threshold_from: 'account' | 'plan' | 'catalog' | null; auto_top_up: AutoTopUp | null; limits: Limits }>;
   /** Buy `package` off session (Stripe) when available falls below `threshold`; null turns it off. */
   setAutoTopUp(account: string, config: { package: string; threshold: number; stripeCustomer: string; stripePaymentMethod: string; target?: number; monthlyLimit?: number } | null, options?: Audited): Promise<{ auto_top_up: AutoTopUp | null }>;
   /** One page of app webhooks with their attempts, newest first. */

@@ -36,6 +36,8 @@ export const OPERATIONS = Object.freeze({
   get_plan: op('GET', '/v1/accounts/{account_id}/plan', 'getPlan'),
   check: op('POST', '/v1/accounts/{account_id}/check', 'check', ['operation', 'quantity', 'amount']),
   set_alerts: op('PUT', '/v1/accounts/{account_id}/alerts', 'setAlerts', ['low_balance', 'idempotency_key']),
+  set_limits: op('PUT', '/v1/accounts/{account_id}/limits', 'setLimits', ['spend', 'idempotency_key']),
+  get_limits: op('GET', '/v1/accounts/{account_id}/limits', 'limits'),
   get_settings: op('GET', '/v1/accounts/{account_id}/settings', 'settings'),
   set_auto_top_up: op('PUT', '/v1/accounts/{account_id}/auto-top-up', 'setAutoTopUp', ['package', 'threshold', 'stripe_customer', 'stripe_payment_method', 'target', 'monthly_limit', 'idempotency_key']),
   list_events: op('GET', '/v1/events', 'eventsPage', [], { query: ['status', 'limit', 'before', 'account_id'] }),
@@ -93,7 +95,9 @@ export class LimitReached extends BalanceError {
     this.limit = this.body?.limit;
     this.used = this.body?.used;
     this.resetsAt = this.body?.resets_at;
+    // A plan's limit names its operation; the account's spend cap names its period instead.
     this.operation = this.body?.operation;
+    this.period = this.body?.period;
   }
 }
 
@@ -347,7 +351,23 @@ export class Balance {
     return this.#call('set_alerts', { account_id: account }, { low_balance: lowBalance ?? null }, undefined, undefined, auditReason);
   }
 
-  /** The low-balance threshold in force (and the account's own), and the auto top-up. */
+  /**
+   * The account's spend cap, `{ amount, period }` (period: hour, day or month, UTC), or null
+   * to remove it: debits, charges and holds past it are refused with LimitReached (no
+   * `operation`).
+   */
+  async setLimits(account, { spend, auditReason } = {}) {
+    if (spend === undefined) throw new TypeError('setLimits: `spend` is required ({ amount, period }, or null to remove the cap)');
+    const body = { spend: spend === null ? null : { amount: spend.amount, period: spend.period } };
+    return this.#call('set_limits', { account_id: account }, body, undefined, undefined, auditReason);
+  }
+
+  /** The account's spend cap and its current window's use: `{limits: {spend}}`. */
+  async limits(account) {
+    return this.#call('get_limits', { account_id: account });
+  }
+
+  /** The low-balance threshold in force (and the account's own), the auto top-up, the spend cap. */
   async settings(account) {
     return this.#call('get_settings', { account_id: account });
   }

@@ -109,6 +109,9 @@ test('the 402 dialog: what is needed, what is there, and when credits arrive', (
   const limit = gateView({ error: 'limit_reached', limit: 5, used: 5, resets_at: '2026-12-01T12:00:00Z' }, { action: 'Generate video', locale: 'en-US' });
   assert.equal(limit.buy, false);
   assert.match(limit.message, /can run 5 times per period on your plan, and you have used 5. It resets on Dec 1/);
+  const cap = gateView({ error: 'limit_reached', limit: 100, used: 98, period: 'day', resets_at: '2026-12-01T00:00:00Z' }, { action: 'Generate video', locale: 'en-US' });
+  assert.deepEqual([cap.title, cap.buy], ['Spending limit reached', false]);
+  assert.match(cap.message, /^Generate video would pass your limit of 100 credits per day: 98 are spent or reserved. It resets at /);
 });
 
 test('a ledger row names its reason, else its kind', () => {

@@ -140,6 +140,7 @@ test('error answers become typed errors with the contract\'s details, and are no
   const cases = [
     [json(402, { error: 'insufficient_credits', message: 'm', required: 5, available: 2 }, { 'x-request-id': 'req-1' }), InsufficientCredits, { required: 5, available: 2, requestId: 'req-1', status: 402 }],
     [json(402, { error: 'limit_reached', message: 'm', limit: 3, used: 3, resets_at: '2030-01-01T00:00:00Z', operation: 'generate_video' }), LimitReached, { limit: 3, used: 3, resetsAt: '2030-01-01T00:00:00Z', operation: 'generate_video' }],
+    [json(402, { error: 'limit_reached', message: 'm', limit: 100, used: 98, resets_at: '2030-01-01T00:00:00Z', period: 'day' }), LimitReached, { limit: 100, used: 98, operation: undefined, period: 'day' }],
     [json(409, { error: 'hold_not_active', message: 'm', status: 'expired' }), HoldNotActive, { holdStatus: 'expired' }],
     [json(422, { error: 'invalid_request', message: 'm', detail: 'amount: too big' }), InvalidRequest, { detail: 'amount: too big' }],
     [json(413, { error: 'payload_too_large', message: 'm' }), InvalidRequest, { code: 'payload_too_large' }],
@@ -247,6 +248,22 @@ test('verifyWebhook accepts a signed event and refuses forged, altered and stale
   assert.throws(() => verifyWebhook(secret, body.replace('3', '300'), sign(new Date())), WebhookVerificationError);
   assert.throws(() => verifyWebhook(secret, body, sign(new Date(Date.now() - 6 * 60_000))), WebhookVerificationError);
   assert.throws(() => verifyWebhook(secret, body, {}), WebhookVerificationError);
+});
+
+test('setLimits sends the spend cap (or null), with the operator\'s reason; limits reads it', async () => {
+  const spend = { amount: 100, period: 'day', used: 0, held: 0, resets_at: '2030-01-01T00:00:00.000000Z' };
+  const { fetch, calls } = fakeFetch(json(200, { limits: { spend } }), json(200, { limits: { spend: null } }), json(200, { limits: { spend: null } }));
+  const { balance } = client(fetch);
+  assert.deepEqual(await balance.setLimits('u|1', { spend: { amount: 100, period: 'day' }, auditReason: 'trial' }), { limits: { spend } });
+  assert.equal(calls[0].method, 'PUT');
+  assert.equal(calls[0].url, 'http://balance.test/v1/accounts/u%7C1/limits');
+  assert.deepEqual(JSON.parse(calls[0].body), { spend: { amount: 100, period: 'day' } });
+  assert.equal(calls[0].headers['x-audit-reason'], 'trial');
+  await balance.setLimits('u1', { spend: null });
+  assert.deepEqual(JSON.parse(calls[1].body), { spend: null });
+  assert.deepEqual(await balance.limits('u1'), { limits: { spend: null } });
+  assert.equal(calls[2].method, 'GET');
+  await assert.rejects(balance.setLimits('u1', {}), TypeError);
 });
 
 test('OPERATIONS names a Balance method for each operation; LEFT_OUT is apart from it', () => {

@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import httpx
+import msgspec
 
 from balance_client._core import (
     Attempts,
@@ -38,10 +39,12 @@ from balance_client.models import (
     Grants,
     HoldResult,
     Holds,
+    LimitsResult,
     Movement,
     PaymentPage,
     PlanStatus,
     ResolveResult,
+    SpendLimit,
     Token,
     Transaction,
     TransactionPage,
@@ -253,8 +256,23 @@ class Balance:
                                     AccountResult, body({"low_balance": low_balance}),
                                     reason=audit_reason))
 
+    def set_limits(self, account: str, *, spend: SpendLimit | None,
+                         audit_reason: str | None = None) -> LimitsResult:
+        """The account's spend cap (None: remove it): debits, charges and holds past it are
+        refused with LimitReached (no `operation`)."""
+        return self._run(Call(
+            "PUT", path("/v1/accounts/{}/limits", account), LimitsResult,
+            body({"spend": None if spend is None else msgspec.to_builtins(spend)}),
+            reason=audit_reason))
+
+    def limits(self, account: str) -> LimitsResult:
+        """The account's spend cap and its current window's use."""
+        return self._run(Call("GET", path("/v1/accounts/{}/limits", account),
+                                    LimitsResult))
+
     def get_settings(self, account: str) -> AccountSettings:
-        """The low-balance threshold in force (and the account's own), the auto top-up."""
+        """The low-balance threshold in force (and the account's own), the auto top-up, the
+        spend cap."""
         return self._run(Call("GET", path("/v1/accounts/{}/settings", account),
                                     AccountSettings))
 

@@ -38,11 +38,17 @@ class InsufficientCredits(BalanceError):
 
 class LimitReached(BalanceError):
     """402: the plan allows `limit` units of `operation` per period, `used` are spent, and
-    the period ends at `resets_at`."""
+    the period ends at `resets_at`. Without an `operation`, the account's spend cap: `limit`
+    credits per `period`, `used` spent and held."""
 
     @property
     def operation(self) -> str | None:
         return self.body.get("operation")
+
+    @property
+    def period(self) -> str | None:
+        """The spend cap's period (hour, day, month); None for a plan's limit."""
+        return self.body.get("period")
 
     @property
     def limit(self) -> int:

@@ -8,7 +8,7 @@ idempotency key (nothing new was written).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -164,7 +164,8 @@ class CheckResult(_Model):
     available: int | None = None
     error: str | None = None
     required: int | None = None
-    operation: str | None = None
+    operation: str | None = None  # a plan's limit on it; None with `period`: the spend cap
+    period: str | None = None
     limit: int | None = None
     used: int | None = None
     resets_at: datetime | None = None
@@ -206,14 +207,42 @@ class AutoTopUp(_Model):
     paused_until: datetime | None = None
 
 
+class SpendLimit(_Model):
+    """A spend cap to set: at most `amount` credits spent (debits, charges, captures) and
+    held together per UTC calendar `period`."""
+
+    amount: int
+    period: Literal["hour", "day", "month"]
+
+
+class SpendCap(_Model):
+    """The account's spend cap, and its current window: `used` spent, `held` reserved by
+    active holds (both count against `amount`), until `resets_at`."""
+
+    amount: int
+    period: str
+    used: int
+    held: int
+    resets_at: datetime
+
+
+class Limits(_Model):
+    spend: SpendCap | None = None  # None: no spend cap
+
+
+class LimitsResult(_Model):
+    limits: Limits
+
+
 class AccountSettings(_Model):
     """The account's own low-balance threshold (None: none), the one in force and where it
-    comes from (account, plan, catalog), and its auto top-up (None: off)."""
+    comes from (account, plan, catalog), its auto top-up (None: off) and its spend cap."""
 
     low_balance: int | None = None
     threshold: int | None = None
     threshold_from: str | None = None
     auto_top_up: AutoTopUp | None = None
+    limits: Limits = msgspec.field(default_factory=Limits)
 
 
 class AutoTopUpResult(_Model):

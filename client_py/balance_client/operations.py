@@ -23,6 +23,8 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "set_plan": ("set_plan",),
     "get_plan": ("get_plan",),
     "set_alerts": ("set_alerts",),
+    "set_limits": ("set_limits",),
+    "get_limits": ("limits",),
     "get_settings": ("get_settings",),
     "set_auto_top_up": ("set_auto_top_up", "disable_auto_top_up"),
     "checkout": ("checkout",),
@@ -46,6 +48,7 @@ FIELDS_LEFT_OUT: dict[tuple[str, str], str] = {
     ("set_alerts", "idempotency_key"): "a setting is idempotent by nature: the server ignores it",
     ("set_auto_top_up", "idempotency_key"): "a setting is idempotent by nature: the server "
                                             "ignores it",
+    ("set_limits", "idempotency_key"): "a setting is idempotent by nature: the server ignores it",
 }
 
 LEFT_OUT: dict[str, str] = {

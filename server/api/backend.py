@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 
-from server import errors, outbox
+from server import errors, outbox, spend_caps
 from server.api.http import (
     CURSOR,
     PAGE_SIZE,
@@ -38,6 +38,7 @@ from server.messages import (
     CreditRequest,
     DebitRequest,
     HoldRequest,
+    LimitsRequest,
     PlanRequest,
     TokenRequest,
     decode_body,
@@ -289,8 +290,26 @@ async def set_alerts(request: Request) -> Outcome:
         audit(request, "alerts", account_id, account_id, {"low_balance": body.low_balance}))
 
 
+async def set_limits(request: Request) -> bytes:
+    """Set (or remove, with `{"spend": null}`) the account's spend cap."""
+    account_id = account_param(request)
+    body = decode_body(LimitsRequest, await read_body(request))
+    res = resources(request)
+    spend = body.spend
+    detail = None if spend is None else {"amount": spend.amount, "period": spend.period}
+    return await spend_caps.set_limits(
+        res.pool, res.ledger.welcome, account_id, spend,
+        audit(request, "limits", account_id, account_id, {"spend": detail}))
+
+
+async def get_limits(request: Request) -> bytes:
+    """The account's spend cap and its current window's use."""
+    return await spend_caps.limits(resources(request).pool, account_param(request))
+
+
 async def get_settings(request: Request) -> bytes:
-    """The account's alert threshold (its own and the one in force) and auto top-up."""
+    """The account's alert threshold (its own and the one in force), auto top-up and spend
+    cap."""
     text: str = await resources(request).pool.fetchval(
         "SELECT balance.balance_account_settings($1)::text", account_param(request))
     return text.encode()

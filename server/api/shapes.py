@@ -20,7 +20,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from server.catalog import Alerts, Catalog, Credits, Name, Package, PayAsYouGo, Plan
-from server.messages import Timestamp
+from server.messages import SpendPeriod, Timestamp
 
 
 def _(text: str) -> msgspec.Meta:
@@ -181,14 +181,35 @@ class AutoTopUp(msgspec.Struct, forbid_unknown_fields=True):
     enabled: bool
 
 
+class SpendCap(msgspec.Struct, forbid_unknown_fields=True):
+    """The account's spend cap and where its current window stands."""
+
+    amount: Annotated[int, _("credits that may be spent and held together per period")]
+    period: Annotated[SpendPeriod, _("the UTC calendar hour, day or month")]
+    used: Annotated[int, _("credits spent (debits, charges, captures) in the current window")]
+    held: Annotated[int, _("credits the account's active holds reserve; they count as spent")]
+    resets_at: Annotated[Timestamp, _("when the current window ends")]
+
+
+class Limits(msgspec.Struct, forbid_unknown_fields=True):
+    spend: Annotated[SpendCap | None, _("null: no spend cap")]
+
+
+class LimitsResult(msgspec.Struct, forbid_unknown_fields=True):
+    """The account's limits."""
+
+    limits: Limits
+
+
 class AccountSettings(msgspec.Struct, forbid_unknown_fields=True):
-    """The account's alert and auto top-up settings."""
+    """The account's alert, auto top-up and spend cap settings."""
 
     low_balance: Annotated[int | None, _("the account's own threshold; null: none set")]
     threshold: Annotated[int | None, _("the threshold in force: its own, else its plan's, "
                                        "else the catalog's; null: no alert")]
     threshold_from: Literal["account", "plan", "catalog"] | None
     auto_top_up: AutoTopUp | None
+    limits: Limits
 
 
 class AutoTopUpResult(msgspec.Struct, forbid_unknown_fields=True):
@@ -299,8 +320,22 @@ class CheckLimitReached(msgspec.Struct, forbid_unknown_fields=True):
     resets_at: Timestamp
 
 
+class CheckSpendLimitReached(msgspec.Struct, forbid_unknown_fields=True):
+    """It would be refused 402 limit_reached by the account's spend cap (no `operation`)."""
+
+    allowed: Literal[False]
+    cost: int
+    available: int
+    error: Literal["limit_reached"]
+    limit: Annotated[int, _("the spend cap: credits per period")]
+    used: Annotated[int, _("credits spent and held in the current window")]
+    period: SpendPeriod
+    resets_at: Timestamp
+
+
 CheckResult = Component(
-    "CheckResult", (CheckAllowed, CheckInsufficientCredits, CheckLimitReached),
+    "CheckResult",
+    (CheckAllowed, CheckInsufficientCredits, CheckLimitReached, CheckSpendLimitReached),
     "What a charge or debit would answer now: allowed, or the refusal with its details")
 
 
@@ -445,7 +480,7 @@ class AuditEntry(msgspec.Struct, forbid_unknown_fields=True):
     id: int
     at: Timestamp
     actor: Annotated[str, _("the service key's name; console:<name> from the console")]
-    action: Literal["adjust", "credit", "plan", "alerts", "auto_top_up", "event_retry",
+    action: Literal["adjust", "credit", "plan", "alerts", "limits", "auto_top_up", "event_retry",
                     "review_resolve", "hold_release"]
     account_id: str | None
     subject: Annotated[str, _("what was acted on: the account, event, hold or review id")]
@@ -514,12 +549,16 @@ class InsufficientCreditsError(ErrorBody, tag="insufficient_credits"):
 
 
 class LimitReachedError(ErrorBody, tag="limit_reached"):
-    """The plan's per-period cap on the operation; nothing was written."""
+    """A per-period cap; nothing was written. With `operation`: the plan's cap on that
+    operation (units). Without, with `period`: the account's spend cap (credits spent and
+    held)."""
 
-    operation: str
-    limit: Annotated[int, _("units allowed per period")]
-    used: Annotated[int, _("units charged this period")]
+    limit: Annotated[int, _("units of the operation, or credits, allowed per period")]
+    used: Annotated[int, _("units charged this period, or credits spent and held this "
+                           "window")]
     resets_at: Annotated[Timestamp, _("when the period ends")]
+    operation: Annotated[str | UnsetType, _("the plan's limited operation")] = UNSET
+    period: Annotated[SpendPeriod | UnsetType, _("the spend cap's period")] = UNSET
 
 
 class NotFoundError(ErrorBody, tag="not_found"):

@@ -35,6 +35,7 @@ from server.errors import (
     payload_too_large,
     provider_unavailable,
     rate_limited,
+    spend_limit_reached,
     unauthorized,
     unavailable,
 )
@@ -267,6 +268,22 @@ async def test_real_answers_match_the_document(
         await a.call("PUT", f"{acct}/auto-top-up", A + "/auto-top-up", 200, content=b"null")
         settings = await a.call("GET", f"{acct}/settings", A + "/settings", 200)
         assert (settings["low_balance"], settings["threshold_from"]) == (5, "account")
+        assert settings["limits"] == {"spend": None}
+        assert (await a.call("GET", f"{acct}/limits", A + "/limits", 200))["limits"] == {
+            "spend": None}
+        assert (await a.call("PUT", f"{acct}/limits", A + "/limits", 200, json={
+            "spend": {"amount": 1, "period": "day"}}))["limits"]["spend"]["amount"] == 1
+        capped = await a.call("POST", f"{acct}/debit", A + "/debit", 402, json={
+            "amount": 1, "reason": "x", "idempotency_key": key()})
+        assert capped["error"] == "limit_reached" and capped["period"] == "day"
+        assert (await a.call("POST", f"{acct}/check", check, 200,
+                             json={"amount": 1}))["period"] == "day"
+        await a.call("PUT", f"{acct}/limits", A + "/limits", 422, json={
+            "spend": {"amount": 1, "period": "week"}})
+        settings = await a.call("GET", f"{acct}/settings", A + "/settings", 200)
+        assert settings["limits"]["spend"]["period"] == "day"
+        assert (await a.call("PUT", f"{acct}/limits", A + "/limits", 200, json={
+            "spend": None}))["limits"] == {"spend": None}
         await a.call("POST", "/v1/tokens", "/v1/tokens", 200, json={"account_id": account})
         await a.call("GET", "/v1/prices", "/v1/prices", 200)
         assert (await a.call("GET", "/v1/catalog", "/v1/catalog", 200))["plans"]["pro"]
@@ -331,7 +348,7 @@ async def test_real_answers_match_the_document(
         audit = await a.call("GET", "/v1/audit", "/v1/audit", 200,
                              params={"account_id": account})
         assert {e["action"] for e in audit["entries"]} >= {
-            "adjust", "credit", "plan", "alerts", "auto_top_up", "review_resolve"}
+            "adjust", "credit", "plan", "alerts", "limits", "auto_top_up", "review_resolve"}
         await a.call("GET", f"{acct}/usage", A + "/usage", 200, params={"group_by": "day,reason"})
     await app.stop()
     answered = {(method, path) for method, path, status in a.seen if status < 300}
@@ -342,6 +359,7 @@ async def test_real_answers_match_the_document(
     for problem in (invalid_json(), unauthorized(), forbidden("admin", "worker", "spend"),
                     insufficient_credits(3, 1),
                     limit_reached("op", 5, 5, "2026-01-31T00:00:00.000000Z"), not_found(),
+                    spend_limit_reached(100, 100, "2026-01-31T00:00:00.000000Z", "day"),
                     idempotency_conflict(), hold_not_active("expired"), payload_too_large(10),
                     rate_limited(1.5), invalid_request("amount: too big"), unavailable(),
                     internal_error(), provider_unavailable("stripe", "timeout"),

@@ -154,7 +154,8 @@ async def test_settings_read_back_with_where_the_threshold_comes_from(
     assert (await client.get("/v1/accounts", params={"prefix": account})).json()["accounts"] == []
     await client.put(f"/v1/accounts/{account}/alerts", json={"low_balance": 7})
     assert {k: v for k, v in (await settings()).items() if k != "auto_top_up"} == {
-        "low_balance": 7, "threshold": 7, "threshold_from": "account"}
+        "low_balance": 7, "threshold": 7, "threshold_from": "account",
+        "limits": {"spend": None}}
     await client.put(f"/v1/accounts/{account}/alerts", json={"low_balance": None})
     after = await settings()
     assert after["low_balance"] is None and after["threshold_from"] in (None, "catalog")

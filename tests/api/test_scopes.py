@@ -43,7 +43,8 @@ async def test_each_key_does_what_its_scope_allows_and_nothing_else(
 
         assert refused["admin"] == []
         assert set(refused["spend"]) == {
-            "credit", "adjust", "set_plan", "set_alerts", "set_auto_top_up", "retry_event",
+            "credit", "adjust", "set_plan", "set_alerts", "set_limits", "set_auto_top_up",
+            "retry_event",
             "credit_review", "dismiss_review"}
         assert {"debit", "charge", "place_hold", "capture_hold", "mint_token",
                 "credit"} <= set(refused["read"])

@@ -20,7 +20,9 @@ from balance_client import (
     IdempotencyConflict,
     InsufficientCredits,
     InvalidRequest,
+    LimitReached,
     NotFound,
+    SpendLimit,
     Unauthorized,
 )
 from tests.conftest import RunningApp
@@ -198,6 +200,36 @@ async def test_the_sync_client_is_the_same_calls(app: RunningApp, account: str) 
                 list(balance.iter_transactions(account, page_size=1)))
 
     assert await asyncio.to_thread(run) == (5, True, 3)  # a replay answers as the first did
+
+
+async def test_a_spend_cap_is_set_read_and_refuses(
+        app: RunningApp, balance: AsyncBalance, account: str) -> None:
+    await balance.credit(account, amount=50, kind="grant", key=job())
+    await balance.debit(account, amount=4, reason="render", key=job())
+    assert (await balance.limits(account)).limits.spend is None
+    set_ = await balance.set_limits(account, spend=SpendLimit(amount=10, period="day"),
+                                    audit_reason="a trial account, ticket 12")
+    spend = set_.limits.spend
+    assert spend is not None and (spend.amount, spend.period, spend.used, spend.held) == (
+        10, "day", 4, 0)
+    with pytest.raises(LimitReached) as capped:
+        await balance.debit(account, amount=7, reason="render", key=job())
+    assert (capped.value.operation, capped.value.period, capped.value.limit,
+            capped.value.used) == (None, "day", 10, 4)
+    checked = await balance.check(account, amount=7)
+    assert (checked.allowed, checked.error, checked.period) == (False, "limit_reached", "day")
+    assert (await balance.get_settings(account)).limits.spend == (
+        await balance.limits(account)).limits.spend
+    log = await balance.audit_log(account=account, limit=1)
+    assert (log.entries[0].action, log.entries[0].detail["reason"]) == (
+        "limits", "a trial account, ticket 12")
+
+    def run() -> object:
+        with Balance(app.base_url, app.service_key, deadline=10) as sync:
+            return sync.set_limits(account, spend=None).limits.spend
+
+    assert await asyncio.to_thread(run) is None
+    await balance.debit(account, amount=7, reason="render", key=job())
 
 
 async def test_the_operator_calls(balance: AsyncBalance, db: asyncpg.Pool,

@@ -10,7 +10,7 @@ import { createServer, connect } from 'node:net';
 import { once } from 'node:events';
 import { Webhook } from 'standardwebhooks';
 import {
-  Balance, HoldNotActive, InsufficientCredits, LEFT_OUT, OPERATIONS, WebhookVerificationError, verifyWebhook,
+  Balance, HoldNotActive, InsufficientCredits, LEFT_OUT, LimitReached, OPERATIONS, WebhookVerificationError, verifyWebhook,
 } from '../../src/server.js';
 import { databasesFor, freePort, missingServer, startServer } from './servers.js';
 
@@ -199,7 +199,12 @@ test('balance-client/server against the real balance-server', { skip: skip ?? fa
     const [latest] = (await balance.auditPage({ account, limit: 1 })).entries;
     assert.deepEqual([latest.action, latest.detail.reason], ['alerts', 'quieter for Zoë, ticket 9']);
     const settings = await balance.settings(account);
-    assert.deepEqual([settings.low_balance, settings.threshold_from, settings.auto_top_up], [4, 'account', null]);
+    assert.deepEqual([settings.low_balance, settings.threshold_from, settings.auto_top_up, settings.limits], [4, 'account', null, { spend: null }]);
+    const capped = await balance.setLimits(account, { spend: { amount: 3, period: 'day' }, auditReason: 'trial' });
+    assert.deepEqual([capped.limits.spend.amount, capped.limits.spend.used], [3, 3]);
+    await assert.rejects(balance.debit(account, { amount: 1, reason: 'render', key: `${account}-d2` }), (err) => err instanceof LimitReached && err.period === 'day' && err.operation === undefined);
+    assert.equal((await balance.limits(account)).limits.spend.period, 'day');
+    await balance.setLimits(account, { spend: null });
     const events = await balance.eventsPage({ account });
     assert.ok(events.events.every((e) => e.account_id === account));
   });
