@@ -2872,6 +2872,13 @@ BEGIN
         WHERE account_id = p_account AND status = 'requested';
         RETURN jsonb_build_object('auto_top_up', NULL);
     END IF;
+    IF p_customer IS NULL THEN  -- the card a checkout saved (019_subscriptions)
+        SELECT stripe_customer, stripe_payment_method INTO p_customer, p_method
+        FROM saved_cards WHERE account_id = p_account;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'account % has no saved card', p_account USING ERRCODE = 'BL004';
+        END IF;
+    END IF;
     INSERT INTO auto_top_ups (account_id, package, threshold, stripe_customer,
                               stripe_payment_method, target, monthly_limit, currency)
     VALUES (p_account, p_package, p_threshold, p_customer, p_method, p_target,
@@ -3846,15 +3853,9 @@ LANGUAGE sql STABLE AS $$
         'threshold_from', CASE WHEN a.low_balance IS NOT NULL THEN 'account'
                                WHEN p.low_balance IS NOT NULL THEN 'plan'
                                WHEN s.low_balance IS NOT NULL THEN 'catalog' END,
-        'auto_top_up', (SELECT jsonb_build_object(
-            'package', t.package, 'threshold', t.threshold,
-            'stripe_customer', t.stripe_customer,
-            'stripe_payment_method', t.stripe_payment_method, 'enabled', t.enabled)
-            FROM auto_top_ups t WHERE t.account_id = p_account),
-        'limits', balance__limits_json(a))
-
         'auto_top_up', (SELECT balance__auto_top_up_json(t)
-                        FROM auto_top_ups t WHERE t.account_id = p_account))
+                        FROM auto_top_ups t WHERE t.account_id = p_account),
+        'limits', balance__limits_json(a))
     FROM settings s
     LEFT JOIN accounts a ON a.account_id = p_account
     LEFT JOIN plans p ON p.id = a.plan

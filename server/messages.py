@@ -191,13 +191,14 @@ StripeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_]{3,255}$")]
 class AutoTopUpRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Buy `package` off session when `available` falls below `threshold` (a body of `null`
     turns it off): as many as bring it up to `target`, within `monthly_limit` (minor units of
-    the package's currency) a UTC month. A setting: an idempotency_key is accepted and
-    ignored."""
+    the package's currency) a UTC month, charging the Stripe customer's payment method (both
+    left out: the card the account's checkout saved). A setting: an idempotency_key is
+    accepted and ignored."""
 
     package: Name
     threshold: Annotated[int, msgspec.Meta(ge=1, le=MAX_CREDITS)]
-    stripe_customer: StripeId
-    stripe_payment_method: StripeId
+    stripe_customer: StripeId | None = None
+    stripe_payment_method: StripeId | None = None
     target: Annotated[int, msgspec.Meta(ge=2, le=MAX_CREDITS)] | None = None
     monthly_limit: Money | None = None
     idempotency_key: IdempotencyKey | None = None

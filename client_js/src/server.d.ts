@@ -347,7 +347,7 @@ export class Balance {
   /** The low-balance threshold in force (and the account's own, null: none), the auto top-up (null: off), the spend cap. */
   settings(account: string): Promise<{ low_balance: number | null; threshold: number | null; threshold_from: 'account' | 'plan' | 'catalog' | null; auto_top_up: AutoTopUp | null; limits: Limits }>;
   /** Buy `package` off session (Stripe) when available falls below `threshold`; null turns it off. */
-  setAutoTopUp(account: string, config: { package: string; threshold: number; stripeCustomer: string; stripePaymentMethod: string; target?: number; monthlyLimit?: number } | null, options?: Audited): Promise<{ auto_top_up: AutoTopUp | null }>;
+  setAutoTopUp(account: string, config: { package: string; threshold: number; stripeCustomer?: string; stripePaymentMethod?: string; target?: number; monthlyLimit?: number } | null, options?: Audited): Promise<{ auto_top_up: AutoTopUp | null }>;
   /** One page of app webhooks with their attempts, newest first. */
   eventsPage(options?: { status?: 'pending' | 'delivered' | 'failed'; limit?: number; before?: string | number | null; account?: string }): Promise<EventPage>;
   /** Every app webhook (of `status`), newest first, a page at a time. */
@@ -364,8 +364,8 @@ export class Balance {
   dismissReview(reviewId: number, options: Audited & { note: string }): Promise<{ payment: Payment; account: null; transaction: null } & Replayable>;
   /** One page of the audit log, newest first. */
   auditPage(options?: { account?: string; limit?: number; before?: number | null }): Promise<{ entries: AuditEntry[]; next: number | null }>;
-  /** Open a provider checkout: a package, or amount + currency (pay-as-you-go). */
-  checkout(account: string, options: Keyed & { provider: 'stripe' | 'dodo'; successUrl: string; cancelUrl?: string; customerEmail?: string; package?: string; amount?: number; currency?: string }): Promise<CheckoutSession>;
+  /** Open a provider checkout: a package, amount + currency (pay-as-you-go), or a plan (its subscription). */
+  checkout(account: string, options: Keyed & { provider: 'stripe' | 'dodo'; successUrl: string; cancelUrl?: string; customerEmail?: string; package?: string; plan?: string; amount?: number; currency?: string }): Promise<CheckoutSession>;
   /** A user token for the browser. */
   createToken(account: string, options?: { ttlSeconds?: number }): Promise<{ token: string; expires_at: string }>;
   /** The price list `{operation: cost}`. */

@@ -47,7 +47,7 @@ export const OPERATIONS = Object.freeze({
   credit_review: op('POST', '/v1/payments/reviews/{review_id}/credit', 'creditReview', ['note', 'credits', 'account_id'], { replays: true }),
   dismiss_review: op('POST', '/v1/payments/reviews/{review_id}/dismiss', 'dismissReview', ['note'], { replays: true }),
   audit_log: op('GET', '/v1/audit', 'auditPage', [], { query: ['account_id', 'limit', 'before'] }),
-  checkout: op('POST', '/v1/accounts/{account_id}/checkout', 'checkout', ['provider', 'success_url', 'idempotency_key', 'package', 'amount', 'currency', 'cancel_url', 'customer_email'], { keyed: true }),
+  checkout: op('POST', '/v1/accounts/{account_id}/checkout', 'checkout', ['provider', 'success_url', 'idempotency_key', 'package', 'plan', 'amount', 'currency', 'cancel_url', 'customer_email'], { keyed: true }),
   mint_token: op('POST', '/v1/tokens', 'createToken', ['account_id', 'ttl_seconds']),
   prices: op('GET', '/v1/prices', 'prices'),
   catalog: op('GET', '/v1/catalog', 'catalog'),
@@ -432,10 +432,10 @@ export class Balance {
     return this.#call('audit_log', {}, undefined, undefined, { account_id: account, limit, before });
   }
 
-  /** Open a provider checkout for a package, or an amount (pay-as-you-go): `{url, ...}`. */
-  async checkout(account, { provider, package: pkg, amount, currency, successUrl, cancelUrl, customerEmail, key } = {}) {
+  /** Open a provider checkout for a package, an amount (pay-as-you-go) or a plan's subscription: `{url, ...}`. */
+  async checkout(account, { provider, package: pkg, plan, amount, currency, successUrl, cancelUrl, customerEmail, key } = {}) {
     return this.#call('checkout', { account_id: account }, {
-      provider, success_url: successUrl, idempotency_key: required('checkout', key), package: pkg, amount, currency, cancel_url: cancelUrl, customer_email: customerEmail,
+      provider, success_url: successUrl, idempotency_key: required('checkout', key), package: pkg, plan, amount, currency, cancel_url: cancelUrl, customer_email: customerEmail,
     });
   }
 

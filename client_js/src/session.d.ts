@@ -36,6 +36,8 @@ export interface CheckoutOptions {
   provider?: 'stripe' | 'dodo';
   /** A catalog package id; or amount + currency for pay-as-you-go. */
   package?: string;
+  /** A catalog plan with a provider product: the checkout starts its subscription. */
+  plan?: string;
   /** Minor units. */
   amount?: number;
   currency?: string;

@@ -197,7 +197,7 @@ export class CreditSession {
    * {url, provider, session_id, credits, amount, currency}. The server prices it from the
    * catalog: nothing here sets what the credits cost.
    */
-  checkout({ provider = 'stripe', package: pack, amount, currency, successUrl, cancelUrl, customerEmail } = {}) {
+  checkout({ provider = 'stripe', package: pack, plan, amount, currency, successUrl, cancelUrl, customerEmail } = {}) {
     const here = globalThis.location?.href;
     const body = {
       provider,
@@ -205,8 +205,9 @@ export class CreditSession {
       cancel_url: cancelUrl ?? here,
       idempotency_key: `checkout-${randomId()}`,
       // The currency goes with a package too: the one its price was shown in is the one charged.
-      ...(pack ? { package: pack } : { amount }),
-      ...(currency ? { currency } : {}),
+      // A plan's checkout starts its subscription: the provider's price, no amount of ours.
+      ...(plan ? { plan } : pack ? { package: pack } : { amount }),
+      ...(currency && !plan ? { currency } : {}),
       ...(customerEmail ? { customer_email: customerEmail } : {}),
     };
     return this.request('POST', '/v1/me/checkout', body);

@@ -26,6 +26,10 @@ export interface PlanState {
   readonly period_end: string | null;
   readonly allowance: number;
   readonly allowance_remaining: number;
+  /** past_due: the subscription's renewal failed; no allowance comes until it is paid. */
+  readonly status?: 'active' | 'past_due' | null;
+  /** The provider subscription the plan follows (null: the backend assigned it). */
+  readonly subscription?: { provider: 'stripe' | 'dodo'; id: string; status: 'incomplete' | 'active' | 'past_due' | 'canceled'; cancel_at: string | null } | null;
   readonly limits: Record<string, { limit: number; used: number }>;
 }
 
@@ -42,7 +46,7 @@ export interface Catalog {
   readonly prices: Record<string, number>;
   readonly packages: Record<string, CatalogPackage>;
   readonly pay_as_you_go: { credits_per_unit: Record<string, number>; min_amount: Record<string, number> } | null;
-  readonly plans: Record<string, { allowance: number; period: 'month' | 'week' | 'day'; rollover: number; prices: Record<string, number>; limits: Record<string, number>; low_balance: number | null }>;
+  readonly plans: Record<string, { allowance: number; period: 'month' | 'week' | 'day'; rollover: number; prices: Record<string, number>; limits: Record<string, number>; low_balance: number | null; stripe_price?: string | null; dodo_product?: string | null }>;
   readonly alerts: { low_balance: number | null };
 }
 
@@ -51,7 +55,11 @@ export interface CheckoutSession {
   readonly url: string;
   readonly provider: 'stripe' | 'dodo';
   readonly session_id: string;
+  /** What the payment buys; a plan: the allowance of each paid period. */
   readonly credits: number;
-  readonly amount: number;
-  readonly currency: string;
+  /** Null for a plan (the provider's price sets it). */
+  readonly amount: number | null;
+  readonly currency: string | null;
+  readonly package?: string | null;
+  readonly plan?: string | null;
 }

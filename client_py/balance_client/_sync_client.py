@@ -277,17 +277,18 @@ class Balance:
                                     AccountSettings))
 
     def set_auto_top_up(self, account: str, *, package: str, threshold: int,
-                              stripe_customer: str, stripe_payment_method: str,
+                              stripe_customer: str | None = None,
+                              stripe_payment_method: str | None = None,
                               target: int | None = None, monthly_limit: int | None = None,
                               audit_reason: str | None = None) -> AutoTopUpResult:
         """Buy `package` off-session with Stripe whenever available falls below
         `threshold`: as many as reach `target`, within `monthly_limit` (minor units of the
-        package's currency) a UTC month."""
+        package's currency) a UTC month; charged to the customer's payment method, or
+        (neither given) the card the account's checkout saved."""
         return self._run(Call(
             "PUT", path("/v1/accounts/{}/auto-top-up", account), AutoTopUpResult,
-            body({"package": package, "threshold": threshold,
-                  "stripe_customer": stripe_customer,
-                  "stripe_payment_method": stripe_payment_method},
+            body({"package": package, "threshold": threshold},
+                 stripe_customer=stripe_customer, stripe_payment_method=stripe_payment_method,
                  target=target, monthly_limit=monthly_limit), reason=audit_reason))
 
     def disable_auto_top_up(self, account: str, *,
@@ -300,14 +301,15 @@ class Balance:
 
     def checkout(self, account: str, *, provider: Literal["stripe", "dodo"],
                        success_url: str, key: str, package: str | None = None,
-                       amount: int | None = None, currency: str | None = None,
-                       cancel_url: str | None = None,
+                       plan: str | None = None, amount: int | None = None,
+                       currency: str | None = None, cancel_url: str | None = None,
                        customer_email: str | None = None) -> CheckoutSession:
-        """A provider's checkout page for a package (or a pay-as-you-go amount): send the
-        buyer to `.url`; the credits arrive through the provider's webhook."""
+        """A provider's checkout page for a package, a pay-as-you-go amount, or a plan (it
+        starts the plan's subscription): send the buyer to `.url`; the credits (or the plan)
+        arrive through the provider's webhooks."""
         return self._run(self._move(
             path("/v1/accounts/{}/checkout", account), CheckoutSession, key,
-            {"provider": provider, "success_url": success_url}, package=package,
+            {"provider": provider, "success_url": success_url}, package=package, plan=plan,
             amount=amount, currency=currency, cancel_url=cancel_url,
             customer_email=customer_email))
 

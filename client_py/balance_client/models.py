@@ -142,6 +142,16 @@ class LimitUse(_Model):
     used: int
 
 
+class PlanSubscription(_Model):
+    """The provider subscription a plan follows; `cancel_at`: when a cancellation at the
+    period's end removes the plan."""
+
+    provider: str
+    id: str
+    status: str
+    cancel_at: datetime | None = None
+
+
 class PlanStatus(_Model):
     """The account's plan, its period, the allowance left and each limit's use."""
 
@@ -152,6 +162,8 @@ class PlanStatus(_Model):
     allowance: int | None = None
     allowance_remaining: int | None = None
     rollover: int | None = None
+    status: Literal["active", "past_due"] | None = None
+    subscription: PlanSubscription | None = None
     limits: dict[str, LimitUse] = {}
 
 
@@ -185,9 +197,10 @@ class CheckoutSession(_Model):
     provider: str
     session_id: str
     credits: int
-    amount: int
-    currency: str
+    amount: int | None  # None for a plan: the provider's price sets it
+    currency: str | None
     package: str | None = None
+    plan: str | None = None
     replayed: bool = False
 
 

@@ -140,7 +140,7 @@ class Checkout:
                     continue
                 offers.append({"required": ["package"], "properties": {
                     "provider": {"const": provider}, "package": {"const": name},
-                    "amount": {"type": "null"},
+                    "amount": {"type": "null"}, "plan": {"type": "null"},
                     "currency": {"anyOf": [_any_case(sorted(package.price)), {"type": "null"}]}}})
             for name, plan in self._catalog.plans.items():
                 if plan.product(provider):
@@ -164,6 +164,7 @@ class Checkout:
                         amount["multipleOf"] = step
                     offers.append({"required": ["amount", "currency"], "properties": {
                         "provider": {"const": provider}, "package": {"type": "null"},
+                        "plan": {"type": "null"},
                         "amount": amount, "currency": _any_case([currency])}})
         url = {"type": "string", "pattern": self._return_urls.pattern()}
         return {"anyOf": offers or [{"not": {}}], "properties": {

@@ -26,6 +26,7 @@ import asyncpg
 import httpx
 import stripe
 
+from server import errors
 from server.audit import Audit
 from server.catalog import MAX_CREDITS, MAX_PACKAGES, Catalog, Package
 from server.currencies import STRIPE, Unrepresentable
@@ -33,6 +34,7 @@ from server.messages import AutoTopUpRequest
 
 log = logging.getLogger("balance.topup")
 
+NO_SAVED_CARD = "BL004"  # schema.sql balance_set_auto_top_up: no card given, none saved
 LEASE = 60.0  # seconds a claimed request is this instance's
 DEADLINE = 30.0  # seconds one request may take, well inside the lease
 RETRY_IN = 30.0  # seconds before a request Stripe did not answer is tried again
@@ -50,14 +52,25 @@ async def configure(pool: asyncpg.Pool, welcome: int, account_id: str,
     """Configure (armed at once unless a top-up is in flight) or turn off (None) the
     account's auto top-up: `{"auto_top_up": ... or null}`, audited. `currency`: the one
     the package is charged in, which its monthly limit counts."""
-    async with pool.acquire() as conn, conn.transaction():
-        text: str = await conn.fetchval(
-            "SELECT balance.balance_set_auto_top_up($1, $2, $3, $4, $5, $6, $7, $8, $9)::text",
-            account_id, welcome,
-            *((config.package, config.threshold, config.stripe_customer,
-               config.stripe_payment_method, config.target, config.monthly_limit, currency)
-              if config else (None,) * 7))
-        await audit.record(conn)
+    if config is not None and (config.stripe_customer is None) != (
+            config.stripe_payment_method is None):
+        raise errors.invalid_request("stripe_customer, stripe_payment_method: give both, or "
+                                     "neither for the card the account's checkout saved")
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            text: str = await conn.fetchval(
+                "SELECT balance.balance_set_auto_top_up($1, $2, $3, $4, $5, $6, $7, $8, $9)::text",
+                account_id, welcome,
+                *((config.package, config.threshold, config.stripe_customer,
+                   config.stripe_payment_method, config.target, config.monthly_limit, currency)
+                  if config else (None,) * 7))
+            await audit.record(conn)
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate != NO_SAVED_CARD:
+            raise
+        raise errors.invalid_request(
+            "stripe_customer: none given, and no checkout of this account saved a card (a "
+            "plan's Stripe checkout does)") from None
     return text.encode()
 
 

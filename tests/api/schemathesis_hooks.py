@@ -20,6 +20,8 @@ UNSTATED_RULES = (
     '"detail":"cursor: not a cursor this server gave"',
     '"detail":"X-Audit-Reason: 1-500 printable characters, percent-encoded UTF-8"',
     '"detail":"target: must be greater than threshold"',
+    '"detail":"stripe_customer, stripe_payment_method: give both, or neither for the card the'
+    ' account\'s checkout saved"',
     # What crediting a payment under review needs that its event did not say: a schema
     # cannot know which review lacks an account, a price or a payment.
     '"detail":"account_id: the payment names no account; say whose it is"',
@@ -28,6 +30,11 @@ UNSTATED_RULES = (
     ' account if credits are owed)"',
     '"detail":"account_id: this payment\'s key is already used on that account; dismiss the'
     ' review and adjust the account, or credit another account"',
+    # What an account's own subscription decides: whether a checkout saved its card, and
+    # whether a provider's subscription drives its plan.
+    '"detail":"stripe_customer: none given, and no checkout of this account saved a card (a'
+    ' plan\'s Stripe checkout does)"',
+    '; change or cancel it there"',
 )
 
 

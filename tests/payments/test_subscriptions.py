@@ -227,6 +227,24 @@ async def test_checkout_starts_the_subscription_and_its_invoices_drive_the_plan(
     assert card is not None
     assert (card["stripe_customer"], card["stripe_payment_method"]) == (
         stand_in.subscriptions[sub]["customer"], stand_in.subscriptions[sub]["payment_method"])
+    # So auto top-up needs no wiring: without a customer and card it charges that one.
+    r = await backend.put(f"/v1/accounts/{account}/auto-top-up",
+                          json={"package": "c100", "threshold": 5})
+    assert r.status_code == 200, r.text
+    assert (r.json()["auto_top_up"]["stripe_customer"],
+            r.json()["auto_top_up"]["stripe_payment_method"]) == (
+        card["stripe_customer"], card["stripe_payment_method"])
+    r = await backend.put(f"/v1/accounts/{account}-new/auto-top-up",
+                          json={"package": "c100", "threshold": 5})
+    assert r.status_code == 422 and "saved a card" in r.json()["message"]
+    assert await db.fetchval("SELECT count(*) FROM auto_top_ups WHERE account_id = $1",
+                             f"{account}-new") == 0
+    r = await backend.put(f"/v1/accounts/{account}/auto-top-up", json={"package": "c100",
+                          "threshold": 5, "stripe_customer": "cus_only"})
+    assert r.status_code == 422 and "give both" in r.json()["message"]
+    off = await backend.put(f"/v1/accounts/{account}/auto-top-up", content=b"null",
+                            headers={"Content-Type": "application/json"})
+    assert off.status_code == 200 and off.json() == {"auto_top_up": None}
 
     assert (await debit(backend, account, 950)).status_code == 200  # allowance goes first
     assert await bought_left(db, account) == 100
