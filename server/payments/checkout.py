@@ -167,8 +167,13 @@ class Checkout:
                         "plan": {"type": "null"},
                         "amount": amount, "currency": _any_case([currency])}})
         url = {"type": "string", "pattern": self._return_urls.pattern()}
+        sold = sorted(name for name, plan in self._catalog.plans.items()
+                      if any(plan.product(p) for p in providers))
         return {"anyOf": offers or [{"not": {}}], "properties": {
-            "success_url": url, "cancel_url": {"anyOf": [url, {"type": "null"}]}}}
+            "success_url": url, "cancel_url": {"anyOf": [url, {"type": "null"}]},
+            # Named here too, so a generator of requests meets the offers' plans at once.
+            "plan": {"anyOf": [{"enum": sold}, {"type": "null"}]} if sold
+            else {"type": "null"}}}
 
     @property
     def stripe_client(self) -> stripe.StripeClient | None:
