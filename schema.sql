@@ -978,7 +978,7 @@ DECLARE
     v_acc accounts;
 BEGIN
     SELECT * INTO v_acc FROM accounts WHERE account_id = p_account FOR UPDATE;
-    IF v_acc.period_end <= now() THEN
+    IF v_acc.period_end <= now() AND v_acc.subscription IS NULL THEN
         renewed := balance__renew_due(p_account);
         SELECT * INTO v_acc FROM accounts WHERE account_id = p_account;
     END IF;
@@ -1064,7 +1064,7 @@ BEGIN
             used = used + CASE WHEN p_kind = 'usage' THEN -p_amount ELSE 0 END,
             unsettled = unsettled - p_amount
         WHERE account_id = p_account AND balance - held >= -p_amount
-          AND (period_end > now() OR period_end IS NULL) AND spend_cap IS NULL
+          AND (period_end > now() OR period_end IS NULL OR subscription IS NOT NULL) AND spend_cap IS NULL
         RETURNING * INTO v_acc;
         IF NOT FOUND THEN
             PERFORM balance__ensure(p_account, p_welcome);
@@ -1248,7 +1248,7 @@ BEGIN
     -- As a debit: at or after the period's end, the plan is renewed first.
     UPDATE accounts SET held = held + p_amount, version = version + 1, updated_at = now()
     WHERE account_id = p_account AND balance - held >= p_amount
-      AND (period_end > now() OR period_end IS NULL) AND spend_cap IS NULL
+      AND (period_end > now() OR period_end IS NULL OR subscription IS NOT NULL) AND spend_cap IS NULL
     RETURNING * INTO v_acc;
     IF NOT FOUND THEN
         IF v_renewed.account_id IS NULL THEN
@@ -1782,8 +1782,8 @@ END $$;
 -- not renewed yet is renewed first, as the jobs would have. A plan's change crosses no
 -- threshold (API.md "Alerts"): `low` follows it silently.
 -- A plan that follows a subscription (accounts.subscription) changes only with it: the
--- server's own changes (keys starting `system:`, which the API refuses) may change or
--- remove it, the backend's answer 'invalid'. Its kept allowance keeps no end (see
+-- subscription's own changes (keys starting `system:subscription:`; the API refuses
+-- `system:` keys) may change or remove it, anyone else's answer 'invalid'. Its kept allowance keeps no end (see
 -- 019_subscriptions), and removing the plan ends the subscription's hold on the account.
 -- Rows: each committed change, then one whose body is the response.
 CREATE OR REPLACE FUNCTION balance_set_plan(
@@ -1811,7 +1811,7 @@ BEGIN
     END IF;
     PERFORM balance__ensure(p_account, p_welcome);
     SELECT * INTO v_acc FROM accounts WHERE account_id = p_account FOR UPDATE;
-    IF v_acc.subscription IS NOT NULL AND p_key NOT LIKE 'system:%' THEN
+    IF v_acc.subscription IS NOT NULL AND p_key NOT LIKE 'system:subscription:%' THEN
         RETURN NEXT ROW('invalid', false, jsonb_build_object('detail', format(
             'plan: the account''s plan follows its %s subscription %s; change or cancel it '
             'there', split_part(v_acc.subscription, ':', 1),
@@ -2062,7 +2062,8 @@ BEGIN
     SELECT * INTO v_plan FROM plans WHERE id = v_acc.plan;
     IF v_acc.subscription IS NOT NULL THEN
         SELECT * INTO v_sub FROM subscriptions
-        WHERE provider || ':' || subscription_id = v_acc.subscription;
+        WHERE provider = split_part(v_acc.subscription, ':', 1)
+          AND subscription_id = substr(v_acc.subscription, strpos(v_acc.subscription, ':') + 1);
     END IF;
     SELECT COALESCE(sum(CASE WHEN kind = 'allowance' THEN
                remaining - LEAST(GREATEST(v_acc.unsettled - (cum - remaining), 0), remaining)
@@ -2077,7 +2078,7 @@ BEGIN
         'period_end', balance__ts(v_acc.period_end),
         'allowance', v_plan.allowance, 'allowance_remaining', v_left,
         'rollover', v_plan.rollover,
-        'status', COALESCE(v_sub.status, 'active'),
+        'status', CASE WHEN v_sub.status = 'past_due' THEN 'past_due' ELSE 'active' END,
         'subscription', CASE WHEN v_sub.subscription_id IS NOT NULL THEN jsonb_build_object(
             'provider', v_sub.provider, 'id', v_sub.subscription_id,
             'status', v_sub.status, 'cancel_at', balance__ts(v_sub.cancel_at)) END,
@@ -2160,12 +2161,13 @@ END $$;
 -- the account first. Rows: each committed change (for the push), then one whose body is the
 -- webhook's answer ({"result": ...}).
 
--- The subscription's row, created at its first mention for p_account (a later event naming
--- another account does not move it), with its account's row locked before it. A row of
--- NULLs when neither it nor the event names an account (news of a subscription that is not
--- one of ours).
+-- The subscription's row, with its account's row locked before it. Only a paid period
+-- (p_create) makes it, for p_account (a later event naming another account does not move
+-- it): news of a subscription never paid for changes nothing, and makes no account. A row of
+-- NULLs when there is none to use.
 CREATE OR REPLACE FUNCTION balance__subscription(p_provider text, p_sub text,
-                                                 p_account text, p_welcome bigint)
+                                                 p_account text, p_welcome bigint,
+                                                 p_create boolean)
 RETURNS subscriptions LANGUAGE plpgsql AS $$
 DECLARE
     v_account text;
@@ -2173,7 +2175,9 @@ DECLARE
 BEGIN
     SELECT account_id INTO v_account FROM subscriptions
     WHERE provider = p_provider AND subscription_id = p_sub;
-    v_account := COALESCE(v_account, p_account);
+    IF v_account IS NULL AND p_create THEN
+        v_account := p_account;
+    END IF;
     IF v_account IS NULL THEN
         RETURN v_sub;
     END IF;
@@ -2274,7 +2278,7 @@ DECLARE
     v_began boolean;
     v_res balance_result;
 BEGIN
-    v_sub := balance__subscription(p_provider, p_sub, p_account, p_welcome);
+    v_sub := balance__subscription(p_provider, p_sub, p_account, p_welcome, true);
     IF v_sub.subscription_id IS NULL THEN  -- for review: neither it nor its event names one
         RETURN NEXT balance__subscription_answer('no_account', v_sub);
         RETURN;
@@ -2291,11 +2295,6 @@ BEGIN
         RETURN NEXT balance__subscription_answer('duplicate', v_sub);
         RETURN;
     END IF;
-    IF p_event_at >= v_sub.state_at THEN
-        UPDATE subscriptions SET status = 'active', plan = p_plan, state_at = p_event_at,
-            customer = COALESCE(p_customer, customer), updated_at = now()
-        WHERE provider = p_provider AND subscription_id = p_sub RETURNING * INTO v_sub;
-    END IF;
     SELECT * INTO v_acc FROM accounts WHERE account_id = v_sub.account_id;
     v_renewal := v_acc.subscription IS NOT DISTINCT FROM v_key;
     IF p_end <= now() OR (v_renewal AND p_start < v_acc.period_start) THEN
@@ -2303,14 +2302,27 @@ BEGIN
             'detail', 'a period that has ended or was followed by a newer one grants nothing'));
         RETURN;
     END IF;
+    -- Paid: active, unless newer news (a failure since) says otherwise; a subscription that
+    -- was incomplete has started, whatever order its news came in.
+    UPDATE subscriptions SET plan = p_plan, customer = COALESCE(p_customer, customer),
+        status = CASE WHEN status = 'incomplete' OR p_event_at >= state_at THEN 'active'
+                      ELSE status END,
+        state_at = GREATEST(state_at, p_event_at), updated_at = now()
+    WHERE provider = p_provider AND subscription_id = p_sub RETURNING * INTO v_sub;
     SELECT * INTO v_plan FROM plans WHERE id = p_plan;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'BL001: plan % is not in the plans table', p_plan;
     END IF;
     IF NOT v_renewal AND v_acc.plan IS NOT NULL THEN
-        -- Before a new subscription takes the account: the plan it had ends, as removed.
+        -- Before a new subscription takes the account: the plan it had ends, as removed, and
+        -- a subscription that had it is superseded (its later payments go to review, not
+        -- back and forth between the two).
         RETURN QUERY SELECT * FROM balance__subscription_plan(v_sub, NULL,
             'takeover:' || p_payment);
+        UPDATE subscriptions SET status = 'canceled', cancel_at = NULL, updated_at = now()
+        WHERE v_acc.subscription IS NOT NULL
+          AND provider = split_part(v_acc.subscription, ':', 1)
+          AND subscription_id = substr(v_acc.subscription, strpos(v_acc.subscription, ':') + 1);
     END IF;
     v_began := balance__alerts_begin(v_sub.account_id);
     IF v_renewal THEN
@@ -2343,7 +2355,7 @@ BEGIN
     WHERE provider = p_provider AND subscription_id = p_sub AND period_start = p_start;
     UPDATE subscriptions SET period_start = p_start, period_end = p_end, updated_at = now()
     WHERE provider = p_provider AND subscription_id = p_sub
-      AND (period_start IS NULL OR period_start <= p_start) RETURNING * INTO v_sub;
+      AND (period_start IS NULL OR period_start <= p_start);
     PERFORM balance__emit('plan.renewed', v_acc.account_id, jsonb_build_object(
         'account_id', v_acc.account_id, 'plan', p_plan,
         'period_start', balance__ts(p_start), 'period_end', balance__ts(p_end),
@@ -2376,7 +2388,7 @@ DECLARE
     v_sub subscriptions;
     v_acc accounts;
 BEGIN
-    v_sub := balance__subscription(p_provider, p_sub, p_account, p_welcome);
+    v_sub := balance__subscription(p_provider, p_sub, p_account, p_welcome, false);
     IF v_sub.subscription_id IS NULL THEN
         RETURN NEXT balance__subscription_answer('ignored', v_sub);
         RETURN;
@@ -2384,6 +2396,9 @@ BEGIN
     IF v_sub.status IN ('canceled', 'past_due') OR p_event_at < v_sub.state_at
        OR EXISTS (SELECT FROM subscription_periods WHERE provider = p_provider
                   AND subscription_id = p_sub AND payment_id = p_payment) THEN
+        -- Still the newest news: an `active` older than this failure must not undo it.
+        UPDATE subscriptions SET state_at = GREATEST(state_at, p_event_at)
+        WHERE provider = p_provider AND subscription_id = p_sub AND status = 'past_due';
         RETURN NEXT balance__subscription_answer('nothing_to_change', v_sub);
         RETURN;
     END IF;
@@ -2427,19 +2442,21 @@ DECLARE
     v_key text := p_provider || ':' || p_sub;
     v_result text := 'updated';
 BEGIN
-    v_sub := balance__subscription(p_provider, p_sub, p_account, p_welcome);
+    v_sub := balance__subscription(p_provider, p_sub, p_account, p_welcome, false);
     IF v_sub.subscription_id IS NULL THEN
         RETURN NEXT balance__subscription_answer('ignored', v_sub);
         RETURN;
     END IF;
-    IF v_sub.status = 'canceled' OR p_event_at < v_sub.state_at THEN
+    -- An ending is final, whenever its news was made; anything else only when newest.
+    IF v_sub.status = 'canceled'
+       OR (p_event_at < v_sub.state_at AND p_status <> 'canceled') THEN
         RETURN NEXT balance__subscription_answer('nothing_to_change', v_sub);
         RETURN;
     END IF;
     IF p_status = 'canceled' THEN
         RETURN QUERY SELECT * FROM balance__subscription_end(v_sub, p_cause);
-        UPDATE subscriptions SET state_at = p_event_at WHERE provider = p_provider
-          AND subscription_id = p_sub RETURNING * INTO v_sub;
+        UPDATE subscriptions SET state_at = GREATEST(state_at, p_event_at)
+        WHERE provider = p_provider AND subscription_id = p_sub RETURNING * INTO v_sub;
         RETURN NEXT balance__subscription_answer('canceled', v_sub);
         RETURN;
     END IF;
@@ -2484,15 +2501,20 @@ BEGIN
     END LOOP;
 END $$;
 
--- The card a checkout saved (Stripe: the customer and payment method of a paid checkout or
--- of a subscription), for auto top-up.
+-- The card a subscription is charged to (Stripe: its customer and default payment method),
+-- for auto top-up; an auto top-up that charges that customer follows the card they changed.
 CREATE OR REPLACE FUNCTION balance_save_card(p_account text, p_customer text, p_method text)
-RETURNS void LANGUAGE sql AS $$
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM accounts WHERE account_id = p_account FOR UPDATE;
     INSERT INTO saved_cards (account_id, stripe_customer, stripe_payment_method)
     VALUES (p_account, p_customer, p_method)
     ON CONFLICT (account_id) DO UPDATE SET stripe_customer = EXCLUDED.stripe_customer,
-        stripe_payment_method = EXCLUDED.stripe_payment_method, updated_at = now()
-$$;
+        stripe_payment_method = EXCLUDED.stripe_payment_method, updated_at = now();
+    UPDATE auto_top_ups SET stripe_payment_method = p_method, updated_at = now()
+    WHERE account_id = p_account AND stripe_customer = p_customer
+      AND stripe_payment_method <> p_method;
+END $$;
 
 -- ================================================================ alerts and app webhooks
 
@@ -2923,26 +2945,40 @@ $$;
 -- counting as a decline, auto top-up is paused until the month turns, and the app hears
 -- top_up.limit_reached, once, since nothing is requested while paused.
 CREATE OR REPLACE FUNCTION balance_top_up_priced(p_id uuid, p_quantity int, p_amount bigint,
-                                                 p_currency text)
-RETURNS text LANGUAGE plpgsql AS $$
+                                                 p_currency text, OUT verdict text,
+                                                 OUT quantity int, OUT amount bigint)
+LANGUAGE plpgsql AS $$
 DECLARE
     v_top top_ups;
     v_auto auto_top_ups;
     v_spent bigint;
+    v_unit bigint := p_amount / p_quantity;  -- one package's price
+    v_fit bigint;
 BEGIN
+    quantity := p_quantity;
+    amount := p_amount;
     PERFORM 1 FROM accounts a JOIN top_ups t ON t.account_id = a.account_id
     WHERE t.id = p_id FOR UPDATE OF a;
     SELECT * INTO v_top FROM top_ups WHERE id = p_id FOR UPDATE;
     IF NOT FOUND OR v_top.status <> 'requested' THEN
-        RETURN 'gone';
+        verdict := 'gone';
+        RETURN;
     END IF;
     SELECT * INTO v_auto FROM auto_top_ups WHERE account_id = v_top.account_id FOR UPDATE;
     IF FOUND AND v_auto.monthly_limit IS NOT NULL THEN
         IF v_auto.currency IS DISTINCT FROM p_currency THEN
-            RETURN 'currency_changed';
+            verdict := 'currency_changed';
+            RETURN;
         END IF;
         v_spent := balance__top_up_spent(v_top.account_id, p_currency);
-        IF v_spent + p_amount > v_auto.monthly_limit THEN
+        -- A target that asks for more than the month has left buys what still fits: fewer
+        -- packages now rather than none until the month turns.
+        v_fit := (v_auto.monthly_limit - v_spent) / v_unit;
+        IF v_spent + p_amount > v_auto.monthly_limit AND v_fit >= 1 THEN
+            quantity := v_fit;
+            amount := v_fit * v_unit;
+        END IF;
+        IF v_spent + amount > v_auto.monthly_limit THEN
             UPDATE top_ups SET status = 'failed', error = 'monthly_limit_reached',
                 resolved_at = now(), quantity = p_quantity, amount = p_amount,
                 currency = p_currency
@@ -2954,17 +2990,20 @@ BEGIN
                 'package', v_top.package, 'quantity', p_quantity, 'amount', p_amount,
                 'currency', p_currency, 'monthly_limit', v_auto.monthly_limit,
                 'spent_this_month', v_spent, 'resets_at', balance__ts(balance__next_month())));
-            RETURN 'limit_reached';
+            verdict := 'limit_reached';
+            RETURN;
         END IF;
     END IF;
-    UPDATE top_ups SET quantity = p_quantity, amount = p_amount, currency = p_currency,
-        priced_at = now()
+    UPDATE top_ups SET quantity = balance_top_up_priced.quantity,
+        amount = balance_top_up_priced.amount, currency = p_currency, priced_at = now()
     WHERE id = p_id;
-    RETURN 'priced';
+    verdict := 'priced';
 END $$;
 
 -- The jobs loop: auto top-ups paused by their monthly limit are armed again once the month
--- they were paused in is over (how many). The account is locked first, as everywhere.
+-- they were paused in is over (how many). The account is locked first, as everywhere, and
+-- a busy one skipped (the next round takes it): a job that waited for locks taken in its own
+-- order could deadlock with group commit's account_id order.
 CREATE OR REPLACE FUNCTION balance_resume_top_ups(p_limit int) RETURNS int
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -2973,7 +3012,8 @@ DECLARE
 BEGIN
     FOR v_account IN SELECT t.account_id FROM auto_top_ups t WHERE t.paused_until <= now()
                      ORDER BY t.paused_until LIMIT p_limit LOOP
-        PERFORM 1 FROM accounts WHERE account_id = v_account FOR UPDATE;
+        PERFORM 1 FROM accounts WHERE account_id = v_account FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
         UPDATE auto_top_ups SET paused_until = NULL, updated_at = now()
         WHERE account_id = v_account AND paused_until <= now();
         IF FOUND THEN

@@ -208,6 +208,14 @@ class Checkout:
         provider_key = hashlib.sha256(f"{account_id}\0{req.idempotency_key}".encode()).hexdigest()
         if req.plan is not None:
             product, credits = self._plan_offer(req)
+            following: str | None = await self._pool.fetchval(
+                "SELECT subscription FROM balance.accounts WHERE account_id = $1", account_id)
+            if following is not None:
+                # A second subscription would take the plan from the first every period.
+                provider, _, subscription = following.partition(":")
+                raise errors.invalid_request(
+                    f"plan: the account's plan follows its {provider} subscription "
+                    f"{subscription}; change the plan there (an upgrade or a downgrade)")
             metadata["plan"] = req.plan
             session_id, url = await (self._stripe_subscription if req.provider == "stripe"
                                      else self._dodo_subscription)(req, product, metadata,

@@ -68,8 +68,10 @@ def _amount(data: dict[str, Any], field: str, *, up: bool = False) -> int | None
 
 def _parse(event: DodoEvent, event_id: str) -> Action:
     data = event.data
-    if event.type == "payment.succeeded" and (data.get("subscription_id")
-                                               or data.get("subscription_ids")):
+    metadata = data.get("metadata")
+    if event.type == "payment.succeeded" and (
+            data.get("subscription_id") or data.get("subscription_ids")
+            or (isinstance(metadata, dict) and metadata.get("plan"))):
         # Its subscription.active / renewed grants the period: crediting the money too would
         # sell it twice.
         return Ignore("a subscription's payment pays its plan, not credits")

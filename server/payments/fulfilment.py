@@ -34,7 +34,7 @@ from server.payments.events import (
     SubscriptionPaid,
     Unfulfilled,
 )
-from server.payments.subscriptions import NoAccount, Subscriptions
+from server.payments.subscriptions import ForReview, Subscriptions
 
 log = logging.getLogger("balance.payments")
 
@@ -81,7 +81,7 @@ class Fulfilment:
         if isinstance(action, SubscriptionPaid | SubscriptionFailed | SubscriptionChanged):
             try:
                 return {**answer, **await self._subscriptions.apply(action)}
-            except NoAccount as exc:
+            except ForReview as exc:
                 return {**answer, **await self._unfulfilled(
                     provider, event_id, event_type, Unfulfilled(str(exc), None), payload)}
         if isinstance(action, PaymentFailed):

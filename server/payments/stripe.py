@@ -200,12 +200,12 @@ def _invoice(event: StripeEvent) -> Action:
         return Ignore("an invoice of no subscription")
     reason = invoice.get("billing_reason")
     if event.type == "invoice.payment_failed":
-        error = invoice.get("last_finalization_error") or {}
+        attempts = invoice.get("attempt_count")
         return SubscriptionFailed(
             "stripe", subscription, account_in(metadata, ("account_id",)),
             object_id(invoice, "id", "data.object"),
-            str(error.get("code") if isinstance(error, dict) and error.get("code")
-                else "invoice_payment_failed"), _event_at(event))
+            f"invoice payment failed (attempt {attempts})" if type(attempts) is int
+            else "invoice payment failed", _event_at(event))
     if reason not in _PERIOD_REASONS:
         return Ignore(f"invoice for {reason!r} pays no period (a plan change is applied from "
                       "the subscription's own event)")

@@ -26,9 +26,20 @@ _STATE_SQL = ("SELECT (r).* FROM balance.balance_subscription_state"
 Event = SubscriptionPaid | SubscriptionFailed | SubscriptionChanged
 
 
-class NoAccount(Exception):
-    """A paid period of one of our plans whose subscription names no account, and that was
-    never seen with one: for review."""
+class ForReview(Exception):
+    """A paid period that grants nothing: its subscription names no account (and was never
+    seen with one), it ended, or the period has passed. The money was received, so an
+    operator is told (the review queue), not only the webhook's answer."""
+
+
+# What balance_subscription_paid answers for money it could not turn into a plan.
+_REVIEW = {
+    "no_account": "subscription {sub} names no account: its metadata has no account_id",
+    "subscription_ended": "subscription {sub} was paid after it ended (or was superseded by "
+                          "another on its account); refund it, or credit the account",
+    "stale": "subscription {sub} was paid for a period that has ended or was followed by a "
+             "newer one",
+}
 
 
 class Subscriptions:
@@ -63,14 +74,12 @@ class Subscriptions:
                 _STATE_SQL, event.provider, event.subscription_id, event.account_id, welcome,
                 event.status, plan, event.cancel_at, event.customer, event.event_at,
                 event.cause, reason=event.cause)
-            if event.card is not None and rows:
-                account = json.loads(rows[-1]["body"]).get("account_id")
-                if account is not None:
-                    await self.save_card(account, event.card)
         answer: dict[str, Any] = json.loads(rows[-1]["body"])
-        if answer["result"] == "no_account":
-            raise NoAccount(f"subscription {event.subscription_id} names no account: its "
-                            "metadata has no account_id")
+        if isinstance(event, SubscriptionChanged) and event.card is not None \
+                and answer["result"] not in ("nothing_to_change", "ignored"):
+            await self.save_card(answer["account_id"], event.card)  # news of now, applied
+        if answer["result"] in _REVIEW:
+            raise ForReview(_REVIEW[answer["result"]].format(sub=event.subscription_id))
         return answer
 
     async def save_card(self, account_id: str, card: tuple[str, str]) -> None:

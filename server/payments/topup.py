@@ -129,9 +129,12 @@ class TopUps:
                 await self._failed(request, "package_not_in_catalog", data)
                 return
             n, amount, currency = priced
-            verdict: str = await self._pool.fetchval(
-                "SELECT balance.balance_top_up_priced($1, $2, $3, $4)", row["id"], n, amount,
-                currency)
+            # The monthly limit may cut the packages to what it still allows.
+            [answer] = await self._pool.fetch(
+                "SELECT * FROM balance.balance_top_up_priced($1, $2, $3, $4)", row["id"], n,
+                amount, currency)
+            verdict: str = answer["verdict"]
+            n, amount = answer["quantity"], answer["amount"]
             if verdict in ("gone", "limit_reached"):  # turned off meanwhile; or told, paused
                 return
             if verdict == "currency_changed":

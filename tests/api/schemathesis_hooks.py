@@ -35,6 +35,7 @@ UNSTATED_RULES = (
     '"detail":"stripe_customer: none given, and no checkout of this account saved a card (a'
     ' plan\'s Stripe checkout does)"',
     '; change or cancel it there"',
+    '; change the plan there (an upgrade or a downgrade)"',
 )
 
 

@@ -2,8 +2,8 @@
 signed by their own libraries, through the real webhook routes of real servers, against a real
 PostgreSQL; checkout through the official SDKs against the stand-in (tests/payments/standin.py).
 
-Every test holds the invariant that a plan's events never touch bought credits: the purchase
-grant's `remaining` is checked after each step.
+The invariant that a plan's events never touch bought credits is checked (the purchase
+grant's `remaining`) after the steps that move allowance in every test that buys credits.
 """
 
 from __future__ import annotations
@@ -203,10 +203,11 @@ async def test_checkout_starts_the_subscription_and_its_invoices_drive_the_plan(
     now = int(time.time())
     start, end, end2 = now - 60, now + 30 * DAY, now + 61 * DAY
 
-    # Stripe's order: the subscription (incomplete), then its first invoice paid.
+    # Stripe's order: the subscription (incomplete: news of nothing paid, so it changes
+    # nothing and makes no account), then its first invoice paid.
     created = await stripe(http, "customer.subscription.created",
                            stand_in.subscription(sub, "incomplete", start=start, end=end))
-    assert created["result"] == "updated"
+    assert created["result"] == "ignored"
     assert (await plan_of(backend, account))["plan"] is None
     first = stand_in.invoice(sub, "subscription_create", start, end)
     started = await stripe(http, "invoice.paid", first)
@@ -321,7 +322,7 @@ async def test_news_in_any_order_applies_the_newest_and_grants_each_period_once(
     # A period that ended grants nothing, however late its invoice comes.
     ended = await stripe(http, "invoice.paid", stand_in.invoice(
         sub, "subscription_cycle", now - 60 * DAY, now - 30 * DAY))
-    assert ended["result"] == "stale"
+    assert ended["result"] == "needs_review" and "has ended" in ended["problem"]
     assert await ledger(backend, account) == [("allowance", 1000)]
     await assert_reconciled(db, account)
 
@@ -388,9 +389,10 @@ async def test_cancellation_at_period_end_ends_the_plan_then_and_an_immediate_on
     deleted = await stripe(http, "customer.subscription.deleted", stand_in.subscription(
         sub, "canceled", start=now - 60, end=end))
     assert deleted["result"] == "nothing_to_change"
+    # Paid after it ended: the money came, nothing is granted, so an operator is told.
     late = await stripe(http, "invoice.paid", stand_in.invoice(
         sub, "subscription_cycle", end, end + 30 * DAY))
-    assert late["result"] == "subscription_ended"
+    assert late["result"] == "needs_review" and "after it ended" in late["problem"]
 
     other = f"{account}-now"
     sub2 = await subscribe(backend, stand_in, other, plan="max")
@@ -402,6 +404,38 @@ async def test_cancellation_at_period_end_ends_the_plan_then_and_an_immediate_on
     assert (await plan_of(backend, other))["plan"] is None
     assert await ledger(backend, other) == [("allowance", 3000), ("expiry", -3000)]
     await assert_reconciled(db, account, other)
+
+
+async def test_one_subscription_holds_the_plan_and_a_second_supersedes_it(
+    http: httpx.AsyncClient, backend: httpx.AsyncClient, db: asyncpg.Pool, stand_in: StandIn,
+    account: str,
+) -> None:
+    first = await subscribe(backend, stand_in, account)
+    await buy(http, account)
+    now = int(time.time())
+    await stripe(http, "invoice.paid", stand_in.invoice(first, "subscription_create", now - 60,
+                                                        now + 30 * DAY))
+    # The plan's own checkout refuses a second subscription: it is changed at the provider.
+    r = await backend.post(f"/v1/accounts/{account}/checkout", json={
+        "provider": "stripe", "plan": "max", "success_url": RETURN + "ok",
+        "idempotency_key": uid("checkout")})
+    assert r.status_code == 422 and first in r.json()["message"]
+    # One made elsewhere naming the account takes it over; the first is superseded, and its
+    # next payment goes to review instead of taking the plan back.
+    second = await subscribe(backend, stand_in, f"{account}-elsewhere", plan="max")
+    taken = await stripe(http, "invoice.paid", stand_in.invoice(
+        second, "subscription_create", now - 30, now + 30 * DAY,
+        metadata={"account_id": account}))
+    assert (taken["result"], taken["plan"]) == ("started", "max")
+    back = await stripe(http, "invoice.paid", stand_in.invoice(
+        first, "subscription_cycle", now + 30 * DAY, now + 60 * DAY))
+    assert back["result"] == "needs_review"
+    dashboard = await plan_of(backend, account)
+    assert (dashboard["plan"], dashboard["subscription"]["id"]) == ("max", second)
+    assert await ledger(backend, account) == [
+        ("purchase", 100), ("allowance", 1000), ("expiry", -1000), ("allowance", 3000)]
+    assert await bought_left(db, account) == 100
+    await assert_reconciled(db, account)
 
 
 async def test_one_grant_when_two_instances_receive_the_invoice_at_once(
@@ -507,9 +541,18 @@ async def test_a_dodo_subscription_renews_lapses_recovers_changes_and_expires(
         "total_amount": 2000, "currency": "USD", "status": "succeeded",
         "metadata": {"account_id": account}})
     assert (await dodo(http, payment))["result"] == "ignored"
+    plan_payment = dodo_event("payment.succeeded", {  # a plan checkout's, however it comes
+        "payload_type": "Payment", "payment_id": uid("pay"), "total_amount": 2000,
+        "currency": "USD", "status": "succeeded",
+        "metadata": {"account_id": account, "plan": "pro"}})
+    assert (await dodo(http, plan_payment))["result"] == "ignored"
     on_hold = dodo_at("subscription.on_hold", dodo_subscription(sub, account, "on_hold", *p2),
                       now + 2)
     assert (await dodo(http, on_hold))["result"] == "past_due"
+    # An `active` made before the hold, delivered after it: the hold stands.
+    late = dodo_at("subscription.updated", dodo_subscription(sub, account, "active", *p2),
+                   now + 1)
+    assert (await dodo(http, late))["result"] == "nothing_to_change"
     assert (await plan_of(backend, account))["status"] == "past_due"
     recovery = dodo_at("subscription.renewed", dodo_subscription(
         sub, account, "active", *p3, payment_id=uid("pay")), now + 3)

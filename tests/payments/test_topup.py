@@ -217,6 +217,24 @@ async def test_a_target_buys_the_packages_that_reach_it_in_one_payment_credited_
         assert (settings["target"], settings["spent_this_month"]) == (1000, 5000)
 
 
+async def test_a_target_beyond_the_monthly_limit_buys_what_still_fits(
+    shop: RunningApp, stand_in: StandIn, receiver: Receiver, account: str
+) -> None:
+    async with shop.client() as c:
+        await c.post(f"/v1/accounts/{account}/credit",
+                     json={"amount": 100, "kind": "grant", "idempotency_key": key()})
+        r = await c.put(f"/v1/accounts/{account}/auto-top-up",
+                        json={**CONFIG, "target": 1000, "monthly_limit": 1500})
+        assert r.status_code == 200, r.text
+        await debit(c, account, 61)  # 10 packages would reach the target; 3 fit the month
+        await wait_for(lambda: len(intents(stand_in, account)) == 1)
+        [sent] = intents(stand_in, account)
+        assert (sent.form["amount"], sent.form["metadata[quantity]"]) == ("1500", "3")
+        await asyncio.sleep(0.5)
+        assert not any(r.type == "top_up.limit_reached" and r.data["account_id"] == account
+                       for r in receiver.got)
+
+
 async def test_a_retry_charges_what_the_first_try_asked_though_balance_and_target_moved(
     shop: RunningApp, stand_in: StandIn, db: asyncpg.Pool, account: str
 ) -> None:

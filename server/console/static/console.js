@@ -440,7 +440,11 @@ async function planView(path) {
     h(
       'dl',
       { class: 'facts' },
-      h('dt', {}, 'Plan'), h('dd', {}, p.plan),
+      h('dt', {}, 'Plan'), h('dd', {}, p.plan, p.status === 'past_due' ? [' ', h('span', { class: 'badge warn' }, 'past due')] : null),
+      ...(p.subscription ? [
+        h('dt', {}, 'Follows'),
+        h('dd', {}, `${p.subscription.provider} subscription ${p.subscription.id}${p.subscription.cancel_at ? `, ends ${when(p.subscription.cancel_at)}` : ''}`),
+      ] : []),
       h('dt', {}, 'Period'), h('dd', {}, `${p.period}: ${when(p.period_start)} → ${when(p.period_end)}`),
       h('dt', {}, 'Allowance left'), h('dd', {}, `${credits(p.allowance_remaining)} of ${credits(p.allowance)}`),
       h('dt', {}, 'Rollover'), h('dd', {}, credits(p.rollover)),
@@ -458,6 +462,7 @@ async function settingsView(path) {
     h('dt', {}, 'Low now'), h('dd', {}, account.low ? h('span', { class: 'badge warn' }, 'low') : 'no'),
     h('dt', {}, 'Low below'), h('dd', {}, settings.threshold === null ? 'no alert' : `${credits(settings.threshold)} (${settings.threshold_from === 'account' ? 'its own' : settings.threshold_from})`),
     h('dt', {}, 'Auto top-up'), h('dd', {}, top ? `${top.package} when below ${credits(top.threshold)}${top.target === null ? '' : `, up to ${credits(top.target)}`}${top.enabled ? '' : ' (stopped after declines)'}` : 'off'),
+    h('dt', {}, 'Spend cap'), h('dd', {}, settings.limits?.spend ? `${credits(settings.limits.spend.used + settings.limits.spend.held)} of ${credits(settings.limits.spend.amount)} a ${settings.limits.spend.period} (resets ${when(settings.limits.spend.resets_at)})` : 'none'),
     ...(top && top.monthly_limit !== null ? [
       h('dt', {}, 'This month'),
       h('dd', {}, `${money(top.spent_this_month, top.currency)} of ${money(top.monthly_limit, top.currency)}${top.paused_until ? ` (limit reached: paused until ${top.paused_until.slice(0, 10)})` : ''}`),
