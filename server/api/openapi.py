@@ -233,6 +233,12 @@ def build(catalog: Catalog, checkout: Checkout) -> dict[str, Any]:
         "anyOf": [{"enum": sorted(catalog.plans)}, {"type": "null"}] if catalog.plans
         else [{"type": "null"}], "description": "a catalog plan, or null to remove the plan"}
     _merge(components["CheckoutRequest"], checkout.request_schema())
+    # Replaced, not merged: a request generator then meets the plans on sale (or none) at once.
+    sold = checkout.plans_sold()
+    components["CheckoutRequest"]["properties"]["plan"] = {
+        "anyOf": [{"enum": sold}, {"type": "null"}] if sold else [{"type": "null"}],
+        "description": "a catalog plan sold at the provider: the checkout starts its "
+                       "subscription"}
     # Auto top-up sells a priced package, with Stripe.
     priced = sorted(name for name, p in catalog.packages.items() if p.price)
     top_up = components["AutoTopUpRequest"]["properties"]

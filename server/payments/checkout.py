@@ -134,13 +134,17 @@ class Checkout:
         within the rate's bounds), and return URLs under BALANCE_CHECKOUT_RETURN_URLS."""
         offers: list[dict[str, Any]] = []
         providers = [p for p, client in (("stripe", self._stripe), ("dodo", self._dodo)) if client]
+        sold = self.plans_sold()
+        # With plans on sale, an offer of a package or an amount names none; without, the
+        # property below says so once (each constraint more is more for a generator to meet).
+        no_plan: dict[str, Any] = {"plan": {"type": "null"}} if sold else {}
         for provider in providers:
             for name, package in self._catalog.packages.items():
                 if provider == "dodo" and not package.dodo_product:
                     continue
                 offers.append({"required": ["package"], "properties": {
                     "provider": {"const": provider}, "package": {"const": name},
-                    "amount": {"type": "null"}, "plan": {"type": "null"},
+                    "amount": {"type": "null"}, **no_plan,
                     "currency": {"anyOf": [_any_case(sorted(package.price)), {"type": "null"}]}}})
             for name, plan in self._catalog.plans.items():
                 if plan.product(provider):
@@ -164,16 +168,18 @@ class Checkout:
                         amount["multipleOf"] = step
                     offers.append({"required": ["amount", "currency"], "properties": {
                         "provider": {"const": provider}, "package": {"type": "null"},
-                        "plan": {"type": "null"},
+                        **no_plan,
                         "amount": amount, "currency": _any_case([currency])}})
         url = {"type": "string", "pattern": self._return_urls.pattern()}
-        sold = sorted(name for name, plan in self._catalog.plans.items()
-                      if any(plan.product(p) for p in providers))
         return {"anyOf": offers or [{"not": {}}], "properties": {
-            "success_url": url, "cancel_url": {"anyOf": [url, {"type": "null"}]},
-            # Named here too, so a generator of requests meets the offers' plans at once.
-            "plan": {"anyOf": [{"enum": sold}, {"type": "null"}]} if sold
-            else {"type": "null"}}}
+            "success_url": url, "cancel_url": {"anyOf": [url, {"type": "null"}]}}}
+
+    def plans_sold(self) -> list[str]:
+        """The catalog plans a checkout can start the subscription of (a configured provider
+        sells their product), for /openapi.json."""
+        providers = [p for p, client in (("stripe", self._stripe), ("dodo", self._dodo)) if client]
+        return sorted(name for name, plan in self._catalog.plans.items()
+                      if any(plan.product(p) for p in providers))
 
     @property
     def stripe_client(self) -> stripe.StripeClient | None:
