@@ -588,10 +588,7 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     plan             text,
     status           text NOT NULL DEFAULT 'incomplete'
                      CHECK (status IN ('incomplete', 'active', 'past_due', 'canceled')),
-    period_start     timestamptz,
-    period_end       timestamptz,
     cancel_at        timestamptz,
-    customer         text,
     state_at         timestamptz NOT NULL DEFAULT '-infinity',
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
@@ -615,8 +612,6 @@ CREATE TABLE IF NOT EXISTS subscription_periods (
     created_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (provider, subscription_id, period_start)
 );
-CREATE INDEX IF NOT EXISTS subscription_periods_payment_idx
-    ON subscription_periods (provider, payment_id);
 -- The card a checkout saved for off-session payments (auto top-up uses it when its request
 -- names none): the newest one the provider reported for the account.
 CREATE TABLE IF NOT EXISTS saved_cards (
@@ -905,6 +900,13 @@ BEGIN
     RETURN ((p_window AT TIME ZONE 'UTC') + ('1 ' || p_period)::interval) AT TIME ZONE 'UTC';
 END $$;
 
+-- When the window a spending of the stored window counts in ends (a cap's `resets_at`).
+CREATE OR REPLACE FUNCTION balance__spend_resets(p_window timestamptz, p_period text)
+RETURNS timestamptz LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN balance__spend_end(balance__spend_roll(p_window, p_period), p_period);
+END $$;
+
 -- What usage took in the current window: the stored count while its window runs, 0 once it
 -- has passed (nothing rolls it but the next spending, so a quiet account costs nothing).
 -- A transaction that began before a window's end, and got the row after one that began in
@@ -942,9 +944,8 @@ BEGIN
         v_res.result := 'limit_reached';
         v_res.replayed := false;
         v_res.body := jsonb_build_object('limit', p_acc.spend_cap, 'used', v_taken,
-            'period', p_acc.spend_period, 'resets_at', balance__ts(balance__spend_end(
-                balance__spend_roll(p_acc.spend_window, p_acc.spend_period),
-                p_acc.spend_period)));
+            'period', p_acc.spend_period, 'resets_at', balance__ts(balance__spend_resets(
+                p_acc.spend_window, p_acc.spend_period)));
     END IF;
     RETURN v_res;
 END $$;
@@ -1064,7 +1065,8 @@ BEGIN
             used = used + CASE WHEN p_kind = 'usage' THEN -p_amount ELSE 0 END,
             unsettled = unsettled - p_amount
         WHERE account_id = p_account AND balance - held >= -p_amount
-          AND (period_end > now() OR period_end IS NULL OR subscription IS NOT NULL) AND spend_cap IS NULL
+          AND (period_end > now() OR period_end IS NULL OR subscription IS NOT NULL)
+          AND spend_cap IS NULL
         RETURNING * INTO v_acc;
         IF NOT FOUND THEN
             PERFORM balance__ensure(p_account, p_welcome);
@@ -1248,7 +1250,8 @@ BEGIN
     -- As a debit: at or after the period's end, the plan is renewed first.
     UPDATE accounts SET held = held + p_amount, version = version + 1, updated_at = now()
     WHERE account_id = p_account AND balance - held >= p_amount
-      AND (period_end > now() OR period_end IS NULL OR subscription IS NOT NULL) AND spend_cap IS NULL
+      AND (period_end > now() OR period_end IS NULL OR subscription IS NOT NULL)
+      AND spend_cap IS NULL
     RETURNING * INTO v_acc;
     IF NOT FOUND THEN
         IF v_renewed.account_id IS NULL THEN
@@ -1783,8 +1786,9 @@ END $$;
 -- threshold (API.md "Alerts"): `low` follows it silently.
 -- A plan that follows a subscription (accounts.subscription) changes only with it: the
 -- subscription's own changes (keys starting `system:subscription:`; the API refuses
--- `system:` keys) may change or remove it, anyone else's answer 'invalid'. Its kept allowance keeps no end (see
--- 019_subscriptions), and removing the plan ends the subscription's hold on the account.
+-- `system:` keys) may change or remove it, anyone else's answer 'invalid'. Its kept
+-- allowance keeps no end (see 019_subscriptions), and removing the plan ends the
+-- subscription's hold on the account.
 -- Rows: each committed change, then one whose body is the response.
 CREATE OR REPLACE FUNCTION balance_set_plan(
     p_account text, p_welcome bigint, p_key text, p_hash bytea, p_plan text,
@@ -1803,6 +1807,7 @@ DECLARE
     v_began boolean;
     v_reserved bigint;
     v_res balance_result;
+    v_follows subscriptions;  -- the subscription the plan follows
 BEGIN
     v_res := balance__replay(p_account, p_key, p_hash);
     IF v_res.result IS NOT NULL THEN
@@ -1812,10 +1817,10 @@ BEGIN
     PERFORM balance__ensure(p_account, p_welcome);
     SELECT * INTO v_acc FROM accounts WHERE account_id = p_account FOR UPDATE;
     IF v_acc.subscription IS NOT NULL AND p_key NOT LIKE 'system:subscription:%' THEN
+        v_follows := balance__subscription_of(v_acc.subscription);
         RETURN NEXT ROW('invalid', false, jsonb_build_object('detail', format(
             'plan: the account''s plan follows its %s subscription %s; change or cancel it '
-            'there', split_part(v_acc.subscription, ':', 1),
-            substr(v_acc.subscription, strpos(v_acc.subscription, ':') + 1))),
+            'there', v_follows.provider, v_follows.subscription_id)),
             NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)::balance_result;
         RETURN;
     END IF;
@@ -2060,11 +2065,7 @@ BEGIN
             'status', NULL, 'subscription', NULL, 'limits', '{}'::jsonb);
     END IF;
     SELECT * INTO v_plan FROM plans WHERE id = v_acc.plan;
-    IF v_acc.subscription IS NOT NULL THEN
-        SELECT * INTO v_sub FROM subscriptions
-        WHERE provider = split_part(v_acc.subscription, ':', 1)
-          AND subscription_id = substr(v_acc.subscription, strpos(v_acc.subscription, ':') + 1);
-    END IF;
+    v_sub := balance__subscription_of(v_acc.subscription);
     SELECT COALESCE(sum(CASE WHEN kind = 'allowance' THEN
                remaining - LEAST(GREATEST(v_acc.unsettled - (cum - remaining), 0), remaining)
            END), 0)
@@ -2160,6 +2161,19 @@ END $$;
 -- function takes the account's row first, then the subscription's, as every movement takes
 -- the account first. Rows: each committed change (for the push), then one whose body is the
 -- webhook's answer ({"result": ...}).
+
+-- The subscription an account's plan follows, by accounts.subscription ('provider:id');
+-- a row of NULLs for NULL.
+CREATE OR REPLACE FUNCTION balance__subscription_of(p_key text) RETURNS subscriptions
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_sub subscriptions;
+BEGIN
+    SELECT * INTO v_sub FROM subscriptions
+    WHERE provider = split_part(p_key, ':', 1)
+      AND subscription_id = substr(p_key, strpos(p_key, ':') + 1);
+    RETURN v_sub;
+END $$;
 
 -- The subscription's row, with its account's row locked before it. Only a paid period
 -- (p_create) makes it, for p_account (a later event naming another account does not move
@@ -2265,8 +2279,7 @@ END $$;
 -- failed renewal (the recovery payment grants once, as any).
 CREATE OR REPLACE FUNCTION balance_subscription_paid(
     p_provider text, p_sub text, p_account text, p_welcome bigint, p_plan text,
-    p_start timestamptz, p_end timestamptz, p_payment text, p_customer text,
-    p_event_at timestamptz
+    p_start timestamptz, p_end timestamptz, p_payment text, p_event_at timestamptz
 ) RETURNS SETOF balance_result LANGUAGE plpgsql AS $$
 DECLARE
     v_sub subscriptions;
@@ -2304,7 +2317,7 @@ BEGIN
     END IF;
     -- Paid: active, unless newer news (a failure since) says otherwise; a subscription that
     -- was incomplete has started, whatever order its news came in.
-    UPDATE subscriptions SET plan = p_plan, customer = COALESCE(p_customer, customer),
+    UPDATE subscriptions SET plan = p_plan,
         status = CASE WHEN status = 'incomplete' OR p_event_at >= state_at THEN 'active'
                       ELSE status END,
         state_at = GREATEST(state_at, p_event_at), updated_at = now()
@@ -2319,10 +2332,9 @@ BEGIN
         -- back and forth between the two).
         RETURN QUERY SELECT * FROM balance__subscription_plan(v_sub, NULL,
             'takeover:' || p_payment);
-        UPDATE subscriptions SET status = 'canceled', cancel_at = NULL, updated_at = now()
-        WHERE v_acc.subscription IS NOT NULL
-          AND provider = split_part(v_acc.subscription, ':', 1)
-          AND subscription_id = substr(v_acc.subscription, strpos(v_acc.subscription, ':') + 1);
+        UPDATE subscriptions s SET status = 'canceled', cancel_at = NULL, updated_at = now()
+        FROM balance__subscription_of(v_acc.subscription) o
+        WHERE s.provider = o.provider AND s.subscription_id = o.subscription_id;
     END IF;
     v_began := balance__alerts_begin(v_sub.account_id);
     IF v_renewal THEN
@@ -2353,9 +2365,6 @@ BEGIN
         granted = plan_periods.granted + EXCLUDED.granted;
     UPDATE subscription_periods SET transaction_id = v_res.tx_id
     WHERE provider = p_provider AND subscription_id = p_sub AND period_start = p_start;
-    UPDATE subscriptions SET period_start = p_start, period_end = p_end, updated_at = now()
-    WHERE provider = p_provider AND subscription_id = p_sub
-      AND (period_start IS NULL OR period_start <= p_start);
     PERFORM balance__emit('plan.renewed', v_acc.account_id, jsonb_build_object(
         'account_id', v_acc.account_id, 'plan', p_plan,
         'period_start', balance__ts(p_start), 'period_end', balance__ts(p_end),
@@ -2433,8 +2442,7 @@ END $$;
 -- Paid periods come only from balance_subscription_paid: a state says nothing of money.
 CREATE OR REPLACE FUNCTION balance_subscription_state(
     p_provider text, p_sub text, p_account text, p_welcome bigint, p_status text,
-    p_plan text, p_cancel_at timestamptz, p_customer text, p_event_at timestamptz,
-    p_cause text
+    p_plan text, p_cancel_at timestamptz, p_event_at timestamptz, p_cause text
 ) RETURNS SETOF balance_result LANGUAGE plpgsql AS $$
 DECLARE
     v_sub subscriptions;
@@ -2473,7 +2481,7 @@ BEGIN
     END IF;
     UPDATE subscriptions SET plan = COALESCE(p_plan, plan), cancel_at = p_cancel_at,
         status = CASE WHEN status = 'incomplete' THEN status ELSE p_status END,
-        customer = COALESCE(p_customer, customer), state_at = p_event_at, updated_at = now()
+        state_at = p_event_at, updated_at = now()
     WHERE provider = p_provider AND subscription_id = p_sub RETURNING * INTO v_sub;
     RETURN NEXT balance__subscription_answer(v_result, v_sub, jsonb_build_object(
         'plan', v_sub.plan, 'cancel_at', balance__ts(v_sub.cancel_at)));
@@ -2840,24 +2848,15 @@ $$;
 
 -- definitions: top_ups
 
--- The UTC calendar month a monthly_limit counts in: when it began, and when the next begins.
-CREATE OR REPLACE FUNCTION balance__month_start() RETURNS timestamptz
-LANGUAGE sql STABLE AS $$
-    SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-$$;
-
-CREATE OR REPLACE FUNCTION balance__next_month() RETURNS timestamptz
-LANGUAGE sql STABLE AS $$
-    SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month')
-        AT TIME ZONE 'UTC'
-$$;
+-- A monthly_limit counts in the UTC calendar month, the spend caps' 'month' window
+-- (balance__spend_window, balance__spend_end).
 
 -- What this month's top-ups of an account cost in p_currency: those whose PaymentIntent
 -- was created or paid (a failed one charged nothing).
 CREATE OR REPLACE FUNCTION balance__top_up_spent(p_account text, p_currency text)
 RETURNS bigint LANGUAGE sql STABLE AS $$
     SELECT COALESCE(sum(amount), 0)::bigint FROM top_ups
-    WHERE account_id = p_account AND priced_at >= balance__month_start()
+    WHERE account_id = p_account AND priced_at >= balance__spend_window('month')
       AND currency = p_currency AND status IN ('created', 'succeeded')
 $$;
 
@@ -2954,6 +2953,7 @@ DECLARE
     v_spent bigint;
     v_unit bigint := p_amount / p_quantity;  -- one package's price
     v_fit bigint;
+    v_next_month timestamptz := balance__spend_end(balance__spend_window('month'), 'month');
 BEGIN
     quantity := p_quantity;
     amount := p_amount;
@@ -2983,13 +2983,13 @@ BEGIN
                 resolved_at = now(), quantity = p_quantity, amount = p_amount,
                 currency = p_currency
             WHERE id = p_id;
-            UPDATE auto_top_ups SET paused_until = balance__next_month(), updated_at = now()
+            UPDATE auto_top_ups SET paused_until = v_next_month, updated_at = now()
             WHERE account_id = v_top.account_id;
             PERFORM balance__emit('top_up.limit_reached', v_top.account_id, jsonb_build_object(
                 'top_up_id', p_id, 'account_id', v_top.account_id,
                 'package', v_top.package, 'quantity', p_quantity, 'amount', p_amount,
                 'currency', p_currency, 'monthly_limit', v_auto.monthly_limit,
-                'spent_this_month', v_spent, 'resets_at', balance__ts(balance__next_month())));
+                'spent_this_month', v_spent, 'resets_at', balance__ts(v_next_month)));
             verdict := 'limit_reached';
             RETURN;
         END IF;
@@ -3127,8 +3127,7 @@ BEGIN
         'amount', a.spend_cap, 'period', a.spend_period,
         'used', balance__window_used(a.spend_window, a.spend_period, a.spend_used),
         'held', a.held,
-        'resets_at', balance__ts(balance__spend_end(
-            balance__spend_roll(a.spend_window, a.spend_period), a.spend_period))));
+        'resets_at', balance__ts(balance__spend_resets(a.spend_window, a.spend_period))));
 END $$;
 
 -- PUT /v1/accounts/{id}/limits: the account's spend cap (p_cap NULL: none, and its count

@@ -9,6 +9,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,10 +65,17 @@ class Receiver:
                 and (kind is None or r.type == kind)]
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
+@asynccontextmanager
+async def serving() -> AsyncIterator[Receiver]:
+    """A receiver listening on a free local port until the block ends."""
     rec = Receiver()
     async with local_server(Starlette(routes=[Route("/hooks", rec.endpoint,
                                                     methods=["POST"])])) as url:
         rec.url = f"{url}/hooks"
+        yield rec
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with serving() as rec:
         yield rec

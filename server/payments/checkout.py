@@ -223,9 +223,11 @@ class Checkout:
                     f"plan: the account's plan follows its {provider} subscription "
                     f"{subscription}; change the plan there (an upgrade or a downgrade)")
             metadata["plan"] = req.plan
+            # Dodo sells a subscription product as any product: its metadata rides on the
+            # subscription and its payments.
             session_id, url = await (self._stripe_subscription if req.provider == "stripe"
-                                     else self._dodo_subscription)(req, product, metadata,
-                                                                   provider_key)
+                                     else self._dodo_create)(req, product, metadata,
+                                                             provider_key)
             body: dict[str, Any] = {
                 "url": url, "provider": req.provider, "session_id": session_id,
                 "credits": credits, "amount": None, "currency": None, "package": None,
@@ -283,14 +285,6 @@ class Checkout:
             "payment_method_collection": "always",
         }
         return await self._stripe_create(req, params, provider_key)
-
-    async def _dodo_subscription(
-        self, req: CheckoutRequest, product: str, metadata: dict[str, str | float | bool],
-        provider_key: str,
-    ) -> tuple[str, str]:
-        """A Dodo checkout for the plan's subscription product (its metadata rides on the
-        subscription and its payments)."""
-        return await self._dodo_create(req, product, metadata, provider_key)
 
     def _offer(self, req: CheckoutRequest) -> tuple[str | None, int, int, str]:
         """(package, credits, amount in the catalog's minor units, currency) for what is being

@@ -105,9 +105,6 @@ def _subscription(event: DodoEvent, data: dict[str, Any]) -> Action:
     subscription = object_id(data, "subscription_id", "data")
     account = account_in(data.get("metadata"), _ACCOUNT_KEYS)
     at = iso_time(event.timestamp, "timestamp") if event.timestamp else datetime.now(UTC)
-    customer_obj = data.get("customer")
-    customer = (customer_obj.get("customer_id") if isinstance(customer_obj, dict) else None)
-    customer = customer if isinstance(customer, str) else None
     product = data.get("product_id") if isinstance(data.get("product_id"), str) else None
     if event.type in _PAID:
         if product is None:
@@ -119,7 +116,7 @@ def _subscription(event: DodoEvent, data: dict[str, Any]) -> Action:
         payment_id = payment if isinstance(payment, str) and payment else (
             f"{subscription}@{start.isoformat()}")
         return SubscriptionPaid("dodo", subscription, account, product, start, end,
-                                payment_id, customer, at)
+                                payment_id, at)
     if event.type in _FAILED:
         return SubscriptionFailed("dodo", subscription, account, None,
                                   event.type.removeprefix("subscription."), at)
@@ -130,4 +127,4 @@ def _subscription(event: DodoEvent, data: dict[str, Any]) -> Action:
     if data.get("cancel_at_next_billing_date") is True and status != "canceled":
         cancel_at = iso_time(data.get("next_billing_date"), "data.next_billing_date")
     return SubscriptionChanged("dodo", subscription, account, status, product, cancel_at,
-                               customer, None, at, f"dodo {event.type} ({data.get('status')})")
+                               None, at, f"dodo {event.type} ({data.get('status')})")

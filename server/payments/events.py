@@ -112,7 +112,6 @@ class SubscriptionPaid:
     period_start: datetime
     period_end: datetime
     payment_id: str
-    customer: str | None
     event_at: datetime
 
 
@@ -141,7 +140,6 @@ class SubscriptionChanged:
     status: str
     product: str | None
     cancel_at: datetime | None
-    customer: str | None
     card: tuple[str, str] | None
     event_at: datetime
     cause: str

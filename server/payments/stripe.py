@@ -214,9 +214,8 @@ def _invoice(event: StripeEvent) -> Action:
         return Ignore("invoice without a subscription line")
     price, start, end = line
     return SubscriptionPaid("stripe", subscription, account_in(metadata, ("account_id",)),
-                            price, start, end,
-                            object_id(invoice, "id", "data.object"),
-                            optional_id(invoice, "customer", "data.object"), _event_at(event))
+                            price, start, end, object_id(invoice, "id", "data.object"),
+                            _event_at(event))
 
 
 def _subscription(event: StripeEvent) -> Action:
@@ -242,6 +241,6 @@ def _subscription(event: StripeEvent) -> Action:
         "stripe", object_id(sub, "id", "data.object"),
         account_in(sub.get("metadata"), ("account_id",)), status,
         product if isinstance(product, str) else None,
-        unix_time(cancel_at, "data.object.cancel_at") if cancel_at else None, customer,
+        unix_time(cancel_at, "data.object.cancel_at") if cancel_at else None,
         (customer, method) if customer and method else None, _event_at(event),
         f"stripe {event.type} ({sub.get('status')})")

@@ -18,10 +18,10 @@ from server.ledger import Ledger
 from server.payments.events import SubscriptionChanged, SubscriptionFailed, SubscriptionPaid
 
 _PAID_SQL = ("SELECT (r).* FROM balance.balance_subscription_paid"
-             "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) r")
+             "($1,$2,$3,$4,$5,$6,$7,$8,$9) r")
 _FAILED_SQL = "SELECT (r).* FROM balance.balance_subscription_failed($1,$2,$3,$4,$5,$6,$7) r"
 _STATE_SQL = ("SELECT (r).* FROM balance.balance_subscription_state"
-              "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) r")
+              "($1,$2,$3,$4,$5,$6,$7,$8,$9) r")
 
 Event = SubscriptionPaid | SubscriptionFailed | SubscriptionChanged
 
@@ -61,7 +61,7 @@ class Subscriptions:
                         "reason": f"{event.product} is no catalog plan's {event.provider} product"}
             rows = await self._ledger.move_many(
                 _PAID_SQL, event.provider, event.subscription_id, event.account_id, welcome,
-                plan, event.period_start, event.period_end, event.payment_id, event.customer,
+                plan, event.period_start, event.period_end, event.payment_id,
                 event.event_at, reason=f"plan {plan} paid via {event.provider}")
         elif isinstance(event, SubscriptionFailed):
             rows = await self._ledger.move_many(
@@ -72,7 +72,7 @@ class Subscriptions:
             plan = self._catalog.plan_for(event.provider, event.product)
             rows = await self._ledger.move_many(
                 _STATE_SQL, event.provider, event.subscription_id, event.account_id, welcome,
-                event.status, plan, event.cancel_at, event.customer, event.event_at,
+                event.status, plan, event.cancel_at, event.event_at,
                 event.cause, reason=event.cause)
         answer: dict[str, Any] = json.loads(rows[-1]["body"])
         if isinstance(event, SubscriptionChanged) and event.card is not None \

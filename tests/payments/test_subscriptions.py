@@ -19,14 +19,11 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.routing import Route
 from websockets.asyncio.client import connect
 
 from server.auth import mint_token
 from server.config import standard_webhooks_key
 from tests.conftest import RunningApp, StartApp
-from tests.local_server import local_server
 from tests.payments.standin import StandIn
 from tests.payments.test_webhooks import (
     DODO_SECRET,
@@ -38,7 +35,7 @@ from tests.payments.test_webhooks import (
     session,
     uid,
 )
-from tests.receiver import SECRET, Receiver
+from tests.receiver import SECRET, Receiver, serving
 
 RETURN = "https://app.example/"
 DAY = 86_400
@@ -71,10 +68,7 @@ async def start_subscriptions_app(start_app: StartApp, catalog: str, stand_in: S
 @pytest.fixture(scope="module")
 async def hooks() -> AsyncIterator[Receiver]:
     """The app's webhook endpoint, for the module's servers (which outlive one test)."""
-    rec = Receiver()
-    async with local_server(Starlette(routes=[Route("/hooks", rec.endpoint,
-                                                    methods=["POST"])])) as url:
-        rec.url = f"{url}/hooks"
+    async with serving() as rec:
         yield rec
 
 

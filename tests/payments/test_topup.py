@@ -335,7 +335,8 @@ async def test_a_monthly_limit_stops_a_top_up_once_then_the_next_month_arms_it_a
         await asyncio.sleep(1.0)
         assert len(told()) == 1 and len(intents(stand_in, account)) == 2
         [limit] = told()
-        resets = await db.fetchval("SELECT balance.balance__next_month()")
+        resets = await db.fetchval("SELECT balance.balance__spend_end("
+                                   "balance.balance__spend_window('month'), 'month')")
         assert {k: v for k, v in limit.items() if k != "top_up_id"} == {
             "account_id": account, "package": "starter", "quantity": 1, "amount": 500,
             "currency": "usd", "monthly_limit": 1000, "spent_this_month": 1000,
