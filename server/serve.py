@@ -8,6 +8,7 @@ import re
 import uvicorn
 from starlette.applications import Starlette
 
+from server.api.protocol import HttpProtocol
 from server.config import Settings
 from server.push.protocol import WIRE_LOG
 from server.push.ws import MAX_FRAME, Connection
@@ -26,6 +27,8 @@ def config(
         # `balance-server serve` puts one handler for every line (server/logs.py).
         log_config=None,
         lifespan="on",
+        # Each response in one send (api/protocol.py).
+        http=HttpProtocol,
         # Our WebSocket protocol (push/ws.py): one object per socket, pre-framed writes, a
         # shutdown that closes sockets over drain_seconds. It never negotiates compression.
         ws=Connection,
