@@ -2563,7 +2563,7 @@ END $$;
 -- the catalog's threshold by every instance, the webhook types (p_events) only by one that
 -- delivers app webhooks (NULL: one without BALANCE_APP_WEBHOOK_URL has no say, so a push-only
 -- instance cannot turn delivery off for the others). The types now subscribed.
--- A new default threshold makes the alert floors built on the old one unknown, and the
+-- A higher default threshold makes the alert floors built on the old one unknown, and the
 -- transaction.created trigger follows the types, both committed with the change.
 CREATE OR REPLACE FUNCTION balance_configure(p_events text[], p_low_balance bigint)
 RETURNS text[] LANGUAGE plpgsql AS $$
@@ -2573,7 +2573,10 @@ BEGIN
     SELECT * INTO v_was FROM settings FOR UPDATE;
     UPDATE settings SET events = COALESCE(p_events, events), low_balance = p_low_balance
     WHERE (events, low_balance) IS DISTINCT FROM (COALESCE(p_events, events), p_low_balance);
-    IF v_was.low_balance IS DISTINCT FROM p_low_balance THEN
+    -- Only a higher threshold can leave a floor too low (a skip that should have run the
+    -- trigger); under a lower one a floor is only higher than it need be: the trigger runs
+    -- at the next movement below it and makes it again. (No threshold stands as 0.)
+    IF COALESCE(p_low_balance, 0) > COALESCE(v_was.low_balance, 0) THEN
         PERFORM balance__forget_floors(NULL);
     END IF;
     -- After the floors: its ALTER TABLE locks the ledger, which a movement writes while it

@@ -649,6 +649,8 @@ async def test_a_new_default_threshold_reaches_an_account_whose_floor_was_set(
     finally:
         await app.stop()
         await db.execute("SELECT balance_configure(NULL, 50)")
+    # A lower default forgets nothing: a floor above the threshold only runs the trigger.
+    assert await db.fetchval(FLOOR, account) == 500
 
 
 async def test_a_plan_threshold_changed_by_a_sync_reaches_its_accounts(
