@@ -623,6 +623,15 @@ CREATE TABLE IF NOT EXISTS saved_cards (
 -- An allowance grant may carry what paid for it (the subscription's invoice or payment).
 DROP FUNCTION IF EXISTS balance__grant_allowance(accounts, text, bigint);
 
+-- step: 020_alert_floor
+-- While an account stands 'ok', the least `available` at which a movement can neither cross
+-- its low-balance threshold nor start its auto top-up: GREATEST(1, threshold, top_up_below),
+-- kept by the alert trigger each time it runs. Its WHEN skips a movement that stays at or
+-- above it, most debits, without calling the trigger. NULL: not known (every account until
+-- its next movement, or a threshold changed outside its row: balance__forget_floors), so
+-- the trigger runs.
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS alert_floor bigint;
+
 -- ================================================================ JSON shapes of API.md
 
 -- definitions: json_shapes
@@ -1649,22 +1658,38 @@ BEGIN
 END $$;
 
 -- The catalog's plans, written at start by each instance (never deleted: an account may
--- still be on a plan a newer catalog dropped).
+-- still be on a plan a newer catalog dropped). A plan whose threshold changed makes the
+-- alert floors of its accounts that follow it unknown, in the same transaction. Its row is
+-- locked before it is read, so what it was is what this replaces, whatever another
+-- instance syncs at once.
 CREATE OR REPLACE FUNCTION balance_sync_plans(p_plans jsonb) RETURNS void
-LANGUAGE sql AS $$
-    INSERT INTO plans (id, allowance, period, rollover, prices, limits, low_balance)
-    SELECT key, (value ->> 'allowance')::bigint, value ->> 'period',
-           (value ->> 'rollover')::bigint, value -> 'prices', value -> 'limits',
-           (value ->> 'low_balance')::bigint
-    FROM jsonb_each(p_plans)
-    ON CONFLICT (id) DO UPDATE SET allowance = EXCLUDED.allowance, period = EXCLUDED.period,
-        rollover = EXCLUDED.rollover, prices = EXCLUDED.prices, limits = EXCLUDED.limits,
-        low_balance = EXCLUDED.low_balance, updated_at = now()
-    WHERE (plans.allowance, plans.period, plans.rollover, plans.prices, plans.limits,
-           plans.low_balance)
-          IS DISTINCT FROM (EXCLUDED.allowance, EXCLUDED.period, EXCLUDED.rollover,
-                            EXCLUDED.prices, EXCLUDED.limits, EXCLUDED.low_balance)
-$$;
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_moved text[];
+BEGIN
+    PERFORM FROM plans WHERE p_plans ? id ORDER BY id FOR UPDATE;
+    WITH was AS (SELECT id, low_balance FROM plans WHERE p_plans ? id),
+    synced AS (
+        INSERT INTO plans (id, allowance, period, rollover, prices, limits, low_balance)
+        SELECT key, (value ->> 'allowance')::bigint, value ->> 'period',
+               (value ->> 'rollover')::bigint, value -> 'prices', value -> 'limits',
+               (value ->> 'low_balance')::bigint
+        FROM jsonb_each(p_plans)
+        ON CONFLICT (id) DO UPDATE SET allowance = EXCLUDED.allowance,
+            period = EXCLUDED.period, rollover = EXCLUDED.rollover, prices = EXCLUDED.prices,
+            limits = EXCLUDED.limits, low_balance = EXCLUDED.low_balance, updated_at = now()
+        WHERE (plans.allowance, plans.period, plans.rollover, plans.prices, plans.limits,
+               plans.low_balance)
+              IS DISTINCT FROM (EXCLUDED.allowance, EXCLUDED.period, EXCLUDED.rollover,
+                                EXCLUDED.prices, EXCLUDED.limits, EXCLUDED.low_balance)
+        RETURNING id, low_balance)
+    SELECT array_agg(s.id) INTO v_moved
+    FROM synced s LEFT JOIN was w ON w.id = s.id
+    WHERE s.low_balance IS DISTINCT FROM w.low_balance;
+    IF v_moved IS NOT NULL THEN
+        PERFORM balance__forget_floors(v_moved);
+    END IF;
+END $$;
 
 -- Expires the account's unused allowance beyond p_keep (the caller holds the account and
 -- has settled it); what is kept expires at p_until. Soonest-expiring allowance goes first.
@@ -2528,9 +2553,9 @@ END $$;
 
 -- definitions: alerts
 -- Which event types the app subscribed to, and the catalog's default threshold, are the
--- `settings` row. A debit needs them in two triggers: each transaction reads the row once
--- and keeps it in transaction-local settings (set_config(..., true)), which end with the
--- transaction, so a pooler that hands the next one to another session loses nothing.
+-- `settings` row. The types are read once per transaction (a ledger row may emit several
+-- events) and kept in a transaction-local setting (set_config(..., true)), which ends with
+-- the transaction, so a pooler that hands the next one to another session loses nothing.
 -- The value is kept with a leading marker ('v'): an unset setting reads '' once any earlier
 -- transaction of the session has set it, and '' must mean "not read yet".
 
@@ -2538,29 +2563,36 @@ END $$;
 -- the catalog's threshold by every instance, the webhook types (p_events) only by one that
 -- delivers app webhooks (NULL: one without BALANCE_APP_WEBHOOK_URL has no say, so a push-only
 -- instance cannot turn delivery off for the others). The types now subscribed.
+-- A higher default threshold makes the alert floors built on the old one unknown, and the
+-- transaction.created trigger follows the types, both committed with the change.
 CREATE OR REPLACE FUNCTION balance_configure(p_events text[], p_low_balance bigint)
 RETURNS text[] LANGUAGE plpgsql AS $$
 DECLARE
-    v_events text[];
+    v_was settings;
 BEGIN
+    SELECT * INTO v_was FROM settings FOR UPDATE;
     UPDATE settings SET events = COALESCE(p_events, events), low_balance = p_low_balance
     WHERE (events, low_balance) IS DISTINCT FROM (COALESCE(p_events, events), p_low_balance);
-    SELECT events INTO v_events FROM settings;
-    RETURN v_events;
+    -- Only a higher threshold can leave a floor too low (a skip that should have run the
+    -- trigger); under a lower one a floor is only higher than it need be: the trigger runs
+    -- at the next movement below it and makes it again. (No threshold stands as 0.)
+    IF COALESCE(p_low_balance, 0) > COALESCE(v_was.low_balance, 0) THEN
+        PERFORM balance__forget_floors(NULL);
+    END IF;
+    -- After the floors: its ALTER TABLE locks the ledger, which a movement writes while it
+    -- holds its account, so the accounts are taken first here too.
+    PERFORM balance_follow_events();
+    RETURN COALESCE(p_events, v_was.events);
 END $$;
 
--- Reads the settings row into the transaction's settings, both values at once (a debit
--- needs both, in two triggers). The event types as 'v,type,type,' ('v,' for none), the
--- threshold as 'v' and its digits ('v' for none).
+-- Reads the subscribed event types into the transaction's settings, as 'v,type,type,'
+-- ('v,' for none).
 CREATE OR REPLACE FUNCTION balance__read_settings() RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_events text;
-    v_low text;
 BEGIN
-    SELECT 'v,' || array_to_string(events, ',') || ',', 'v' || COALESCE(low_balance::text, '')
-    INTO v_events, v_low FROM settings;
+    SELECT 'v,' || array_to_string(events, ',') || ',' INTO v_events FROM settings;
     PERFORM set_config('balance.settings_events', COALESCE(v_events, 'v,'), true);
-    PERFORM set_config('balance.settings_low_balance', COALESCE(v_low, 'v'), true);
 END $$;
 
 -- The event types subscribed, as ',type,type,' (',' for none), read once per transaction.
@@ -2595,16 +2627,32 @@ BEGIN
 END $$;
 
 -- The catalog's default threshold (NULL: none), for an account without its own or a plan's.
+-- Read afresh each time, not kept for the transaction: an alert floor made from it must not
+-- come from a value that balance_configure replaced (see balance__forget_floors).
 CREATE OR REPLACE FUNCTION balance__default_threshold() RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
-    v text := current_setting('balance.settings_low_balance', true);
+    v bigint;
 BEGIN
-    IF v IS NULL OR v = '' THEN
-        PERFORM balance__read_settings();
-        v := current_setting('balance.settings_low_balance');
-    END IF;
-    RETURN NULLIF(substr(v, 2), '')::bigint;
+    SELECT low_balance INTO v FROM settings;
+    RETURN v;
+END $$;
+
+-- The alert floors of accounts that take their threshold from outside their row (no
+-- low_balance of their own; p_plans NULL: on any plan or none, else on one of these),
+-- forgotten when that threshold changed (the catalog's default, a plan's), so the next
+-- movement of each runs the alert trigger against the threshold now. Setting a NULL moves
+-- no `available`, so this UPDATE does not run the trigger. The table lock first waits for
+-- every movement under way, so a floor one of them made from the old threshold is
+-- committed and forgotten here; a movement after it waits for the commit and reads the new
+-- threshold (the trigger reads it afresh). Rare: a deploy that changed a threshold.
+CREATE OR REPLACE FUNCTION balance__forget_floors(p_plans text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    LOCK TABLE accounts IN EXCLUSIVE MODE;
+    UPDATE accounts SET alert_floor = NULL
+    WHERE low_balance IS NULL AND alert_floor IS NOT NULL
+      AND (p_plans IS NULL OR plan = ANY (p_plans));
 END $$;
 
 -- Before an account row changes: where does `available` now stand against the account's
@@ -2652,6 +2700,9 @@ BEGIN
     END IF;
     v_state := balance__standing(v_available, v_threshold);
     NEW.alert_state := v_state;
+    -- While 'ok', a movement to at or above this crosses nothing and starts no top-up: the
+    -- WHEN skips it. GREATEST ignores NULLs: no threshold, or disarmed (just above too).
+    NEW.alert_floor := GREATEST(1, v_threshold, NEW.top_up_below);
     IF v_from IS NULL OR current_setting('balance.alerts_silent', true) = 'on' THEN
         RETURN NEW;
     END IF;
@@ -2722,30 +2773,63 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- After a ledger row: its app webhooks. The triggers' WHEN clauses keep the debit path
--- from even queueing a trigger call unless the row can have one: every row when
--- transaction.created is subscribed, else only purchases and reversals.
+-- After a purchase or a reversal: purchase.completed or purchase.reversed.
 CREATE OR REPLACE FUNCTION balance__transaction_events() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_data jsonb := balance__tx_json(NEW);
 BEGIN
-    PERFORM balance__emit('transaction.created', NEW.account_id, v_data);
-    IF NEW.kind = 'purchase' THEN
-        PERFORM balance__emit('purchase.completed', NEW.account_id, v_data);
-    ELSIF NEW.kind = 'reversal' THEN
-        PERFORM balance__emit('purchase.reversed', NEW.account_id, v_data);
-    END IF;
+    PERFORM balance__emit(CASE NEW.kind WHEN 'purchase' THEN 'purchase.completed'
+                                        ELSE 'purchase.reversed' END,
+                          NEW.account_id, balance__tx_json(NEW));
     RETURN NULL;
 END $$;
 
--- Both recreated each time: a WHEN clause cannot be replaced in place.
+-- After any ledger row, while the app subscribes to it: transaction.created.
+CREATE OR REPLACE FUNCTION balance__transaction_created() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM balance__emit('transaction.created', NEW.account_id, balance__tx_json(NEW));
+    RETURN NULL;
+END $$;
+
+-- The transaction.created trigger is enabled exactly while `settings` subscribes to the
+-- event: a ledger row of a deployment that did not ask for it queues no trigger and calls
+-- no function (a WHEN cannot read the settings row without calling one). Altered only when
+-- its state differs (ALTER TABLE locks the ledger against every write until commit): by
+-- balance_configure, in the transaction that changes the types, so both commit together,
+-- and by the definitions, which recreate it; a hand-edited `settings` is followed at the
+-- next start. SECURITY DEFINER: altering a table is its owner's right (the role that
+-- migrates), which the server's role, writing only rows, need not have.
+CREATE OR REPLACE FUNCTION balance_follow_events() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER AS $$
+DECLARE
+    v_on boolean := COALESCE((SELECT 'transaction.created' = ANY (events) FROM settings),
+                             false);
+BEGIN
+    IF v_on IS DISTINCT FROM (SELECT tgenabled <> 'D' FROM pg_trigger
+                              WHERE tgname = 'transactions_created'
+                                AND tgrelid = 'transactions'::regclass) THEN
+        EXECUTE format('ALTER TABLE transactions %s TRIGGER transactions_created',
+                       CASE WHEN v_on THEN 'ENABLE' ELSE 'DISABLE' END);
+    END IF;
+END $$;
+
+-- Recreated each time: a WHEN clause cannot be replaced in place.
 DO $$ BEGIN
     DROP TRIGGER IF EXISTS accounts_alert_state ON accounts;
     -- Only when what it looks at changed (a settlement or a period move does not), or a
-    -- change of several steps is under way.
+    -- change of several steps is under way; a movement of an account standing 'ok' only to
+    -- below its alert_floor. Such a skip is what the function would do: the row stood 'ok'
+    -- against the very threshold and top_up_below the floor was made from (a change of
+    -- either in the row runs the trigger, which remakes it; one outside the row, the
+    -- catalog's default or a plan's, forgets it: balance__forget_floors), and `available`
+    -- ends at or above both and above 0, so it stands 'ok' after as before: no crossing,
+    -- no top-up (one starts only below top_up_below), and the same floor. alert_state and
+    -- balance - held are never NULL and a NULL floor is tested with IS NULL, so the clause
+    -- is never NULL (a NULL WHEN would skip).
     CREATE TRIGGER accounts_alert_state BEFORE UPDATE ON accounts FOR EACH ROW
-        WHEN (NEW.balance - NEW.held <> OLD.balance - OLD.held
+        WHEN ((NEW.balance - NEW.held <> OLD.balance - OLD.held
+               AND (OLD.alert_state <> 'ok' OR OLD.alert_floor IS NULL
+                    OR NEW.balance - NEW.held < OLD.alert_floor))
               OR NEW.low_balance IS DISTINCT FROM OLD.low_balance
               OR NEW.plan IS DISTINCT FROM OLD.plan
               OR NEW.top_up_below IS DISTINCT FROM OLD.top_up_below
@@ -2755,11 +2839,16 @@ DO $$ BEGIN
     CREATE CONSTRAINT TRIGGER accounts_alerts_ended AFTER UPDATE ON accounts
         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.alert_from IS NOT NULL)
         EXECUTE FUNCTION balance__alerts_ended();
+    -- A ledger row's app webhooks, each event from one trigger, so none is written twice.
+    -- AFTER triggers fire in name order: a purchase's transaction.created comes first.
     DROP TRIGGER IF EXISTS transactions_events ON transactions;
     CREATE TRIGGER transactions_events AFTER INSERT ON transactions FOR EACH ROW
-        WHEN (NEW.kind IN ('purchase', 'reversal')
-              OR strpos(balance__events(), ',transaction.created,') > 0)
+        WHEN (NEW.kind IN ('purchase', 'reversal'))
         EXECUTE FUNCTION balance__transaction_events();
+    DROP TRIGGER IF EXISTS transactions_created ON transactions;
+    CREATE TRIGGER transactions_created AFTER INSERT ON transactions FOR EACH ROW
+        EXECUTE FUNCTION balance__transaction_created();
+    PERFORM balance_follow_events();
 END $$;
 
 -- PUT /v1/accounts/{id}/alerts: the account's own threshold (NULL: its plan's or the

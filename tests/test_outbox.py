@@ -29,8 +29,9 @@ from tests.conftest import RunningApp, StartApp, age_plan, key, scraped
 from tests.receiver import SECRET, Receiver
 
 REPO = Path(__file__).resolve().parent.parent
-CATALOG = {"prices": {"generate_image": 5}, "alerts": {"low_balance": 50},
-           "plans": {"alerts_day": {"allowance": 100, "period": "day", "low_balance": 30}}}
+CATALOG: dict[str, Any] = {
+    "prices": {"generate_image": 5}, "alerts": {"low_balance": 50},
+    "plans": {"alerts_day": {"allowance": 100, "period": "day", "low_balance": 30}}}
 ALERTS = ("balance.low", "balance.depleted", "balance.recovered")
 
 
@@ -597,3 +598,191 @@ async def test_a_change_begun_for_alerts_and_never_ended_cannot_commit(
     async with db.acquire() as conn, conn.transaction():
         assert await conn.fetchval("SELECT balance__alerts_begin($1)", account) is True
         await conn.execute("SELECT balance__alerts_end($1, false)", account)
+
+
+# Alert floors (schema.sql 020_alert_floor): while an account stands 'ok', the alert trigger
+# skips the movements that stay at or above its floor. A threshold changed outside the row
+# must make the floor unknown, or a crossing of the new threshold would be skipped.
+
+FLOOR = "SELECT alert_floor FROM accounts WHERE account_id = $1"
+
+
+def catalog_at(tmp_path: Path, default: int, plan: int) -> str:
+    """The module's catalog with another default threshold, and a plan of this test's own
+    (so no other test meets its threshold) at `plan`."""
+    path = tmp_path / f"catalog-{default}-{plan}.json"
+    path.write_text(json.dumps({
+        **CATALOG, "alerts": {"low_balance": default},
+        "plans": {**CATALOG["plans"], "floor_day": {"allowance": 100, "period": "day",
+                                                    "low_balance": plan}}}))
+    return str(path)
+
+
+async def test_a_new_default_threshold_reaches_an_account_whose_floor_was_set(
+    start_hooked: StartHooked, receiver: Receiver, db: asyncpg.Pool, account: str,
+    tmp_path: Path
+) -> None:
+    app = await start_hooked()  # the catalog's 50
+    try:
+        await post(app, f"/v1/accounts/{account}/credit", {"amount": 600, "kind": "grant"})
+        r = await post(app, f"/v1/accounts/{account}/debit", {"amount": 10, "reason": "x"})
+        assert r.json()["account"]["low"] is False
+        assert await db.fetchval(FLOOR, account) == 50  # 590: later debits skip the trigger
+    finally:
+        await app.stop()
+    # A restart with a catalog whose default is 500: the floor made from 50 is forgotten
+    # (and forgetting it, no movement, ran no trigger that would make it again).
+    app = await start_hooked(catalog_file=catalog_at(tmp_path, 500, 30))
+    try:
+        assert await db.fetchval(FLOOR, account) is None
+        r = await post(app, f"/v1/accounts/{account}/debit", {"amount": 100, "reason": "x"})
+        assert (r.json()["account"]["available"], r.json()["account"]["low"]) == (490, True)
+        assert await settled_alerts(db, receiver, account, 1) == ["balance.low"]
+        got = receiver.of(account)[0].data
+        assert (got["available"], got["threshold"]) == (490, 500)
+        # Standing below it, every movement runs the trigger: down again crosses nothing.
+        r = await post(app, f"/v1/accounts/{account}/debit", {"amount": 10, "reason": "x"})
+        assert r.json()["account"]["low"] is True
+        assert await settled_alerts(db, receiver, account, 1) == ["balance.low"]
+        assert await db.fetch("SELECT * FROM balance_reconcile() WHERE account_id = $1",
+                              account) == []
+    finally:
+        await app.stop()
+        await db.execute("SELECT balance_configure(NULL, 50)")
+    # A lower default forgets nothing: a floor above the threshold only runs the trigger.
+    assert await db.fetchval(FLOOR, account) == 500
+
+
+async def test_a_plan_threshold_changed_by_a_sync_reaches_its_accounts(
+    start_hooked: StartHooked, receiver: Receiver, db: asyncpg.Pool, account: str,
+    tmp_path: Path
+) -> None:
+    other = f"{account}-own"  # on the plan too, with a threshold of its own: kept
+    app = await start_hooked(catalog_file=catalog_at(tmp_path, 50, 30))
+    try:
+        async with app.client() as c:
+            for who in (account, other):
+                r = await c.put(f"/v1/accounts/{who}/plan",
+                                json={"plan": "floor_day", "idempotency_key": key()})
+                assert r.status_code == 200 and r.json()["account"]["available"] == 100
+            r = await c.put(f"/v1/accounts/{other}/alerts", json={"low_balance": 20})
+            assert r.status_code == 200
+        r = await post(app, f"/v1/accounts/{account}/debit", {"amount": 10, "reason": "x"})
+        assert r.json()["account"]["low"] is False
+        await post(app, f"/v1/accounts/{other}/debit", {"amount": 10, "reason": "x"})
+        assert [await db.fetchval(FLOOR, who) for who in (account, other)] == [30, 20]
+    finally:
+        await app.stop()
+    app = await start_hooked(catalog_file=catalog_at(tmp_path, 50, 85))
+    try:
+        assert [await db.fetchval(FLOOR, who) for who in (account, other)] == [None, 20]
+        r = await post(app, f"/v1/accounts/{account}/debit", {"amount": 10, "reason": "x"})
+        assert (r.json()["account"]["available"], r.json()["account"]["low"]) == (80, True)
+        assert await settled_alerts(db, receiver, account, 1) == ["balance.low"]
+        assert receiver.of(account)[0].data["threshold"] == 85
+        r = await post(app, f"/v1/accounts/{other}/debit", {"amount": 10, "reason": "x"})
+        assert r.json()["account"]["low"] is False
+    finally:
+        await app.stop()
+    # Synced again unchanged: nothing is forgotten.
+    await (await start_hooked(catalog_file=catalog_at(tmp_path, 50, 85))).stop()
+    assert await db.fetchval(FLOOR, account) == 85
+
+
+async def test_an_auto_top_up_starts_when_a_debit_crosses_it_above_the_floor(
+    db: asyncpg.Pool, account: str
+) -> None:
+    requests = "SELECT count(*) FROM top_ups WHERE account_id = $1"
+    debit = ("SELECT balance_post($1, 0, $2, '\\x01'::bytea, 'usage', $3, 'r', NULL, NULL,"
+             " 'available')")
+    async with server_session(db) as conn:
+        await conn.execute("SELECT balance_post($1, 0, $2, '\\x01'::bytea, 'grant', 300, 'r',"
+                           " NULL, NULL, 'available')", account, key())
+        await conn.execute(debit, account, key(), -10)
+    assert await db.fetchval(FLOOR, account) == 50  # the catalog's threshold
+    async with server_session(db) as conn:
+        await conn.execute("SELECT balance_set_auto_top_up($1, 0, 'starter', 200, 'cus_x',"
+                           " 'pm_x')", account)
+    assert await db.fetchval(FLOOR, account) == 200  # armed: the floor rises to it
+    async with server_session(db) as conn:
+        await conn.execute(debit, account, key(), -50)  # 240: above it, skipped
+    assert await db.fetchval(requests, account) == 0
+    async with server_session(db) as conn:
+        await conn.execute(debit, account, key(), -50)  # 190: below it
+    assert await db.fetchval(requests, account) == 1
+    assert await db.fetchval(FLOOR, account) == 50  # disarmed until the top-up ends
+    assert await alert_types(db, account) == []
+    assert await db.fetch("SELECT * FROM balance_reconcile() WHERE account_id = $1",
+                          account) == []
+    # Off again: no Stripe-configured instance of a later test takes the request.
+    await db.execute("SELECT balance_set_auto_top_up($1, 0, NULL, NULL, NULL, NULL)", account)
+
+
+async def test_transaction_created_only_while_subscribed(
+    start_hooked: StartHooked, receiver: Receiver, db: asyncpg.Pool, account: str
+) -> None:
+    """Subscribed, each ledger row is one transaction.created (a purchase's too, beside its
+    purchase.completed); not subscribed, the trigger that writes it is disabled, and the
+    subscription set by balance_configure switches it, in its transaction."""
+    created = ("SELECT count(*) FROM events WHERE account_id = $1"
+               " AND type = 'transaction.created'")
+    enabled = ("SELECT tgenabled <> 'D' FROM pg_trigger"
+               " WHERE tgname = 'transactions_created'")
+    debit = ("SELECT balance_post($1, 0, $2, '\\x01'::bytea, 'usage', -1, 'r', NULL, NULL,"
+             " 'available')")
+    was = await db.fetchval("SELECT events FROM settings")
+    app = await start_hooked(app_webhook_events=("transaction.created", "purchase.completed"))
+    try:
+        assert await db.fetchval(enabled) is True
+        await post(app, f"/v1/accounts/{account}/credit", {"amount": 10, "kind": "grant"})
+        await post(app, f"/v1/accounts/{account}/debit", {"amount": 1, "reason": "x"})
+        await db.execute("SELECT balance_purchase('stripe', $1, $2, 100, 1000, 'usd', 'evt_p',"
+                         " NULL, 0, 'debt')", f"pi_{account}", account)
+        await wait_for(lambda: len(receiver.of(account)) >= 4)
+        await asyncio.sleep(0.3)
+        got = sorted(receiver.of(account), key=lambda r: (r.data.get("version", 0), r.type))
+        assert [(g.type, g.data["kind"]) for g in got] == [
+            ("transaction.created", "grant"), ("transaction.created", "usage"),
+            ("purchase.completed", "purchase"), ("transaction.created", "purchase")]
+    finally:
+        await app.stop()
+    try:
+        async with db.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT balance_configure($1::text[], 50)", list(ALERTS))
+            assert await conn.fetchval(enabled) is False
+        await db.execute(debit, account, key())
+        assert await db.fetchval(created, account) == 3
+        await db.execute("SELECT balance_configure($1::text[], 50)",
+                         [*ALERTS, "transaction.created"])
+        assert await db.fetchval(enabled) is True
+        await db.execute(debit, account, key())
+        assert await db.fetchval(created, account) == 4
+        assert await db.fetch("SELECT * FROM balance_reconcile() WHERE account_id = $1",
+                              account) == []
+    finally:
+        await db.execute("SELECT balance_configure($1::text[], 50)", was)
+
+
+async def test_a_debit_above_the_floor_calls_no_alert_or_event_function(
+    db: asyncpg.Pool, account: str
+) -> None:
+    """The point of the floor and of the trigger that follows the subscription: an ordinary
+    debit queues no trigger call and evaluates no function of ours in a WHEN."""
+    debit = ("SELECT balance_post($1, 0, $2, '\\x01'::bytea, 'usage', -1, 'r', NULL, NULL,"
+             " 'available')")
+    calls = ("SELECT p.proname::text, pg_stat_get_xact_function_calls(p.oid) FROM pg_proc p"
+             " WHERE p.proname IN ('balance__alert_state', 'balance__events',"
+             " 'balance__transaction_created', 'balance__transaction_events')")
+    async with server_session(db) as conn:  # alerts subscribed, not transaction.created
+        await conn.execute("SELECT balance_post($1, 0, $2, '\\x01'::bytea, 'grant', 300, 'r',"
+                           " NULL, NULL, 'available')", account, key())
+    async with server_session(db) as conn:
+        await conn.execute("SET LOCAL track_functions = 'pl'")
+        await conn.execute(debit, account, key())
+        assert {r[0]: r[1] for r in await conn.fetch(calls)} == dict.fromkeys(
+            ["balance__alert_state", "balance__events", "balance__transaction_created",
+             "balance__transaction_events"])
+        await conn.execute("SELECT balance_post($1, 0, $2, '\\x01'::bytea, 'usage', -260, 'r',"
+                           " NULL, NULL, 'available')", account, key())  # 39: crosses 50
+        assert {r[0]: r[1] for r in await conn.fetch(calls)}["balance__alert_state"] == 1
+    assert await alert_types(db, account) == ["balance.low"]

@@ -180,7 +180,8 @@ async def test_upgrade_from_release_0_1_0_keeps_every_row(fresh_db: asyncpg.Conn
                                  "low_balance": None, "alert_state": "ok",
                                  "top_up_below": None, "alert_told": False,
                                  "alert_from": None, "subscription": None, "spend_cap": None,
-                                 "spend_period": None, "spend_window": None, "spend_used": 0}
+                                 "spend_period": None, "spend_window": None, "spend_used": 0,
+                                 "alert_floor": None}
     lots_before = rows_before[2]
     assert tuple(await db.fetchrow(counts) or ()) == (
         *rows_before[:2], lots_before + 1, *rows_before[3:])  # one grant for the rest
