@@ -1682,10 +1682,13 @@ BEGIN
                plans.low_balance)
               IS DISTINCT FROM (EXCLUDED.allowance, EXCLUDED.period, EXCLUDED.rollover,
                                 EXCLUDED.prices, EXCLUDED.limits, EXCLUDED.low_balance)
-        RETURNING id, low_balance)
+        -- xmax is 0 on a row this INSERT made (no account follows a plan just made), set
+        -- on one it updated: a plan another instance made meanwhile, unseen by `was`, is
+        -- taken as changed.
+        RETURNING id, low_balance, xmax <> 0 AS existed)
     SELECT array_agg(s.id) INTO v_moved
     FROM synced s LEFT JOIN was w ON w.id = s.id
-    WHERE s.low_balance IS DISTINCT FROM w.low_balance;
+    WHERE s.existed AND (w.id IS NULL OR s.low_balance IS DISTINCT FROM w.low_balance);
     IF v_moved IS NOT NULL THEN
         PERFORM balance__forget_floors(v_moved);
     END IF;
@@ -2638,6 +2641,15 @@ BEGIN
     RETURN v;
 END $$;
 
+-- How long a table lock taken for the configuration (balance__forget_floors,
+-- balance_follow_events) may wait, for the rest of the transaction: the movements queue
+-- behind a waiting lock, so an instance gives the change up instead (55P03; its start fails
+-- or its jobs loop tries again) rather than stall every debit behind a vacuum.
+CREATE OR REPLACE FUNCTION balance__lock_wait() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('lock_timeout', '5s', true);
+END $$;
+
 -- The alert floors of accounts that take their threshold from outside their row (no
 -- low_balance of their own; p_plans NULL: on any plan or none, else on one of these),
 -- forgotten when that threshold changed (the catalog's default, a plan's), so the next
@@ -2646,9 +2658,12 @@ END $$;
 -- every movement under way, so a floor one of them made from the old threshold is
 -- committed and forgotten here; a movement after it waits for the commit and reads the new
 -- threshold (the trigger reads it afresh). Rare: a deploy that changed a threshold.
+-- A lock that waits holds every movement back behind it (a vacuum against wraparound, a
+-- long transaction): after LOCK_WAIT it gives up, and the caller's whole change with it.
 CREATE OR REPLACE FUNCTION balance__forget_floors(p_plans text[]) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM balance__lock_wait();
     LOCK TABLE accounts IN EXCLUSIVE MODE;
     UPDATE accounts SET alert_floor = NULL
     WHERE low_balance IS NULL AND alert_floor IS NOT NULL
@@ -2808,6 +2823,7 @@ BEGIN
     IF v_on IS DISTINCT FROM (SELECT tgenabled <> 'D' FROM pg_trigger
                               WHERE tgname = 'transactions_created'
                                 AND tgrelid = 'transactions'::regclass) THEN
+        PERFORM balance__lock_wait();
         EXECUTE format('ALTER TABLE transactions %s TRIGGER transactions_created',
                        CASE WHEN v_on THEN 'ENABLE' ELSE 'DISABLE' END);
     END IF;
@@ -2815,6 +2831,13 @@ END $$;
 
 -- Recreated each time: a WHEN clause cannot be replaced in place.
 DO $$ BEGIN
+    -- Only this trigger keeps the floors. If the one it replaces did not (a release from
+    -- before them ran in between: a rollback), a floor may be stale: every one is forgotten.
+    IF EXISTS (SELECT FROM pg_trigger WHERE tgname = 'accounts_alert_state'
+               AND tgrelid = 'accounts'::regclass
+               AND pg_get_triggerdef(oid) NOT LIKE '%alert_floor%') THEN
+        UPDATE accounts SET alert_floor = NULL WHERE alert_floor IS NOT NULL;
+    END IF;
     DROP TRIGGER IF EXISTS accounts_alert_state ON accounts;
     -- Only when what it looks at changed (a settlement or a period move does not), or a
     -- change of several steps is under way; a movement of an account standing 'ok' only to

@@ -137,8 +137,14 @@ class Ledger:
         if self._settings is None:
             return
         events, low_balance = self._settings
-        subscribed = await self.pool.fetchval(
-            "SELECT balance.balance_configure($1::text[], $2)", events, low_balance)
+        try:
+            subscribed = await self.pool.fetchval(
+                "SELECT balance.balance_configure($1::text[], $2)", events, low_balance)
+        except asyncpg.LockNotAvailableError:
+            # A table lock it needed waited past its bound (schema.sql balance__lock_wait):
+            # nothing changed, and the jobs loop writes it again.
+            log.warning("the configuration waited too long for a table lock; retrying")
+            return
         self._settings = None
         if events is None and subscribed:
             log.warning("app webhooks %s are subscribed (by an instance with "

@@ -25,6 +25,7 @@ from websockets.asyncio.client import connect
 
 from server.auth import mint_token
 from server.dev.servers import free_port
+from server.ledger import Ledger
 from tests.conftest import RunningApp, StartApp, age_plan, key, scraped
 from tests.receiver import SECRET, Receiver
 
@@ -651,6 +652,33 @@ async def test_a_new_default_threshold_reaches_an_account_whose_floor_was_set(
         await db.execute("SELECT balance_configure(NULL, 50)")
     # A lower default forgets nothing: a floor above the threshold only runs the trigger.
     assert await db.fetchval(FLOOR, account) == 500
+
+
+async def test_a_raised_default_waits_for_the_accounts_lock_only_so_long_then_retries(
+    db: asyncpg.Pool,
+) -> None:
+    """Forgetting floors takes a lock on accounts that every movement would queue behind:
+    it waits at most 5 s for a transaction in its way, then the whole configuration is
+    given up (nothing changed) and Ledger.write_settings leaves it for the jobs loop."""
+    ledger = Ledger(db, 0)
+    ledger.configure(None, 70)  # above the module's 50: floors are forgotten
+    async with db.acquire() as blocker:
+        tx = blocker.transaction()
+        await tx.start()
+        try:  # an account row being updated: ROW EXCLUSIVE on accounts until it ends
+            await blocker.execute("UPDATE accounts SET updated_at = updated_at"
+                                  " WHERE account_id = (SELECT min(account_id) FROM accounts)")
+            started = time.monotonic()
+            await ledger.write_settings()
+            assert 4.5 < time.monotonic() - started < 15
+            assert await db.fetchval("SELECT low_balance FROM settings") == 50
+        finally:
+            await tx.rollback()
+    try:
+        await ledger.write_settings()  # the jobs loop's next try
+        assert await db.fetchval("SELECT low_balance FROM settings") == 70
+    finally:
+        await db.execute("SELECT balance_configure(NULL, 50)")
 
 
 async def test_a_plan_threshold_changed_by_a_sync_reaches_its_accounts(

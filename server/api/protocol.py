@@ -96,6 +96,13 @@ class HttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_Gathering(transport))
 
+    def eof_received(self) -> None:
+        # A client that half-closes after its request: the transport closes on returning,
+        # so what was answered already must leave first (uvicorn had written it at once).
+        if isinstance(self.transport, _Gathering):
+            self.transport.flush()
+        super().eof_received()
+
     def handle_websocket_upgrade(self) -> None:
         # The socket's protocol writes its frames itself, straight to the real transport;
         # anything this one wrote (nothing, before a 101) goes first.

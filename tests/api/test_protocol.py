@@ -99,3 +99,18 @@ async def test_an_upgrade_gets_the_real_transport() -> None:
                        b"upgrade: websocket\r\nsec-websocket-version: 13\r\n"
                        b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
     assert Upgraded.made == [transport]
+
+
+async def test_an_answer_written_before_the_client_half_closes_still_leaves() -> None:
+    transport = Recording()
+    http = protocol(transport)
+    http.data_received(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    for _ in range(3):  # the app's task answers; its write waits for the next turn
+        await asyncio.sleep(0)
+        if http.cycle is not None and http.cycle.response_complete:
+            break
+    assert http.cycle.response_complete
+    http.eof_received()  # the transport closes once this returns
+    transport.closed = True
+    await settle()
+    assert len(transport.writes) == 1 and transport.writes[0].endswith(b"\r\n\r\nok")
