@@ -133,7 +133,7 @@ class Checkout:
         provider and offer (a package in one of its currencies, or a pay-as-you-go amount
         within the rate's bounds), and return URLs under BALANCE_CHECKOUT_RETURN_URLS."""
         offers: list[dict[str, Any]] = []
-        providers = [p for p, client in (("stripe", self._stripe), ("dodo", self._dodo)) if client]
+        providers = self._providers()
         sold = self.plans_sold()
         # With plans on sale, an offer of a package or an amount names none; without, the
         # property below says so once (each constraint more is more for a generator to meet).
@@ -174,10 +174,14 @@ class Checkout:
         return {"anyOf": offers or [{"not": {}}], "properties": {
             "success_url": url, "cancel_url": {"anyOf": [url, {"type": "null"}]}}}
 
+    def _providers(self) -> list[str]:
+        """The providers this instance is configured for."""
+        return [p for p, client in (("stripe", self._stripe), ("dodo", self._dodo)) if client]
+
     def plans_sold(self) -> list[str]:
         """The catalog plans a checkout can start the subscription of (a configured provider
         sells their product), for /openapi.json."""
-        providers = [p for p, client in (("stripe", self._stripe), ("dodo", self._dodo)) if client]
+        providers = self._providers()
         return sorted(name for name, plan in self._catalog.plans.items()
                       if any(plan.product(p) for p in providers))
 

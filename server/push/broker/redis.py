@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -37,12 +37,10 @@ class RedisBroker:
     """Pub/sub over one Redis; reconnects by itself with jittered exponential backoff."""
 
     def __init__(self, url: str, timing: Timing = DEFAULT_TIMING) -> None:
-        # The client is the factory of the publishing connection (the URL's host, TLS and
-        # credentials); `publish` retries a dead connection once itself.
-        self._pub: Redis = Redis.from_url(
-            url, socket_connect_timeout=1.0, socket_timeout=1.0, retry=Retry(NoBackoff(), 0))
-        pool = self._pub.connection_pool
-        self._pub_conn: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
+        # The publishing connection, as a pool would make it of the URL (host, TLS,
+        # credentials); the pool itself is never used. `publish` retries it once itself.
+        pool = ConnectionPool.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+        self._pub: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
         self._publishing = asyncio.Lock()  # one batch's commands and replies at a time
         # No retries: a failure must surface in the subscriber's loop, not be papered over.
         self._sub_client: Redis = Redis.from_url(
@@ -68,9 +66,7 @@ class RedisBroker:
         if self._sub is not None:
             await self._sub.stop()
         with contextlib.suppress(*FAILURES):
-            await asyncio.wait_for(self._pub_conn.disconnect(), SHUTDOWN_STEP)
-        with contextlib.suppress(*FAILURES):
-            await asyncio.wait_for(self._pub.aclose(), SHUTDOWN_STEP)
+            await asyncio.wait_for(self._pub.disconnect(), SHUTDOWN_STEP)
 
     async def subscribe(self, channel: str) -> None:
         assert self._sub is not None, "connect() first"
@@ -83,7 +79,7 @@ class RedisBroker:
     async def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
         if not self.connected:
             raise ConnectionError("Redis is down")  # fail fast: the publisher remembers them
-        conn = self._pub_conn
+        conn = self._pub
         packed = conn.pack_commands([("PUBLISH", channel, data) for channel, data in messages])
         async with self._publishing:
             for attempt in (1, 2):
